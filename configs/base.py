@@ -1,0 +1,68 @@
+"""Defaults for every experiment: a 4-layer character-level LM trained on passkey retrieval.
+
+Experiment files (w128.py, w256.py, w512.py, full.py, tiny.py) import this and change a few fields.
+Any field can be overridden from the command line, e.g. `--config.model.window_size=256`; a
+misspelt field is an error (the config is locked).
+"""
+
+import ml_collections
+
+from swa import data
+
+
+def get_config():
+  config = ml_collections.ConfigDict()
+
+  # Model
+  config.model = model = ml_collections.ConfigDict()
+  model.vocab_size = data.VOCAB_SIZE  # Character-level tokenizer of swa/data.py (72 ids).
+  model.num_layers = 4                # Transformer blocks L; the receptive field is L*(w-1)+1.
+  model.d_model = 256                 # Residual stream width.
+  model.num_heads = 8                 # Query heads; head dim = d_model / num_heads.
+  model.num_kv_heads = 8              # Key/value heads (< num_heads for GQA, 1 for MQA).
+  model.mlp_dim = 1024                # Hidden width of each block's GELU MLP.
+  # Window w of every layer (a query at i sees keys i-w+1..i): an int, None for full
+  # attention, or per-layer values as a comma-separated string, e.g. "128,128,none,128".
+  model.window_size = 128
+  model.attention = "auto"            # auto | reference | chunked | cudnn (swa/attention.py).
+  model.block_size = None             # chunked: query block size; None = default_block_size.
+  model.blocks_per_step = None        # chunked: None = all blocks at once; k = loop k at a time.
+  model.dtype = "bfloat16"            # Activation dtype; parameters are always float32.
+  model.rope_base = 10_000.0          # RoPE frequency base.
+  model.remat = False                 # Recompute each block in the backward pass (saves memory).
+
+  # Data (swa/data.py): passkey prompts with the answer digits at the end.
+  config.data = d = ml_collections.ConfigDict()
+  d.seq_len = 1024                    # Training context T (tokens = characters).
+  d.batch_size = 64                   # Sequences per step.
+  d.curriculum_start = data.MIN_DISTANCE  # Largest key-to-question distance at step 0.
+  d.curriculum_fraction = 0.7         # Share of training over which the largest distance grows to
+                                      # max_distance (linearly); afterwards it stays there.
+  d.max_distance = -1                 # Largest training distance; -1 = the most seq_len allows.
+  d.uniform_fraction = 0.1            # Share of each batch drawn over the whole distance range.
+  d.lm_weight = 1.0                   # Weight of the next-token loss on every position, added to
+                                      # the loss on the 5 answer digits (0 = answer loss only).
+
+  # Optimiser: AdamW, linear warmup then cosine decay to end_lr_fraction * learning_rate.
+  config.optim = o = ml_collections.ConfigDict()
+  o.learning_rate = 1e-3
+  o.warmup_steps = 200
+  o.end_lr_fraction = 0.05
+  o.b1 = 0.9
+  o.b2 = 0.95
+  o.weight_decay = 0.1
+  o.grad_clip = 1.0                   # Global-norm clipping of the gradient.
+
+  # Evaluation during training: teacher-forced exact match (== greedy decoding) per distance.
+  config.eval = e = ml_collections.ConfigDict()
+  e.every_steps = 500                 # 0 = only at the end.
+  e.examples_per_distance = 64
+  e.num_distances = 16                # Distances evenly spaced from MIN_DISTANCE to the maximum.
+
+  # Run
+  config.seed = 0
+  config.num_steps = 4000
+  config.log_every_steps = 50
+  config.checkpoint_every_steps = 500
+  config.keep_checkpoints = 2
+  return config

@@ -1,0 +1,28 @@
+"""Tiny CPU run: a 3-layer model with window 32 (receptive reach 3 * 31 = 93 tokens).
+
+  python train.py --config=configs/tiny.py
+
+Hardware: 2 CPU cores. Time and result: see the README (measured, not guessed).
+"""
+
+from configs import base
+
+
+def get_config():
+  config = base.get_config()
+  config.model.num_layers = 3
+  config.model.d_model = 64
+  config.model.num_heads = 4
+  config.model.num_kv_heads = 4
+  config.model.mlp_dim = 256
+  config.model.window_size = 32
+  config.model.dtype = "float32"
+  config.data.seq_len = 192
+  config.data.batch_size = 32
+  config.num_steps = 1500
+  config.optim.warmup_steps = 100
+  config.eval.every_steps = 500
+  config.eval.examples_per_distance = 32
+  config.eval.num_distances = 12
+  config.checkpoint_every_steps = 500
+  return config

@@ -1,0 +1,289 @@
+"""Training and evaluation of the passkey LM: loss, jitted steps, checkpoints, the loop.
+
+The train state is a plain pytree {"params", "opt_state", "step"}; the model's
+structure (an NNX GraphDef) stays outside it, so `train_step` is one pure,
+jitted function with its state buffers donated.
+"""
+
+import functools
+import json
+import math
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+import tqdm
+from flax import nnx
+
+from swa import data
+from swa.model import ModelConfig, Transformer
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The model's architecture from the `model` section of an experiment config."""
+  return ModelConfig(**config.model.to_dict())
+
+
+def create_model(config: ml_collections.ConfigDict):
+  """Returns (graphdef, params): the model's structure and its float32 parameters."""
+  model = Transformer(model_config(config), rngs=nnx.Rngs(config.seed))
+  graphdef, params = nnx.split(model, nnx.Param)
+  return graphdef, params.to_pure_dict()
+
+
+def learning_rate_schedule(config: ml_collections.ConfigDict):
+  o = config.optim
+  return optax.warmup_cosine_decay_schedule(
+      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
+      decay_steps=max(config.num_steps, o.warmup_steps + 1),
+      end_value=o.learning_rate * o.end_lr_fraction)
+
+
+def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
+  o = config.optim
+  return optax.chain(
+      optax.clip_by_global_norm(o.grad_clip),
+      optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+
+
+def passkey_loss(logits_BTV, batch, lm_weight):
+  """Answer-digit cross-entropy + lm_weight * next-token cross-entropy on every position.
+
+  Returns (loss, metrics). `exact_match` is the share of examples whose five answer
+  digits are all the argmax under teacher forcing, which is the same event as
+  greedy decoding producing the whole key.
+  """
+  answer_BT = batch["answer_mask"]
+  token_loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
+  answer_loss = jnp.sum(token_loss_BT * answer_BT) / jnp.sum(answer_BT)
+  lm_loss = jnp.mean(token_loss_BT)
+  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
+  exact_B = jnp.all(correct_BT | (answer_BT == 0), axis=-1)
+  metrics = {
+      "answer_loss": answer_loss,
+      "lm_loss": lm_loss,
+      "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
+      "exact_match": jnp.mean(exact_B),
+  }
+  return answer_loss + lm_weight * lm_loss, metrics
+
+
+@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "lm_weight"),
+                   donate_argnames="state")
+def train_step(state, batch, *, graphdef, optimizer, lm_weight):
+  """One optimiser step. Returns (new_state, metrics)."""
+
+  def loss_fn(params):
+    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
+    return passkey_loss(logits_BTV, batch, lm_weight)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  metrics.update(loss=loss, grad_norm=optax.global_norm(grads),
+                 param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+
+@functools.partial(jax.jit, static_argnames="graphdef")
+def exact_match_step(params, batch, *, graphdef):
+  """Per-example exact match [B] of the five answer digits (teacher forced = greedy)."""
+  logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
+  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
+  return jnp.all(correct_BT | (batch["answer_mask"] == 0), axis=-1)
+
+
+def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_distance, seed,
+                     batch_size=64):
+  """Exact-match accuracy at each distance, on fresh prompts of `seq_len` tokens.
+
+  Returns {distance: accuracy}. Prompts are drawn from a generator seeded with
+  (seed, distance), independent of the training stream.
+  """
+  results = {}
+  for distance in distances:
+    rng = np.random.default_rng([seed, 7_919, int(distance)])
+    hits = 0
+    for start in range(0, examples_per_distance, batch_size):
+      n = min(batch_size, examples_per_distance - start)
+      batch = data.passkey_batch(rng, n, seq_len, np.full(n, distance))
+      batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
+      hits += int(np.sum(exact_match_step(params, batch, graphdef=graphdef)))
+    results[int(distance)] = hits / examples_per_distance
+  return results
+
+
+def eval_distances(seq_len, num):
+  """`num` distances evenly spaced over all that a prompt of context seq_len allows."""
+  top = data.max_distance(seq_len + 1 - data.ANSWER_LEN)
+  return sorted(set(np.linspace(data.MIN_DISTANCE, top, num).round().astype(int).tolist()))
+
+
+def receptive_reach(config):
+  """Largest distance information can travel: sum over layers of (w - 1); None if any is full."""
+  windows = model_config(config).layer_windows
+  return None if None in windows else sum(w - 1 for w in windows)
+
+
+def format_accuracy_table(accuracy, reach):
+  """Markdown rows distance | exact match | inside the receptive field?"""
+  rows = ["| distance | exact match | inside RF (distance <= %s) |" % reach, "|---:|---:|:---:|"]
+  for distance, acc in sorted(accuracy.items()):
+    inside = "yes" if reach is None or distance <= reach else "no"
+    rows.append(f"| {distance} | {acc:.1%} | {inside} |")
+  return "\n".join(rows)
+
+
+class MetricWriter:
+  """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
+
+  def __init__(self, workdir):
+    from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
+    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, metrics):
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(name, value, step)
+    self._tb.flush()
+
+  def close(self):
+    self._jsonl.close()
+    self._tb.close()
+
+
+def _checkpoint_manager(workdir, config):
+  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
+                               options=options)
+
+
+def restore_params(workdir):
+  """(config, graphdef, params) of the latest checkpoint in a training workdir."""
+  with open(os.path.join(workdir, "config.json")) as f:
+    config = ml_collections.ConfigDict(json.load(f))
+  graphdef, params = create_model(config)
+  manager = _checkpoint_manager(workdir, config)
+  step = manager.latest_step()
+  if step is None:
+    raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
+  state = {"params": params, "opt_state": create_optimizer(config).init(params),
+           "step": jnp.int32(0)}
+  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
+      jax.tree.map(ocp.utils.to_shape_dtype_struct, state))))
+  return config, graphdef, restored["state"]["params"]
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
+  """Trains (resuming from the latest checkpoint in workdir) and evaluates; returns final metrics."""
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write(config.to_json(indent=2))
+  graphdef, params = create_model(config)
+  optimizer = create_optimizer(config)
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+  d = config.data
+  batches = data.PasskeyBatches(
+      seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps,
+      curriculum_start=d.curriculum_start, curriculum_fraction=d.curriculum_fraction,
+      max_distance=None if d.max_distance < 0 else d.max_distance,
+      uniform_fraction=d.uniform_fraction)
+
+  manager = _checkpoint_manager(workdir, config)
+  if manager.latest_step() is not None:
+    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state)),
+        data=ocp.args.JsonRestore()))
+    state = restored["state"]
+    batches.set_state(restored["data"])
+    print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
+  start = int(state["step"])
+
+  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  print(f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
+        f"devices {jax.devices()}", file=sys.stderr)
+  writer = MetricWriter(workdir)
+  schedule = learning_rate_schedule(config)
+  step_fn = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
+                              lm_weight=float(d.lm_weight))
+  distances = eval_distances(d.seq_len, config.eval.num_distances)
+
+  def run_eval(step, params):
+    accuracy = evaluate_passkey(graphdef, params, seq_len=d.seq_len, distances=distances,
+                                examples_per_distance=config.eval.examples_per_distance,
+                                seed=config.seed)
+    writer.write(step, {f"eval/exact_match_d{k:05d}": v for k, v in accuracy.items()})
+    return accuracy
+
+  progress = tqdm.tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
+                       mininterval=1 if sys.stderr.isatty() else 30, file=sys.stderr)
+  try:
+    state = _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config,
+                        run_eval)
+  finally:
+    # Also on an interrupt: let the last checkpoint finish so the next run resumes from it.
+    manager.wait_until_finished()
+    progress.close()
+
+  accuracy = run_eval(config.num_steps, state["params"])
+  reach = receptive_reach(config)
+  summary = {"step": config.num_steps, "receptive_reach": reach,
+             "exact_match_by_distance": accuracy}
+  with open(os.path.join(workdir, "eval.json"), "w") as f:
+    json.dump(summary, f, indent=2)
+  writer.close()
+  print(format_accuracy_table(accuracy, reach))
+  return summary
+
+
+def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config, run_eval):
+  """Steps from the restored state to config.num_steps, logging, evaluating and checkpointing."""
+  pending, window_start, window_tokens = None, time.perf_counter(), 0
+  for step in progress:
+    batch = next(batches)
+    batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
+    state, metrics = step_fn(state, batch)
+    window_tokens += batch["inputs"].size
+    # Read the previous step's metrics, so the device always has the next step queued.
+    if pending is not None:
+      _log_step(*pending, writer, progress, schedule, config)
+    pending = (step, metrics)
+    if (step + 1) % config.log_every_steps == 0:
+      jax.block_until_ready(metrics)
+      elapsed = time.perf_counter() - window_start
+      writer.write(step + 1, {"tokens_per_second": window_tokens / elapsed})
+      progress.set_postfix(loss=f"{float(metrics['loss']):.3f}",
+                           tok_s=f"{window_tokens / elapsed:,.0f}")
+      window_start, window_tokens = time.perf_counter(), 0
+    last = step + 1 == config.num_steps
+    if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
+      accuracy = run_eval(step + 1, state["params"])
+      progress.write(f"step {step + 1}: exact match by distance "
+                     + " ".join(f"{k}:{v:.0%}" for k, v in accuracy.items()))
+    if (step + 1) % config.checkpoint_every_steps == 0 or last:
+      manager.save(step + 1, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())))
+  if pending is not None:
+    _log_step(*pending, writer, progress, schedule, config, force=True)
+  return state
+
+
+def _log_step(step, metrics, writer, progress, schedule, config, force=False):
+  """Checks the loss for NaN every step; writes the metrics every log_every_steps."""
+  loss = float(metrics["loss"])
+  if not math.isfinite(loss):
+    progress.close()
+    raise FloatingPointError(
+        f"Loss became {loss} at step {step + 1}; stopping. Try a lower optim.learning_rate or "
+        "optim.grad_clip, or model.dtype=float32.")
+  if force or (step + 1) % config.log_every_steps == 0:
+    writer.write(step + 1, {**jax.device_get(metrics), "learning_rate": schedule(step)})

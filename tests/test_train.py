@@ -1,0 +1,107 @@
+"""Training: one step, resume equivalence, NaN stop, and the command line."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from swa import data, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def small_config(num_steps=6):
+  config = tiny.get_config()
+  config.model.num_layers = 2
+  config.model.d_model = 32
+  config.model.mlp_dim = 64
+  config.model.window_size = 8
+  config.data.seq_len = 64
+  config.data.batch_size = 4
+  config.num_steps = num_steps
+  config.log_every_steps = 1
+  config.checkpoint_every_steps = 3
+  config.eval.every_steps = 0
+  config.eval.examples_per_distance = 4
+  config.eval.num_distances = 2
+  config.optim.warmup_steps = 2
+  return config
+
+
+def read_metrics(workdir):
+  with open(os.path.join(workdir, "metrics.jsonl")) as f:
+    rows = [json.loads(line) for line in f]
+  return {row["step"]: row for row in rows if "loss" in row}
+
+
+def test_one_training_run_logs_finite_metrics(tmp_path):
+  summary = train_lib.train_and_evaluate(small_config(num_steps=3), str(tmp_path))
+  metrics = read_metrics(tmp_path)
+  assert sorted(metrics) == [1, 2, 3]
+  for row in metrics.values():
+    for key in ("loss", "answer_loss", "lm_loss", "grad_norm", "param_norm", "learning_rate"):
+      assert np.isfinite(row[key]), key
+  assert set(summary["exact_match_by_distance"]) == set(train_lib.eval_distances(64, 2))
+  assert os.path.exists(tmp_path / "config.json") and os.path.exists(tmp_path / "eval.json")
+  assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_resume_reaches_the_same_loss(tmp_path, monkeypatch):
+  straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+  train_lib.train_and_evaluate(small_config(num_steps=6), str(straight))
+
+  # Kill the same run while it fetches the batch of step 5 (after the step-3 checkpoint).
+  original_next = data.PasskeyBatches.__next__
+
+  def killed_at_step_5(batches):
+    if batches.get_state()["step"] == 4:
+      raise KeyboardInterrupt("simulated kill")
+    return original_next(batches)
+
+  monkeypatch.setattr(data.PasskeyBatches, "__next__", killed_at_step_5)
+  with pytest.raises(KeyboardInterrupt):
+    train_lib.train_and_evaluate(small_config(num_steps=6), str(resumed))
+  monkeypatch.setattr(data.PasskeyBatches, "__next__", original_next)
+  train_lib.train_and_evaluate(small_config(num_steps=6), str(resumed))   # same command again
+  a, b = read_metrics(straight), read_metrics(resumed)
+  for step in (4, 5, 6):
+    np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-6)
+  _, _, params_a = train_lib.restore_params(str(straight))
+  _, _, params_b = train_lib.restore_params(str(resumed))
+  for x, y in zip(*(jax_leaves(p) for p in (params_a, params_b))):
+    np.testing.assert_array_equal(x, y)
+
+
+def jax_leaves(tree):
+  import jax
+  return jax.tree.leaves(tree)
+
+
+def test_nan_loss_stops_with_a_clear_message(tmp_path):
+  config = small_config(num_steps=4)
+  config.optim.learning_rate = float("nan")
+  with pytest.raises(FloatingPointError, match="Loss became nan at step 2"):
+    train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+def _train_cli(tmp_path, *overrides):
+  args = [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+          "--config.num_steps=1", "--config.data.seq_len=64", "--config.data.batch_size=2",
+          "--config.model.d_model=32", "--config.model.num_layers=2",
+          "--config.eval.examples_per_distance=2", "--config.eval.num_distances=2", *overrides]
+  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_command_line_overrides_and_typos(tmp_path):
+  done = _train_cli(tmp_path / "ok", "--config.model.window_size=16")
+  assert done.returncode == 0, done.stderr[-2000:]
+  with open(tmp_path / "ok" / "config.json") as f:
+    assert json.load(f)["model"]["window_size"] == 16
+  assert "| distance | exact match |" in done.stdout
+  typo = _train_cli(tmp_path / "typo", "--config.model.windw_size=16")
+  assert typo.returncode != 0 and "windw_size" in typo.stderr
