@@ -34,7 +34,7 @@ def get_config():
   # Data (swa/data.py): passkey prompts with the answer digits at the end.
   config.data = d = ml_collections.ConfigDict()
   d.seq_len = 1024                    # Training context T (tokens = characters).
-  d.batch_size = 64                   # Sequences per step.
+  d.batch_size = 32                   # Sequences per step.
   d.curriculum_start = data.MIN_DISTANCE  # Largest key-to-question distance at step 0.
   d.curriculum_fraction = 0.7         # Share of training over which the largest distance grows to
                                       # max_distance (linearly); afterwards it stays there.
@@ -55,13 +55,13 @@ def get_config():
 
   # Evaluation during training: teacher-forced exact match (== greedy decoding) per distance.
   config.eval = e = ml_collections.ConfigDict()
-  e.every_steps = 500                 # 0 = only at the end.
+  e.every_steps = 1000                # 0 = only at the end.
   e.examples_per_distance = 64
   e.num_distances = 16                # Distances evenly spaced from MIN_DISTANCE to the maximum.
 
   # Run
   config.seed = 0
-  config.num_steps = 4000
+  config.num_steps = 2000
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500
   config.keep_checkpoints = 2

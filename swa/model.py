@@ -51,6 +51,8 @@ class ModelConfig:
                        f"got {self.attention!r}.")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
+    if isinstance(self.window_size, list):  # Configs restored from JSON give lists; keep it hashable.
+      object.__setattr__(self, "window_size", tuple(self.window_size))
     self.layer_windows  # Validates the window(s).
 
   @property
