@@ -9,7 +9,7 @@ Started again with the same command, it resumes from the latest checkpoint in --
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from swa import train_lib
+from swa import sharding, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
                                           lock_config=True)
@@ -21,6 +21,7 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
+  sharding.maybe_initialize_distributed()   # Several processes (srun, mpirun, ...): join them.
   workdir = _WORKDIR.value or "workdirs/" + flags.FLAGS["config"].value.split("/")[-1].removesuffix(".py")
   train_lib.train_and_evaluate(_CONFIG.value, workdir)
 

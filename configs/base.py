@@ -59,6 +59,11 @@ def get_config():
   e.examples_per_distance = 64
   e.num_distances = 16                # Distances evenly spaced from MIN_DISTANCE to the maximum.
 
+  # Parallelism (swa/sharding.py): devices per mesh axis, outer first, -1 = all the rest.
+  # "data:-1": data parallel over every device; "data:2,seq:4": batch over 2 devices, each
+  # sequence over 4 (sequence parallel: attention exchanges (w-1)-token halos, docs/scaling.md).
+  config.mesh = "data:1,seq:1"
+
   # Run
   config.seed = 0
   config.num_steps = 2000

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from swa import attention
+from swa import attention, sharding
 
 Window = Optional[int]
 
@@ -34,6 +34,10 @@ class ModelConfig:
   dtype: str = "float32"
   rope_base: float = 10_000.0
   remat: bool = False
+  # Set by the trainer from config.mesh (train_lib.model_config), never by config files: a mesh
+  # whose "seq" axis (> 1) splits the sequence; attention then exchanges halos between
+  # neighbours (swa/sharding.py) and runs `chunked` locally (`reference` if model.attention says so).
+  mesh: Optional[jax.sharding.Mesh] = None
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
@@ -121,9 +125,15 @@ class Attention(nnx.Module):
 
   def __call__(self, x_BTD, positions_BT):
     q_BTNH, k_BTKH, v_BTKH = self.project(x_BTD, positions_BT)
-    out_BTNH = attention.sliding_window_attention(
-        q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=self.config.attention,
-        block_size=self.config.block_size, blocks_per_step=self.config.blocks_per_step)
+    c = self.config
+    blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step)
+    if sharding.is_sequence_parallel(c.mesh):
+      local = "reference" if c.attention == "reference" else "chunked"
+      out_BTNH = sharding.sequence_parallel_attention(
+          q_BTNH, k_BTKH, v_BTKH, self.window_size, mesh=c.mesh, implementation=local, **blocks)
+    else:
+      out_BTNH = attention.sliding_window_attention(
+          q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=c.attention, **blocks)
     return self.out(out_BTNH.reshape(*x_BTD.shape[:2], -1))
 
 

@@ -21,18 +21,22 @@ import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 
-from swa import data
+from swa import data, sharding
 from swa.model import ModelConfig, Transformer
 
 
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The model's architecture from the `model` section of an experiment config."""
-  return ModelConfig(**config.model.to_dict())
+def model_config(config: ml_collections.ConfigDict, mesh=None) -> ModelConfig:
+  """The model's architecture from the `model` section of an experiment config.
+
+  A `mesh` whose "seq" axis is larger than 1 makes attention sequence-parallel.
+  """
+  return ModelConfig(**config.model.to_dict(),
+                     mesh=mesh if sharding.is_sequence_parallel(mesh) else None)
 
 
-def create_model(config: ml_collections.ConfigDict):
+def create_model(config: ml_collections.ConfigDict, mesh=None):
   """Returns (graphdef, params): the model's structure and its float32 parameters."""
-  model = Transformer(model_config(config), rngs=nnx.Rngs(config.seed))
+  model = Transformer(model_config(config, mesh), rngs=nnx.Rngs(config.seed))
   graphdef, params = nnx.split(model, nnx.Param)
   return graphdef, params.to_pure_dict()
 
@@ -188,7 +192,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   os.makedirs(workdir, exist_ok=True)
   with open(os.path.join(workdir, "config.json"), "w") as f:
     f.write(config.to_json(indent=2))
-  graphdef, params = create_model(config)
+  mesh = sharding.make_mesh(config.mesh)
+  graphdef, params = create_model(config, mesh)
   optimizer = create_optimizer(config)
   state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
   d = config.data
@@ -207,14 +212,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     batches.set_state(restored["data"])
     print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
   start = int(state["step"])
+  if mesh.size > 1:  # One device: no placement at all, exactly as before.
+    state = sharding.shard_train_state(state, mesh)
 
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   print(f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
-        f"devices {jax.devices()}", file=sys.stderr)
+        f"mesh {dict(mesh.shape)} over {jax.devices()}", file=sys.stderr)
   writer = MetricWriter(workdir)
   schedule = learning_rate_schedule(config)
   step_fn = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                               lm_weight=float(d.lm_weight))
+  if mesh.size > 1:  # Split each host batch over the mesh before the jitted step.
+    step_on_mesh = step_fn
+    step_fn = lambda state, batch: step_on_mesh(state, sharding.shard_batch(batch, mesh))
   distances = eval_distances(d.seq_len, config.eval.num_distances)
 
   def run_eval(step, params):

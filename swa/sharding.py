@@ -1,0 +1,439 @@
+"""Data and sequence (context) parallelism over a device mesh.
+
+The mesh has two named axes: "data" splits the batch, "seq" splits the sequence.
+Everything outside attention is position-wise, so jit over inputs sharded with
+`shard_batch` parallelises it on its own (XLA inserts the gradient all-reduce
+over "data"). Attention is the one op that mixes positions; with a window w the
+query at position p needs only keys p-w+1 .. p, so when the sequence is split
+into P shards of L = n/P tokens, a shard needs only the w-1 keys and values just
+before it -- a halo -- from its left neighbour(s), never the whole sequence:
+
+  shard i:   [ halo: w-1 rows of shards i-1, i-2, ... ][ local: L rows ]
+  queries:                                             [ local: L rows ]
+
+`sequence_parallel_attention` gathers the halo with `jax.lax.ppermute` inside
+`shard_map` (a window longer than a shard takes rows from ceil((w-1)/L)
+neighbours, one ppermute per hop) and attends each local query over
+[halo; local] with a mask built from absolute positions. The transpose of a
+ppermute is the reverse ppermute, so the backward pass sends the halo's key and
+value gradients back to the shards they came from: gradients are exact.
+
+Multi-host: `maybe_initialize_distributed()` before anything touches a device;
+keep "seq" inside a host (the last mesh axis varies fastest) and "data" across.
+"""
+
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
+
+from swa import attention
+
+DATA_AXIS, SEQ_AXIS = "data", "seq"
+AXES = (DATA_AXIS, SEQ_AXIS)
+
+
+def shard_map(f, *, mesh, in_specs, out_specs):
+  """`jax.shard_map` (JAX >= 0.7, `check_vma`) or the older experimental one (`check_rep`)."""
+  if hasattr(jax, "shard_map"):
+    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
+  from jax.experimental.shard_map import shard_map as experimental_shard_map
+  return experimental_shard_map(f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=True)
+
+
+# --------------------------------------------------------------------------- mesh
+
+def parse_mesh_spec(spec):
+  """Axis sizes from a string such as "data:-1,seq:2".
+
+  Args:
+    spec: comma-separated `axis:size` pairs, axes from ("data", "seq") in mesh
+      order (outer first); a size of -1 (at most one) takes the devices left
+      over. An axis not named has size 1; the empty string means "data:1,seq:1".
+
+  Returns:
+    A tuple of (axis name, size) pairs naming both axes, sizes -1 unresolved.
+  """
+  if not isinstance(spec, str):
+    raise ValueError(f"mesh must be a string such as 'data:-1,seq:1', got {spec!r}.")
+  sizes = {}
+  for part in filter(None, (p.strip() for p in spec.split(","))):
+    name, _, size = part.partition(":")
+    name = name.strip()
+    if name not in AXES or name in sizes:
+      raise ValueError(f"mesh {spec!r}: each axis must be one of {AXES} and appear at most "
+                       f"once, got {name!r}.")
+    try:
+      sizes[name] = int(size)
+    except ValueError:
+      raise ValueError(f"mesh {spec!r}: the size of {name!r} must be an integer, "
+                       f"got {size.strip()!r}.") from None
+    if sizes[name] < 1 and sizes[name] != -1:
+      raise ValueError(f"mesh {spec!r}: sizes must be >= 1 or -1 (the rest), got {sizes[name]}.")
+  if list(sizes.values()).count(-1) > 1:
+    raise ValueError(f"mesh {spec!r}: at most one axis may have size -1.")
+  return tuple(sizes.items()) + tuple((a, 1) for a in AXES if a not in sizes)
+
+
+def make_mesh(spec="data:1,seq:1", devices=None):
+  """A `jax.sharding.Mesh` with axes "data" and "seq" from a spec string.
+
+  Args:
+    spec: see `parse_mesh_spec`, e.g. "data:-1" (data parallel over all
+      devices), "data:2,seq:4", "seq:8". A Mesh is returned unchanged.
+    devices: the devices to use; default `jax.devices()` (all hosts). A
+      single-process mesh may use the first prod(sizes) of them; a
+      multi-process one must use all.
+
+  Returns:
+    A Mesh with both axes (size 1 where not asked for), axis types Auto so that
+    jit partitions whatever is not inside `shard_map`.
+  """
+  if isinstance(spec, jax.sharding.Mesh):
+    return spec
+  axes = parse_mesh_spec(spec)
+  devices = list(jax.devices() if devices is None else devices)
+  names, sizes = [a for a, _ in axes], [s for _, s in axes]
+  known = math.prod(s for s in sizes if s != -1)
+  if -1 in sizes:
+    if len(devices) % known:
+      raise ValueError(f"mesh {spec!r}: {len(devices)} devices do not split into axes of "
+                       f"known size {known}.")
+    sizes[sizes.index(-1)] = len(devices) // known
+  count = math.prod(sizes)
+  if count > len(devices) or (jax.process_count() > 1 and count != len(devices)):
+    raise ValueError(f"mesh {spec!r} needs {count} devices; there are {len(devices)}"
+                     + (" (a multi-process mesh must use all of them)."
+                        if jax.process_count() > 1 else "."))
+  axis_types = (jax.sharding.AxisType.Auto,) * len(names)
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types,
+                       devices=devices[:count])
+
+
+def is_sequence_parallel(mesh, seq_axis=SEQ_AXIS):
+  """True when `mesh` splits the sequence over more than one device."""
+  return mesh is not None and dict(mesh.shape).get(seq_axis, 1) > 1
+
+
+# ------------------------------------------------------------- sequence parallel
+
+def _halo_from_left(x_BLKX, halo, seq_axis, num_shards):
+  """The `halo` rows just before this shard, gathered from the shards to its left.
+
+  Hop j brings rows of shard i-j with one ppermute (all of them for j <
+  ceil(halo/L), the last halo-(j-1)*L for the farthest), so each device sends
+  and receives exactly `halo` rows. Shards with fewer than `halo` rows before
+  them receive zeros for the rest (ppermute's value for a device no one sends
+  to); those rows sit at negative positions and the attention mask drops them.
+
+  Args:
+    x_BLKX: this shard's rows [B, L, K, X].
+    halo: rows wanted, 0 <= halo <= (num_shards - 1) * L.
+
+  Returns:
+    [B, halo, K, X], oldest row first.
+  """
+  L = x_BLKX.shape[1]
+  pieces = []
+  for hop in range(1, -(-halo // L) + 1):
+    rows = min(L, halo - (hop - 1) * L)
+    perm = [(src, src + hop) for src in range(num_shards - hop)]
+    pieces.append(jax.lax.ppermute(x_BLKX[:, L - rows:], seq_axis, perm))
+  if not pieces:
+    return x_BLKX[:, :0]
+  return jnp.concatenate(pieces[::-1], axis=1)
+
+
+def _local_reference(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale):
+  """Dense form of `local_window_attention`: builds the [T, halo + T] scores."""
+  B, T, N, H = q_BTNH.shape
+  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
+  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
+  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
+                            preferred_element_type=jnp.float32) * scale
+  dist_TS = jnp.arange(T)[:, None] + halo - jnp.arange(halo + T)[None, :]
+  key_pos_S = start - halo + jnp.arange(halo + T)
+  mask_TS = (dist_TS >= 0) & (dist_TS < window) & (key_pos_S >= 0)[None, :]
+  probs_BKGTS = attention._masked_softmax(logits_BKGTS, mask_TS)
+  out_BTKGD = jnp.einsum("BKGTS,BSKD->BTKGD", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
+                         preferred_element_type=jnp.float32)
+  return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
+
+
+def _local_chunked(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale, block_size=None,
+                   blocks_per_step=None):
+  """Banded form of `local_window_attention`, laid out like attention._chunked.
+
+  The keys [halo; local] are front-padded to num_prev whole blocks before the
+  first query, so query block b attends key blocks b .. b + num_prev exactly as
+  in `_chunked`; the only change is the validity test, which uses absolute
+  positions: a key counts iff it lies in [max(0, start - halo), start + T).
+  """
+  B, T, N, H = q_BTNH.shape
+  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
+  G = N // K
+  C = attention.default_block_size(window, T) if block_size is None else block_size
+  num_q = -(-T // C)
+  num_prev = -(-(window - 1) // C)    # >= halo / C because window - 1 >= halo
+  span = (num_prev + 1) * C
+
+  q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, num_q * C - T), (0, 0), (0, 0)))
+  q_BqCKGH = (q_BqCKGH * jnp.asarray(scale, q_BTNH.dtype)).reshape(B, num_q, C, K, G, H)
+  kv_pad = ((0, 0), (num_prev * C - halo, num_q * C - T), (0, 0), (0, 0))
+
+  def windows(x_BSKX):
+    x_BbCKX = jnp.pad(x_BSKX, kv_pad).reshape(B, num_q + num_prev, C, K, -1)
+    return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
+
+  k_BqsKH, v_BqsKD = windows(k_BSKH), windows(v_BSKD)
+  first_key = jnp.maximum(start - halo, 0)
+
+  def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
+    # Query c of block b sits at start + b*C + c; key s of its window at
+    # start + (b - num_prev)*C + s.
+    dist_Cs = jnp.arange(C)[:, None] - jnp.arange(span)[None, :] + num_prev * C
+    key_pos_qCs = start + (block_q[:, None, None] - num_prev) * C + jnp.arange(span)
+    mask_qCs = (dist_Cs >= 0) & (dist_Cs < window) & (key_pos_qCs >= first_key)
+    logits_BqKGCs = jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH,
+                               preferred_element_type=jnp.float32)
+    probs_BqKGCs = attention._masked_softmax(logits_BqKGCs, mask_qCs[None, :, None, None])
+    return jnp.einsum("BqKGCs,BqsKD->BqCKGD", probs_BqKGCs.astype(v_BqsKD.dtype), v_BqsKD,
+                      preferred_element_type=jnp.float32).astype(q_BTNH.dtype)
+
+  block_q = jnp.arange(num_q)
+  if blocks_per_step is None or blocks_per_step >= num_q:
+    out_BqCKGD = attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q)
+  else:
+    @jax.checkpoint
+    def one_block(args):
+      q_BCKGH, k_BsKH, v_BsKD, b = args
+      return attend(q_BCKGH[:, None], k_BsKH[:, None], v_BsKD[:, None], b[None])[:, 0]
+
+    blocks_first = lambda x: jnp.moveaxis(x, 1, 0)
+    out_qBCKGD = jax.lax.map(
+        one_block,
+        (blocks_first(q_BqCKGH), blocks_first(k_BqsKH), blocks_first(v_BqsKD), block_q),
+        batch_size=blocks_per_step)
+    out_BqCKGD = jnp.moveaxis(out_qBCKGD, 0, 1)
+  return out_BqCKGD.reshape(B, num_q * C, N, D)[:, :T]
+
+
+def local_window_attention(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale=None,
+                           implementation="chunked", block_size=None, blocks_per_step=None):
+  """Sliding-window attention of T queries over `halo` earlier keys plus their own T keys.
+
+  The per-shard step of `sequence_parallel_attention`, usable on its own.
+  Query t sits at absolute position start + t, key s at start - halo + s; key s
+  is visible to query t iff 0 <= (start + t) - (start - halo + s) < window and
+  the key's position is >= 0 (halo rows before the sequence start are padding).
+
+  Args:
+    q_BTNH: [B, T, N, H] queries of this shard.
+    k_BSKH: [B, halo + T, K, H] keys: the halo, then this shard's.
+    v_BSKD: [B, halo + T, K, D] values, laid out like the keys.
+    halo: number of halo rows (static int >= 0).
+    window: w (static int >= 1); a query sees at most min(w, halo + T) keys.
+    start: absolute position of the first query (int, may be traced).
+    scale: logit scale; default 1 / sqrt(H).
+    implementation: "chunked" (banded, O(T * (w + C)) memory) or "reference"
+      (dense [T, halo + T] scores).
+    block_size, blocks_per_step: as in `attention.sliding_window_attention`.
+
+  Returns:
+    [B, T, N, D] in q's dtype.
+  """
+  if implementation not in ("chunked", "reference"):
+    raise ValueError(f"local implementation must be 'chunked' or 'reference', "
+                     f"got {implementation!r}.")
+  T = q_BTNH.shape[1]
+  if k_BSKH.shape[1] != halo + T or v_BSKD.shape[1] != halo + T:
+    raise ValueError(f"keys and values must have halo + T = {halo + T} rows, got "
+                     f"{k_BSKH.shape[1]} and {v_BSKD.shape[1]}.")
+  window = min(window, halo + T)      # No query has more keys than that before it.
+  scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
+  if implementation == "reference":
+    return _local_reference(q_BTNH, k_BSKH, v_BSKD, halo=halo, window=window, start=start,
+                            scale=scale)
+  return _local_chunked(q_BTNH, k_BSKH, v_BSKD, halo=halo, window=window, start=start,
+                        scale=scale, block_size=block_size, blocks_per_step=blocks_per_step)
+
+
+def halo_size(window_size, seq_len, num_shards):
+  """Rows each shard needs from its left neighbours: min(w - 1, (P - 1) * n / P).
+
+  A window of None (full attention) or one longer than the sequence needs the
+  whole prefix, which for the last shard is (P - 1) * n / P rows: as much
+  traffic as an all-gather. Sequence parallelism pays off when w - 1 << n / P.
+  """
+  w = seq_len if window_size is None else min(window_size, seq_len)
+  return min(w - 1, (num_shards - 1) * (seq_len // num_shards))
+
+
+def sequence_parallel_attention(q, k, v, window_size, *, mesh, seq_axis=SEQ_AXIS,
+                                data_axis=DATA_AXIS, implementation="chunked", scale=None,
+                                block_size=None, blocks_per_step=None):
+  """`sliding_window_attention` with the sequence split over the mesh axis `seq_axis`.
+
+  Each device holds n/P consecutive positions of q, k and v, receives the w-1
+  keys and values before them from its left neighbour(s) by ppermute (no
+  all-gather), and attends its queries over [halo; local]; see the module
+  docstring. Works under jit and grad, for any inputs (jit reshards them to
+  the specs below if they are laid out differently).
+
+  Args:
+    q: [B, T, N, H] or [B, T, H] queries (global view).
+    k: [B, T, K, H] or [B, T, H] keys.
+    v: [B, T, K, D] or [B, T, D] values.
+    window_size: w >= 1, or None for full causal attention (then the halo is
+      the whole prefix: correct, but no cheaper than an all-gather).
+    mesh: a Mesh with axis `seq_axis` (and `data_axis` unless it is None).
+    seq_axis: mesh axis the sequence is split over; T must be divisible by it.
+    data_axis: mesh axis the batch is split over, or None to replicate the
+      batch; if B is not divisible by its size the batch is replicated.
+    implementation: local step: "chunked" ("auto" means the same) or
+      "reference". cuDNN has no key-offset mask, so "cudnn" is refused.
+    scale, block_size, blocks_per_step: as in `sliding_window_attention`.
+
+  Returns:
+    [B, T, N, D] (or [B, T, D]) in q's dtype, sharded like q.
+  """
+  attention.check_window_size(window_size)
+  if implementation == "auto":
+    implementation = "chunked"
+  if implementation not in ("chunked", "reference"):
+    raise ValueError(f"Sequence-parallel attention computes its local step with 'chunked' "
+                     f"(or 'auto') or 'reference', got implementation={implementation!r}.")
+  for name, value in (("block_size", block_size), ("blocks_per_step", blocks_per_step)):
+    if value is not None:
+      attention.check_window_size(value, name=name)
+  axes = dict(mesh.shape)
+  for name, axis in (("seq_axis", seq_axis), ("data_axis", data_axis)):
+    if axis is not None and axis not in axes:
+      raise ValueError(f"{name}={axis!r} is not an axis of the mesh {tuple(axes)}.")
+  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+  squeeze = q.ndim == 3
+  q_BTNH, k_BTKH, v_BTKD = attention._check_shapes(q, k, v)
+  B, T = q_BTNH.shape[:2]
+  P = axes[seq_axis]
+  if T % P:
+    raise ValueError(f"The sequence length {T} must be divisible by the mesh axis "
+                     f"{seq_axis!r} of size {P}.")
+  L = T // P
+  w = T if window_size is None else min(window_size, T)
+  halo = halo_size(window_size, T, P)
+  scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
+  batch_axis = data_axis if data_axis is not None and B % axes[data_axis] == 0 else None
+  spec = PartitionSpec(batch_axis, seq_axis)
+  H = k_BTKH.shape[-1]
+
+  def per_shard(q_BLNH, k_BLKH, v_BLKD):
+    # One ppermute per hop for keys and values together.
+    kv_halo = _halo_from_left(jnp.concatenate([k_BLKH, v_BLKD], axis=-1), halo, seq_axis, P)
+    k_BSKH = jnp.concatenate([kv_halo[..., :H], k_BLKH], axis=1)
+    v_BSKD = jnp.concatenate([kv_halo[..., H:], v_BLKD], axis=1)
+    start = jax.lax.axis_index(seq_axis) * L
+    return local_window_attention(
+        q_BLNH, k_BSKH, v_BSKD, halo=halo, window=w, start=start, scale=scale,
+        implementation=implementation, block_size=block_size, blocks_per_step=blocks_per_step)
+
+  if k_BTKH.dtype != v_BTKD.dtype:
+    raise ValueError(f"k and v must share a dtype, got {k_BTKH.dtype} and {v_BTKD.dtype}.")
+  out_BTND = shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec),
+                       out_specs=spec)(q_BTNH, k_BTKH, v_BTKD)
+  return out_BTND[:, :, 0] if squeeze else out_BTND
+
+
+# ----------------------------------------------------------------------- training
+
+def batch_spec(ndim, *, data_axis=DATA_AXIS, seq_axis=SEQ_AXIS):
+  """PartitionSpec of a batch array: axis 0 over `data_axis`, axis 1 (if any) over `seq_axis`."""
+  return PartitionSpec(*((data_axis, seq_axis, *[None] * (ndim - 2))[:ndim]))
+
+
+def _put(x, sharding):
+  """Places the global array x under `sharding`.
+
+  In a multi-process run every process passes the same x (e.g. a batch drawn from
+  the same seed) and each of its devices takes its own slice, so any layout works,
+  "seq" across hosts included.
+  """
+  if jax.process_count() == 1:
+    return jax.device_put(x, sharding)
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+
+def shard_train_state(state, mesh):
+  """The train state (or any pytree) replicated on every device of the mesh."""
+  replicated = NamedSharding(mesh, PartitionSpec())
+  return jax.tree.map(lambda x: _put(x, replicated), state)
+
+
+def shard_batch(batch, mesh, *, data_axis=DATA_AXIS, seq_axis=SEQ_AXIS):
+  """Each array of `batch` split: batch axis over "data", sequence axis over "seq".
+
+  `batch` is the global batch; in a multi-process run every process passes the
+  same one (the simplest way: the same data seed everywhere).
+  """
+  sizes = dict(mesh.shape)
+
+  def put(x):
+    x = np.asarray(x)
+    for dim, axis in list(zip(x.shape, (data_axis, seq_axis)))[:x.ndim]:
+      if dim % sizes[axis]:
+        raise ValueError(f"A batch array of shape {x.shape} cannot be split over mesh axis "
+                         f"{axis!r} of size {sizes[axis]}: {dim} is not a multiple of it.")
+    return _put(x, NamedSharding(mesh, batch_spec(x.ndim, data_axis=data_axis,
+                                                  seq_axis=seq_axis)))
+  return jax.tree.map(put, batch)
+
+
+# ----------------------------------------------------------------------- multi-host
+
+def distributed_environment(environ=None):
+  """The kind of multi-process launch the environment shows, or None for a single process.
+
+  "explicit": JAX_COORDINATOR_ADDRESS with JAX_NUM_PROCESSES and JAX_PROCESS_ID;
+  "slurm": srun with SLURM_NTASKS > 1; "openmpi": mpirun with
+  OMPI_COMM_WORLD_SIZE > 1; "tpu": a Cloud TPU slice of several hosts
+  (TPU_WORKER_HOSTNAMES lists more than one).
+  """
+  env = os.environ if environ is None else environ
+  if env.get("JAX_COORDINATOR_ADDRESS"):
+    return "explicit"
+  if "SLURM_STEP_NODELIST" in env and int(env.get("SLURM_NTASKS", "1")) > 1:
+    return "slurm"
+  if int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1:
+    return "openmpi"
+  if len([h for h in env.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1:
+    return "tpu"
+  return None
+
+
+def maybe_initialize_distributed(environ=None):
+  """Calls `jax.distributed.initialize` when launched as one of several processes.
+
+  Must run before anything touches a device. Does nothing (returns False) in a
+  single-process run, so single-device behaviour is unchanged.
+
+  Returns:
+    True if it initialised JAX's distributed runtime.
+  """
+  env = os.environ if environ is None else environ
+  kind = distributed_environment(env)
+  if kind is None:
+    return False
+  if kind == "explicit":
+    missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(v)]
+    if missing:
+      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
+                       "is not; set all three to launch several processes.")
+    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+                               num_processes=int(env["JAX_NUM_PROCESSES"]),
+                               process_id=int(env["JAX_PROCESS_ID"]))
+  else:
+    jax.distributed.initialize()      # JAX reads SLURM / Open MPI / TPU settings itself.
+  return True

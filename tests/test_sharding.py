@@ -1,0 +1,419 @@
+"""Data and sequence parallelism (swa/sharding.py) against the single-device computation.
+
+Multi-device checks need 8 CPU devices, i.e. XLA_FLAGS set before JAX starts, so
+they run in one child process (this file with --child), started with the file's
+first test, that prints one JSON line per case; each case is a test here that
+reads its line. Single-device checks (the per-shard step on hand-made halos,
+mesh specs, the multi-host launch rules) run in this process meanwhile.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import traceback
+import zlib
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NUM_DEVICES = 8
+B, T, N, K, H = 4, 64, 4, 2, 8
+
+# (name, mesh, window, implementation, extra kwargs). Shards are T / seq = 8, 16 or
+# 32 tokens; windows: 1, shorter than a shard, equal to one, longer (the halo then
+# comes from 2-3 neighbours, or is the whole prefix), None (full attention).
+ATTENTION_CASES = [
+    ("seq8_w1", "seq:8", 1, "chunked", {}),
+    ("seq8_w5", "seq:8", 5, "chunked", {}),
+    ("seq8_w8_equal_shard", "seq:8", 8, "chunked", {}),
+    ("seq8_w20_three_hops", "seq:8", 20, "chunked", {}),
+    ("seq8_w20_three_hops_reference", "seq:8", 20, "reference", {}),
+    ("seq8_full_attention", "seq:8", None, "chunked", {}),
+    ("seq8_w11_3d_inputs", "seq:8", 11, "chunked", {"rank3": True}),
+    ("data2_seq4_w1", "data:2,seq:4", 1, "chunked", {}),
+    ("data2_seq4_w7", "data:2,seq:4", 7, "chunked", {}),
+    ("data2_seq4_w16_equal_shard", "data:2,seq:4", 16, "chunked", {}),
+    ("data2_seq4_w37_three_hops", "data:2,seq:4", 37, "chunked", {}),
+    ("data2_seq4_w37_blocks_per_step", "data:2,seq:4", 37, "chunked",
+     {"block_size": 8, "blocks_per_step": 1}),
+    ("data4_seq2_w13", "data:4,seq:2", 13, "chunked", {}),
+    ("data4_seq2_w32_equal_shard", "data:4,seq:2", 32, "chunked", {}),
+    ("data4_seq2_w45_whole_prefix", "data:4,seq:2", 45, "chunked", {}),
+    ("data4_seq2_w20_reference", "data:4,seq:2", 20, "reference", {}),
+]
+# (name, mesh, per-layer windows): two train steps with plain data parallelism, and with
+# sequence parallelism where one layer's window fits a shard and the other spans 2-3.
+TRAIN_CASES = [
+    ("train_data8", "data:8", "5,24"),
+    ("train_data2_seq4", "data:2,seq:4", "5,24"),
+    ("train_seq8", "seq:8", "5,24"),
+]
+ATTENTION_TOL, TRAIN_TOL = 1e-5, 1e-5
+
+
+# ------------------------------------------------------------------ the child
+
+def _attention_case(mesh_spec, window, implementation, extra):
+  """Largest |sequence-parallel - reference| over the output and the q, k, v gradients."""
+  import jax
+  import jax.numpy as jnp
+  from swa import attention, sharding
+
+  mesh = sharding.make_mesh(mesh_spec)
+  keys = jax.random.split(jax.random.PRNGKey(zlib.crc32(f"{mesh_spec} {window}".encode())), 4)
+  shape = lambda heads: (B, T, heads, H)
+  q, k, v, ct = (jax.random.normal(key, shape(n)) for key, n in zip(keys, (N, K, K, N)))
+  if extra.get("rank3"):
+    q, k, v, ct = q[:, :, 0], k[:, :, 0], v[:, :, 0], ct[:, :, 0]
+  kwargs = {n: extra[n] for n in ("block_size", "blocks_per_step") if n in extra}
+
+  def value_and_grads(fn, q, k, v):
+    out, vjp = jax.vjp(fn, q, k, v)
+    return (out, *vjp(ct))
+
+  parallel = jax.jit(lambda q, k, v: value_and_grads(
+      lambda q, k, v: sharding.sequence_parallel_attention(
+          q, k, v, window, mesh=mesh, implementation=implementation, **kwargs), q, k, v))(q, k, v)
+  single = jax.jit(lambda q, k, v: value_and_grads(
+      lambda q, k, v: attention.sliding_window_attention(
+          q, k, v, window, implementation="reference"), q, k, v))(q, k, v)
+  return max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(parallel, single))
+
+
+def _train_config(windows):
+  from configs import tiny
+
+  config = tiny.get_config()
+  config.model.update(num_layers=2, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=64,
+                      attention="chunked")
+  with config.model.ignore_type():
+    config.model.window_size = windows
+  config.data.seq_len, config.optim.warmup_steps = T, 2
+  return config
+
+
+def _train(config, mesh):
+  """(losses, optimiser state, params) after 2 steps, on one device if mesh is None."""
+  import jax
+  import jax.numpy as jnp
+  from swa import attention, data, model, sharding, train_lib
+
+  rng = np.random.default_rng(0)
+  batches = [data.passkey_batch(rng, 8, T, np.full(8, data.MIN_DISTANCE + i)) for i in range(2)]
+  batches = [{k: b[k] for k in ("inputs", "targets", "answer_mask")} for b in batches]
+  patched = None
+  if sharding.is_sequence_parallel(mesh):
+    if "mesh" in model.ModelConfig.__dataclass_fields__:   # The proposed model hook.
+      graphdef, params = train_lib.create_model(config, mesh=mesh)
+    else:   # Until it lands: route the model's attention call through the same op.
+      graphdef, params = train_lib.create_model(config)
+      model.attention = patched = _SequenceParallelAttention(attention, sharding, mesh)
+  else:
+    graphdef, params = train_lib.create_model(config)
+  optimizer = train_lib.create_optimizer(config)
+  # A fresh jit of train_step's body, so no trace is shared between runs.
+  step = jax.jit(lambda state, batch: train_lib.train_step.__wrapped__(
+      state, batch, graphdef=graphdef, optimizer=optimizer, lm_weight=1.0))
+  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+  if mesh is not None:
+    state = sharding.shard_train_state(state, mesh)
+  losses = []
+  try:
+    for batch in batches:
+      state, metrics = step(state, batch if mesh is None else sharding.shard_batch(batch, mesh))
+      losses.append(metrics["loss"])
+  finally:
+    model.attention = attention
+  if patched is not None:
+    assert patched.calls == config.model.num_layers, patched.calls   # Traced once per layer.
+  return jax.device_get((losses, state["opt_state"], state["params"]))
+
+
+_SINGLE_DEVICE_RUNS = {}
+
+
+def _train_case(mesh_spec, windows):
+  """Largest relative difference of losses, Adam's moments (gradients) and params after 2 steps."""
+  import jax
+  from swa import sharding
+
+  if windows not in _SINGLE_DEVICE_RUNS:
+    _SINGLE_DEVICE_RUNS[windows] = _train(_train_config(windows), None)
+  single = _SINGLE_DEVICE_RUNS[windows]
+  parallel = _train(_train_config(windows), sharding.make_mesh(mesh_spec))
+  errors = [np.max(np.abs(a - b)) / max(np.max(np.abs(b)), 1e-6)
+            for a, b in zip(jax.tree.leaves(parallel), jax.tree.leaves(single))]
+  return float(max(errors))
+
+
+class _SequenceParallelAttention:
+  """Stands in for the `swa.attention` module inside swa/model.py (test only)."""
+
+  def __init__(self, attention, sharding, mesh):
+    self._attention, self._sharding, self._mesh = attention, sharding, mesh
+    self.calls = 0
+
+  def __getattr__(self, name):
+    return getattr(self._attention, name)
+
+  def sliding_window_attention(self, q, k, v, window_size, *, implementation, block_size,
+                               blocks_per_step):
+    self.calls += 1
+    return self._sharding.sequence_parallel_attention(
+        q, k, v, window_size, mesh=self._mesh, implementation=implementation,
+        block_size=block_size, blocks_per_step=blocks_per_step)
+
+
+def _collectives():
+  """Collective ops in the compiled gradient of a 3-hop sequence-parallel attention."""
+  import re
+
+  import jax
+  import jax.numpy as jnp
+  from swa import sharding
+
+  mesh = sharding.make_mesh("data:2,seq:4")
+  q, k = jnp.ones((B, T, N, H)), jnp.ones((B, T, K, H))
+  loss = lambda q, k, v: jnp.sum(sharding.sequence_parallel_attention(q, k, v, 37, mesh=mesh))
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k).compile().as_text()
+  ops = re.findall(r"\b(all-gather|collective-permute|all-reduce|all-to-all|reduce-scatter)"
+                   r"(?:-start)?\(", hlo)
+  return {op: ops.count(op) for op in sorted(set(ops))}
+
+
+def _indivisible_error():
+  import jax.numpy as jnp
+  from swa import sharding
+
+  x = jnp.ones((2, 60, 1, 8))
+  try:
+    sharding.sequence_parallel_attention(x, x, x, 5, mesh=sharding.make_mesh("seq:8"))
+  except ValueError as e:
+    return str(e)
+  return "no error"
+
+
+def _child():
+  import jax
+  assert jax.device_count() == NUM_DEVICES, jax.devices()
+  jobs = [(name, _attention_case, args) for name, *args in ATTENTION_CASES]
+  jobs += [(name, _train_case, args) for name, *args in TRAIN_CASES]
+  jobs += [("no_all_gather", _collectives, ()), ("indivisible_length_error", _indivisible_error, ())]
+  for name, fn, args in jobs:
+    try:
+      result = {"case": name, "value": fn(*args)}
+    except Exception:   # Report and go on: one failing case must not hide the others.
+      result = {"case": name, "error": traceback.format_exc()}
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+# ----------------------------------------------------------------- the parent
+
+@pytest.fixture(scope="module", autouse=True)
+def child_process(request):
+  """Starts the child with the file's first test, so it works while the others run here."""
+  if not any("child_results" in item.fixturenames for item in request.session.items):
+    yield None   # No multi-device test selected.
+    return
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
+             XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
+             PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])))
+  child = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--child"], cwd=REPO,
+                           env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  yield child
+  if child.poll() is None:
+    child.kill()
+    child.communicate()
+
+
+@pytest.fixture(scope="module")
+def child_results(child_process):
+  try:
+    stdout, stderr = child_process.communicate(timeout=600)
+  except subprocess.TimeoutExpired:
+    pytest.fail("the multi-device child ran for over 600 s")
+  results = {}
+  for line in stdout.splitlines():
+    if line.startswith("RESULT "):
+      row = json.loads(line[len("RESULT "):])
+      results[row["case"]] = row
+  if child_process.returncode or not results:
+    pytest.fail(f"child exited with {child_process.returncode}:\n{stderr[-3000:]}")
+  return results
+
+
+def _value(results, name):
+  row = results.get(name)
+  assert row is not None, f"the child printed no result for {name}"
+  assert "error" not in row, row["error"]
+  return row["value"]
+
+
+# ------------------------------------------------------- single-device checks
+
+@pytest.mark.parametrize("T_, L, window, implementation, kwargs", [
+    (48, 8, 1, "chunked", {}),
+    (48, 8, 5, "chunked", {}),
+    (48, 8, 8, "reference", {}),
+    (48, 8, 19, "chunked", {}),                # halo from 3 shards
+    (48, 12, 30, "chunked", {"block_size": 4, "blocks_per_step": 2}),
+    (45, 9, 45, "chunked", {}),                # whole prefix; odd shard length
+    (45, 9, 45, "reference", {}),
+])
+def test_local_step_on_hand_made_halos(T_, L, window, implementation, kwargs):
+  """Each shard's output from [its halo; its keys] is its slice of the global reference."""
+  import jax
+  import jax.numpy as jnp
+  from swa import attention, sharding
+
+  keys = jax.random.split(jax.random.PRNGKey(window), 3)
+  q = jax.random.normal(keys[0], (2, T_, 4, 8))
+  k, v = (jax.random.normal(key, (2, T_, 2, 8)) for key in keys[1:])
+  expected = jax.jit(lambda q, k, v: attention.sliding_window_attention(
+      q, k, v, window, implementation="reference"))(q, k, v)
+  halo = sharding.halo_size(window, T_, T_ // L)
+  local = jax.jit(lambda q, k, v, start: sharding.local_window_attention(
+      q, k, v, halo=halo, window=window, start=start, implementation=implementation, **kwargs))
+  # Zeros stand in for rows before the sequence start, as ppermute delivers them.
+  k_pad, v_pad = (jnp.pad(x, ((0, 0), (halo, 0), (0, 0), (0, 0))) for x in (k, v))
+  for start in range(0, T_, L):
+    out = local(q[:, start:start + L], k_pad[:, start:start + halo + L],
+                v_pad[:, start:start + halo + L], start)
+    np.testing.assert_allclose(out, expected[:, start:start + L], atol=1e-5, rtol=1e-5)
+
+
+def test_halo_size():
+  from swa.sharding import halo_size
+  assert halo_size(1, 64, 8) == 0
+  assert halo_size(8, 64, 8) == 7
+  assert halo_size(20, 64, 8) == 19
+  assert halo_size(None, 64, 8) == 56   # full attention: the last shard needs 7 shards
+  assert halo_size(500, 64, 2) == 32
+
+
+def test_one_device_mesh_matches_plain_attention():
+  import jax
+  from swa import attention, sharding
+
+  mesh = sharding.make_mesh("data:-1,seq:1")
+  assert dict(mesh.shape) == {"data": jax.device_count(), "seq": 1}
+  keys = jax.random.split(jax.random.PRNGKey(3), 3)
+  q, k, v = (jax.random.normal(key, (2, 40, 2, 8)) for key in keys)
+  parallel = jax.jit(lambda q, k, v: sharding.sequence_parallel_attention(
+      q, k, v, 7, mesh=mesh, data_axis=None))
+  reference = jax.jit(lambda q, k, v: attention.sliding_window_attention(
+      q, k, v, 7, implementation="reference"))
+  np.testing.assert_allclose(
+      parallel(q, k, v), reference(q, k, v),
+      atol=1e-5, rtol=1e-5)
+  assert not sharding.is_sequence_parallel(mesh) and not sharding.is_sequence_parallel(None)
+
+
+def test_mesh_spec_parsing():
+  from swa.sharding import parse_mesh_spec
+  assert parse_mesh_spec("data:-1,seq:2") == (("data", -1), ("seq", 2))
+  assert parse_mesh_spec("seq:4, data:2") == (("seq", 4), ("data", 2))
+  assert parse_mesh_spec("seq:8") == (("seq", 8), ("data", 1))
+  assert parse_mesh_spec("") == (("data", 1), ("seq", 1))
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("model:2", "must be one of"),
+    ("data:2,data:2", "at most once"),
+    ("data:x", "must be an integer"),
+    ("data:0", "sizes must be >= 1 or -1"),
+    ("data:-1,seq:-1", "at most one axis"),
+    ("data:1024", "needs 1024 devices"),
+    (("data", 2), "must be a string"),
+])
+def test_bad_mesh_specs_are_refused(spec, message):
+  from swa import sharding
+  with pytest.raises(ValueError, match=message):
+    sharding.make_mesh(spec)
+
+
+def test_bad_arguments_are_refused():
+  import jax.numpy as jnp
+  from swa import sharding
+
+  mesh, x = sharding.make_mesh("data:1,seq:1"), jnp.ones((1, 8, 1, 4))
+  with pytest.raises(ValueError, match="'chunked'"):
+    sharding.sequence_parallel_attention(x, x, x, 3, mesh=mesh, implementation="cudnn")
+  with pytest.raises(ValueError, match="not an axis of the mesh"):
+    sharding.sequence_parallel_attention(x, x, x, 3, mesh=mesh, seq_axis="sequence")
+  with pytest.raises(ValueError, match="window_size must be >= 1"):
+    sharding.sequence_parallel_attention(x, x, x, 0, mesh=mesh)
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_shard_batch_and_state_place_arrays(monkeypatch, processes):
+  import jax
+  from swa import sharding
+
+  # With several processes each device slices the same global array (a callback).
+  monkeypatch.setattr(jax, "process_count", lambda: processes)
+  mesh = sharding.make_mesh("data:1,seq:1")
+  inputs = np.arange(16, dtype=np.int32).reshape(2, 8)
+  batch = sharding.shard_batch({"inputs": inputs, "w": np.ones(2)}, mesh)
+  assert batch["inputs"].sharding.spec == jax.sharding.PartitionSpec("data", "seq")
+  assert batch["w"].sharding.spec == jax.sharding.PartitionSpec("data")
+  np.testing.assert_array_equal(batch["inputs"], inputs)
+  state = sharding.shard_train_state({"step": np.int32(3)}, mesh)
+  assert state["step"].sharding.is_fully_replicated and int(state["step"]) == 3
+
+
+@pytest.mark.parametrize("environ, kind", [
+    ({}, None),
+    ({"SLURM_STEP_NODELIST": "n1", "SLURM_NTASKS": "1"}, None),
+    ({"SLURM_STEP_NODELIST": "n[1-2]", "SLURM_NTASKS": "2"}, "slurm"),
+    ({"OMPI_COMM_WORLD_SIZE": "4"}, "openmpi"),
+    ({"TPU_WORKER_HOSTNAMES": "a,b"}, "tpu"),
+    ({"JAX_COORDINATOR_ADDRESS": "h:1234"}, "explicit"),
+])
+def test_distributed_environment(environ, kind):
+  from swa import sharding
+  assert sharding.distributed_environment(environ) == kind
+
+
+def test_maybe_initialize_distributed(monkeypatch):
+  import jax
+  from swa import sharding
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, "initialize", lambda **kw: calls.append(kw))
+  assert not sharding.maybe_initialize_distributed({})
+  assert sharding.maybe_initialize_distributed(
+      {"JAX_COORDINATOR_ADDRESS": "h:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"})
+  assert sharding.maybe_initialize_distributed({"OMPI_COMM_WORLD_SIZE": "2"})
+  assert calls == [{"coordinator_address": "h:1234", "num_processes": 2, "process_id": 1}, {}]
+  with pytest.raises(ValueError, match="JAX_NUM_PROCESSES and JAX_PROCESS_ID"):
+    sharding.maybe_initialize_distributed({"JAX_COORDINATOR_ADDRESS": "h:1234"})
+
+
+# ------------------------------------------ multi-device checks (the child)
+
+@pytest.mark.parametrize("name", [c[0] for c in ATTENTION_CASES])
+def test_sequence_parallel_attention_matches_single_device(child_results, name):
+  assert _value(child_results, name) < ATTENTION_TOL
+
+
+@pytest.mark.parametrize("name", [c[0] for c in TRAIN_CASES])
+def test_parallel_train_step_matches_single_device(child_results, name):
+  assert _value(child_results, name) < TRAIN_TOL
+
+
+def test_halo_moves_by_ppermute_only(child_results):
+  ops = _value(child_results, "no_all_gather")
+  # Three hops forward, their three transposes backward; nothing gathers the sequence.
+  assert ops == {"collective-permute": 6}, ops
+
+
+def test_indivisible_sequence_is_refused(child_results):
+  assert "60 must be divisible by the mesh axis 'seq' of size 8" in _value(
+      child_results, "indivisible_length_error")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--child"]:
+  _child()
