@@ -127,8 +127,6 @@ def _chunked(q_BTNH, k_BSKH, v_BSKD, window_size, scale, block_size=None,
     x_BbCKX = jnp.pad(x_BSKX, kv_pad).reshape(B, num_q + num_prev, C, K, -1)
     return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
 
-  k_BqsKH, v_BqsKD = windows(k_BSKH), windows(v_BSKD)
-
   def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
     # Query c of block b sits at b*C + c; key s of its window at (b - num_prev)*C + s.
     c = jnp.arange(C)[:, None]
@@ -144,20 +142,22 @@ def _chunked(q_BTNH, k_BSKH, v_BSKD, window_size, scale, block_size=None,
 
   block_q = jnp.arange(num_q)
   if blocks_per_step is None or blocks_per_step >= num_q:
-    out_BqCKGD = attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q)
+    out_BqCKGD = attend(q_BqCKGH, windows(k_BSKH), windows(v_BSKD), block_q)
   else:
-    # Bounded memory for very long sequences: scan over groups of query blocks
-    # and recompute each group's scores in the backward pass.
+    # Bounded memory for very long sequences: loop over groups of query blocks, slice
+    # each block's key window inside the loop (never all windows at once), and
+    # recompute each group's scores in the backward pass.
+    k_BSpKH, v_BSpKD = jnp.pad(k_BSKH, kv_pad), jnp.pad(v_BSKD, kv_pad)
+
     @jax.checkpoint
     def one_block(args):
-      q_BCKGH, k_BsKH, v_BsKD, b = args
+      q_BCKGH, b = args
+      k_BsKH = jax.lax.dynamic_slice_in_dim(k_BSpKH, b * C, span, axis=1)
+      v_BsKD = jax.lax.dynamic_slice_in_dim(v_BSpKD, b * C, span, axis=1)
       return attend(q_BCKGH[:, None], k_BsKH[:, None], v_BsKD[:, None], b[None])[:, 0]
 
-    blocks_first = lambda x: jnp.moveaxis(x, 1, 0)
-    out_qBCKGD = jax.lax.map(
-        one_block,
-        (blocks_first(q_BqCKGH), blocks_first(k_BqsKH), blocks_first(v_BqsKD), block_q),
-        batch_size=blocks_per_step)
+    out_qBCKGD = jax.lax.map(one_block, (jnp.moveaxis(q_BqCKGH, 1, 0), block_q),
+                             batch_size=blocks_per_step)
     out_BqCKGD = jnp.moveaxis(out_qBCKGD, 0, 1)
   return out_BqCKGD.reshape(B, num_q * C, N, D)[:, :T]
 

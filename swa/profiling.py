@@ -1,0 +1,796 @@
+"""Device memory and time of full against sliding-window attention, alone and in a training step.
+
+One *configuration* is (kind, implementation, n, window):
+  attention_fwd     sliding_window_attention(q, k, v) on [B, n, N, H] inputs;
+  attention_fwdbwd  its gradient with respect to q, k, v of sum(out * dout);
+  train_step        one optimiser step (swa.train_lib.train_step) of the configs/base.py LM
+                    on a batch of B sequences of n tokens.
+
+`measure` runs one configuration in the current process. Its memory is *net of the inputs*:
+  peak      (GPU) the allocator's peak_bytes_in_use after the call minus the bytes in use just
+            before it (inputs, parameters and optimiser state already on the device). A process's
+            peak can never be reset, so each configuration needs a fresh process.
+  compiled  (anywhere) XLA's own plan for the compiled program, `memory_analysis()`: temporary
+            buffers plus outputs that do not reuse a donated input. It is what the program asks
+            for, not what the allocator saw; on CPU it is the only number there is.
+The time is the median over a few runs after a warm-up run (compilation excluded), each ended
+by `block_until_ready`.
+
+`compare_memory_usage` runs a sweep of configurations, each in its own subprocess
+(`python -m swa.profiling --worker`, which reads measure's arguments as JSON on stdin; the next
+one is started, and does its imports, while the current one measures) with
+XLA_PYTHON_CLIENT_PREALLOCATE=false, stops a variant after its first out-of-memory, and returns
+one row per configuration. `fit_slope`, `write_markdown`, `write_csv` and `plot_memory` turn the
+rows into results/memory.*. One configuration by hand:
+
+  python -m swa.profiling --json '{"kind": "train_step", "impl": "chunked", "seq_len": 4096,
+                                   "window": 512}'
+
+"""
+
+import argparse
+import csv
+import functools
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from swa import attention, data, train_lib
+
+KINDS = ("attention_fwd", "attention_fwdbwd", "train_step")
+METHODS = ("auto", "peak", "compiled")
+
+# Variant name -> (implementation, windowed?). Full attention is window None.
+VARIANTS = {
+    "full_reference": ("reference", False),
+    "full_cudnn": ("cudnn", False),
+    "sliding_chunked": ("chunked", True),
+    "sliding_cudnn": ("cudnn", True),
+}
+VARIANT_LABELS = {
+    "full_reference": "full (reference)",
+    "full_cudnn": "full (cuDNN)",
+    "sliding_chunked": "sliding (chunked)",
+    "sliding_cudnn": "sliding (cuDNN)",
+}
+# Statuses after which larger n is not tried for that variant.
+STOPPING = ("OOM", "timeout", "failed")
+_RESULT_MARKER = "SWA_PROFILE_RESULT "
+_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _is_oom(error):
+  msg = str(error)
+  return "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
+
+
+# ----------------------------------------------------------------------------------------------
+# One configuration, in this process.
+# ----------------------------------------------------------------------------------------------
+
+
+def train_config(seq_len, window_size, implementation, *, dtype="bfloat16", remat=False,
+                 blocks_per_step=None, block_size=None, batch_size=1):
+  """The configs/base.py experiment with the LM's window, attention and size overridden."""
+  # configs/ sits beside swa/ at the repository root, which every entry point runs from.
+  from configs import base  # pylint: disable=g-import-not-at-top
+
+  config = base.get_config()
+  config.model.window_size = window_size
+  config.model.attention = implementation
+  config.model.dtype = dtype
+  config.model.remat = bool(remat)
+  config.model.blocks_per_step = blocks_per_step
+  config.model.block_size = block_size
+  config.data.seq_len = seq_len
+  config.data.batch_size = batch_size
+  return config
+
+
+def _random_normal(key, shape, dtype, chunk=1 << 16):
+  """A random normal array built chunk by chunk along axis 1, so no large temporary is ever
+  allocated (a full-size float32 draw would raise the device's peak above the run's own)."""
+
+  if shape[1] <= chunk:
+    return jax.random.normal(key, shape, dtype)
+  fill = jax.jit(
+      lambda x, key, start: jax.lax.dynamic_update_slice_in_dim(
+          x, jax.random.normal(key, (shape[0], chunk) + tuple(shape[2:]), dtype), start, axis=1),
+      donate_argnums=0)
+  x = jnp.zeros(shape, dtype)
+  for i, start in enumerate(range(0, shape[1], chunk)):
+    x = fill(x, jax.random.fold_in(key, i), min(start, shape[1] - chunk))
+  return x
+
+
+def _attention_program(kind, implementation, window_size, block_size, blocks_per_step):
+  """(function, number of [B, n, N, H] inputs) for an attention kind."""
+
+  attend = functools.partial(
+      attention.sliding_window_attention, window_size=window_size, implementation=implementation,
+      block_size=block_size, blocks_per_step=blocks_per_step)
+  if kind == "attention_fwd":
+    return attend, 3
+
+  def loss(q, k, v, dout):
+    return jnp.sum(attend(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32))
+  return jax.grad(loss, argnums=(0, 1, 2)), 4
+
+
+def _compiled_memory(compiled):
+  """XLA's memory plan of a compiled program: {temp, output, argument, alias} bytes and the net."""
+  analysis = compiled.memory_analysis()
+  if analysis is None:
+    return {}
+  out = {
+      "compiled_temp_bytes": int(analysis.temp_size_in_bytes),
+      "compiled_output_bytes": int(analysis.output_size_in_bytes),
+      "compiled_argument_bytes": int(analysis.argument_size_in_bytes),
+      "compiled_alias_bytes": int(analysis.alias_size_in_bytes),
+  }
+  # Net of the inputs: scratch space plus outputs that do not overwrite a donated input.
+  out["compiled_bytes"] = (out["compiled_temp_bytes"] + out["compiled_output_bytes"]
+                           - out["compiled_alias_bytes"])
+  return out
+
+
+def _time_runs(run, args, repeats, time_budget_s, thread_output):
+  """Warm-up run, then up to `repeats` timed runs (fewer once time_budget_s is spent).
+
+  `thread_output(args, out)` gives the next call's arguments (a train step's new state replaces
+  its donated old one). Returns (every timed run in ms, the last arguments).
+  """
+  args = thread_output(args, jax.block_until_ready(run(*args)))
+  times_ms = []
+  while len(times_ms) < repeats and sum(times_ms) < 1e3 * time_budget_s:
+    start = time.perf_counter()
+    out = jax.block_until_ready(run(*args))
+    times_ms.append(1e3 * (time.perf_counter() - start))
+    args = thread_output(args, out)
+    del out
+  return times_ms, args
+
+
+def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, heads=16,
+            head_dim=128, block_size=None, blocks_per_step=None, remat=False, repeats=5,
+            time_budget_s=1.0, seed=0):
+  """Memory and time of one configuration in this process.
+
+  Args:
+    kind: "attention_fwd", "attention_fwdbwd" or "train_step".
+    impl: attention implementation ("reference", "chunked", "cudnn", "auto").
+    seq_len: n, tokens per sequence.
+    window: w, or None for full causal attention.
+    method: "peak" (device allocator; GPU), "compiled" (XLA memory_analysis) or "auto" (peak
+      where the device reports it, else compiled).
+    dtype: activation dtype; default bfloat16 on GPU, float32 elsewhere.
+    batch, heads, head_dim: attention kinds' input shape [batch, n, heads, head_dim]; a
+      train step uses `batch` sequences and the configs/base.py model.
+    block_size, blocks_per_step: chunked attention's query block and loop group.
+    remat: train_step only: recompute each block in the backward pass.
+    repeats: timed runs after a warm-up; 0 = memory only (nothing is allocated or run with
+      method "compiled").
+    time_budget_s: stop timing once the timed runs add up to this.
+    seed: input randomness.
+
+  Returns:
+    A flat dict: the configuration, `status` ("ok", "OOM", "unsupported: ..." or
+    "failed: ..."), `method`, `memory_bytes` (net of the inputs, by `method`), `time_ms`
+    (median), the compiled plan (`compiled_*`) and, for "peak", the allocator's numbers.
+  """
+  if kind not in KINDS:
+    raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
+  if method not in METHODS:
+    raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+  device = jax.devices()[0]
+  stats = device.memory_stats() or {}
+  has_peak = "peak_bytes_in_use" in stats
+  if method == "auto":
+    method = "peak" if has_peak else "compiled"
+  if method == "peak" and not has_peak:
+    raise ValueError(f"method='peak' needs a device that reports peak_bytes_in_use; "
+                     f"{device.device_kind} ({jax.default_backend()}) does not.")
+  dtype = dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
+  row = dict(kind=kind, impl=impl, seq_len=int(seq_len), window=window, method=method,
+             dtype=str(dtype), batch=batch, block_size=block_size,
+             blocks_per_step=blocks_per_step, device=device.device_kind,
+             backend=jax.default_backend(), jax_version=jax.__version__,
+             bytes_limit=stats.get("bytes_limit"))
+  if kind == "train_step":
+    row["remat"] = bool(remat)
+  else:
+    row.update(heads=heads, head_dim=head_dim)
+  key = jax.random.PRNGKey(seed)
+  run_repeats = repeats if method == "compiled" else max(repeats, 1)
+  stage = "setup"
+  try:
+    # Compile first, from shapes alone, so the compiler's scratch space (autotuning) is spent
+    # before the inputs exist and shows up apart from the run (compile_peak_bytes).
+    stage = "compile"
+    if kind == "train_step":
+      config = train_config(seq_len, window, impl, dtype=str(dtype), remat=remat,
+                            blocks_per_step=blocks_per_step, block_size=block_size,
+                            batch_size=batch)
+      graphdef, params = train_lib.create_model(config)
+      optimizer = train_lib.create_optimizer(config)
+      state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+      token_shape = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
+      batch_shapes = {"inputs": token_shape, "targets": token_shape,
+                      "answer_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
+      compiled = train_lib.train_step.lower(
+          state, batch_shapes, graphdef=graphdef, optimizer=optimizer,
+          lm_weight=float(config.data.lm_weight)).compile()
+      row["num_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
+
+      def make_args():
+        k_in, k_out = jax.random.split(key)
+        tokens = lambda k: jax.random.randint(k, (batch, seq_len), 1, config.model.vocab_size)
+        mask = jnp.zeros((batch, seq_len), jnp.float32).at[:, -data.ANSWER_LEN:].set(1.0)
+        return state, {"inputs": tokens(k_in), "targets": tokens(k_out), "answer_mask": mask}
+      thread_output = lambda args, out: (out[0], args[1])
+    else:
+      fn, num_inputs = _attention_program(kind, impl, window, block_size, blocks_per_step)
+      shape = (batch, seq_len, heads, head_dim)
+      compiled = jax.jit(fn).lower(
+          *[jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))] * num_inputs).compile()
+
+      def make_args():
+        return tuple(_random_normal(k, shape, jnp.dtype(dtype))
+                     for k in jax.random.split(key, num_inputs))
+      thread_output = lambda args, out: args
+    row.update(_compiled_memory(compiled))
+    if method == "peak":
+      row["compile_peak_bytes"] = int(device.memory_stats()["peak_bytes_in_use"])
+
+    if run_repeats:
+      stage = "inputs"
+      args = jax.block_until_ready(make_args())
+      if method == "peak":
+        before = device.memory_stats()
+        row["baseline_bytes"] = int(before["bytes_in_use"])
+        row["peak_before_bytes"] = int(before["peak_bytes_in_use"])
+      stage = "run"
+      times_ms, args = _time_runs(compiled, args, run_repeats, time_budget_s, thread_output)
+      row.update(time_ms=statistics.median(times_ms), times_ms=times_ms)
+      if method == "peak":
+        row["peak_bytes"] = int(device.memory_stats()["peak_bytes_in_use"])
+        # If setting up the inputs peaked higher than the run did, the run's own peak is hidden:
+        # the number is then only an upper bound, and says so.
+        row["peak_hidden"] = row["peak_bytes"] <= row["peak_before_bytes"]
+      del args
+    row["memory_bytes"] = (row["peak_bytes"] - row["baseline_bytes"] if method == "peak"
+                           else row.get("compiled_bytes"))
+    row["status"] = "ok"
+  except Exception as e:  # pylint: disable=broad-except
+    if _is_oom(e):
+      row["status"] = "OOM"
+    elif isinstance(e, ValueError) and "is not available" in str(e):
+      row["status"] = "unsupported: " + str(e).split(": ", 1)[-1]
+    else:
+      row["status"] = f"failed: {type(e).__name__}"
+    row["stage"] = stage
+    row["error"] = str(e)[:2000]
+  return row
+
+
+# ----------------------------------------------------------------------------------------------
+# A sweep, one subprocess per configuration.
+# ----------------------------------------------------------------------------------------------
+
+
+def _subprocess_env(mem_fraction=0.95):
+  env = dict(os.environ)
+  env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(mem_fraction))
+  env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
+  return env
+
+
+def probe_device(mem_fraction=0.95):
+  """{backend, device, jax_version, bytes_limit} of JAX's default device, read in a subprocess
+  so that this process never opens the accelerator (a context here would hold device memory
+  for the whole sweep)."""
+  code = ("import json, jax; d = jax.devices()[0]; s = d.memory_stats() or {}; "
+          "print(json.dumps(dict(backend=jax.default_backend(), device=d.device_kind, "
+          "jax_version=jax.__version__, bytes_limit=s.get('bytes_limit'))))")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=_REPO,
+                        env=_subprocess_env(mem_fraction), capture_output=True, text=True,
+                        check=True)
+  return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def start_worker(mem_fraction=0.95):
+  """A fresh Python process that imports JAX and swa, then waits for one configuration on
+  stdin. Starting the next worker while the current one measures hides the import time; the
+  accelerator is opened only once the configuration arrives."""
+  return subprocess.Popen(
+      [sys.executable, "-m", "swa.profiling", "--worker"], cwd=_REPO,
+      env=_subprocess_env(mem_fraction), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True)
+
+
+def run_in_subprocess(spec, *, timeout_s=600, mem_fraction=0.95, worker=None):
+  """`measure(**spec)` in a fresh Python process (`worker`, or a new one); returns its row.
+
+  The status is "timeout" when the process is killed after timeout_s, and "failed: ..." (or
+  "OOM", by its message) when it dies without a result.
+  """
+  worker = worker or start_worker(mem_fraction)
+  start = time.perf_counter()
+  try:
+    stdout, stderr = worker.communicate(json.dumps(spec) + "\n", timeout=timeout_s)
+  except subprocess.TimeoutExpired:
+    worker.kill()
+    worker.communicate()
+    return dict(spec, status="timeout", process_s=time.perf_counter() - start)
+  process_s = time.perf_counter() - start
+  for line in reversed(stdout.splitlines()):
+    if line.startswith(_RESULT_MARKER):
+      return dict(json.loads(line[len(_RESULT_MARKER):]), process_s=process_s)
+  # No result line: the process died (a crash in the runtime, the host out of memory, ...).
+  tail = (stderr or stdout)[-2000:]
+  status = "OOM" if _is_oom(tail) else f"failed: exit code {worker.returncode}"
+  return dict(spec, status=status, error=tail, process_s=process_s)
+
+
+def fit_slope(ns, values):
+  """Least-squares slope of log(values) against log(ns); nan with fewer than two points."""
+  pairs = [(n, v) for n, v in zip(ns, values)
+           if v is not None and v > 0 and not (isinstance(v, float) and math.isnan(v))]
+  if len(set(n for n, _ in pairs)) < 2:
+    return float("nan")
+  x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])
+  return float(np.polyfit(x, y, 1)[0])
+
+
+def _predicted_seconds(points, seq_len, windowed):
+  """One run's time at seq_len, extrapolated from the variant's (n, ms) so far."""
+  if not points:
+    return 0.0
+  slope = 1.0 if windowed else 2.0
+  if len(points) >= 2:
+    slope = min(max(fit_slope(*zip(*points[-2:])), 1.0), 2.0)
+  n, ms = points[-1]
+  return ms / 1e3 * (seq_len / n) ** slope
+
+
+def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *,
+                         kinds=KINDS, variants=tuple(VARIANTS), train_seq_lengths=None,
+                         method="auto", dtype=None, batch=1, heads=16, head_dim=128,
+                         long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
+                         max_run_seconds=5.0, timeout_per_config=180, mem_fraction=0.95,
+                         deadline_s=None, gpu=None, log=None, on_row=None):
+  """Memory and time of full against sliding attention over n, each configuration in a fresh
+  process.
+
+  Args:
+    seq_lengths: n for the attention kinds (and for train_step unless train_seq_lengths).
+    window_size: w of the sliding variants.
+    kinds: any of KINDS.
+    variants: any of VARIANTS: full_reference, full_cudnn, sliding_chunked, sliding_cudnn.
+    train_seq_lengths: n for train_step; default seq_lengths.
+    method, dtype, batch, heads, head_dim, repeats, time_budget_s: passed to `measure`.
+    long_from: from this n on, chunked attention loops over groups of query blocks
+      (blocks_per_step = group_queries // block size) and train steps recompute each block
+      (model.remat); 0 = never.
+    group_queries: queries per loop step of chunked attention for long sequences.
+    max_run_seconds: full attention only (its time grows as n^2): where one run, extrapolated
+      from the variant's smaller n, would take longer than this, only the compiled memory plan
+      is taken (method "compiled", nothing run); sliding variants always run.
+    timeout_per_config: seconds before a configuration's process is killed ("timeout").
+    mem_fraction: XLA_PYTHON_CLIENT_MEM_FRACTION for the subprocesses (unless already set).
+    deadline_s: after this many seconds no new configuration starts (the rest: "skipped").
+    gpu: whether cuDNN variants can run; default: `probe_device()` finds a GPU.
+    log: callable(str) for progress lines.
+    on_row: callable(rows so far) after each configuration (to save partial results).
+
+  Returns:
+    A list of rows (dicts, see `measure`) with `variant` added, sorted by kind, variant and n;
+    configurations not run have status "skipped: ..." or "n/a: ...". After an OOM, timeout or
+    failure, a variant's larger n are skipped. Every other n (and the largest) runs first, the
+    n between them after, so that a deadline cuts the detail, not the range.
+  """
+  log = log or (lambda msg: None)
+  if gpu is None:
+    gpu = probe_device(mem_fraction)["backend"] == "gpu"
+  for name in variants:
+    if name not in VARIANTS:
+      raise ValueError(f"Unknown variant {name!r}; choose from {tuple(VARIANTS)}.")
+  for kind in kinds:
+    if kind not in KINDS:
+      raise ValueError(f"Unknown kind {kind!r}; choose from {KINDS}.")
+
+  spare = []  # The next worker, started early so its imports overlap the current measurement.
+
+  def run(spec):
+    worker = spare.pop() if spare else start_worker(mem_fraction)
+    spare.append(start_worker(mem_fraction))
+    return run_in_subprocess(spec, timeout_s=timeout_per_config, worker=worker)
+
+  # Coarse to fine: every other n (and the largest) for every kind and variant first, then the
+  # n between, so a sweep cut short by its deadline still spans the whole range.
+  rows, start = [], time.perf_counter()
+  stops, timed = {}, {}     # (kind, variant) -> (first stopping n, why); -> [(n, ms)]
+  try:
+    for fine in (False, True):
+      for kind in kinds:
+        lengths = sorted(train_seq_lengths if kind == "train_step" and train_seq_lengths
+                         else seq_lengths)
+        coarse = set(lengths[::2] + lengths[-1:])
+        for name in variants:
+          impl, windowed = VARIANTS[name]
+          window = window_size if windowed else None
+          for n in (n for n in lengths if (n in coarse) != fine):
+            long = bool(long_from) and n >= long_from
+            spec = dict(kind=kind, impl=impl, seq_len=int(n), window=window, method=method,
+                        dtype=dtype, batch=batch, repeats=repeats, time_budget_s=time_budget_s)
+            if kind == "train_step":
+              spec["remat"] = long
+            else:
+              spec.update(heads=heads, head_dim=head_dim)
+            if impl == "chunked" and long:
+              block = attention.default_block_size(window, n)
+              spec["blocks_per_step"] = max(1, group_queries // block)
+            if impl == "cudnn" and not gpu:
+              rows.append(dict(spec, variant=name, status="n/a: cuDNN needs a GPU"))
+              continue
+            stop_n, why = stops.get((kind, name), (None, None))
+            if deadline_s is not None and time.perf_counter() - start > deadline_s:
+              why = "sweep deadline passed"
+            elif stop_n is None or n < stop_n:
+              why = None
+            if why:
+              rows.append(dict(spec, variant=name, status=f"skipped: {why}"))
+              continue
+            below = sorted(p for p in timed.get((kind, name), []) if p[0] < n)
+            predicted = _predicted_seconds(below, n, windowed)
+            note = None
+            if repeats and not windowed and predicted > max_run_seconds:
+              # Too slow to time: keep the memory, from the compiled plan alone.
+              note = f"~{predicted:.0f} s a run predicted"
+              spec.update(method="compiled", repeats=0)
+            log(f"{kind} {name} n={n}" + (f" (compiled plan only: {note})" if note else ""))
+            row = dict(run(spec), variant=name)
+            if note:
+              row["time_skipped"] = note
+            rows.append(row)
+            log(f"  {describe(row)}, {_format_ms(row.get('time_ms'))}, process "
+                f"{row.get('process_s', 0):.1f} s")
+            if row["status"] == "ok" and row.get("time_ms"):
+              timed.setdefault((kind, name), []).append((n, row["time_ms"]))
+            status = row["status"].split(":")[0]
+            if status in STOPPING and (stop_n is None or n < stop_n):
+              stops[(kind, name)] = (n, f"{status} at n={n}")
+            if on_row:
+              on_row(rows)
+  finally:
+    for worker in spare:
+      worker.kill()
+      worker.communicate()
+  order = {k: i for i, k in enumerate(KINDS + tuple(VARIANTS))}
+  return sorted(rows, key=lambda r: (order[r["kind"]], order[r["variant"]], r["seq_len"]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Reports: markdown, CSV, plot.
+# ----------------------------------------------------------------------------------------------
+
+
+def format_bytes(b):
+  if b is None:
+    return "—"
+  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+    if abs(b) >= size:
+      return f"{b / size:.3g} {unit}"
+  return f"{b} B"
+
+
+def _format_ms(ms):
+  if ms is None:
+    return "—"
+  return f"{ms / 1e3:.3g} s" if ms >= 1e3 else f"{ms:.3g} ms"
+
+
+def describe(row):
+  """One cell's text: the memory, or why there is none."""
+  status = row.get("status", "")
+  if status == "ok":
+    text = format_bytes(row.get("memory_bytes"))
+    return ("≤ " + text) if row.get("peak_hidden") else text
+  if status.startswith("skipped"):
+    return "skip"
+  if status.startswith("n/a") or status.startswith("unsupported"):
+    return "n/a"
+  return status.split(":")[0]
+
+
+def _cell(row, what, main_method):
+  if row is None:
+    return "—"
+  if what == "memory":
+    text = describe(row)
+    if row.get("status") == "ok" and row.get("method") != main_method:
+      text += " ᶜ" if row.get("method") == "compiled" else " ᵖ"
+    return text
+  if row.get("status") == "ok" and row.get("time_ms") is not None:
+    return _format_ms(row["time_ms"])
+  return "skip" if row.get("time_skipped") else "—"
+
+
+def main_method(rows):
+  """The memory method of most measured rows (the others are marked in the tables)."""
+  methods = [r["method"] for r in rows if r.get("status") == "ok"]
+  return max(set(methods), key=methods.count) if methods else "compiled"
+
+
+def _ratio(rows, num, den):
+  a, b = rows.get(num), rows.get(den)
+  if not (a and b and a.get("status") == "ok" and b.get("status") == "ok"):
+    return "—"
+  if not b.get("memory_bytes"):
+    return "—"
+  return f"{a['memory_bytes'] / b['memory_bytes']:.3g}×"
+
+
+def slopes(rows, kind, variant, what="memory_bytes"):
+  """Fitted log-log slope of memory (or time_ms) over n for one kind and variant."""
+  ok = [r for r in rows if r["kind"] == kind and r.get("variant") == variant
+        and r.get("status") == "ok" and r.get(what)]
+  return fit_slope([r["seq_len"] for r in ok], [r[what] for r in ok])
+
+
+def _settings(row):
+  bits = []
+  if row.get("blocks_per_step"):
+    bits.append(f"chunked blocks_per_step={row['blocks_per_step']}")
+  if row.get("remat"):
+    bits.append("remat")
+  return ", ".join(bits)
+
+
+def write_markdown(path, rows, header):
+  """The report: header lines, then per kind a table of n against every variant's memory and
+  time, the full/sliding ratios and the fitted slopes. Returns the text."""
+  lines = ["# Memory: full against sliding-window attention", ""]
+  lines += [f"- {h}" for h in header]
+  method = main_method(rows)
+  explain = {
+      "peak": "**peak**: the device allocator's `peak_bytes_in_use` after the call minus its "
+              "`bytes_in_use` just before (inputs, parameters, optimiser state already there); "
+              "one fresh process per configuration, preallocation off",
+      "compiled": "**compiled**: XLA's plan for the compiled program, `memory_analysis()`: "
+                  "temp + outputs − outputs aliased to donated inputs; not a measurement"}
+  others = sorted({r["method"] for r in rows if r.get("status") == "ok"} - {method})
+  lines += [f"- Memory (net of the inputs) by {explain[method]}."
+            + "".join(f" Cells marked {'ᶜ' if m == 'compiled' else 'ᵖ'}: {explain[m]}"
+                      + (" (too slow to time there)." if m == "compiled" else ".")
+                      for m in others)]
+  lines += ["- Cells: OOM = out of device memory; timeout = process killed after "
+            "--timeout_per_config; skip = not run (after an OOM, timeout or failure of the same "
+            "variant at a smaller n), or, in a time column, too slow to time (more than "
+            "--max_run_seconds a run, extrapolated); n/a = cuDNN needs a GPU; ≤ = the run did "
+            "not raise the peak above its setup's, so only an upper bound."]
+  variants = [v for v in VARIANTS if any(r.get("variant") == v for r in rows)]
+  for kind in KINDS:
+    krows = [r for r in rows if r["kind"] == kind]
+    if not krows:
+      continue
+    by_n = {}
+    for r in krows:
+      by_n.setdefault(r["seq_len"], {})[r["variant"]] = r
+    title = {"attention_fwd": "attention forward",
+             "attention_fwdbwd": "attention forward + backward (grad w.r.t. q, k, v)",
+             "train_step": "one LM training step"}[kind]
+    ex = krows[0]
+    if kind == "train_step":
+      shape = (f"configs/base.py model, batch {ex.get('batch')}, dtype {ex.get('dtype')}; "
+               "full = window None, sliding = window " + str(next(
+                   (r["window"] for r in krows if r.get("window")), "—")))
+    else:
+      shape = (f"q, k, v [B={ex.get('batch')}, n, N={ex.get('heads')}, H={ex.get('head_dim')}] "
+               f"{ex.get('dtype')}; sliding window " + str(next(
+                   (r["window"] for r in krows if r.get("window")), "—")))
+    lines += ["", f"## {title}", "", shape, ""]
+    head = ["n"] + [f"{VARIANT_LABELS[v]}" for v in variants]
+    head += ["reference / chunked", "cuDNN full / window"]
+    head += [f"time: {VARIANT_LABELS[v]}" for v in variants] + ["settings"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * (len(head) - 1) + "---|"]
+    for n in sorted(by_n):
+      cells = by_n[n]
+      row = [f"{n:,}"] + [_cell(cells.get(v), "memory", method) for v in variants]
+      row += [_ratio(cells, "full_reference", "sliding_chunked"),
+              _ratio(cells, "full_cudnn", "sliding_cudnn")]
+      row += [_cell(cells.get(v), "time", method) for v in variants]
+      row += ["; ".join(sorted({_settings(r) for r in cells.values() if _settings(r)}))]
+      lines.append("| " + " | ".join(row) + " |")
+    fits = []
+    for v in variants:
+      m, t = slopes(rows, kind, v), slopes(rows, kind, v, "time_ms")
+      if not math.isnan(m):
+        fits.append(f"{VARIANT_LABELS[v]} memory {m:.2f}, time {t:.2f}")
+    lines += ["", "Log-log slopes (least squares over the n that ran): " + "; ".join(fits) + "."]
+    reach = []
+    for v in variants:
+      vrows = [r for r in krows if r.get("variant") == v]
+      ok = [r for r in vrows if r.get("status") == "ok"]
+      ran = [r["seq_len"] for r in ok if not r.get("time_skipped")]
+      planned = [r["seq_len"] for r in ok if r.get("time_skipped")]
+      oom = min((r for r in vrows if r.get("status") == "OOM"), key=lambda r: r["seq_len"],
+                default=None)
+      if ran or planned or oom:
+        reach.append(f"{VARIANT_LABELS[v]} " + (f"ran up to n={max(ran):,}" if ran else "never ran")
+                     + (f" (compiled memory plan, not run, up to n={max(planned):,})" if planned
+                        else "")
+                     + (f", out of memory at n={oom['seq_len']:,}"
+                        + (" (in compilation)" if oom.get("stage") == "compile" else "")
+                        if oom else ""))
+    lines.append("Reach: " + "; ".join(reach) + ".")
+    both = [r["memory_bytes"] / r["compiled_bytes"] for r in krows if r.get("status") == "ok"
+            and r.get("method") == "peak" and r.get("compiled_bytes")]
+    if both:
+      lines.append(f"Cross-check: measured peak / compiled plan = {np.median(both):.2f} (median), "
+                   f"{min(both):.2f} ... {max(both):.2f} over {len(both)} configurations.")
+    for r in krows:
+      if r.get("status", "").startswith(("failed", "timeout", "unsupported")):
+        why = (r.get("error") or "").strip().splitlines()
+        lines.append(f"- {VARIANT_LABELS[r['variant']]}, n={r['seq_len']:,}: {r['status']}"
+                     + (f" ({r.get('stage')})" if r.get("stage") else "")
+                     + (f": `{why[0][:200]}`" if why else ""))
+  text = "\n".join(lines) + "\n"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+  return text
+
+
+CSV_FIELDS = ("kind", "variant", "impl", "seq_len", "window", "status", "method", "memory_bytes",
+              "time_ms", "time_skipped", "peak_bytes", "baseline_bytes", "peak_before_bytes",
+              "peak_hidden",
+              "compile_peak_bytes", "compiled_bytes", "compiled_temp_bytes",
+              "compiled_output_bytes", "compiled_argument_bytes", "compiled_alias_bytes",
+              "bytes_limit", "dtype", "batch", "heads", "head_dim", "block_size",
+              "blocks_per_step", "remat", "num_params", "times_ms", "process_s", "device",
+              "backend", "jax_version", "stage", "error")
+
+
+def write_csv(path, rows):
+  """Every row, one configuration a line (errors cut to their first line)."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w", newline="") as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+      r = dict(r)
+      if r.get("error"):
+        r["error"] = r["error"].strip().splitlines()[0][:300]
+      if r.get("times_ms"):
+        r["times_ms"] = " ".join(f"{t:.4g}" for t in r["times_ms"])
+      writer.writerow(r)
+
+
+def _format_n(n, _=None):
+  """1024 -> 1k, 1048576 -> 1M (powers of two)."""
+  for suffix, size in (("M", 2**20), ("k", 2**10)):
+    if n >= size:
+      return f"{n / size:g}{suffix}"
+  return f"{n:g}"
+
+
+def read_csv(path):
+  """Rows back from write_csv (numbers as numbers, empty cells dropped)."""
+  def parse(key, value):
+    if key == "times_ms":
+      return [float(t) for t in value.split()]
+    if key in ("peak_hidden", "remat"):
+      return value == "True"
+    for cast in (int, float):
+      try:
+        return cast(value)
+      except ValueError:
+        pass
+    return value
+  with open(path, newline="") as f:
+    return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+
+
+def plot_memory(path, rows, title=""):
+  """Log-log memory (top) and time (bottom) against n, one panel per kind, one line per variant
+  with its fitted slope in the legend. Out-of-memory points are red crosses on the device's
+  limit; hollow markers are compiled memory plans of configurations too slow to run."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
+
+  kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
+  styles = {"full_reference": ("tab:red", "o", "-"), "full_cudnn": ("tab:orange", "s", "-"),
+            "sliding_chunked": ("tab:blue", "o", "--"), "sliding_cudnn": ("tab:cyan", "s", "--")}
+  method = main_method(rows)
+  fig, axes = plt.subplots(2, len(kinds), figsize=(5.2 * len(kinds), 8.4), squeeze=False)
+  limit = next((r["bytes_limit"] for r in rows if r.get("bytes_limit")), None)
+  for col, kind in enumerate(kinds):
+    mem_ax, time_ax = axes[0, col], axes[1, col]
+    for v in VARIANTS:
+      vrows = sorted((r for r in rows if r["kind"] == kind and r.get("variant") == v),
+                     key=lambda r: r["seq_len"])
+      ok = [r for r in vrows if r.get("status") == "ok" and r.get("memory_bytes")]
+      color, marker, ls = styles[v]
+      if ok:
+        ns, mem = [r["seq_len"] for r in ok], [r["memory_bytes"] for r in ok]
+        mem_ax.loglog(ns, mem, marker=marker, ls=ls, color=color, base=2,
+                      label=f"{VARIANT_LABELS[v]}: slope {fit_slope(ns, mem):.2f}")
+        planned = [r for r in ok if r.get("method") != method]
+        mem_ax.plot([r["seq_len"] for r in planned], [r["memory_bytes"] for r in planned],
+                    marker=marker, color=color, mfc="white", ls="")
+        timed = [r for r in ok if r.get("time_ms")]
+        if timed:
+          tn, ts = [r["seq_len"] for r in timed], [r["time_ms"] for r in timed]
+          time_ax.plot(tn, ts, marker=marker, ls=ls, color=color,
+                         label=f"{VARIANT_LABELS[v]}: slope {fit_slope(tn, ts):.2f}")
+      for r in vrows:
+        if r.get("status") == "OOM":
+          y = limit or (2 * ok[-1]["memory_bytes"] if ok else 2**30)
+          mem_ax.plot([r["seq_len"]], [y], marker="x", color="red", ms=11, mew=2.5, ls="")
+          mem_ax.annotate(f"OOM: {VARIANT_LABELS[v]}", (r["seq_len"], y), fontsize=7,
+                          color=color, textcoords="offset points", xytext=(8, -16), ha="right")
+    if limit:
+      mem_ax.axhline(limit, color="gray", lw=0.8, ls=":")
+      mem_ax.annotate(f"allocator limit {format_bytes(limit)}", (0.02, limit),
+                      xycoords=("axes fraction", "data"), fontsize=7, color="gray",
+                      textcoords="offset points", xytext=(0, 3))
+    name = {"attention_fwd": "attention fwd", "attention_fwdbwd": "attention fwd+bwd",
+            "train_step": "LM train step"}[kind]
+    mem_ax.set_title(f"{name}: memory, net of the inputs ({method})", fontsize=10)
+    time_ax.set_title(f"{name}: time per call", fontsize=10)
+    time_ax.set_xscale("log", base=2)
+    time_ax.set_yscale("log", base=10)
+    mem_ax.yaxis.set_major_formatter(FuncFormatter(lambda b, _: format_bytes(b)))
+    time_ax.yaxis.set_major_formatter(FuncFormatter(lambda ms, _: _format_ms(ms)))
+    for ax in (mem_ax, time_ax):
+      ax.xaxis.set_major_formatter(FuncFormatter(_format_n))
+      ax.set_xlabel("sequence length n")
+      ax.grid(True, which="major", alpha=0.3)
+      if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right")
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout()
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def main(argv=None):
+  """Measures one configuration, given as JSON (the keyword arguments of `measure`) by --json
+  or, with --worker, on stdin after the imports are done; prints one result line."""
+  parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
+  parser.add_argument("--json", help="keyword arguments of measure, as JSON")
+  parser.add_argument("--worker", action="store_true", help="import first, then read the JSON "
+                      "from stdin")
+  args = parser.parse_args(argv)
+  if args.worker == bool(args.json):
+    parser.error("give exactly one of --json and --worker")
+  if args.worker:
+    # The imports are done (jax, swa, and here configs) before the configuration arrives;
+    # none of them opens a device.
+    from configs import base  # pylint: disable=g-import-not-at-top,unused-import
+    line = sys.stdin.readline()
+    if not line.strip():
+      return  # Closed without work: the sweep ended.
+    spec = json.loads(line)
+  else:
+    spec = json.loads(args.json)
+  row = measure(**spec)
+  print(_RESULT_MARKER + json.dumps(row), flush=True)
+
+
+if __name__ == "__main__":
+  main()

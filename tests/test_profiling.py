@@ -1,0 +1,168 @@
+"""Memory profiling on CPU: compiled-plan slopes, the subprocess sweep and its rules, reports."""
+
+import csv
+import math
+
+import pytest
+
+from swa import profiling
+
+SMALL = dict(heads=2, head_dim=16)   # Small heads: the n^2 or n*w terms dominate from n = 512.
+
+
+def compiled_bytes(kind, impl, lengths, window=256):
+  rows = [profiling.measure(kind, impl, n, window, method="compiled", repeats=0, **SMALL)
+          for n in lengths]
+  assert all(r["status"] == "ok" and r["method"] == "compiled" for r in rows), rows
+  return [r["memory_bytes"] for r in rows]
+
+
+def test_fit_slope_recovers_a_power_law():
+  assert profiling.fit_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+  assert profiling.fit_slope([512, 1024], [10, 20]) == pytest.approx(1.0)
+  assert math.isnan(profiling.fit_slope([512], [10]))
+  assert math.isnan(profiling.fit_slope([512, 1024], [None, 20]))
+
+
+@pytest.mark.parametrize("kind", ["attention_fwd", "attention_fwdbwd"])
+def test_compiled_memory_is_quadratic_for_full_and_linear_for_sliding(kind):
+  lengths = [512, 1024, 2048]
+  full = profiling.fit_slope(lengths, compiled_bytes(kind, "reference", lengths, window=None))
+  sliding = profiling.fit_slope(lengths, compiled_bytes(kind, "chunked", lengths))
+  assert full > 1.7, full
+  assert 0.7 < sliding < 1.3, sliding
+
+
+def test_blocks_per_step_bounds_chunked_attention_memory():
+  n, w = 4096, 256
+  plain = profiling.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
+                            **SMALL)
+  looped = profiling.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
+                             blocks_per_step=2, **SMALL)
+  assert looped["memory_bytes"] < plain["memory_bytes"]
+
+
+def test_train_step_measures_memory_and_time():
+  # Recomputation and the query-block loop (how a 1M-token step fits) shrink the plan.
+  lean = profiling.measure("train_step", "chunked", 2048, 256, repeats=1, remat=True,
+                           blocks_per_step=4)
+  assert lean["status"] == "ok", lean
+  assert lean["memory_bytes"] > 0 and lean["time_ms"] > 0 and len(lean["times_ms"]) == 1
+  assert lean["num_params"] > 0 and lean["remat"] is True
+  plain = profiling.measure("train_step", "chunked", 2048, 256, repeats=0)
+  assert plain["status"] == "ok" and plain["remat"] is False and "time_ms" not in plain
+  assert lean["memory_bytes"] < plain["memory_bytes"] / 2
+
+
+def test_unavailable_cudnn_is_reported_not_raised():
+  if profiling.probe_device()["backend"] == "gpu":
+    pytest.skip("cuDNN is available here.")
+  row = profiling.measure("attention_fwd", "cudnn", 128, 32, repeats=0, dtype="bfloat16", **SMALL)
+  assert row["status"].startswith("unsupported"), row
+
+
+def test_compare_memory_usage_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")   # the subprocesses inherit it
+  rows = profiling.compare_memory_usage(
+      [128, 256], window_size=32, kinds=("attention_fwd",),
+      variants=("full_reference", "sliding_chunked", "sliding_cudnn"), repeats=1, gpu=False,
+      **SMALL)
+  ran = [r for r in rows if not r["status"].startswith("n/a")]
+  assert len(ran) == 2 * 2
+  for r in ran:
+    assert r["status"] == "ok" and r["method"] == "compiled", r
+    assert r["memory_bytes"] > 0 and r["time_ms"] > 0 and r["process_s"] > 0
+  assert {r["variant"] for r in rows if r["status"].startswith("n/a")} == {"sliding_cudnn"}
+
+  md, csv_path, png = tmp_path / "memory.md", tmp_path / "memory.csv", tmp_path / "memory.png"
+  text = profiling.write_markdown(md, rows, ["Command: `test`"])
+  profiling.write_csv(csv_path, rows)
+  profiling.plot_memory(png, rows)
+  assert "## attention forward" in text
+  assert "**compiled**" in text and "| 256 |" in text
+  with open(csv_path) as f:
+    assert len(list(csv.DictReader(f))) == len(rows)
+  assert png.stat().st_size > 10_000
+
+
+class _FakeWorker:
+  def kill(self):
+    pass
+
+  def communicate(self, *args, **kwargs):
+    return "", ""
+
+
+def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
+  """Full attention runs out of memory at n=4096 and larger n are then skipped; sliding goes on.
+  A full-attention run predicted slower than max_run_seconds gets only its compiled plan."""
+  calls = []
+
+  def fake_run(spec, timeout_s, worker):
+    calls.append(spec)
+    if spec["impl"] == "reference" and spec["seq_len"] >= 4096:
+      return dict(spec, status="OOM", process_s=1.0)
+    ms = spec["seq_len"] * (10.0 if spec["impl"] == "reference" else 0.01)
+    return dict(spec, status="ok", memory_bytes=spec["seq_len"], process_s=1.0,
+                time_ms=ms if spec["repeats"] else None)
+
+  monkeypatch.setattr(profiling, "run_in_subprocess", fake_run)
+  monkeypatch.setattr(profiling, "start_worker", lambda mem_fraction: _FakeWorker())
+  rows = profiling.compare_memory_usage(
+      [1024, 2048, 4096, 8192], window_size=512, kinds=("attention_fwd",),
+      variants=("full_reference", "sliding_chunked"), max_run_seconds=15.0, long_from=4096,
+      gpu=False)
+  status = {(r["variant"], r["seq_len"]): r["status"] for r in rows}
+  assert status[("full_reference", 4096)] == "OOM"
+  assert status[("full_reference", 8192)].startswith("skipped")
+  assert all(status[("sliding_chunked", n)] == "ok" for n in (1024, 2048, 4096, 8192))
+  ref = {c["seq_len"]: c for c in calls if c["impl"] == "reference"}
+  # 1024 took 10 s a run, so 2048 is predicted at ~41 s: not timed, but its memory is planned.
+  assert ref[1024]["repeats"] and ref[1024]["method"] == "auto"
+  assert ref[2048]["method"] == "compiled" and ref[2048]["repeats"] == 0
+  # Coarse to fine: every other n and the largest first, the n between them after.
+  assert [c["seq_len"] for c in calls if c["impl"] == "chunked"] == [1024, 4096, 8192, 2048]
+  assert [r["seq_len"] for r in rows if r["variant"] == "sliding_chunked"] == [1024, 2048, 4096,
+                                                                                8192]
+  chunked = {c["seq_len"]: c for c in calls if c["impl"] == "chunked"}
+  assert chunked[2048].get("blocks_per_step") is None
+  assert chunked[4096]["blocks_per_step"] == 32768 // 256
+
+
+def test_oom_messages_are_recognised():
+  assert profiling._is_oom("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 GiB")
+  assert profiling._is_oom("XlaRuntimeError: out of memory")
+  assert not profiling._is_oom("INVALID_ARGUMENT: shapes differ")
+
+
+def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
+  gib = 2**30
+  base = dict(kind="attention_fwdbwd", batch=1, heads=16, head_dim=128, dtype="bfloat16",
+              bytes_limit=76 * gib)
+  rows = [
+      dict(base, variant="full_reference", impl="reference", seq_len=8192, status="ok",
+           method="peak", memory_bytes=8 * gib, compiled_bytes=8 * gib, time_ms=50.0),
+      dict(base, variant="full_reference", impl="reference", seq_len=16384, status="OOM",
+           stage="run"),
+      dict(base, variant="full_cudnn", impl="cudnn", seq_len=8192, status="ok", method="peak",
+           memory_bytes=gib // 4, compiled_bytes=gib // 4, time_ms=5.0),
+      dict(base, variant="full_cudnn", impl="cudnn", seq_len=16384, status="ok",
+           method="compiled", memory_bytes=gib // 2, time_skipped="~9 s a run predicted"),
+      dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=8192,
+           status="ok", method="peak", memory_bytes=gib, compiled_bytes=gib, time_ms=2.0),
+      dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=16384,
+           status="failed: XlaRuntimeError", stage="run", error="INTERNAL: boom\nmore"),
+  ]
+  text = profiling.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
+  assert "| 8,192 | 8 GiB | 256 MiB | 1 GiB | 8× |" in text
+  assert "| 16,384 | OOM | 512 MiB ᶜ | failed |" in text
+  assert "full (reference) ran up to n=8,192, out of memory at n=16,384" in text
+  assert "compiled memory plan, not run, up to n=16,384" in text
+  assert "failed: XlaRuntimeError (run): `INTERNAL: boom`" in text
+  assert "measured peak / compiled plan = 1.00" in text
+  profiling.write_csv(tmp_path / "memory.csv", rows)
+  back = profiling.read_csv(tmp_path / "memory.csv")
+  assert [r["status"] for r in back] == [r["status"] for r in rows]
+  assert back[0]["memory_bytes"] == 8 * gib and back[0]["time_ms"] == 50.0
+  profiling.plot_memory(tmp_path / "memory.png", back)
+  assert (tmp_path / "memory.png").stat().st_size > 10_000
