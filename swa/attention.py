@@ -173,6 +173,9 @@ def _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD):
     return f"it needs a GPU backend, and JAX's default backend is {jax.default_backend()!r}"
   if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
     return f"it takes bfloat16 or float16 inputs, got {q_BTNH.dtype}"
+  if q_BTNH.shape[1] % 2:
+    # Seen on an H100 (JAX 0.11.2): its backward pass rejects odd lengths.
+    return f"it needs an even sequence length, got {q_BTNH.shape[1]}"
   head_dims = (q_BTNH.shape[-1], v_BSKD.shape[-1])
   if head_dims[0] != head_dims[1] or head_dims[0] % 8 or head_dims[0] > 256:
     return f"it needs equal query and value head dims, a multiple of 8 and <= 256, got {head_dims}"
@@ -197,7 +200,7 @@ def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size):
   """Maps "auto" to a concrete implementation; checks the name.
 
   The auto rule: "cudnn" when cuDNN takes the inputs (GPU, 16-bit dtype, equal
-  head dims); otherwise "chunked" when the window is shorter than the sequence
+  head dims, even length); otherwise "chunked" when the window is shorter than the sequence
   (memory O(T * w) instead of O(T^2)); otherwise "reference".
   """
   if implementation not in IMPLEMENTATIONS:
