@@ -30,7 +30,7 @@ import jax
 import matplotlib.pyplot as plt
 from absl import app, flags, logging
 
-from swa import evaluate, train_lib
+from swa import evaluate, plotting, train_lib
 
 _WORKDIRS = flags.DEFINE_list("workdirs", None, "Training workdirs, comma-separated.")
 _EXAMPLES = flags.DEFINE_integer("examples_per_distance", 100,
@@ -115,9 +115,9 @@ def run(workdirs, *, out="results", examples_per_distance=100, max_factor=2.0, s
   summary = evaluate.summarize(rows)
   table = evaluate.format_summary_table(summary)
   _write_csv(os.path.join(out, "passkey.csv"), rows, CSV_FIELDS)
-  plt.close(evaluate.plot_accuracy_heatmap(rows, os.path.join(out, "passkey_heatmap.png")))
-  plt.close(evaluate.plot_accuracy_curves(rows, os.path.join(out, "passkey_curves.png")))
-  plt.close(evaluate.plot_erf_curves(erfs, reaches,
+  plt.close(plotting.plot_accuracy_heatmap(rows, os.path.join(out, "passkey_heatmap.png")))
+  plt.close(plotting.plot_accuracy_curves(rows, os.path.join(out, "passkey_curves.png")))
+  plt.close(plotting.plot_erf_curves(erfs, reaches,
                                      os.path.join(out, "effective_receptive_field.png")))
   erf_rows = [{"model": name, "distance": d, "erf": float(v),
                "erf_normalized": float(v / erf.max()) if erf.max() > 0 else 0.0}

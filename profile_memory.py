@@ -33,7 +33,7 @@ os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from swa import profiling  # pylint: disable=g-import-not-at-top
+from swa import profiling, profiling_report  # pylint: disable=g-import-not-at-top
 
 GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]          # 1,024 ... 1,048,576
 GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
@@ -92,15 +92,16 @@ def write_reports(rows, header, window, final=True):
   """memory.csv and memory.md (and memory.png when final) under --out; returns the markdown."""
   os.makedirs(_OUT.value, exist_ok=True)
   path = lambda ext: os.path.join(_OUT.value, f"memory.{ext}")
-  profiling.write_csv(path("csv"), rows)
+  profiling_report.write_csv(path("csv"), rows)
   if final:
     device = next((r for r in rows if r.get("device")), {})
-    profiling.plot_memory(path("png"), rows, title=f"Memory and time against n, window {window}, "
-                          f"on {device.get('device', '?')} ({device.get('backend', '?')})")
+    profiling_report.plot_memory(
+        path("png"), rows, title=f"Memory and time against n, window {window}, "
+        f"on {device.get('device', '?')} ({device.get('backend', '?')})")
   else:
     header = header + [f"Partial: {len(rows)} configurations so far; the sweep is still running "
                        "or was stopped."]
-  return profiling.write_markdown(path("md"), rows, header)
+  return profiling_report.write_markdown(path("md"), rows, header)
 
 
 def main(argv):
@@ -108,7 +109,7 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   command = f"Command: `{shlex.join(['python', 'profile_memory.py', *sys.argv[1:]])}`"
   if _FROM_CSV.value:
-    rows = profiling.read_csv(_FROM_CSV.value)
+    rows = profiling_report.read_csv(_FROM_CSV.value)
     device = next((r for r in rows if r.get("device")), {})
     window = next((r["window"] for r in rows if r.get("window")), _WINDOW.value)
     text = write_reports(rows, [command + f" (rebuilt from {_FROM_CSV.value}; the measurements' "

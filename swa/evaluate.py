@@ -27,9 +27,9 @@ that few shapes are compiled. Such rows carry beyond_train_len=True. Full-attent
 models are swept only up to their trained length's largest distance.
 
 Entry points: passkey_sweep (one model, rows per distance), test_passkey_retrieval (one
-model's parameters run with other windows), summarize / format_summary_table,
-effective_receptive_field_of_model, and plot_* for the figures. eval_passkey.py at the
-repository root runs them all on training workdirs.
+model's parameters run with other windows), summarize / format_summary_table and
+effective_receptive_field_of_model; swa/plotting.py draws the figures. eval_passkey.py at
+the repository root runs them all on training workdirs.
 """
 
 import collections
@@ -41,17 +41,13 @@ import time
 
 import jax
 import jax.numpy as jnp
-import matplotlib
 import ml_collections
 import numpy as np
 from flax import nnx
 
-matplotlib.use("Agg")  # headless: figures are only ever saved to files
-import matplotlib.pyplot as plt  # noqa: E402
-
-from swa import data, train_lib  # noqa: E402
-from swa import receptive_field as rf  # noqa: E402
-from swa.model import ModelConfig, Transformer  # noqa: E402
+from swa import data, train_lib
+from swa import receptive_field as rf
+from swa.model import ModelConfig, Transformer
 
 _CONFIG_TYPES = (ModelConfig, ml_collections.ConfigDict)
 
@@ -494,137 +490,3 @@ def effective_receptive_field_of_model(graphdef, params, *, seq_len, num_example
 def _logits_from_embeddings(params, x_BTD, *, graphdef):
   """model.from_embeddings, jitted with the parameters as arguments rather than constants."""
   return nnx.merge(graphdef, params).from_embeddings(x_BTD)
-
-
-# --- Figures -------------------------------------------------------------------------------------
-
-def _by_model(rows):
-  groups = collections.OrderedDict()
-  for r in rows:
-    groups.setdefault(r["model"], []).append(r)
-  return {m: sorted(rs, key=lambda r: r["distance"]) for m, rs in groups.items()}
-
-
-def _reach_text(reach):
-  return "∞" if reach is None else str(reach)
-
-
-def _bucket_width(span, max_buckets=40):
-  """The smallest power of two >= 16 that cuts a distance span into <= max_buckets buckets."""
-  width = 16
-  while (span + 1) / width > max_buckets - 1:  # - 1: the span may straddle one more bucket
-    width *= 2
-  return width
-
-
-def plot_accuracy_heatmap(rows, path=None):
-  """Heatmap: models (rows) x distance buckets (columns) -> mean exact match.
-
-  Grey cells were not tested; a dashed red line in each model's row marks its reach.
-  Returns the matplotlib Figure.
-  """
-  groups = _by_model(rows)
-  distances = [r["distance"] for r in rows]
-  width = _bucket_width(max(distances) - min(distances))
-  first = min(distances) // width                      # buckets [b * width, (b + 1) * width)
-  num_buckets = max(distances) // width + 1 - first
-  acc = np.full((len(groups), num_buckets), np.nan)
-  for i, rs in enumerate(groups.values()):
-    for b in range(num_buckets):
-      lo = (first + b) * width
-      cell = [r for r in rs if lo <= r["distance"] < lo + width]
-      if cell:
-        acc[i, b] = sum(r["accuracy"] * r["n"] for r in cell) / sum(r["n"] for r in cell)
-  fig, ax = plt.subplots(figsize=(max(8, 0.42 * num_buckets + 3), 0.7 * len(groups) + 2.2))
-  cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-  x0 = first * width
-  image = ax.imshow(acc, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest",
-                    extent=(x0, x0 + num_buckets * width, len(groups), 0))
-  for i, rs in enumerate(groups.values()):
-    for b in range(num_buckets):
-      if not np.isnan(acc[i, b]):
-        ax.text(x0 + (b + 0.5) * width, i + 0.5, f"{100 * acc[i, b]:.0f}", ha="center",
-                va="center", fontsize=7, color="black" if acc[i, b] > 0.5 else "white")
-    if rs[0]["reach"] is not None:
-      ax.plot([rs[0]["reach"]] * 2, [i, i + 1], "--", color="red", linewidth=1.8)
-  labels = [f"{m} (L={rs[0]['layers']}, reach {_reach_text(rs[0]['reach'])})"
-            for m, rs in groups.items()]
-  ax.set_yticks(np.arange(len(groups)) + 0.5, labels)
-  ax.set_xlabel(f"distance d (buckets of {width} tokens; red dashes: reach Σ(w−1))")
-  ax.set_title("Passkey exact match (%) by distance")
-  fig.colorbar(image, ax=ax, label="exact match", fraction=0.03, pad=0.01)
-  fig.tight_layout()
-  if path is not None:
-    fig.savefig(path, dpi=120)
-  return fig
-
-
-def plot_accuracy_curves(rows, path=None, threshold=THRESHOLD):
-  """Exact match vs distance, one curve per model; dashed verticals at each reach.
-
-  Hollow markers: prompts longer than the model's trained length. Returns the Figure.
-  """
-  fig, ax = plt.subplots(figsize=(10, 5))
-  any_beyond = False
-  for model, rs in _by_model(rows).items():
-    d = np.array([r["distance"] for r in rs])
-    acc = np.array([r["accuracy"] for r in rs])
-    beyond = np.array([r["beyond_train_len"] for r in rs])
-    reach = rs[0]["reach"]
-    line, = ax.plot(d, acc, "-", linewidth=1.2,
-                    label=f"{model} (L={rs[0]['layers']}, reach {_reach_text(reach)})")
-    color = line.get_color()
-    ax.plot(d[~beyond], acc[~beyond], "o", color=color, markersize=3.5)
-    ax.plot(d[beyond], acc[beyond], "o", markerfacecolor="white", color=color, markersize=3.5)
-    any_beyond |= bool(beyond.any())
-    if reach is not None:
-      ax.axvline(reach, color=color, linestyle="--", linewidth=1)
-  ax.axhline(threshold, color="grey", linestyle=":", linewidth=1)
-  ax.set_ylim(-0.03, 1.03)
-  ax.set_xlabel("distance d = p_last − first key digit (tokens)")
-  ax.set_ylabel("exact match (5 digits, greedy)")
-  note = "; hollow: prompts longer than trained" if any_beyond else ""
-  ax.set_title(f"Passkey retrieval vs distance (dashed: reach Σ(w−1); dotted: "
-               f"{100 * threshold:g} %{note})", fontsize=10)
-  ax.legend(fontsize=8, loc="lower left")
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  if path is not None:
-    fig.savefig(path, dpi=120)
-  return fig
-
-
-def plot_erf_curves(erfs, reaches, path=None):
-  """Effective receptive field vs distance on a log axis, each curve divided by its maximum.
-
-  Args:
-    erfs: {label: float [D]}, entry d the ERF at distance d (effective_receptive_field_of_model).
-    reaches: {label: reach or None}; a dashed vertical line at each reach.
-    path: if given, the figure is saved there.
-
-  Returns:
-    The Figure. Exact zeros (beyond the reach) cannot sit on a log axis: curves stop there.
-  """
-  fig, ax = plt.subplots(figsize=(10, 4.8))
-  longest = 0
-  for label, erf in erfs.items():
-    erf = np.asarray(erf, dtype=np.float64)
-    values = erf / erf.max() if erf.max() > 0 else erf
-    nonzero = np.flatnonzero(values > 0)
-    zero_from = f"; 0 beyond d={nonzero[-1]}" if nonzero.size and nonzero[-1] < erf.size - 1 else ""
-    line, = ax.plot(np.arange(erf.size), np.where(values > 0, values, np.nan), linewidth=1,
-                    label=f"{label}{zero_from}")
-    longest = max(longest, erf.size - 1)
-    if reaches.get(label) is not None:
-      ax.axvline(reaches[label], color=line.get_color(), linestyle="--", linewidth=1)
-  ax.set_yscale("log")
-  ax.set_xlim(0, longest)
-  ax.set_xlabel("distance d = p_last − s (tokens)")
-  ax.set_ylabel("mean ‖∂ logit(first digit) / ∂ x_s‖ / max")
-  ax.set_title("Effective receptive field of the first answer digit (dashed: reach Σ(w−1))")
-  ax.legend(fontsize=8)
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  if path is not None:
-    fig.savefig(path, dpi=120)
-  return fig

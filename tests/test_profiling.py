@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from swa import profiling
+from swa import profiling, profiling_report
 
 SMALL = dict(heads=2, head_dim=16)   # Small heads: the n^2 or n*w terms dominate from n = 512.
 
@@ -75,9 +75,9 @@ def test_compare_memory_usage_runs_each_config_in_a_subprocess(tmp_path, monkeyp
   assert {r["variant"] for r in rows if r["status"].startswith("n/a")} == {"sliding_cudnn"}
 
   md, csv_path, png = tmp_path / "memory.md", tmp_path / "memory.csv", tmp_path / "memory.png"
-  text = profiling.write_markdown(md, rows, ["Command: `test`"])
-  profiling.write_csv(csv_path, rows)
-  profiling.plot_memory(png, rows)
+  text = profiling_report.write_markdown(md, rows, ["Command: `test`"])
+  profiling_report.write_csv(csv_path, rows)
+  profiling_report.plot_memory(png, rows)
   assert "## attention forward" in text
   assert "**compiled**" in text and "| 256 |" in text
   with open(csv_path) as f:
@@ -153,16 +153,16 @@ def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
       dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=16384,
            status="failed: XlaRuntimeError", stage="run", error="INTERNAL: boom\nmore"),
   ]
-  text = profiling.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
+  text = profiling_report.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
   assert "| 8,192 | 8 GiB | 256 MiB | 1 GiB | 8× |" in text
   assert "| 16,384 | OOM | 512 MiB ᶜ | failed |" in text
   assert "full (reference) ran up to n=8,192, out of memory at n=16,384" in text
   assert "compiled memory plan, not run, up to n=16,384" in text
   assert "failed: XlaRuntimeError (run): `INTERNAL: boom`" in text
   assert "measured peak / compiled plan = 1.00" in text
-  profiling.write_csv(tmp_path / "memory.csv", rows)
-  back = profiling.read_csv(tmp_path / "memory.csv")
+  profiling_report.write_csv(tmp_path / "memory.csv", rows)
+  back = profiling_report.read_csv(tmp_path / "memory.csv")
   assert [r["status"] for r in back] == [r["status"] for r in rows]
   assert back[0]["memory_bytes"] == 8 * gib and back[0]["time_ms"] == 50.0
-  profiling.plot_memory(tmp_path / "memory.png", back)
+  profiling_report.plot_memory(tmp_path / "memory.png", back)
   assert (tmp_path / "memory.png").stat().st_size > 10_000
