@@ -50,7 +50,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swa import data
+from swa import data, train_lib
 from swa.attention import _masked_softmax
 from swa.model import ModelConfig
 
@@ -222,7 +222,7 @@ def _forward_impl(graphdef, params, cache, tokens_BC, num_valid):
     q_BCNH, k_BCKH, v_BCKH = attn.project(block.attention_norm(x_BCD), positions_BC)
     out_BCNH = cached_attention(q_BCNH, k_BCKH, v_BCKH, layer, attn.window_size)
     x_BCD = x_BCD + attn.out(out_BCNH.reshape(B, C, -1))
-    x_BCD = x_BCD + block.mlp_out(jax.nn.gelu(block.mlp_in(block.mlp_norm(x_BCD))))
+    x_BCD = x_BCD + block.mlp(x_BCD)
     new_cache.append(write(layer, k_BCKH, v_BCKH, num_valid))
   return model.head(model.final_norm(x_BCD)).astype(jnp.float32), new_cache
 
@@ -386,20 +386,12 @@ def evaluate_passkey_streaming(graphdef, params, *, seq_len, distances, examples
                                seed, chunk_size, num_sinks=0, batch_size=64, progress=None):
   """`train_lib.evaluate_passkey` through the streaming path: {distance: exact-match accuracy}.
 
-  Draws the same prompts as train_lib.evaluate_passkey for the same seed (generator seeded with
-  (seed, 7919, distance)), so with num_sinks=0 the accuracies agree; seq_len may be far beyond
-  the training context. `progress(n)` is called after each batch of n examples, if given.
+  The same prompts as train_lib.evaluate_passkey for the same seed, so with num_sinks=0 the
+  accuracies agree; seq_len may be far beyond the training context. `progress(n)` is called
+  after each batch of n examples, if given.
   """
-  results = {}
-  for distance in distances:
-    rng = np.random.default_rng([seed, 7_919, int(distance)])
-    hits = 0
-    for start in range(0, examples_per_distance, batch_size):
-      n = min(batch_size, examples_per_distance - start)
-      batch = data.passkey_batch(rng, n, seq_len, np.full(n, distance))
-      hits += int(np.sum(streaming_exact_match(graphdef, params, batch, chunk_size,
-                                               num_sinks=num_sinks)))
-      if progress is not None:
-        progress(n)
-    results[int(distance)] = hits / examples_per_distance
-  return results
+  return train_lib.evaluate_passkey(
+      graphdef, params, seq_len=seq_len, distances=distances,
+      examples_per_distance=examples_per_distance, seed=seed, batch_size=batch_size,
+      progress=progress, exact_match_fn=lambda batch: streaming_exact_match(
+          graphdef, params, batch, chunk_size, num_sinks=num_sinks))

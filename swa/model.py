@@ -148,9 +148,13 @@ class Block(nnx.Module):
     self.mlp_in = nnx.Linear(config.d_model, config.mlp_dim, dtype=dtype, rngs=rngs)
     self.mlp_out = nnx.Linear(config.mlp_dim, config.d_model, dtype=dtype, rngs=rngs)
 
+  def mlp(self, x_BTD):
+    """The MLP branch (norm included); swa/cache.py reuses it around its cached attention."""
+    return self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD))))
+
   def __call__(self, x_BTD, positions_BT):
     x_BTD = x_BTD + self.attention(self.attention_norm(x_BTD), positions_BT)
-    return x_BTD + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD))))
+    return x_BTD + self.mlp(x_BTD)
 
 
 class Transformer(nnx.Module):

@@ -104,12 +104,16 @@ def exact_match_step(params, batch, *, graphdef):
 
 
 def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_distance, seed,
-                     batch_size=64):
+                     batch_size=64, exact_match_fn=None, progress=None):
   """Exact-match accuracy at each distance, on fresh prompts of `seq_len` tokens.
 
   Returns {distance: accuracy}. Prompts are drawn from a generator seeded with
-  (seed, distance), independent of the training stream.
+  (seed, 7919, distance), independent of the training stream. `exact_match_fn(batch)`
+  -> bool [B] scores a batch (default: `exact_match_step`, one teacher-forced pass;
+  swa/cache.py passes its streaming path); `progress(n)` is called after each batch.
   """
+  if exact_match_fn is None:
+    exact_match_fn = lambda batch: exact_match_step(params, batch, graphdef=graphdef)
   results = {}
   for distance in distances:
     rng = np.random.default_rng([seed, 7_919, int(distance)])
@@ -118,7 +122,9 @@ def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_dista
       n = min(batch_size, examples_per_distance - start)
       batch = data.passkey_batch(rng, n, seq_len, np.full(n, distance))
       batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
-      hits += int(np.sum(exact_match_step(params, batch, graphdef=graphdef)))
+      hits += int(np.sum(exact_match_fn(batch)))
+      if progress is not None:
+        progress(n)
     results[int(distance)] = hits / examples_per_distance
   return results
 
