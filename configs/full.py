@@ -2,7 +2,8 @@
 
   python train.py --config=configs/full.py
 
-Result on one H100: see results/training.md (command, time and accuracy by distance).
+Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~140k tokens/s;
+cut at 330 s (~1,110 steps). Step-1,000 checkpoint: 100 % exact match at every distance 42-1004.
 """
 
 from configs import base

@@ -2,7 +2,9 @@
 
   python train.py --config=configs/w128.py
 
-Result on one H100: see results/training.md (command, time and accuracy by distance).
+Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~232k tokens/s;
+the run was cut at 330 s (~1,860 of 2,000 steps). Its step-1,500 checkpoint: >= 95 % exact match up
+to distance 362, 92 % averaged inside the reach, 0 % at every distance beyond 508.
 """
 
 from configs import base
