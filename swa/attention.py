@@ -78,14 +78,23 @@ def _masked_softmax(logits, mask):
   return unnormalised / jnp.where(row_sum == 0.0, 1.0, row_sum)
 
 
-def _reference(q_BTNH, k_BSKH, v_BSKD, window_size, scale):
-  """Dense masked attention: builds the full [T, S] score matrix."""
+def _reference(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, halo=0, start=0):
+  """Dense masked attention: builds the full [T, S] score matrix.
+
+  `halo` and `start` serve sequence parallelism (swa/sharding.py): the keys are
+  `halo` earlier rows followed by the queries' own T, query t sits at absolute
+  position start + t, and halo keys before position 0 are padding. Self-attention
+  is halo = start = 0.
+  """
   B, T, N, H = q_BTNH.shape
   K, D = k_BSKH.shape[2], v_BSKD.shape[3]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
                             preferred_element_type=jnp.float32) * scale
-  probs_BKGTS = _masked_softmax(logits_BKGTS, create_sliding_window_mask(T, window_size))
+  mask_TS = create_sliding_window_mask(halo + T, window_size)[halo:]
+  if halo:
+    mask_TS &= (start - halo + jnp.arange(halo + T) >= 0)[None, :]
+  probs_BKGTS = _masked_softmax(logits_BKGTS, mask_TS)
   out_BTKGD = jnp.einsum("BKGTS,BSKD->BTKGD", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
                          preferred_element_type=jnp.float32)
   return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
@@ -106,34 +115,43 @@ def default_block_size(window_size, seq_len):
 
 
 def _chunked(q_BTNH, k_BSKH, v_BSKD, window_size, scale, block_size=None,
-             blocks_per_step=None):
-  """Banded attention: each query block sees only the key blocks its window touches."""
+             blocks_per_step=None, *, halo=0, start=0):
+  """Banded attention: each query block sees only the key blocks its window touches.
+
+  `halo` and `start` as in `_reference` (keys = halo earlier rows + the T local
+  ones; query t at absolute position start + t); the halo must be < the window.
+  """
   B, T, N, H = q_BTNH.shape
   K, D = k_BSKH.shape[2], v_BSKD.shape[3]
   G = N // K
-  w = T if window_size is None else min(window_size, T)
-  C = default_block_size(window_size, T) if block_size is None else block_size
+  w = halo + T if window_size is None else min(window_size, halo + T)
+  C = default_block_size(w, T) if block_size is None else block_size
   num_q = -(-T // C)                  # query blocks; the last one is padded
   num_prev = -(-(w - 1) // C)         # earlier key blocks a query block can reach
   span = (num_prev + 1) * C           # keys one query block attends over
 
-  # Queries: pad the end to a whole block. Keys/values: pad the front by
-  # num_prev blocks so block i's window is key blocks i .. i + num_prev.
+  # Queries: pad the end to a whole block. Keys/values: pad the front up to
+  # num_prev blocks before the first query, so block i's window is key blocks
+  # i .. i + num_prev.
   q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, num_q * C - T), (0, 0), (0, 0)))
   q_BqCKGH = (q_BqCKGH * jnp.asarray(scale, q_BTNH.dtype)).reshape(B, num_q, C, K, G, H)
-  kv_pad = ((0, 0), (num_prev * C, num_q * C - T), (0, 0), (0, 0))
+  kv_pad = ((0, 0), (num_prev * C - halo, num_q * C - T), (0, 0), (0, 0))
+  # Keys before this (offset from the first query) are padding: before the halo,
+  # or before absolute position 0.
+  first_key = jnp.maximum(-halo, -start)
 
   def windows(x_BSKX):
     x_BbCKX = jnp.pad(x_BSKX, kv_pad).reshape(B, num_q + num_prev, C, K, -1)
     return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
 
   def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
-    # Query c of block b sits at b*C + c; key s of its window at (b - num_prev)*C + s.
+    # Query c of block b sits at b*C + c; key s of its window at (b - num_prev)*C + s
+    # (offsets from the first query).
     c = jnp.arange(C)[:, None]
     s = jnp.arange(span)[None, :]
     dist_Cs = c - s + num_prev * C                      # query pos - key pos
     key_pos_qCs = (block_q[:, None, None] - num_prev) * C + s
-    mask_qCs = (dist_Cs >= 0) & (dist_Cs < w) & (key_pos_qCs >= 0)
+    mask_qCs = (dist_Cs >= 0) & (dist_Cs < w) & (key_pos_qCs >= first_key)
     logits_BqKGCs = jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH,
                                preferred_element_type=jnp.float32)
     probs_BqKGCs = _masked_softmax(logits_BqKGCs, mask_qCs[None, :, None, None])

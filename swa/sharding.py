@@ -147,80 +147,6 @@ def _halo_from_left(x_BLKX, halo, seq_axis, num_shards):
   return jnp.concatenate(pieces[::-1], axis=1)
 
 
-def _local_reference(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale):
-  """Dense form of `local_window_attention`: builds the [T, halo + T] scores."""
-  B, T, N, H = q_BTNH.shape
-  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
-  q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
-                            preferred_element_type=jnp.float32) * scale
-  dist_TS = jnp.arange(T)[:, None] + halo - jnp.arange(halo + T)[None, :]
-  key_pos_S = start - halo + jnp.arange(halo + T)
-  mask_TS = (dist_TS >= 0) & (dist_TS < window) & (key_pos_S >= 0)[None, :]
-  probs_BKGTS = attention._masked_softmax(logits_BKGTS, mask_TS)
-  out_BTKGD = jnp.einsum("BKGTS,BSKD->BTKGD", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
-                         preferred_element_type=jnp.float32)
-  return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
-
-
-def _local_chunked(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale, block_size=None,
-                   blocks_per_step=None):
-  """Banded form of `local_window_attention`, laid out like attention._chunked.
-
-  The keys [halo; local] are front-padded to num_prev whole blocks before the
-  first query, so query block b attends key blocks b .. b + num_prev exactly as
-  in `_chunked`; the only change is the validity test, which uses absolute
-  positions: a key counts iff it lies in [max(0, start - halo), start + T).
-  """
-  B, T, N, H = q_BTNH.shape
-  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
-  G = N // K
-  C = attention.default_block_size(window, T) if block_size is None else block_size
-  num_q = -(-T // C)
-  num_prev = -(-(window - 1) // C)    # >= halo / C because window - 1 >= halo
-  span = (num_prev + 1) * C
-
-  q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, num_q * C - T), (0, 0), (0, 0)))
-  q_BqCKGH = (q_BqCKGH * jnp.asarray(scale, q_BTNH.dtype)).reshape(B, num_q, C, K, G, H)
-  kv_pad = ((0, 0), (num_prev * C - halo, num_q * C - T), (0, 0), (0, 0))
-
-  def windows(x_BSKX):
-    x_BbCKX = jnp.pad(x_BSKX, kv_pad).reshape(B, num_q + num_prev, C, K, -1)
-    return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
-
-  k_BqsKH, v_BqsKD = windows(k_BSKH), windows(v_BSKD)
-  first_key = jnp.maximum(start - halo, 0)
-
-  def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
-    # Query c of block b sits at start + b*C + c; key s of its window at
-    # start + (b - num_prev)*C + s.
-    dist_Cs = jnp.arange(C)[:, None] - jnp.arange(span)[None, :] + num_prev * C
-    key_pos_qCs = start + (block_q[:, None, None] - num_prev) * C + jnp.arange(span)
-    mask_qCs = (dist_Cs >= 0) & (dist_Cs < window) & (key_pos_qCs >= first_key)
-    logits_BqKGCs = jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH,
-                               preferred_element_type=jnp.float32)
-    probs_BqKGCs = attention._masked_softmax(logits_BqKGCs, mask_qCs[None, :, None, None])
-    return jnp.einsum("BqKGCs,BqsKD->BqCKGD", probs_BqKGCs.astype(v_BqsKD.dtype), v_BqsKD,
-                      preferred_element_type=jnp.float32).astype(q_BTNH.dtype)
-
-  block_q = jnp.arange(num_q)
-  if blocks_per_step is None or blocks_per_step >= num_q:
-    out_BqCKGD = attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q)
-  else:
-    @jax.checkpoint
-    def one_block(args):
-      q_BCKGH, k_BsKH, v_BsKD, b = args
-      return attend(q_BCKGH[:, None], k_BsKH[:, None], v_BsKD[:, None], b[None])[:, 0]
-
-    blocks_first = lambda x: jnp.moveaxis(x, 1, 0)
-    out_qBCKGD = jax.lax.map(
-        one_block,
-        (blocks_first(q_BqCKGH), blocks_first(k_BqsKH), blocks_first(v_BqsKD), block_q),
-        batch_size=blocks_per_step)
-    out_BqCKGD = jnp.moveaxis(out_qBCKGD, 0, 1)
-  return out_BqCKGD.reshape(B, num_q * C, N, D)[:, :T]
-
-
 def local_window_attention(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale=None,
                            implementation="chunked", block_size=None, blocks_per_step=None):
   """Sliding-window attention of T queries over `halo` earlier keys plus their own T keys.
@@ -255,10 +181,9 @@ def local_window_attention(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale
   window = min(window, halo + T)      # No query has more keys than that before it.
   scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
   if implementation == "reference":
-    return _local_reference(q_BTNH, k_BSKH, v_BSKD, halo=halo, window=window, start=start,
-                            scale=scale)
-  return _local_chunked(q_BTNH, k_BSKH, v_BSKD, halo=halo, window=window, start=start,
-                        scale=scale, block_size=block_size, blocks_per_step=blocks_per_step)
+    return attention._reference(q_BTNH, k_BSKH, v_BSKD, window, scale, halo=halo, start=start)
+  return attention._chunked(q_BTNH, k_BSKH, v_BSKD, window, scale, block_size, blocks_per_step,
+                            halo=halo, start=start)
 
 
 def halo_size(window_size, seq_len, num_shards):
