@@ -52,7 +52,7 @@ from flax import nnx
 
 from swa import data, train_lib
 from swa.attention import _masked_softmax
-from swa.model import ModelConfig
+from swa.model import ModelConfig, config_of
 
 # How many times the forward body has been traced by any jitted entry point (forward_with_cache,
 # decode_step, generate). A Python side effect runs only when JAX traces, i.e. compiles, so tests
@@ -302,10 +302,6 @@ def generate(graphdef, params, cache, logits_BV, num_tokens):
   return tokens_BN, logits_BV, cache
 
 
-def _model_config(graphdef, params):
-  return nnx.merge(graphdef, params).config
-
-
 def check_capacity(model_config, cache, new_tokens):
   """Raises ValueError if feeding new_tokens more tokens would overflow a bounded layer."""
   limit = capacity(model_config, cache)
@@ -336,7 +332,7 @@ def prefill(graphdef, params, cache, tokens_BT, chunk_size, *, logits="all"):
   if tokens_BT.ndim != 2:
     raise ValueError(f"tokens must be [batch, length], got shape {tokens_BT.shape}.")
   B, T = tokens_BT.shape
-  model_config = _model_config(graphdef, params)
+  model_config = config_of(graphdef, params)
   check_capacity(model_config, cache, T)
   pieces, last = [], None
   for start in range(0, T, chunk_size):
@@ -375,7 +371,7 @@ def streaming_exact_match(graphdef, params, batch, chunk_size, *, num_sinks=0):
   B, T = inputs_BT.shape
   answer_cols = np.flatnonzero(answer_BT.any(0))
   first = int(answer_cols[0]) if answer_cols.size else T
-  cache = init_cache(_model_config(graphdef, params), B, max_len=T, num_sinks=num_sinks)
+  cache = init_cache(config_of(graphdef, params), B, max_len=T, num_sinks=num_sinks)
   _, cache = prefill(graphdef, params, cache, inputs_BT[:, :first], chunk_size, logits="none")
   logits_BAV, _ = prefill(graphdef, params, cache, inputs_BT[:, first:], chunk_size)
   correct_BA = np.asarray(jnp.argmax(logits_BAV, -1)) == targets_BT[:, first:]

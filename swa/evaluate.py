@@ -47,7 +47,7 @@ from flax import nnx
 
 from swa import data, train_lib
 from swa import receptive_field as rf
-from swa.model import ModelConfig, Transformer
+from swa.model import ModelConfig, Transformer, config_of
 
 _CONFIG_TYPES = (ModelConfig, ml_collections.ConfigDict)
 
@@ -74,10 +74,6 @@ def reach_of(model_config: ModelConfig):
   """Largest retrievable distance sum_l (w_l - 1); None if any layer has full attention."""
   windows = model_config.layer_windows
   return None if None in windows else sum(w - 1 for w in windows)
-
-
-def _model_config(graphdef, params) -> ModelConfig:
-  return nnx.merge(graphdef, params).config
 
 
 def graphdef_for(model_config: ModelConfig, **changes):
@@ -213,7 +209,7 @@ def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distan
     n, seq_len (context T of the prompts), train_seq_len, beyond_train_len (seq_len >
     train_seq_len: results on prompts longer than any seen in training).
   """
-  config = _model_config(graphdef, params)
+  config = config_of(graphdef, params)
   if distances is None:
     distances = sweep_distances(reach, train_seq_len, max_factor=max_factor, step=step)
   label = label or window_label(config)

@@ -183,3 +183,8 @@ class Transformer(nnx.Module):
   def __call__(self, tokens_BT, positions_BT=None):
     """Logits [B, T, V] (float32) for int tokens [B, T]."""
     return self.from_embeddings(self.embed(tokens_BT), positions_BT)
+
+
+def config_of(graphdef, params) -> ModelConfig:
+  """The ModelConfig of a model held as (graphdef, params), e.g. from train_lib.restore_params."""
+  return nnx.merge(graphdef, params).config
