@@ -374,8 +374,8 @@ def streaming_exact_match(graphdef, params, batch, chunk_size, *, num_sinks=0):
   cache = init_cache(config_of(graphdef, params), B, max_len=T, num_sinks=num_sinks)
   _, cache = prefill(graphdef, params, cache, inputs_BT[:, :first], chunk_size, logits="none")
   logits_BAV, _ = prefill(graphdef, params, cache, inputs_BT[:, first:], chunk_size)
-  correct_BA = np.asarray(jnp.argmax(logits_BAV, -1)) == targets_BT[:, first:]
-  return np.all(correct_BA | ~answer_BT[:, first:], axis=-1)
+  answer_part = {"targets": targets_BT[:, first:], "answer_mask": answer_BT[:, first:]}
+  return np.asarray(train_lib.exact_match(logits_BAV, answer_part))
 
 
 def evaluate_passkey_streaming(graphdef, params, *, seq_len, distances, examples_per_distance,

@@ -127,12 +127,6 @@ def sweep_distances(reach, train_seq_len: int, *, max_factor: float = 2.0, step=
 
 # --- Scoring -------------------------------------------------------------------------------------
 
-def exact_match_from_logits(logits_BTV, batch) -> np.ndarray:
-  """bool [B]: all answer digits are the argmax (teacher forced == greedy, module docstring)."""
-  correct_BT = np.asarray(jnp.argmax(logits_BTV, axis=-1)) == batch["targets"]
-  return np.all(correct_BT | (batch["answer_mask"] == 0), axis=-1)
-
-
 def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
                          examples_per_distance: int, seed: int = 0, max_batch_tokens: int = 1 << 18,
                          label: str = ""):
@@ -301,8 +295,8 @@ def test_passkey_retrieval(model, window_sizes=(128, 256, 512, 1024), *, distanc
                        "distances=[...] explicitly.")
     out = {}
     for w in window_sizes:
-      em_fn = lambda batch, w=w: exact_match_from_logits(model(jnp.asarray(batch["inputs"]), w),
-                                                         batch)
+      em_fn = lambda batch, w=w: np.asarray(
+          train_lib.exact_match(model(jnp.asarray(batch["inputs"]), w), batch))
       results = accuracy_by_distance(em_fn, distances, train_seq_len=train_seq_len or 0,
                                      examples_per_distance=examples_per_distance, seed=seed,
                                      label=f"w={_w_name(w)}")

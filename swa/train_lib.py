@@ -56,24 +56,31 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
       optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
 
 
+def exact_match(logits_BTV, batch):
+  """bool [B]: every answer digit is the argmax of its logits.
+
+  Teacher-forced, this is the same event as greedy decoding producing the whole
+  key: each digit's argmax is right given the right digits before it.
+  """
+  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
+  return jnp.all(correct_BT | (batch["answer_mask"] == 0), axis=-1)
+
+
 def passkey_loss(logits_BTV, batch, lm_weight):
   """Answer-digit cross-entropy + lm_weight * next-token cross-entropy on every position.
 
-  Returns (loss, metrics). `exact_match` is the share of examples whose five answer
-  digits are all the argmax under teacher forcing, which is the same event as
-  greedy decoding producing the whole key.
+  Returns (loss, metrics); `exact_match` is the batch mean of `exact_match`.
   """
   answer_BT = batch["answer_mask"]
   token_loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   answer_loss = jnp.sum(token_loss_BT * answer_BT) / jnp.sum(answer_BT)
   lm_loss = jnp.mean(token_loss_BT)
   correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
-  exact_B = jnp.all(correct_BT | (answer_BT == 0), axis=-1)
   metrics = {
       "answer_loss": answer_loss,
       "lm_loss": lm_loss,
       "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
-      "exact_match": jnp.mean(exact_B),
+      "exact_match": jnp.mean(exact_match(logits_BTV, batch)),
   }
   return answer_loss + lm_weight * lm_loss, metrics
 
@@ -98,9 +105,7 @@ def train_step(state, batch, *, graphdef, optimizer, lm_weight):
 @functools.partial(jax.jit, static_argnames="graphdef")
 def exact_match_step(params, batch, *, graphdef):
   """Per-example exact match [B] of the five answer digits (teacher forced = greedy)."""
-  logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
-  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
-  return jnp.all(correct_BT | (batch["answer_mask"] == 0), axis=-1)
+  return exact_match(nnx.merge(graphdef, params)(batch["inputs"]), batch)
 
 
 def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_distance, seed,
