@@ -6,6 +6,8 @@
 Started again with the same command, it resumes from the latest checkpoint in --workdir.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -22,7 +24,8 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
   sharding.maybe_initialize_distributed()   # Several processes (srun, mpirun, ...): join them.
-  workdir = _WORKDIR.value or "workdirs/" + flags.FLAGS["config"].value.split("/")[-1].removesuffix(".py")
+  config_name = os.path.basename(config_flags.get_config_filename(flags.FLAGS["config"]))
+  workdir = _WORKDIR.value or os.path.join("workdirs", config_name.removesuffix(".py"))
   train_lib.train_and_evaluate(_CONFIG.value, workdir)
 
 

@@ -88,20 +88,28 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path))
 
 
-def _train_cli(tmp_path, *overrides):
-  args = [sys.executable, "train.py", "--config=configs/tiny.py", f"--workdir={tmp_path}",
+def _train_cli(workdir_args, *overrides, cwd=REPO):
+  args = [sys.executable, os.path.join(REPO, "train.py"),
+          f"--config={os.path.join(REPO, 'configs/tiny.py')}", *workdir_args,
           "--config.num_steps=1", "--config.data.seq_len=64", "--config.data.batch_size=2",
           "--config.model.d_model=32", "--config.model.num_layers=2",
           "--config.eval.examples_per_distance=2", "--config.eval.num_distances=2", *overrides]
-  return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=300)
+  return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
 @pytest.mark.slow
 def test_command_line_overrides_and_typos(tmp_path):
-  done = _train_cli(tmp_path / "ok", "--config.model.window_size=16")
+  done = _train_cli([f"--workdir={tmp_path / 'ok'}"], "--config.model.window_size=16")
   assert done.returncode == 0, done.stderr[-2000:]
   with open(tmp_path / "ok" / "config.json") as f:
     assert json.load(f)["model"]["window_size"] == 16
   assert "| distance | exact match |" in done.stdout
-  typo = _train_cli(tmp_path / "typo", "--config.model.windw_size=16")
+  typo = _train_cli([f"--workdir={tmp_path / 'typo'}"], "--config.model.windw_size=16")
   assert typo.returncode != 0 and "windw_size" in typo.stderr
+
+
+@pytest.mark.slow
+def test_default_workdir_is_named_after_the_config(tmp_path):
+  done = _train_cli([], cwd=tmp_path)  # As the README's main command: no --workdir.
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert (tmp_path / "workdirs" / "tiny" / "config.json").exists()
