@@ -39,6 +39,8 @@ def get_config():
   d.curriculum_fraction = 0.7         # Share of training over which the largest distance grows to
                                       # max_distance (linearly); afterwards it stays there.
   d.max_distance = -1                 # Largest training distance; -1 = the most seq_len allows.
+  d.cap_at_reach = True               # Also stop training distances at the model's reach
+                                      # sum_l (w_l - 1): beyond it no example can be answered.
   d.uniform_fraction = 0.1            # Share of each batch drawn over the whole distance range.
   d.lm_weight = 1.0                   # Weight of the next-token loss on every position, added to
                                       # the loss on the 5 answer digits (0 = answer loss only).

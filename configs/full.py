@@ -2,8 +2,8 @@
 
   python train.py --config=configs/full.py
 
-Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~140k tokens/s;
-cut at 330 s (~1,110 steps). Step-1,000 checkpoint: 100 % exact match at every distance 42-1004.
+Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~123k tokens/s
+shared (19 steps/s alone), 2,000 steps in 651 s. 100 % exact match at every tested distance 42-1004.
 """
 
 from configs import base

@@ -146,6 +146,20 @@ def receptive_reach(config):
   return None if None in windows else sum(w - 1 for w in windows)
 
 
+def training_max_distance(config):
+  """Largest key-to-question distance trained on (data.max_distance, data.cap_at_reach)."""
+  d = config.data
+  top = data.max_distance(d.seq_len + 1 - data.ANSWER_LEN) if d.max_distance < 0 else d.max_distance
+  reach = receptive_reach(config)
+  if d.cap_at_reach and reach is not None and reach < top:
+    if reach < data.MIN_DISTANCE:
+      raise ValueError(f"The model's receptive reach {reach} is below the shortest passkey distance "
+                       f"{data.MIN_DISTANCE}, so no training example can be answered; widen the "
+                       f"window, add layers or set data.cap_at_reach=False.")
+    top = reach
+  return top
+
+
 def format_accuracy_table(accuracy, reach):
   """Markdown rows distance | exact match | inside the receptive field?"""
   rows = ["| distance | exact match | inside RF (distance <= %s) |" % reach, "|---:|---:|:---:|"]
@@ -211,8 +225,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   batches = data.PasskeyBatches(
       seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps,
       curriculum_start=d.curriculum_start, curriculum_fraction=d.curriculum_fraction,
-      max_distance=None if d.max_distance < 0 else d.max_distance,
-      uniform_fraction=d.uniform_fraction)
+      max_distance=training_max_distance(config), uniform_fraction=d.uniform_fraction)
 
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:

@@ -21,6 +21,7 @@ def small_config(num_steps=6):
   config.model.mlp_dim = 64
   config.model.window_size = 8
   config.data.seq_len = 64
+  config.data.cap_at_reach = False  # Reach 14 < MIN_DISTANCE: these tests are about the mechanics.
   config.data.batch_size = 4
   config.num_steps = num_steps
   config.log_every_steps = 1
@@ -81,6 +82,26 @@ def jax_leaves(tree):
   return jax.tree.leaves(tree)
 
 
+def test_training_distances_stop_at_the_receptive_reach():
+  config = small_config()
+  config.model.window_size = 16       # reach 2 * 15 = 30 < MIN_DISTANCE = 42
+  config.data.cap_at_reach = True
+  with pytest.raises(ValueError, match="reach 30 is below the shortest passkey distance 42"):
+    train_lib.training_max_distance(config)
+  config.model.window_size = 24       # reach 46; a 64-token context allows distances up to 44
+  assert train_lib.training_max_distance(config) == 44 == data.max_distance(64 + 1 - 5)
+  config.data.seq_len = 128
+  assert train_lib.training_max_distance(config) == 46
+  config.data.max_distance = 43       # an explicit cap below the reach wins
+  assert train_lib.training_max_distance(config) == 43
+  config.data.max_distance = -1
+  config.model.window_size = None     # full attention: no reach limit
+  assert train_lib.training_max_distance(config) == data.max_distance(128 + 1 - 5)
+  config.model.window_size = 24
+  config.data.cap_at_reach = False
+  assert train_lib.training_max_distance(config) == data.max_distance(128 + 1 - 5)
+
+
 def test_nan_loss_stops_with_a_clear_message(tmp_path):
   config = small_config(num_steps=4)
   config.optim.learning_rate = float("nan")
@@ -99,12 +120,12 @@ def _train_cli(workdir_args, *overrides, cwd=REPO):
 
 @pytest.mark.slow
 def test_command_line_overrides_and_typos(tmp_path):
-  done = _train_cli([f"--workdir={tmp_path / 'ok'}"], "--config.model.window_size=16")
+  done = _train_cli([f"--workdir={tmp_path / 'ok'}"], "--config.model.window_size=32")
   assert done.returncode == 0, done.stderr[-2000:]
   with open(tmp_path / "ok" / "config.json") as f:
-    assert json.load(f)["model"]["window_size"] == 16
+    assert json.load(f)["model"]["window_size"] == 32
   assert "| distance | exact match |" in done.stdout
-  typo = _train_cli([f"--workdir={tmp_path / 'typo'}"], "--config.model.windw_size=16")
+  typo = _train_cli([f"--workdir={tmp_path / 'typo'}"], "--config.model.windw_size=32")
   assert typo.returncode != 0 and "windw_size" in typo.stderr
 
 
