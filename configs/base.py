@@ -35,9 +35,15 @@ def get_config():
   config.data = d = ml_collections.ConfigDict()
   d.seq_len = 1024                    # Training context T (tokens = characters).
   d.batch_size = 32                   # Sequences per step.
+  d.curriculum = "linear"             # How the largest training distance grows: "linear" with the
+                                      # step; "adaptive" by curriculum_stage tokens each time the
+                                      # model solves the newest stage (swa/data.py, PasskeyBatches).
   d.curriculum_start = data.MIN_DISTANCE  # Largest key-to-question distance at step 0.
-  d.curriculum_fraction = 0.7         # Share of training over which the largest distance grows to
-                                      # max_distance (linearly); afterwards it stays there.
+  d.curriculum_fraction = 0.7         # linear: share of training over which the largest distance
+                                      # grows to max_distance; afterwards it stays there.
+  d.curriculum_stage = 0              # adaptive: tokens per advance; 0 = 1/16 of the range.
+  d.curriculum_target = 0.9           # adaptive: training exact match on the newest stage to advance.
+  d.curriculum_examples = 256         # adaptive: examples of the newest stage per decision.
   d.max_distance = -1                 # Largest training distance; -1 = the most seq_len allows.
   d.cap_at_reach = True               # Also stop training distances at the model's reach
                                       # sum_l (w_l - 1): beyond it no example can be answered.

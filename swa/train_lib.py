@@ -69,18 +69,21 @@ def exact_match(logits_BTV, batch):
 def passkey_loss(logits_BTV, batch, lm_weight):
   """Answer-digit cross-entropy + lm_weight * next-token cross-entropy on every position.
 
-  Returns (loss, metrics); `exact_match` is the batch mean of `exact_match`.
+  Returns (loss, metrics); `exact_match` is the batch mean of `exact_match`, whose per-example
+  values are `example_exact_match` (bool [B], for the adaptive curriculum; not a logged scalar).
   """
   answer_BT = batch["answer_mask"]
   token_loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   answer_loss = jnp.sum(token_loss_BT * answer_BT) / jnp.sum(answer_BT)
   lm_loss = jnp.mean(token_loss_BT)
   correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
+  exact_match_B = exact_match(logits_BTV, batch)
   metrics = {
       "answer_loss": answer_loss,
       "lm_loss": lm_loss,
       "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
-      "exact_match": jnp.mean(exact_match(logits_BTV, batch)),
+      "exact_match": jnp.mean(exact_match_B),
+      "example_exact_match": exact_match_B,
   }
   return answer_loss + lm_weight * lm_loss, metrics
 
@@ -225,7 +228,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   batches = data.PasskeyBatches(
       seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps,
       curriculum_start=d.curriculum_start, curriculum_fraction=d.curriculum_fraction,
-      max_distance=training_max_distance(config), uniform_fraction=d.uniform_fraction)
+      max_distance=training_max_distance(config), uniform_fraction=d.uniform_fraction,
+      curriculum=d.curriculum, stage=d.curriculum_stage or None, target=d.curriculum_target,
+      stage_examples=d.curriculum_examples)
 
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
@@ -282,15 +287,23 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
 def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config, run_eval):
   """Steps from the restored state to config.num_steps, logging, evaluating and checkpointing."""
   pending, window_start, window_tokens = None, time.perf_counter(), 0
+
+  def finish(step, metrics, distances, top, force=False):
+    """Host side of a step: NaN check, logging, and the curriculum's view of the results."""
+    batches.observe(distances, np.asarray(metrics.pop("example_exact_match")))
+    _log_step(step, {**metrics, "curriculum_top": top}, writer, progress, schedule, config, force)
+
   for step in progress:
+    top = batches.top_at(step)  # The curriculum's largest distance for this step's batch.
     batch = next(batches)
+    distances = batch["distance"]
     batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
     state, metrics = step_fn(state, batch)
     window_tokens += batch["inputs"].size
-    # Read the previous step's metrics, so the device always has the next step queued.
+    # Finish the previous step now, so the device always has the next step queued.
     if pending is not None:
-      _log_step(*pending, writer, progress, schedule, config)
-    pending = (step, metrics)
+      finish(*pending)
+    pending = (step, metrics, distances, top)
     if (step + 1) % config.log_every_steps == 0:
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - window_start
@@ -304,10 +317,11 @@ def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, co
       progress.write(f"step {step + 1}: exact match by distance "
                      + " ".join(f"{k}:{v:.0%}" for k, v in accuracy.items()))
     if (step + 1) % config.checkpoint_every_steps == 0 or last:
+      # The saved data state must include this step's results, as a resumed run will.
+      finish(*pending, force=last)
+      pending = None
       manager.save(step + 1, args=ocp.args.Composite(
           state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())))
-  if pending is not None:
-    _log_step(*pending, writer, progress, schedule, config, force=True)
   return state
 
 

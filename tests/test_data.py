@@ -297,3 +297,61 @@ def test_passkey_batches_distances_follow_curriculum():
 def test_passkey_batches_errors(kwargs, match):
     with pytest.raises(ValueError, match=match):
         data.PasskeyBatches(**{**dict(seq_len=100, batch_size=2, seed=0, total_steps=10), **kwargs})
+
+
+def _adaptive(**kwargs):
+    return data.PasskeyBatches(**{**dict(seq_len=300, batch_size=64, seed=0, total_steps=100,
+                                         curriculum_start=100, curriculum="adaptive", stage=20,
+                                         target=0.9, stage_examples=10), **kwargs})
+
+
+def test_adaptive_curriculum_advances_only_when_the_newest_stage_is_solved():
+    it = _adaptive()
+    assert it.top_at(0) == it.top_at(99) == 100
+    batch = next(it)
+    assert batch["distance"][batch["distance"] > 100].size < 20  # only the uniform share is beyond
+    it.observe([100] * 9 + [80] * 30, [True] * 39)  # 9 in the newest stage (80, 100]: too few
+    assert it.top == 100
+    it.observe([100, 81], [True, False])            # 10 of 11 = 91 % >= 90 %: advance
+    assert it.top == 120
+    it.observe(np.arange(101, 121), np.arange(20) < 17)  # 85 % < 90 %: stay, count afresh
+    assert it.top == 120 and it.get_state()["seen"] == 0
+    it.observe([120] * 10, [True] * 10)
+    assert it.top == 140
+    assert next(it)["distance"].max() <= 280 and it.top_at(it.step) == 140
+    for _ in range(20):
+        it.observe([it.top] * 10, [True] * 10)
+    assert it.top == it.max_distance == 280           # capped at the final largest distance
+
+
+def test_adaptive_curriculum_resumes_with_its_state():
+    it = _adaptive()
+    next(it)
+    it.observe([100] * 12, [True] * 12)
+    it.observe([120] * 4, [True] * 4)
+    state = it.get_state()
+    assert state == {"step": 1, "top": 120, "hits": 4, "seen": 4}
+    resumed = _adaptive()
+    resumed.set_state(state)
+    _assert_batches_equal(next(resumed), next(it))
+    resumed.observe([120] * 6, [True] * 6)            # 4 + 6 = 10 examples: the same decision
+    assert resumed.top == 140
+    with pytest.raises(ValueError, match="no adaptive curriculum"):
+        _adaptive().set_state({"step": 3})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(curriculum="cosine"), "curriculum='cosine' is not allowed"),
+    (dict(stage=0), "stage=0"),
+    (dict(target=1.5), "target=1.5"),
+    (dict(stage_examples=0), "stage_examples=0"),
+])
+def test_adaptive_curriculum_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        _adaptive(**kwargs)
+
+
+def test_linear_curriculum_ignores_results():
+    it = data.PasskeyBatches(seq_len=300, batch_size=8, seed=0, total_steps=100)
+    it.observe([42] * 8, [True] * 8)
+    assert it.get_state() == {"step": 0} and it.top_at(100) == it.max_distance

@@ -51,9 +51,18 @@ def test_one_training_run_logs_finite_metrics(tmp_path):
   assert os.listdir(tmp_path / "tensorboard")
 
 
-def test_resume_reaches_the_same_loss(tmp_path, monkeypatch):
+@pytest.mark.parametrize("curriculum", ["linear", "adaptive"])
+def test_resume_reaches_the_same_loss(tmp_path, monkeypatch, curriculum):
+  def config():
+    c = small_config(num_steps=6)
+    c.data.curriculum = curriculum
+    # Adaptive: advance one token whenever a step had an example at the top, whatever the results
+    # (target 0), so the curriculum state moves during these 6 steps and must survive the kill.
+    c.data.curriculum_stage, c.data.curriculum_target, c.data.curriculum_examples = 1, 0.0, 1
+    return c
+
   straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-  train_lib.train_and_evaluate(small_config(num_steps=6), str(straight))
+  train_lib.train_and_evaluate(config(), str(straight))
 
   # Kill the same run while it fetches the batch of step 5 (after the step-3 checkpoint).
   original_next = data.PasskeyBatches.__next__
@@ -65,12 +74,16 @@ def test_resume_reaches_the_same_loss(tmp_path, monkeypatch):
 
   monkeypatch.setattr(data.PasskeyBatches, "__next__", killed_at_step_5)
   with pytest.raises(KeyboardInterrupt):
-    train_lib.train_and_evaluate(small_config(num_steps=6), str(resumed))
+    train_lib.train_and_evaluate(config(), str(resumed))
   monkeypatch.setattr(data.PasskeyBatches, "__next__", original_next)
-  train_lib.train_and_evaluate(small_config(num_steps=6), str(resumed))   # same command again
+  train_lib.train_and_evaluate(config(), str(resumed))   # same command again
   a, b = read_metrics(straight), read_metrics(resumed)
   for step in (4, 5, 6):
     np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-6)
+    assert b[step]["curriculum_top"] == a[step]["curriculum_top"]
+  tops = [a[step]["curriculum_top"] for step in range(1, 7)]
+  # Linear follows the step; adaptive moves as the (one step late) results come in.
+  assert tops == ([42, 42, 43, 44, 44, 44] if curriculum == "adaptive" else [42, 42, 42, 43, 43, 44])
   _, _, params_a = train_lib.restore_params(str(straight))
   _, _, params_b = train_lib.restore_params(str(resumed))
   for x, y in zip(*(jax_leaves(p) for p in (params_a, params_b))):
