@@ -1,8 +1,9 @@
-"""Figures of the passkey evaluation (swa/evaluate.py's rows and effective receptive fields).
+"""Figures of the passkey runs: evaluation rows, effective receptive fields, training metrics.
 
 plot_accuracy_heatmap (model x distance bucket -> exact match), plot_accuracy_curves (exact
-match against distance, one curve per model) and plot_erf_curves (effective receptive field
-against distance). Each returns its matplotlib Figure and saves it when given a path.
+match against distance, one curve per model), plot_erf_curves (effective receptive field
+against distance) and plot_training_curves (answer loss and training exact match against the
+step, from metrics.jsonl). Each returns its matplotlib Figure and saves it when given a path.
 """
 
 import collections
@@ -142,6 +143,42 @@ def plot_erf_curves(erfs, reaches, path=None):
   ax.set_title("Effective receptive field of the first answer digit (dashed: reach Σ(w−1))")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=120)
+  return fig
+
+
+def plot_training_curves(metrics, path=None, smooth=5):
+  """Answer loss and training exact match against the step, one line per run.
+
+  Args:
+    metrics: {run name: list of metrics.jsonl rows (dicts with "step")}; rows without
+      "answer_loss" (throughput, evaluation) are skipped.
+    path: if given, the figure is saved there.
+    smooth: each point is the mean of this many consecutive logged values (1 = raw).
+
+  Returns:
+    The Figure, with two axes.
+  """
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  for name, rows in metrics.items():
+    rows = sorted({r["step"]: r for r in rows if "answer_loss" in r}.values(),
+                  key=lambda r: r["step"])  # A resumed run logs a few steps twice: keep the last.
+    if not rows:
+      raise ValueError(f"run {name!r} has no training rows (no 'answer_loss' in its metrics).")
+    kernel = np.ones(min(smooth, len(rows))) / min(smooth, len(rows))
+    steps = np.convolve([r["step"] for r in rows], kernel, mode="valid")
+    for ax, key in zip(axes, ("answer_loss", "exact_match")):
+      ax.plot(steps, np.convolve([r[key] for r in rows], kernel, mode="valid"), label=name)
+  axes[0].set_ylabel("answer loss (5 digits)")
+  axes[1].set_ylabel("exact match on the training batch")
+  axes[1].set_ylim(-0.03, 1.03)
+  for ax in axes:
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+  axes[1].legend(fontsize=8)
+  fig.suptitle(f"Training (mean of {smooth} logged values per point)", fontsize=10)
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=120)

@@ -1,0 +1,32 @@
+"""Draws answer loss and training exact match against the step for several runs.
+
+  python scripts/plot_training.py --out=results/training_curves.png results/training/*.metrics.jsonl
+
+Each file is a train.py metrics.jsonl; its run is named after the file (up to the first dot).
+"""
+
+import json
+import os
+
+from absl import app, flags
+
+from swa import plotting
+
+_OUT = flags.DEFINE_string("out", "training_curves.png", "Where the PNG goes.")
+_SMOOTH = flags.DEFINE_integer("smooth", 5, "Logged values averaged per point.")
+
+
+def main(argv):
+  paths = argv[1:]
+  if not paths:
+    raise app.UsageError("Give one or more metrics.jsonl files.")
+  metrics = {}
+  for path in paths:
+    with open(path) as f:
+      metrics[os.path.basename(path).split(".")[0]] = [json.loads(line) for line in f]
+  plotting.plot_training_curves(metrics, path=_OUT.value, smooth=_SMOOTH.value)
+  print(f"Wrote {_OUT.value}")
+
+
+if __name__ == "__main__":
+  app.run(main)
