@@ -1,6 +1,6 @@
 """Draws answer loss and training exact match against the step for several runs.
 
-  python scripts/plot_training.py --out=results/training_curves.png results/training/*.metrics.jsonl
+  python -m scripts.plot_training --out=results/training_curves.png results/training/*.metrics.jsonl
 
 Each file is a train.py metrics.jsonl; its run is named after the file (up to the first dot).
 """

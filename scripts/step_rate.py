@@ -1,9 +1,10 @@
-"""Training-step rate of an experiment config: steps/s, examples/s and tokens/s of train_lib.train_step.
+"""Training-step rate of an experiment config: steps/s, examples/s and tokens/s of train_step.
 
-  python scripts/step_rate.py --config=configs/w128.py --config.data.batch_size=64 --seconds=20
+  python -m scripts.step_rate --config=configs/w128.py --config.data.batch_size=64 --seconds=20
 
 Used to size num_steps and batch_size of a GPU run before spending its time. The batches are the
-real PasskeyBatches stream (their host-side generation counts, as in train.py). `--start_at` (a Unix
+real PasskeyBatches stream (their host-side generation counts, as in train.py; the distance
+curriculum does not matter for speed and is left at its defaults). `--start_at` (a Unix
 time) holds the timed window back until then, so that several processes started together time the
 same stretch of wall clock while sharing one card.
 """
@@ -49,7 +50,7 @@ def main(argv):
     float(metrics["loss"])  # As train.py does: one host read per step.
     steps += 1
   elapsed = time.perf_counter() - start
-  name = flags.FLAGS["config"].value
+  name = config_flags.get_config_filename(flags.FLAGS["config"])
   print(f"{name} window={config.model.window_size} B={d.batch_size} T={d.seq_len}: "
         f"{steps / elapsed:.1f} steps/s, {steps * d.batch_size / elapsed:,.0f} examples/s, "
         f"{steps * d.batch_size * d.seq_len / elapsed:,.0f} tokens/s ({steps} steps, "

@@ -232,6 +232,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
       curriculum=d.curriculum, stage=d.curriculum_stage or None, target=d.curriculum_target,
       stage_examples=d.curriculum_examples)
 
+  if d.curriculum == "adaptive" and jax.process_count() > 1:
+    raise ValueError("data.curriculum='adaptive' runs in one process only (it reads every "
+                     "example's result on the host); use 'linear' with several processes.")
+
   manager = _checkpoint_manager(workdir, config)
   if manager.latest_step() is not None:
     restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
@@ -290,7 +294,9 @@ def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, co
 
   def finish(step, metrics, distances, top, force=False):
     """Host side of a step: NaN check, logging, and the curriculum's view of the results."""
-    batches.observe(distances, np.asarray(metrics.pop("example_exact_match")))
+    correct_B = metrics.pop("example_exact_match")
+    if batches.curriculum == "adaptive":  # Only then fetch the per-example results.
+      batches.observe(distances, np.asarray(correct_B))
     _log_step(step, {**metrics, "curriculum_top": top}, writer, progress, schedule, config, force)
 
   for step in progress:

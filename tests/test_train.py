@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -147,3 +148,14 @@ def test_default_workdir_is_named_after_the_config(tmp_path):
   done = _train_cli([], cwd=tmp_path)  # As the README's main command: no --workdir.
   assert done.returncode == 0, done.stderr[-2000:]
   assert (tmp_path / "workdirs" / "tiny" / "config.json").exists()
+
+
+@pytest.mark.slow
+def test_step_rate_script_prints_the_rates():
+  done = subprocess.run(
+      [sys.executable, "-m", "scripts.step_rate", "--config=configs/tiny.py", "--seconds=0.5",
+       "--config.data.seq_len=64", "--config.data.batch_size=2", "--config.model.d_model=32"],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert re.search(r"configs/tiny.py window=32 B=2 T=64: [\d.]+ steps/s, [\d,]+ examples/s",
+                   done.stdout.splitlines()[-1])
