@@ -6,8 +6,8 @@ Measured (results/training.md, one H100 shared with three other runs, 2026-11-25
 shared (14 steps/s alone), 4,000 steps in 943 s. This recipe FAILS for w512: 100 % up to distance 426
 (one window) but 0 % from 554 on; the model never learned to relay the key through a second layer
 (24.7 % averaged inside the reach, 0 % beyond 2044). results/training.md says what was seen and what
-is still to try (results/recipe_cpu.md: on CPU, showing long distances sooner helped a little and
-an adaptive curriculum that holds them back did much worse).
+is still to try (results/recipe_cpu.md: on CPU, an adaptive curriculum that holds long distances
+back did much worse; showing them sooner was within seed-to-seed spread).
 """
 
 from configs import base
