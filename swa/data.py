@@ -119,6 +119,12 @@ def max_distance(seq_len: int) -> int:
     return seq_len - 1 - len(KEY_PREFIX)
 
 
+def context_max_distance(seq_len: int) -> int:
+    """Largest distance a context of seq_len tokens holds: its prompt is seq_len + 1 - ANSWER_LEN
+    tokens (module docstring), so this is seq_len - 20."""
+    return max_distance(seq_len + 1 - ANSWER_LEN)
+
+
 def passkey_distance(seq_len: int, key_position: int) -> int:
     """Distance from the first key digit to the last prompt token (see module docstring).
 
@@ -221,7 +227,7 @@ def passkey_batch(rng: np.random.Generator, batch_size: int, seq_len: int, dista
     if distances.shape != (batch_size,) or not np.issubdtype(distances.dtype, np.integer):
         raise ValueError(f"distances must be integers of shape ({batch_size},), got shape "
                          f"{distances.shape} and dtype {distances.dtype}.")
-    limit = max_distance(prompt_len)
+    limit = context_max_distance(seq_len)
     bad = distances[(distances < MIN_DISTANCE) | (distances > limit)]
     if bad.size:
         raise ValueError(f"distance={bad[0]} is impossible for seq_len={seq_len}; "
@@ -307,7 +313,7 @@ class PasskeyBatches:
                  curriculum: str = "linear", stage: int | None = None, target: float = 0.9,
                  stage_examples: int = 256):
         _check_context_len(seq_len)
-        limit = passkey_distance(seq_len + 1 - ANSWER_LEN, 0)  # max_distance(), hidden by the arg
+        limit = context_max_distance(seq_len)
         max_distance = limit if max_distance is None else max_distance
         if not MIN_DISTANCE <= max_distance <= limit:
             raise ValueError(f"max_distance={max_distance} is impossible for seq_len={seq_len}; "

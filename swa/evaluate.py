@@ -90,11 +90,6 @@ def graphdef_for(model_config: ModelConfig, **changes):
 
 # --- Distances and prompt lengths ---------------------------------------------------------------
 
-def train_max_distance(train_seq_len: int) -> int:
-  """Largest distance a training sequence of context train_seq_len holds (= T - 20)."""
-  return data.max_distance(train_seq_len + 1 - data.ANSWER_LEN)
-
-
 def context_len(distance: int, train_seq_len: int, multiple: int = LENGTH_MULTIPLE) -> int:
   """Context length T at which `distance` is evaluated (module docstring)."""
   shortest = distance + data.ANSWER_LEN + len(data.KEY_PREFIX)  # key sentence at position 0
@@ -113,7 +108,7 @@ def sweep_distances(reach, train_seq_len: int, *, max_factor: float = 2.0, step=
     sorted list of distinct ints.
   """
   if reach is None:
-    top = train_max_distance(train_seq_len)
+    top = data.context_max_distance(train_seq_len)
     coarse = step or max(1, round((top - data.MIN_DISTANCE) / 32))
     points = set(range(data.MIN_DISTANCE, top + 1, coarse)) | {top}
   else:
@@ -466,7 +461,7 @@ def effective_receptive_field_of_model(graphdef, params, *, seq_len, num_example
     float64 [p_last + 1]; entry d is the mean gradient norm at input position p_last - d.
   """
   rng = np.random.default_rng([seed, _ERF_STREAM])
-  top = train_max_distance(seq_len)
+  top = data.context_max_distance(seq_len)
   batch = data.passkey_batch(rng, num_examples, seq_len,
                              rng.integers(data.MIN_DISTANCE, top + 1, size=num_examples))
   p_last = seq_len - data.ANSWER_LEN

@@ -139,7 +139,7 @@ def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_dista
 
 def eval_distances(seq_len, num):
   """`num` distances evenly spaced over all that a prompt of context seq_len allows."""
-  top = data.max_distance(seq_len + 1 - data.ANSWER_LEN)
+  top = data.context_max_distance(seq_len)
   return sorted(set(np.linspace(data.MIN_DISTANCE, top, num).round().astype(int).tolist()))
 
 
@@ -152,7 +152,7 @@ def receptive_reach(config):
 def training_max_distance(config):
   """Largest key-to-question distance trained on (data.max_distance, data.cap_at_reach)."""
   d = config.data
-  top = data.max_distance(d.seq_len + 1 - data.ANSWER_LEN) if d.max_distance < 0 else d.max_distance
+  top = data.context_max_distance(d.seq_len) if d.max_distance < 0 else d.max_distance
   reach = receptive_reach(config)
   if d.cap_at_reach and reach is not None and reach < top:
     if reach < data.MIN_DISTANCE:

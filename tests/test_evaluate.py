@@ -64,7 +64,7 @@ def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
 def test_full_attention_sweeps_to_the_trained_length():
   distances = evaluate.sweep_distances(None, 1024)
   assert distances[0] == data.MIN_DISTANCE
-  assert distances[-1] == evaluate.train_max_distance(1024) == 1004
+  assert distances[-1] == data.context_max_distance(1024) == 1004
   assert len(distances) >= 30
 
 
