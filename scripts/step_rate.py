@@ -12,7 +12,6 @@ same stretch of wall clock while sharing one card.
 import time
 
 import jax
-import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -30,7 +29,7 @@ def main(argv):
   d = config.data
   graphdef, params = train_lib.create_model(config)
   optimizer = train_lib.create_optimizer(config)
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+  state = train_lib.init_state(params, optimizer)
   batches = data.PasskeyBatches(seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed,
                                 total_steps=config.num_steps)
 

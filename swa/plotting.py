@@ -167,7 +167,8 @@ def plot_training_curves(metrics, path=None, smooth=5):
                   key=lambda r: r["step"])  # A resumed run logs a few steps twice: keep the last.
     if not rows:
       raise ValueError(f"run {name!r} has no training rows (no 'answer_loss' in its metrics).")
-    kernel = np.ones(min(smooth, len(rows))) / min(smooth, len(rows))
+    width = min(smooth, len(rows))
+    kernel = np.ones(width) / width
     steps = np.convolve([r["step"] for r in rows], kernel, mode="valid")
     for ax, key in zip(axes, ("answer_loss", "exact_match")):
       ax.plot(steps, np.convolve([r[key] for r in rows], kernel, mode="valid"), label=name)

@@ -220,7 +220,7 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
                             batch_size=batch)
       graphdef, params = train_lib.create_model(config)
       optimizer = train_lib.create_optimizer(config)
-      state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+      state = train_lib.init_state(params, optimizer)
       token_shape = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
       batch_shapes = {"inputs": token_shape, "targets": token_shape,
                       "answer_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}

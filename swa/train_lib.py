@@ -41,6 +41,11 @@ def create_model(config: ml_collections.ConfigDict, mesh=None):
   return graphdef, params.to_pure_dict()
 
 
+def init_state(params, optimizer):
+  """The train state at step 0: {"params", "opt_state", "step"} (the module docstring)."""
+  return {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+
+
 def learning_rate_schedule(config: ml_collections.ConfigDict):
   o = config.optim
   return optax.warmup_cosine_decay_schedule(
@@ -208,8 +213,7 @@ def restore_params(workdir):
   step = manager.latest_step()
   if step is None:
     raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
-  state = {"params": params, "opt_state": create_optimizer(config).init(params),
-           "step": jnp.int32(0)}
+  state = init_state(params, create_optimizer(config))
   restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
       jax.tree.map(ocp.utils.to_shape_dtype_struct, state))))
   return config, graphdef, restored["state"]["params"]
@@ -223,7 +227,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   mesh = sharding.make_mesh(config.mesh)
   graphdef, params = create_model(config, mesh)
   optimizer = create_optimizer(config)
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+  state = init_state(params, optimizer)
   d = config.data
   batches = data.PasskeyBatches(
       seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps,

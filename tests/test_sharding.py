@@ -97,7 +97,6 @@ def _train_config(windows):
 def _train(config, mesh):
   """(losses, optimiser state, params) after 2 steps, on one device if mesh is None."""
   import jax
-  import jax.numpy as jnp
   from swa import attention, data, model, sharding, train_lib
 
   rng = np.random.default_rng(0)
@@ -116,7 +115,7 @@ def _train(config, mesh):
   # A fresh jit of train_step's body, so no trace is shared between runs.
   step = jax.jit(lambda state, batch: train_lib.train_step.__wrapped__(
       state, batch, graphdef=graphdef, optimizer=optimizer, lm_weight=1.0))
-  state = {"params": params, "opt_state": optimizer.init(params), "step": jnp.int32(0)}
+  state = train_lib.init_state(params, optimizer)
   if mesh is not None:
     state = sharding.shard_train_state(state, mesh)
   losses = []
