@@ -17,8 +17,14 @@ greedy decoding). Writes, under --out:
   passkey_cross_window.{md,csv}   only with --cross_windows: each run with other windows
 
 and prints the summary table last. Progress goes to stderr.
+
+  python eval_passkey.py --from_csv=results/passkey.csv,evals/w512_s1/passkey.csv --out=merged
+
+merges earlier results (each file keeps its rows; a model name found in several files takes its
+file's folder name) into the same table and figures, with no checkpoints and no accelerator.
 """
 
+import collections
 import csv
 import datetime
 import os
@@ -47,8 +53,12 @@ _CROSS_WINDOWS = flags.DEFINE_list(
     "cross_windows", [], "Optional windows (e.g. 128,256,512,1024 or full) to run every model "
     "with, reusing its trained parameters (evaluate.test_passkey_retrieval).")
 
-CSV_FIELDS = ("model", "window", "layers", "reach", "distance", "inside", "accuracy", "n",
-              "seq_len", "train_seq_len", "beyond_train_len")
+_FROM_CSV = flags.DEFINE_list(
+    "from_csv", [], "Instead of --workdirs: passkey.csv files written by earlier runs of this "
+    "script (on any machine), merged into one table and the same figures; no checkpoints needed.")
+
+CSV_FIELDS = evaluate.CSV_FIELDS
+ERF_FIELDS = ("model", "distance", "erf", "erf_normalized")
 
 
 def _model_names(workdirs):
@@ -71,6 +81,48 @@ def _device_kind():
 
 def _parse_window(text):
   return None if text.strip().lower() in ("none", "full") else int(text)
+
+
+NOTES = (
+    "\nDistance d = (index of the token whose logits predict the first answer digit) − "
+    "(index of the first key digit). Reach = Σ_l (w_l − 1), the largest d that any stack of "
+    "these windows can carry; theoretical RF = reach + 1 positions. Exact match = all 5 "
+    "digits right; scored teacher-forced, which equals greedy decoding (swa/evaluate.py). "
+    "\"Max distance with ≥ 95 %\": the largest tested d such that every tested distance up "
+    "to it is ≥ 95 %. Success inside / beyond: accuracy averaged uniformly over the tested "
+    "distances ≤ reach / > reach. \"Measured up to the reference distance\": the same average "
+    "over d ≤ the seed table's distance (all tested d for full attention).\n\n"
+    "Prompts have the trained length while d fits in it; longer d use the shortest prompt "
+    "(rounded up to 64 tokens), which a windowed RoPE model handles exactly as in training; "
+    "such results are listed as beyond the trained length in `passkey.csv` "
+    "(`beyond_train_len`) and drawn hollow in `passkey_curves.png`. Full-attention runs are "
+    "evaluated only within their trained length.\n\n")
+
+
+def _write_results(out, rows, erfs, reaches, header, erf_note):
+  """Writes passkey.{md,csv}, the two passkey figures and, if erfs, the ERF figure and CSV.
+
+  Returns:
+    (evaluate.summarize(rows), its markdown table, the text written to passkey.md).
+  """
+  os.makedirs(out, exist_ok=True)
+  summary = evaluate.summarize(rows)
+  table = evaluate.format_summary_table(summary)
+  _write_csv(os.path.join(out, "passkey.csv"), rows, CSV_FIELDS)
+  plt.close(plotting.plot_accuracy_heatmap(rows, os.path.join(out, "passkey_heatmap.png")))
+  plt.close(plotting.plot_accuracy_curves(rows, os.path.join(out, "passkey_curves.png")))
+  files = "Files: `passkey.csv` (raw rows), `passkey_heatmap.png`, `passkey_curves.png`"
+  if erfs:
+    plt.close(plotting.plot_erf_curves(erfs, reaches,
+                                       os.path.join(out, "effective_receptive_field.png")))
+    erf_rows = [{"model": name, "distance": d, "erf": float(v),
+                 "erf_normalized": float(v / erf.max()) if erf.max() > 0 else 0.0}
+                for name, erf in erfs.items() for d, v in enumerate(erf)]
+    _write_csv(os.path.join(out, "effective_receptive_field.csv"), erf_rows, ERF_FIELDS)
+    files += (", `effective_receptive_field.png` / `.csv` (mean ‖∂ logit of the first answer "
+              f"digit / ∂ input embedding‖ by distance, {erf_note}exactly zero beyond the "
+              "reach)")
+  return summary, table, header + table + NOTES + files + ".\n"
 
 
 def run(workdirs, *, out="results", examples_per_distance=100, max_factor=2.0, step=None, seed=0,
@@ -112,19 +164,6 @@ def run(workdirs, *, out="results", examples_per_distance=100, max_factor=2.0, s
           label=name, examples_per_distance=examples_per_distance, step=step,
           max_factor=max_factor, seed=seed)
 
-  summary = evaluate.summarize(rows)
-  table = evaluate.format_summary_table(summary)
-  _write_csv(os.path.join(out, "passkey.csv"), rows, CSV_FIELDS)
-  plt.close(plotting.plot_accuracy_heatmap(rows, os.path.join(out, "passkey_heatmap.png")))
-  plt.close(plotting.plot_accuracy_curves(rows, os.path.join(out, "passkey_curves.png")))
-  plt.close(plotting.plot_erf_curves(erfs, reaches,
-                                     os.path.join(out, "effective_receptive_field.png")))
-  erf_rows = [{"model": name, "distance": d, "erf": float(v),
-               "erf_normalized": float(v / erf.max()) if erf.max() > 0 else 0.0}
-              for name, erf in erfs.items() for d, v in enumerate(erf)]
-  _write_csv(os.path.join(out, "effective_receptive_field.csv"), erf_rows,
-             ("model", "distance", "erf", "erf_normalized"))
-
   command = command or shlex.join(["python"] + sys.argv)
   header = (f"# Passkey retrieval vs distance\n\n"
             f"- Command: `{command}`\n"
@@ -134,25 +173,8 @@ def run(workdirs, *, out="results", examples_per_distance=100, max_factor=2.0, s
             f"- {examples_per_distance} fresh random passkeys per distance (seed {seed}); "
             f"windowed runs swept to {max_factor:g} × their reach, full attention to its "
             f"trained length.\n\n")
-  notes = (
-      "\nDistance d = (index of the token whose logits predict the first answer digit) − "
-      "(index of the first key digit). Reach = Σ_l (w_l − 1), the largest d that any stack of "
-      "these windows can carry; theoretical RF = reach + 1 positions. Exact match = all 5 "
-      "digits right; scored teacher-forced, which equals greedy decoding (swa/evaluate.py). "
-      "\"Max distance with ≥ 95 %\": the largest tested d such that every tested distance up "
-      "to it is ≥ 95 %. Success inside / beyond: accuracy averaged uniformly over the tested "
-      "distances ≤ reach / > reach. \"Measured up to the reference distance\": the same average "
-      "over d ≤ the seed table's distance (all tested d for full attention).\n\n"
-      "Prompts have the trained length while d fits in it; longer d use the shortest prompt "
-      "(rounded up to 64 tokens), which a windowed RoPE model handles exactly as in training; "
-      "such results are listed as beyond the trained length in `passkey.csv` "
-      "(`beyond_train_len`) and drawn hollow in `passkey_curves.png`. Full-attention runs are "
-      "evaluated only within their trained length.\n\n"
-      "Files: `passkey.csv` (raw rows), `passkey_heatmap.png`, `passkey_curves.png`, "
-      "`effective_receptive_field.png` / `.csv` (mean ‖∂ logit of the first answer digit / ∂ "
-      f"input embedding‖ by distance, float32, {erf_examples} prompts; exactly zero beyond "
-      "the reach).\n")
-  text = header + table + notes
+  erf_note = f"float32, {erf_examples} prompts; "
+  summary, table, text = _write_results(out, rows, erfs, reaches, header, erf_note)
   if cross_windows:
     cross_summary = evaluate.summarize(cross_rows)
     _write_csv(os.path.join(out, "passkey_cross_window.csv"), cross_rows, CSV_FIELDS)
@@ -171,16 +193,81 @@ def run(workdirs, *, out="results", examples_per_distance=100, max_factor=2.0, s
   return summary
 
 
+def _combined_names(tables):
+  """{(path, model): label}: the model's own name, or, where several files hold a model of
+  that name, the name of its file's folder (folder/model if that file holds several models)."""
+  counts = collections.Counter(m for _, rows in tables for m in {r["model"] for r in rows})
+  names = {}
+  for path, rows in tables:
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    for m in models:
+      clash = counts[m] > 1
+      names[path, m] = m if not clash else folder if len(models) == 1 else f"{folder}/{m}"
+  labels = list(names.values())
+  if len(set(labels)) < len(labels):
+    raise ValueError(f"--from_csv: model names clash even with folder names ({sorted(labels)}); "
+                     "put each file in a folder of its own name.")
+  return names
+
+
+def combine(csv_paths, *, out="results", command=None):
+  """Merges earlier runs' passkey.csv files into one passkey.md, passkey.csv and figures.
+
+  Where an effective_receptive_field.csv lies beside every input file, the ERFs are merged too.
+  Rows are copied, not re-measured: each input file's passkey.md says where it was measured.
+
+  Returns:
+    the evaluate.summarize() list, one dict per model.
+  """
+  if not csv_paths:
+    raise ValueError("--from_csv names no file; pass e.g. --from_csv=results/passkey.csv.")
+  tables = [(path, evaluate.read_rows(path)) for path in csv_paths]
+  names = _combined_names(tables)
+  erf_paths = [os.path.join(os.path.dirname(path), "effective_receptive_field.csv")
+               for path in csv_paths]
+  with_erf = all(os.path.exists(p) for p in erf_paths)
+  rows, erfs, reaches = [], {}, {}
+  for (path, file_rows), erf_path in zip(tables, erf_paths):
+    rows += [{**r, "model": names[path, r["model"]]} for r in file_rows]
+    if with_erf:
+      for model, erf in evaluate.read_erf(erf_path).items():
+        if (path, model) in names:
+          label = names[path, model]
+          erfs[label] = erf
+          reaches[label] = next(r["reach"] for r in file_rows if r["model"] == model)
+  command = command or shlex.join(["python"] + sys.argv)
+  sources = "".join(f"  - `{path}`\n" for path in csv_paths)
+  header = (f"# Passkey retrieval vs distance\n\n"
+            f"- Command: `{command}`\n"
+            f"- Date: {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+            f"- Merged from these files, whose `passkey.md` beside each says how, on which device "
+            f"and when it was measured (model names clashing between files take their file's "
+            f"folder name):\n{sources}\n")
+  erf_note = "copied from the files beside the inputs; "
+  summary, table, text = _write_results(out, rows, erfs, reaches, header, erf_note)
+  with open(os.path.join(out, "passkey.md"), "w") as f:
+    f.write(text)
+  print(f"Wrote {out}/passkey.md and the merged files", file=sys.stderr)
+  print(table)
+  return summary
+
+
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  if bool(_WORKDIRS.value) == bool(_FROM_CSV.value):
+    raise app.UsageError("Pass exactly one of --workdirs (evaluate trained runs) and --from_csv "
+                         "(merge earlier results).")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
+  if _FROM_CSV.value:
+    combine(_FROM_CSV.value, out=_OUT.value)
+    return
   run(_WORKDIRS.value, out=_OUT.value, examples_per_distance=_EXAMPLES.value,
-             max_factor=_MAX_FACTOR.value, step=_STEP.value, seed=_SEED.value,
-             erf_examples=_ERF_EXAMPLES.value,
-             cross_windows=[_parse_window(w) for w in _CROSS_WINDOWS.value])
+      max_factor=_MAX_FACTOR.value, step=_STEP.value, seed=_SEED.value,
+      erf_examples=_ERF_EXAMPLES.value,
+      cross_windows=[_parse_window(w) for w in _CROSS_WINDOWS.value])
 
 
 if __name__ == "__main__":
-  flags.mark_flag_as_required("workdirs")
   app.run(main)

@@ -2,10 +2,11 @@
 
 import csv
 import os
+import shutil
 
 import numpy as np
 import pytest
-from absl import flags
+from absl import app, flags
 from flax import nnx
 
 import eval_passkey
@@ -192,3 +193,57 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
 
   stdout = capsys.readouterr().out.rstrip()
   assert stdout.endswith(table[-1])  # the summary table is printed last
+
+
+def test_from_csv_merges_earlier_results(workdir, tmp_path):
+  first = tmp_path / "run_a"
+  summary = eval_passkey.run([workdir], out=str(first), examples_per_distance=4, step=8,
+                             erf_examples=2)
+  rows = evaluate.read_rows(first / "passkey.csv")
+  assert evaluate.summarize(rows) == summary  # the CSV round trip keeps every value and type
+  shutil.copytree(first, tmp_path / "run_b")  # the same model name in two files
+
+  merged = tmp_path / "merged"
+  combined = eval_passkey.combine([str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")],
+                                  out=str(merged), command="python eval_passkey.py --from_csv=...")
+  assert [s["model"] for s in combined] == ["run_a", "run_b"]  # renamed to their folders
+  assert [{**s, "model": "w32"} for s in combined] == summary * 2
+  merged_rows = evaluate.read_rows(merged / "passkey.csv")
+  assert merged_rows == [{**r, "model": name} for name in ("run_a", "run_b") for r in rows]
+  erfs = evaluate.read_erf(merged / "effective_receptive_field.csv")
+  original = evaluate.read_erf(first / "effective_receptive_field.csv")["w32"]
+  assert set(erfs) == {"run_a", "run_b"} and np.array_equal(erfs["run_b"], original)
+  text = (merged / "passkey.md").read_text()
+  assert "Merged from" in text and str(tmp_path / "run_b/passkey.csv") in text
+  for name in ("passkey_heatmap.png", "passkey_curves.png", "effective_receptive_field.png"):
+    assert os.path.getsize(merged / name) > 0, name
+
+
+def test_from_csv_errors(tmp_path):
+  (tmp_path / "other.csv").write_text("a,b\n1,2\n")
+  with pytest.raises(ValueError, match="not a passkey.csv"):
+    evaluate.read_rows(tmp_path / "other.csv")
+  with pytest.raises(ValueError, match="names no file"):
+    eval_passkey.combine([], out=str(tmp_path))
+  row = dict(zip(evaluate.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128",
+                                       "128", "False"]))
+  for folder in ("x/same", "y/same"):  # same model, same folder name: no way to tell them apart
+    (tmp_path / folder).mkdir(parents=True)
+    with open(tmp_path / folder / "passkey.csv", "w", newline="") as f:
+      writer = csv.DictWriter(f, fieldnames=evaluate.CSV_FIELDS)
+      writer.writeheader()
+      writer.writerow(row)
+  with pytest.raises(ValueError, match="clash"):
+    eval_passkey.combine([str(tmp_path / "x/same/passkey.csv"),
+                          str(tmp_path / "y/same/passkey.csv")], out=str(tmp_path / "out"))
+
+
+def test_eval_passkey_wants_workdirs_or_from_csv():
+  for argv in (["eval_passkey.py"],
+               ["eval_passkey.py", "--workdirs=a", "--from_csv=b/passkey.csv"]):
+    flags.FLAGS(argv)
+    try:
+      with pytest.raises(app.UsageError, match="exactly one of"):
+        eval_passkey.main(argv[:1])
+    finally:
+      flags.FLAGS.unparse_flags()
