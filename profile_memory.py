@@ -77,8 +77,9 @@ _MEM_FRACTION = flags.DEFINE_float("mem_fraction", 0.95, "XLA_PYTHON_CLIENT_MEM_
 _DEADLINE = flags.DEFINE_float("deadline_minutes", 6, "Start no new configuration after this "
                                "many minutes (the rest are marked skipped); 0 = no limit.")
 _OUT = flags.DEFINE_string("out", "results", "Folder for memory.md, memory.csv and memory.png.")
-_FROM_CSV = flags.DEFINE_string("from_csv", None, "Measure nothing: rebuild memory.md and "
-                                "memory.png in --out from this memory.csv.")
+_FROM_CSV = flags.DEFINE_list("from_csv", [], "Measure nothing: rebuild memory.md, .csv and "
+                              ".png in --out from these memory.csv files of one device (a later "
+                              "file fills only what the earlier ones skipped).")
 
 
 _START = time.perf_counter()
@@ -109,13 +110,16 @@ def main(argv):
     raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
   command = f"Command: `{shlex.join(['python', 'profile_memory.py', *sys.argv[1:]])}`"
   if _FROM_CSV.value:
-    rows = profiling_report.read_csv(_FROM_CSV.value)
+    rows = profiling_report.merge_rows([profiling_report.read_csv(p) for p in _FROM_CSV.value])
     device = next((r for r in rows if r.get("device")), {})
     window = next((r["window"] for r in rows if r.get("window")), _WINDOW.value)
-    text = write_reports(rows, [command + f" (rebuilt from {_FROM_CSV.value}; the measurements' "
-                                "own command and date are in the markdown that came with it)",
+    sources = ", ".join(_FROM_CSV.value)
+    text = write_reports(rows, [command + f" (rebuilt from {sources}; the measurements' "
+                                "own commands and dates are in the markdown that came with each)",
                                 f"Device: {device.get('device')} ({device.get('backend')}); "
-                                f"JAX {device.get('jax_version')}"], window)
+                                f"JAX {device.get('jax_version')}",
+                                f"Date: rebuilt {datetime.date.today()}; measured on the dates "
+                                "in the markdown of each source"], window)
     print(text, flush=True)
     return
   device = profiling.probe_device(_MEM_FRACTION.value)

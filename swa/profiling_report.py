@@ -205,6 +205,27 @@ def read_csv(path):
     return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
 
+def merge_rows(tables):
+  """One sweep's rows from several sweeps' rows (read_csv of each) taken on one device.
+
+  Each (kind, variant, n) keeps the first row that measured it (any status but "skipped: ..."),
+  so a later sweep fills only what the earlier ones left skipped; rows come back sorted by kind,
+  variant and n like compare_memory_usage's. Raises ValueError when the sweeps name different
+  devices, whose numbers do not belong in one table.
+  """
+  devices = sorted({r["device"] for rows in tables for r in rows if r.get("device")})
+  if len(devices) > 1:
+    raise ValueError(f"These sweeps ran on different devices {devices}; merge one device's only.")
+  merged = {}
+  for rows in tables:
+    for r in rows:
+      key = (r["kind"], r["variant"], r["seq_len"])
+      if key not in merged or str(merged[key]["status"]).startswith("skipped"):
+        merged[key] = r
+  order = lambda key: (KINDS.index(key[0]), list(VARIANTS).index(key[1]), key[2])
+  return [merged[key] for key in sorted(merged, key=order)]
+
+
 def plot_memory(path, rows, title=""):
   """Log-log memory (top) and time (bottom) against n, one panel per kind, one line per variant
   with its fitted slope in the legend. Out-of-memory points are red crosses on the device's

@@ -166,3 +166,22 @@ def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
   assert back[0]["memory_bytes"] == 8 * gib and back[0]["time_ms"] == 50.0
   profiling_report.plot_memory(tmp_path / "memory.png", back)
   assert (tmp_path / "memory.png").stat().st_size > 10_000
+
+
+def test_merge_rows_fills_what_earlier_sweeps_skipped():
+  row = lambda variant, n, status, **kw: dict(kind="attention_fwd", variant=variant, seq_len=n,
+                                              status=status, device="H200", **kw)
+  first = [row("sliding_cudnn", 4096, "skipped: sweep deadline passed"),
+           row("sliding_cudnn", 1024, "ok", memory_bytes=1),
+           row("full_reference", 1024, "OOM")]
+  second = [row("sliding_cudnn", 4096, "ok", memory_bytes=4),
+            row("sliding_cudnn", 1024, "ok", memory_bytes=99),   # already measured: not taken
+            row("full_reference", 4096, "skipped: sweep deadline passed")]
+  merged = profiling_report.merge_rows([first, second])
+  assert [(r["variant"], r["seq_len"], r["status"], r.get("memory_bytes")) for r in merged] == [
+      ("full_reference", 1024, "OOM", None),
+      ("full_reference", 4096, "skipped: sweep deadline passed", None),
+      ("sliding_cudnn", 1024, "ok", 1),
+      ("sliding_cudnn", 4096, "ok", 4)]
+  with pytest.raises(ValueError, match="different devices"):
+    profiling_report.merge_rows([first, [dict(second[0], device="H100")]])
