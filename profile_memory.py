@@ -33,7 +33,7 @@ os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
 
 from absl import app, flags  # pylint: disable=g-import-not-at-top
 
-from swa import profiling, profiling_report  # pylint: disable=g-import-not-at-top
+from swa import profiling, profiling_report, profiling_sweep  # pylint: disable=g-import-not-at-top
 
 GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]          # 1,024 ... 1,048,576
 GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
@@ -122,7 +122,7 @@ def main(argv):
                                 "in the markdown of each source"], window)
     print(text, flush=True)
     return
-  device = profiling.probe_device(_MEM_FRACTION.value)
+  device = profiling_sweep.probe_device(_MEM_FRACTION.value)
   gpu = device["backend"] == "gpu"
   log(f"{device['device']} ({device['backend']}), JAX {device['jax_version']}")
   ints = lambda values: [int(v) for v in values]
@@ -143,7 +143,7 @@ def main(argv):
       "backward pass) and train steps recompute each block (`model.remat`); the settings column "
       "says where.",
   ]
-  rows = profiling.compare_memory_usage(
+  rows = profiling_sweep.compare_memory_usage(
       seq_lengths, _WINDOW.value, kinds=_KINDS.value, variants=_VARIANTS.value,
       train_seq_lengths=train_lengths, method=_METHOD.value, dtype=_DTYPE.value,
       batch=_BATCH.value, heads=_HEADS.value, head_dim=_HEAD_DIM.value,

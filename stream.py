@@ -32,6 +32,7 @@ import tqdm
 
 from swa import cache as cache_lib
 from swa import data
+from swa import profiling
 from swa import train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -276,11 +277,6 @@ def run_passkey(config, graphdef, params, source):
 # Benchmark mode.
 
 
-def _is_oom(error):
-  message = str(error)
-  return "RESOURCE_EXHAUSTED" in message or "out of memory" in message.lower()
-
-
 def full_length_cache(model_config, batch_size, length, max_len, num_sinks):
   """A full-length cache (every layer max_len slots) marked as holding positions 0..length-1.
 
@@ -356,7 +352,7 @@ def run_benchmark(config, graphdef, params, source):
               f"{fmt_mib(row['full']['cache'])} MiB, device {fmt_mib(row['full']['device'])} MiB",
               file=sys.stderr, flush=True)
       except Exception as e:  # pylint: disable=broad-except
-        if not _is_oom(e):
+        if not profiling.is_oom(e):
           raise
         full = None
         full_failed = length

@@ -16,12 +16,10 @@ One *configuration* is (kind, implementation, n, window):
 The time is the median over a few runs after a warm-up run (compilation excluded), each ended
 by `block_until_ready`.
 
-`compare_memory_usage` runs a sweep of configurations, each in its own subprocess
-(`python -m swa.profiling --worker`, which reads measure's arguments as JSON on stdin; the next
-one is started, and does its imports, while the current one measures) with
-XLA_PYTHON_CLIENT_PREALLOCATE=false, stops a variant after its first out-of-memory, and returns
-one row per configuration. swa/profiling_report.py turns the rows into results/memory.* (markdown,
-CSV, plot). One configuration by hand:
+swa/profiling_sweep.py runs a sweep of configurations, each in its own subprocess through this
+module's `main` (`python -m swa.profiling --worker` reads measure's arguments as JSON on stdin).
+swa/profiling_report.py turns the rows into results/memory.* (markdown, CSV, plot). One
+configuration by hand:
 
   python -m swa.profiling --json '{"kind": "train_step", "impl": "chunked", "seq_len": 4096,
                                    "window": 512}'
@@ -31,16 +29,12 @@ CSV, plot). One configuration by hand:
 import argparse
 import functools
 import json
-import math
-import os
 import statistics
-import subprocess
 import sys
 import time
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from swa import attention, data, train_lib
 
@@ -60,13 +54,12 @@ VARIANT_LABELS = {
     "sliding_chunked": "sliding (chunked)",
     "sliding_cudnn": "sliding (cuDNN)",
 }
-# Statuses after which larger n is not tried for that variant.
-STOPPING = ("OOM", "timeout", "failed")
-_RESULT_MARKER = "SWA_PROFILE_RESULT "
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Prefix of the one stdout line that carries a worker's result (main, profiling_sweep).
+RESULT_MARKER = "SWA_PROFILE_RESULT "
 
 
-def _is_oom(error):
+def is_oom(error):
+  """Whether an exception (or its message) says the device ran out of memory."""
   msg = str(error)
   return "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
 
@@ -269,7 +262,7 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
                            else row.get("compiled_bytes"))
     row["status"] = "ok"
   except Exception as e:  # pylint: disable=broad-except
-    if _is_oom(e):
+    if is_oom(e):
       row["status"] = "OOM"
     elif isinstance(e, ValueError) and "is not available" in str(e):
       row["status"] = "unsupported: " + str(e).split(": ", 1)[-1]
@@ -315,204 +308,6 @@ def describe(row):
   return status.split(":")[0]
 
 
-# ----------------------------------------------------------------------------------------------
-# A sweep, one subprocess per configuration.
-# ----------------------------------------------------------------------------------------------
-
-
-def _subprocess_env(mem_fraction=0.95):
-  env = dict(os.environ)
-  env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-  env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(mem_fraction))
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
-  return env
-
-
-def probe_device(mem_fraction=0.95):
-  """{backend, device, jax_version, bytes_limit} of JAX's default device, read in a subprocess
-  so that this process never opens the accelerator (a context here would hold device memory
-  for the whole sweep)."""
-  code = ("import json, jax; d = jax.devices()[0]; s = d.memory_stats() or {}; "
-          "print(json.dumps(dict(backend=jax.default_backend(), device=d.device_kind, "
-          "jax_version=jax.__version__, bytes_limit=s.get('bytes_limit'))))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=_REPO,
-                        env=_subprocess_env(mem_fraction), capture_output=True, text=True,
-                        check=True)
-  return json.loads(proc.stdout.strip().splitlines()[-1])
-
-
-def start_worker(mem_fraction=0.95):
-  """A fresh Python process that imports JAX and swa, then waits for one configuration on
-  stdin. Starting the next worker while the current one measures hides the import time; the
-  accelerator is opened only once the configuration arrives."""
-  return subprocess.Popen(
-      [sys.executable, "-m", "swa.profiling", "--worker"], cwd=_REPO,
-      env=_subprocess_env(mem_fraction), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
-
-
-def run_in_subprocess(spec, *, timeout_s=600, mem_fraction=0.95, worker=None):
-  """`measure(**spec)` in a fresh Python process (`worker`, or a new one); returns its row.
-
-  The status is "timeout" when the process is killed after timeout_s, and "failed: ..." (or
-  "OOM", by its message) when it dies without a result.
-  """
-  worker = worker or start_worker(mem_fraction)
-  start = time.perf_counter()
-  try:
-    stdout, stderr = worker.communicate(json.dumps(spec) + "\n", timeout=timeout_s)
-  except subprocess.TimeoutExpired:
-    worker.kill()
-    worker.communicate()
-    return dict(spec, status="timeout", process_s=time.perf_counter() - start)
-  process_s = time.perf_counter() - start
-  for line in reversed(stdout.splitlines()):
-    if line.startswith(_RESULT_MARKER):
-      return dict(json.loads(line[len(_RESULT_MARKER):]), process_s=process_s)
-  # No result line: the process died (a crash in the runtime, the host out of memory, ...).
-  tail = (stderr or stdout)[-2000:]
-  status = "OOM" if _is_oom(tail) else f"failed: exit code {worker.returncode}"
-  return dict(spec, status=status, error=tail, process_s=process_s)
-
-
-def fit_slope(ns, values):
-  """Least-squares slope of log(values) against log(ns); nan with fewer than two points."""
-  pairs = [(n, v) for n, v in zip(ns, values)
-           if v is not None and v > 0 and not (isinstance(v, float) and math.isnan(v))]
-  if len(set(n for n, _ in pairs)) < 2:
-    return float("nan")
-  x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])
-  return float(np.polyfit(x, y, 1)[0])
-
-
-def _predicted_seconds(points, seq_len, windowed):
-  """One run's time at seq_len, extrapolated from the variant's (n, ms) so far."""
-  if not points:
-    return 0.0
-  slope = 1.0 if windowed else 2.0
-  if len(points) >= 2:
-    slope = min(max(fit_slope(*zip(*points[-2:])), 1.0), 2.0)
-  n, ms = points[-1]
-  return ms / 1e3 * (seq_len / n) ** slope
-
-
-def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *,
-                         kinds=KINDS, variants=tuple(VARIANTS), train_seq_lengths=None,
-                         method="auto", dtype=None, batch=1, heads=16, head_dim=128,
-                         long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
-                         max_run_seconds=5.0, timeout_per_config=180, mem_fraction=0.95,
-                         deadline_s=None, gpu=None, log=None, on_row=None):
-  """Memory and time of full against sliding attention over n, each configuration in a fresh
-  process.
-
-  Args:
-    seq_lengths: n for the attention kinds (and for train_step unless train_seq_lengths).
-    window_size: w of the sliding variants.
-    kinds: any of KINDS.
-    variants: any of VARIANTS: full_reference, full_cudnn, sliding_chunked, sliding_cudnn.
-    train_seq_lengths: n for train_step; default seq_lengths.
-    method, dtype, batch, heads, head_dim, repeats, time_budget_s: passed to `measure`.
-    long_from: from this n on, chunked attention loops over groups of query blocks
-      (blocks_per_step = group_queries // block size) and train steps recompute each block
-      (model.remat); 0 = never.
-    group_queries: queries per loop step of chunked attention for long sequences.
-    max_run_seconds: full attention only (its time grows as n^2): where one run, extrapolated
-      from the variant's smaller n, would take longer than this, only the compiled memory plan
-      is taken (method "compiled", nothing run); sliding variants always run.
-    timeout_per_config: seconds before a configuration's process is killed ("timeout").
-    mem_fraction: XLA_PYTHON_CLIENT_MEM_FRACTION for the subprocesses (unless already set).
-    deadline_s: after this many seconds no new configuration starts (the rest: "skipped").
-    gpu: whether cuDNN variants can run; default: `probe_device()` finds a GPU.
-    log: callable(str) for progress lines.
-    on_row: callable(rows so far) after each configuration (to save partial results).
-
-  Returns:
-    A list of rows (dicts, see `measure`) with `variant` added, sorted by kind, variant and n;
-    configurations not run have status "skipped: ..." or "n/a: ...". After an OOM, timeout or
-    failure, a variant's larger n are skipped. Every other n (and the largest) runs first, the
-    n between them after, so that a deadline cuts the detail, not the range.
-  """
-  log = log or (lambda msg: None)
-  if gpu is None:
-    gpu = probe_device(mem_fraction)["backend"] == "gpu"
-  for name in variants:
-    if name not in VARIANTS:
-      raise ValueError(f"Unknown variant {name!r}; choose from {tuple(VARIANTS)}.")
-  for kind in kinds:
-    if kind not in KINDS:
-      raise ValueError(f"Unknown kind {kind!r}; choose from {KINDS}.")
-
-  spare = []  # The next worker, started early so its imports overlap the current measurement.
-
-  def run(spec):
-    worker = spare.pop() if spare else start_worker(mem_fraction)
-    spare.append(start_worker(mem_fraction))
-    return run_in_subprocess(spec, timeout_s=timeout_per_config, worker=worker)
-
-  # Coarse to fine: every other n (and the largest) for every kind and variant first, then the
-  # n between, so a sweep cut short by its deadline still spans the whole range.
-  rows, start = [], time.perf_counter()
-  stops, timed = {}, {}     # (kind, variant) -> (first stopping n, why); -> [(n, ms)]
-  try:
-    for fine in (False, True):
-      for kind in kinds:
-        lengths = sorted(train_seq_lengths if kind == "train_step" and train_seq_lengths
-                         else seq_lengths)
-        coarse = set(lengths[::2] + lengths[-1:])
-        for name in variants:
-          impl, windowed = VARIANTS[name]
-          window = window_size if windowed else None
-          for n in (n for n in lengths if (n in coarse) != fine):
-            long = bool(long_from) and n >= long_from
-            spec = dict(kind=kind, impl=impl, seq_len=int(n), window=window, method=method,
-                        dtype=dtype, batch=batch, repeats=repeats, time_budget_s=time_budget_s)
-            if kind == "train_step":
-              spec["remat"] = long
-            else:
-              spec.update(heads=heads, head_dim=head_dim)
-            if impl == "chunked" and long:
-              block = attention.default_block_size(window, n)
-              spec["blocks_per_step"] = max(1, group_queries // block)
-            if impl == "cudnn" and not gpu:
-              rows.append(dict(spec, variant=name, status="n/a: cuDNN needs a GPU"))
-              continue
-            stop_n, why = stops.get((kind, name), (None, None))
-            if deadline_s is not None and time.perf_counter() - start > deadline_s:
-              why = "sweep deadline passed"
-            elif stop_n is None or n < stop_n:
-              why = None
-            if why:
-              rows.append(dict(spec, variant=name, status=f"skipped: {why}"))
-              continue
-            below = sorted(p for p in timed.get((kind, name), []) if p[0] < n)
-            predicted = _predicted_seconds(below, n, windowed)
-            note = None
-            if repeats and not windowed and predicted > max_run_seconds:
-              # Too slow to time: keep the memory, from the compiled plan alone.
-              note = f"~{predicted:.0f} s a run predicted"
-              spec.update(method="compiled", repeats=0)
-            log(f"{kind} {name} n={n}" + (f" (compiled plan only: {note})" if note else ""))
-            row = dict(run(spec), variant=name)
-            if note:
-              row["time_skipped"] = note
-            rows.append(row)
-            log(f"  {describe(row)}, {format_ms(row.get('time_ms'))}, process "
-                f"{row.get('process_s', 0):.1f} s")
-            if row["status"] == "ok" and row.get("time_ms"):
-              timed.setdefault((kind, name), []).append((n, row["time_ms"]))
-            status = row["status"].split(":")[0]
-            if status in STOPPING and (stop_n is None or n < stop_n):
-              stops[(kind, name)] = (n, f"{status} at n={n}")
-            if on_row:
-              on_row(rows)
-  finally:
-    for worker in spare:
-      worker.kill()
-      worker.communicate()
-  order = {k: i for i, k in enumerate(KINDS + tuple(VARIANTS))}
-  return sorted(rows, key=lambda r: (order[r["kind"]], order[r["variant"]], r["seq_len"]))
-
-
 def main(argv=None):
   """Measures one configuration, given as JSON (the keyword arguments of `measure`) by --json
   or, with --worker, on stdin after the imports are done; prints one result line."""
@@ -534,7 +329,7 @@ def main(argv=None):
   else:
     spec = json.loads(args.json)
   row = measure(**spec)
-  print(_RESULT_MARKER + json.dumps(row), flush=True)
+  print(RESULT_MARKER + json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

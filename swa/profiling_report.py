@@ -1,4 +1,4 @@
-"""Reports of a memory sweep (swa/profiling.py's rows): markdown tables, CSV, plot.
+"""Reports of a memory sweep (swa/profiling_sweep.py's rows): markdown tables, CSV, plot.
 
 `write_markdown` gives results/memory.md (per kind, n against every variant's memory and time,
 the full/sliding ratios, the fitted slopes, how far each variant got), `write_csv` and `read_csv`
@@ -12,8 +12,8 @@ import os
 
 import numpy as np
 
-from swa.profiling import (KINDS, VARIANT_LABELS, VARIANTS, describe, fit_slope, format_bytes,
-                           format_ms)
+from swa.profiling import KINDS, VARIANT_LABELS, VARIANTS, describe, format_bytes, format_ms
+from swa.profiling_sweep import fit_slope
 
 
 def _cell(row, what, main_method):

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from swa import profiling, profiling_report
+from swa import profiling, profiling_report, profiling_sweep
 
 SMALL = dict(heads=2, head_dim=16)   # Small heads: the n^2 or n*w terms dominate from n = 512.
 
@@ -18,17 +18,17 @@ def compiled_bytes(kind, impl, lengths, window=256):
 
 
 def test_fit_slope_recovers_a_power_law():
-  assert profiling.fit_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
-  assert profiling.fit_slope([512, 1024], [10, 20]) == pytest.approx(1.0)
-  assert math.isnan(profiling.fit_slope([512], [10]))
-  assert math.isnan(profiling.fit_slope([512, 1024], [None, 20]))
+  assert profiling_sweep.fit_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+  assert profiling_sweep.fit_slope([512, 1024], [10, 20]) == pytest.approx(1.0)
+  assert math.isnan(profiling_sweep.fit_slope([512], [10]))
+  assert math.isnan(profiling_sweep.fit_slope([512, 1024], [None, 20]))
 
 
 @pytest.mark.parametrize("kind", ["attention_fwd", "attention_fwdbwd"])
 def test_compiled_memory_is_quadratic_for_full_and_linear_for_sliding(kind):
   lengths = [512, 1024, 2048]
-  full = profiling.fit_slope(lengths, compiled_bytes(kind, "reference", lengths, window=None))
-  sliding = profiling.fit_slope(lengths, compiled_bytes(kind, "chunked", lengths))
+  full = profiling_sweep.fit_slope(lengths, compiled_bytes(kind, "reference", lengths, window=None))
+  sliding = profiling_sweep.fit_slope(lengths, compiled_bytes(kind, "chunked", lengths))
   assert full > 1.7, full
   assert 0.7 < sliding < 1.3, sliding
 
@@ -55,7 +55,7 @@ def test_train_step_measures_memory_and_time():
 
 
 def test_unavailable_cudnn_is_reported_not_raised():
-  if profiling.probe_device()["backend"] == "gpu":
+  if profiling_sweep.probe_device()["backend"] == "gpu":
     pytest.skip("cuDNN is available here.")
   row = profiling.measure("attention_fwd", "cudnn", 128, 32, repeats=0, dtype="bfloat16", **SMALL)
   assert row["status"].startswith("unsupported"), row
@@ -63,7 +63,7 @@ def test_unavailable_cudnn_is_reported_not_raised():
 
 def test_compare_memory_usage_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")   # the subprocesses inherit it
-  rows = profiling.compare_memory_usage(
+  rows = profiling_sweep.compare_memory_usage(
       [128, 256], window_size=32, kinds=("attention_fwd",),
       variants=("full_reference", "sliding_chunked", "sliding_cudnn"), repeats=1, gpu=False,
       **SMALL)
@@ -106,9 +106,9 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
     return dict(spec, status="ok", memory_bytes=spec["seq_len"], process_s=1.0,
                 time_ms=ms if spec["repeats"] else None)
 
-  monkeypatch.setattr(profiling, "run_in_subprocess", fake_run)
-  monkeypatch.setattr(profiling, "start_worker", lambda mem_fraction: _FakeWorker())
-  rows = profiling.compare_memory_usage(
+  monkeypatch.setattr(profiling_sweep, "run_in_subprocess", fake_run)
+  monkeypatch.setattr(profiling_sweep, "start_worker", lambda mem_fraction: _FakeWorker())
+  rows = profiling_sweep.compare_memory_usage(
       [1024, 2048, 4096, 8192], window_size=512, kinds=("attention_fwd",),
       variants=("full_reference", "sliding_chunked"), max_run_seconds=15.0, long_from=4096,
       gpu=False)
@@ -130,9 +130,9 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
 
 
 def test_oom_messages_are_recognised():
-  assert profiling._is_oom("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 GiB")
-  assert profiling._is_oom("XlaRuntimeError: out of memory")
-  assert not profiling._is_oom("INVALID_ARGUMENT: shapes differ")
+  assert profiling.is_oom("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 GiB")
+  assert profiling.is_oom("XlaRuntimeError: out of memory")
+  assert not profiling.is_oom("INVALID_ARGUMENT: shapes differ")
 
 
 def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
