@@ -7,7 +7,7 @@ process (a device's peak counter cannot be reset) with preallocation off, and it
 of the inputs: the allocator's peak on a GPU, XLA's compiled memory plan elsewhere (the report
 says which). A variant stops at its first out-of-memory; the others go on.
 
-  python profile_memory.py                 # one H100: n = 1k ... 1M, at most ~6 min (deadline)
+  python profile_memory.py                 # one GPU: n = 1k ... 1M, at most ~6 min (deadline)
   python profile_memory.py --out=/tmp/mem  # CPU: n = 512 ... 4096, compiled plans, ~2 min on 2 cores
 
 The GPU sweep: train steps at n = 4k, 16k, 64k, 256k, 1M (batch 1, w = 512; from n = 128k with
@@ -19,7 +19,8 @@ too slow to time (over --max_run_seconds a run) still gets its compiled memory p
 
 Writes <out>/memory.md (tables, slopes, reach, command, card, date; rewritten after every
 configuration), memory.csv (every number) and memory.png (log-log memory and time against n,
-fitted slopes in the legends). `--from_csv` redraws them from a memory.csv.
+fitted slopes in the legends). `--from_csv=a/memory.csv,b/memory.csv` redraws them from earlier
+sweeps of one device, a later file filling what an earlier one skipped.
 """
 
 import datetime
