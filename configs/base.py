@@ -22,8 +22,9 @@ def get_config():
   model.num_kv_heads = 8              # Key/value heads (< num_heads for GQA, 1 for MQA).
   model.mlp_dim = 1024                # Hidden width of each block's GELU MLP.
   # Window w of every layer (a query at i sees keys i-w+1..i): an int, None for full
-  # attention, or per-layer values as a comma-separated string, e.g. "128,128,none,128".
-  model.window_size = 128
+  # attention, or one value per layer. The field takes any type, so the command line can give
+  # 256, none, full, 8,32,32,32 or 128,128,none,128 (checked by swa/model.py layer_windows).
+  model.window_size = ml_collections.FieldReference(128, field_type=object)
   model.attention = "auto"            # auto | reference | chunked | cudnn (swa/attention.py).
   model.block_size = None             # chunked: query block size; None = default_block_size.
   model.blocks_per_step = None        # chunked: None = all blocks at once; k = loop k at a time.

@@ -76,8 +76,14 @@ def layer_windows(window_size, num_layers):
   set from the command line.
   """
   if isinstance(window_size, str):
-    window_size = tuple(None if w.strip().lower() in ("none", "full") else int(w)
-                        for w in window_size.split(","))
+    try:
+      window_size = tuple(None if w.strip().lower() in ("none", "full") else int(w)
+                          for w in window_size.split(","))
+    except ValueError:
+      raise ValueError(f"model.window_size={window_size!r} is not a window: give an int, none "
+                       "(full attention) or one value per layer, e.g. '128,128,none,128'.") from None
+    if len(window_size) == 1:  # "none", "full" or "256": the same window for every layer.
+      window_size = window_size[0]
   if window_size is None or not isinstance(window_size, (tuple, list)):
     windows = (window_size,) * num_layers
   else:

@@ -34,14 +34,15 @@ def test_shapes_and_dtypes(dtype):
 
 @pytest.mark.parametrize("window, expected", [
     (8, (8, 8, 8)), (None, (None, None, None)), ([4, None, 2], (4, None, 2)),
-    ("16,none,32", (16, None, 32)), ("full, 3 ,4", (None, 3, 4))])
+    ("16,none,32", (16, None, 32)), ("full, 3 ,4", (None, 3, 4)), ("none", (None, None, None)),
+    ("64", (64, 64, 64))])
 def test_layer_windows(window, expected):
   assert layer_windows(window, 3) == expected
 
 
 @pytest.mark.parametrize("window, match", [
     ((4, 4), "lists 2 windows for 3 layers"), (0, "must be >= 1"), ((4, 0, 4), "must be >= 1"),
-    (2.0, "positive integer")])
+    (2.0, "positive integer"), ("abc", "is not a window"), ("8,,8", "is not a window")])
 def test_bad_windows_raise(window, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CONFIG, window_size=window)

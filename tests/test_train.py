@@ -9,6 +9,9 @@ import sys
 import numpy as np
 import pytest
 
+from absl import flags
+from ml_collections import config_flags
+
 from configs import tiny
 from swa import data, train_lib
 
@@ -121,6 +124,23 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
   config.optim.learning_rate = float("nan")
   with pytest.raises(FloatingPointError, match="Loss became nan at step 2"):
     train_lib.train_and_evaluate(config, str(tmp_path))
+
+
+@pytest.mark.parametrize("text, windows", [
+    ("64", (64, 64, 64)), ("None", (None, None, None)), ("full", (None, None, None)),
+    ("8,32,32", (8, 32, 32)), ("32,none,32", (32, None, 32)), ("'16,16,16'", (16, 16, 16))])
+def test_window_size_from_the_command_line(text, windows):
+  """An int, none/full or per-layer windows, as `--config.model.window_size=...` gives them."""
+  argv = ["train.py", f"--config={os.path.join(REPO, 'configs/tiny.py')}",
+          f"--config.model.window_size={text}"]
+  flag_values = flags.FlagValues()
+  config = config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
+                                           sys_argv=argv)
+  flag_values(argv)
+  assert train_lib.model_config(config.value).layer_windows == windows
+  reloaded = json.loads(config.value.to_json())["model"]  # what config.json holds
+  assert train_lib.model_config(config.value).layer_windows == train_lib.model_config(
+      type(config.value)({**config.value.to_dict(), "model": reloaded})).layer_windows
 
 
 def _train_cli(workdir_args, *overrides, cwd=REPO):
