@@ -57,8 +57,7 @@ _FROM_CSV = flags.DEFINE_list(
     "from_csv", [], "Instead of --workdirs: passkey.csv files written by earlier runs of this "
     "script (on any machine), merged into one table and the same figures; no checkpoints needed.")
 
-CSV_FIELDS = evaluate.CSV_FIELDS
-ERF_FIELDS = ("model", "distance", "erf", "erf_normalized")
+CSV_FIELDS, ERF_FIELDS = evaluate.CSV_FIELDS, evaluate.ERF_FIELDS
 
 
 def _model_names(workdirs):

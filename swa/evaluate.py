@@ -28,8 +28,8 @@ models are swept only up to their trained length's largest distance.
 
 Entry points: passkey_sweep (one model, rows per distance), test_passkey_retrieval (one
 model's parameters run with other windows), summarize / format_summary_table and
-effective_receptive_field_of_model; swa/plotting.py draws the figures. eval_passkey.py at
-the repository root runs them all on training workdirs.
+effective_receptive_field_of_model, read_rows / read_erf (the CSVs back); swa/plotting.py
+draws the figures. eval_passkey.py at the repository root runs them all on training workdirs.
 """
 
 import collections
@@ -176,37 +176,6 @@ def _rows(results, *, model, window, layers, reach, train_seq_len):
            "distance": d, "inside": reach is None or d <= reach, "accuracy": acc, "n": n,
            "seq_len": T, "train_seq_len": train_seq_len, "beyond_train_len": T > train_seq_len}
           for d, (acc, n, T) in sorted(results.items())]
-
-
-# The columns of passkey.csv (eval_passkey.py), one per key of a _rows() row, and how
-# read_rows() turns each text cell back into its value.
-_CSV_TYPES = {"model": str, "window": str, "layers": int,
-              "reach": lambda text: int(text) if text else None, "distance": int,
-              "inside": lambda text: text == "True", "accuracy": float, "n": int, "seq_len": int,
-              "train_seq_len": int, "beyond_train_len": lambda text: text == "True"}
-CSV_FIELDS = tuple(_CSV_TYPES)
-
-
-def read_rows(path):
-  """The rows of a passkey.csv written by eval_passkey.py, typed as passkey_sweep returns them."""
-  with open(path, newline="") as f:
-    reader = csv.DictReader(f)
-    missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
-    if missing:
-      raise ValueError(f"{path} is not a passkey.csv of eval_passkey.py: no column {missing}.")
-    return [{k: _CSV_TYPES[k](r[k]) for k in CSV_FIELDS} for r in reader]
-
-
-def read_erf(path):
-  """{model: float [D]} from an effective_receptive_field.csv written by eval_passkey.py."""
-  erfs = collections.defaultdict(dict)
-  with open(path, newline="") as f:
-    for r in csv.DictReader(f):
-      erfs[r["model"]][int(r["distance"])] = float(r["erf"])
-  for model, by_d in erfs.items():
-    if sorted(by_d) != list(range(len(by_d))):
-      raise ValueError(f"{path}: the distances of {model} are not 0, 1, 2, ... without gaps.")
-  return {model: np.array([by_d[d] for d in range(len(by_d))]) for model, by_d in erfs.items()}
 
 
 def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distance=100, step=None,
@@ -469,6 +438,40 @@ def format_summary_table(summary) -> str:
              _pct(s["success_inside"]), beyond, ref_cell, at_ref, tested]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
+
+
+# --- Rows on disk (the CSVs of eval_passkey.py) --------------------------------------------------
+
+# The columns of passkey.csv (eval_passkey.py), one per key of a _rows() row, and how
+# read_rows() turns each text cell back into its value.
+_CSV_TYPES = {"model": str, "window": str, "layers": int,
+              "reach": lambda text: int(text) if text else None, "distance": int,
+              "inside": lambda text: text == "True", "accuracy": float, "n": int, "seq_len": int,
+              "train_seq_len": int, "beyond_train_len": lambda text: text == "True"}
+CSV_FIELDS = tuple(_CSV_TYPES)
+ERF_FIELDS = ("model", "distance", "erf", "erf_normalized")  # effective_receptive_field.csv
+
+
+def read_rows(path):
+  """The rows of a passkey.csv written by eval_passkey.py, typed as passkey_sweep returns them."""
+  with open(path, newline="") as f:
+    reader = csv.DictReader(f)
+    missing = [k for k in CSV_FIELDS if k not in (reader.fieldnames or ())]
+    if missing:
+      raise ValueError(f"{path} is not a passkey.csv of eval_passkey.py: no column {missing}.")
+    return [{k: _CSV_TYPES[k](r[k]) for k in CSV_FIELDS} for r in reader]
+
+
+def read_erf(path):
+  """{model: float [D]} from an effective_receptive_field.csv written by eval_passkey.py."""
+  erfs = collections.defaultdict(dict)
+  with open(path, newline="") as f:
+    for r in csv.DictReader(f):
+      erfs[r["model"]][int(r["distance"])] = float(r["erf"])
+  for model, by_d in erfs.items():
+    if sorted(by_d) != list(range(len(by_d))):
+      raise ValueError(f"{path}: the distances of {model} are not 0, 1, 2, ... without gaps.")
+  return {model: np.array([by_d[d] for d in range(len(by_d))]) for model, by_d in erfs.items()}
 
 
 # --- Effective receptive field -------------------------------------------------------------------

@@ -64,6 +64,12 @@ def is_oom(error):
   return "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
 
 
+def sort_rows(rows):
+  """Rows (dicts with kind, variant, seq_len) in report order: by kind, variant, then n."""
+  order = {k: i for i, k in enumerate(KINDS + tuple(VARIANTS))}
+  return sorted(rows, key=lambda r: (order[r["kind"]], order[r["variant"]], r["seq_len"]))
+
+
 # ----------------------------------------------------------------------------------------------
 # One configuration, in this process.
 # ----------------------------------------------------------------------------------------------

@@ -12,7 +12,8 @@ import os
 
 import numpy as np
 
-from swa.profiling import KINDS, VARIANT_LABELS, VARIANTS, describe, format_bytes, format_ms
+from swa.profiling import (KINDS, VARIANT_LABELS, VARIANTS, describe, format_bytes, format_ms,
+                           sort_rows)
 from swa.profiling_sweep import fit_slope
 
 
@@ -222,8 +223,7 @@ def merge_rows(tables):
       key = (r["kind"], r["variant"], r["seq_len"])
       if key not in merged or str(merged[key]["status"]).startswith("skipped"):
         merged[key] = r
-  order = lambda key: (KINDS.index(key[0]), list(VARIANTS).index(key[1]), key[2])
-  return [merged[key] for key in sorted(merged, key=order)]
+  return sort_rows(merged.values())
 
 
 def plot_memory(path, rows, title=""):

@@ -20,13 +20,12 @@ import time
 import numpy as np
 
 from swa import attention
-from swa.profiling import KINDS, RESULT_MARKER, VARIANTS, describe, format_ms, is_oom
+from swa.profiling import (KINDS, RESULT_MARKER, VARIANTS, describe, format_ms, is_oom,
+                           sort_rows)
 
 # Statuses after which larger n is not tried for that variant.
 STOPPING = ("OOM", "timeout", "failed")
 _REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 
 
 def _subprocess_env(mem_fraction=0.95):
@@ -218,5 +217,4 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
     for worker in spare:
       worker.kill()
       worker.communicate()
-  order = {k: i for i, k in enumerate(KINDS + tuple(VARIANTS))}
-  return sorted(rows, key=lambda r: (order[r["kind"]], order[r["variant"]], r["seq_len"]))
+  return sort_rows(rows)
