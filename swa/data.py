@@ -28,6 +28,7 @@ ANSWER_LEN targets (answer_mask). The LM loss may use every position.
 """
 
 import string
+from typing import Optional
 
 import numpy as np
 
@@ -52,356 +53,417 @@ MIN_DISTANCE = MIN_PROMPT_LEN - 1 - len(KEY_PREFIX)  # 42: the digits, ". " and 
 MIN_CONTEXT_LEN = MIN_PROMPT_LEN + ANSWER_LEN - 1  # 62: shortest T for passkey_batch
 
 FILLER_SENTENCES = (
-    # The usual sentences of the passkey literature...
-    "The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-    "There and back again.",
-    # ...and more of the same kind, so the filler is not a short repeating period.
-    "The river runs to the sea.", "Birds sing in the morning.", "The wind is cold tonight.",
-    "A cat sleeps on the mat.", "The road is long and quiet.", "Rain falls on the old roof.",
-    "The moon is bright.", "Trees grow tall in the forest.", "The bread is still warm.",
-    "We walk along the shore.", "Snow covers the hills.", "It's a quiet day, isn't it?",
-    "Look at all the stars!",
+  # The usual sentences of the passkey literature...
+  "The grass is green.",
+  "The sky is blue.",
+  "The sun is yellow.",
+  "Here we go.",
+  "There and back again.",
+  # ...and more of the same kind, so the filler is not a short repeating period.
+  "The river runs to the sea.",
+  "Birds sing in the morning.",
+  "The wind is cold tonight.",
+  "A cat sleeps on the mat.",
+  "The road is long and quiet.",
+  "Rain falls on the old roof.",
+  "The moon is bright.",
+  "Trees grow tall in the forest.",
+  "The bread is still warm.",
+  "We walk along the shore.",
+  "Snow covers the hills.",
+  "It's a quiet day, isn't it?",
+  "Look at all the stars!",
 )
 _SHORTEST_FILLER = min(len(s) for s in FILLER_SENTENCES)
 
 
 def encode(text: str) -> np.ndarray:
-    """Maps text to token ids, one per character.
+  """Maps text to token ids, one per character.
 
-    Args:
-      text: string made only of characters in VOCAB.
-    Returns:
-      int32 [len(text)] token ids in 1..VOCAB_SIZE-1.
-    """
-    if text.isascii():
-        ids = _ENCODE_TABLE[np.frombuffer(text.encode("ascii"), np.uint8)]
-        if (ids >= 0).all():
-            return ids
-    index, char = next((i, c) for i, c in enumerate(text) if c not in VOCAB)
-    raise ValueError(f"character {char!r} at index {index} is not in the vocabulary; "
-                     f"allowed are {VOCAB!r}.")
+  Args:
+    text: string made only of characters in VOCAB.
+
+  Returns:
+    int32 [len(text)] token ids in 1..VOCAB_SIZE-1.
+  """
+  if text.isascii():
+    ids = _ENCODE_TABLE[np.frombuffer(text.encode("ascii"), np.uint8)]
+    if (ids >= 0).all():
+      return ids
+  index, char = next((i, c) for i, c in enumerate(text) if c not in VOCAB)
+  raise ValueError(
+    f"character {char!r} at index {index} is not in the vocabulary; allowed are {VOCAB!r}."
+  )
 
 
 def decode(ids) -> str:
-    """Maps token ids back to text; PAD ids decode to nothing.
+  """Maps token ids back to text; PAD ids decode to nothing.
 
-    Args:
-      ids: integer array-like [N] of ids in 0..VOCAB_SIZE-1.
-    Returns:
-      the decoded string (len(ids) minus the number of PAD ids characters).
-    """
-    ids = np.asarray(ids)
-    if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
-        raise ValueError(f"ids must be a 1-D integer array, got shape {ids.shape} and dtype "
-                         f"{ids.dtype}.")
-    if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
-        bad = ids[(ids < 0) | (ids >= VOCAB_SIZE)][0]
-        raise ValueError(f"token id {bad} is out of range; allowed ids are 0..{VOCAB_SIZE - 1}.")
-    chars = _DECODE_TABLE[ids.astype(np.intp)]
-    return chars[ids != PAD_ID].tobytes().decode("ascii")
+  Args:
+    ids: integer array-like [N] of ids in 0..VOCAB_SIZE-1.
+
+  Returns:
+    the decoded string (len(ids) minus the number of PAD ids characters).
+  """
+  ids = np.asarray(ids)
+  if ids.ndim != 1 or (ids.size and not np.issubdtype(ids.dtype, np.integer)):
+    raise ValueError(
+      f"ids must be a 1-D integer array, got shape {ids.shape} and dtype {ids.dtype}."
+    )
+  if ids.size and (ids.min() < 0 or ids.max() >= VOCAB_SIZE):
+    bad = ids[(ids < 0) | (ids >= VOCAB_SIZE)][0]
+    raise ValueError(f"token id {bad} is out of range; allowed ids are 0..{VOCAB_SIZE - 1}.")
+  chars = _DECODE_TABLE[ids.astype(np.intp)]
+  return chars[ids != PAD_ID].tobytes().decode("ascii")
 
 
 def _check_prompt_len(seq_len: int) -> None:
-    if seq_len < MIN_PROMPT_LEN:
-        raise ValueError(f"seq_len={seq_len} is too short; a prompt needs at least "
-                         f"{MIN_PROMPT_LEN} tokens.")
+  if seq_len < MIN_PROMPT_LEN:
+    raise ValueError(
+      f"seq_len={seq_len} is too short; a prompt needs at least {MIN_PROMPT_LEN} tokens."
+    )
 
 
 def _check_context_len(seq_len: int) -> None:
-    if seq_len < MIN_CONTEXT_LEN:
-        raise ValueError(f"seq_len={seq_len} is too short; passkey batches need seq_len >= "
-                         f"{MIN_CONTEXT_LEN}.")
+  if seq_len < MIN_CONTEXT_LEN:
+    raise ValueError(
+      f"seq_len={seq_len} is too short; passkey batches need seq_len >= {MIN_CONTEXT_LEN}."
+    )
 
 
 def max_distance(seq_len: int) -> int:
-    """Largest distance a prompt of seq_len tokens allows (key sentence at position 0)."""
-    _check_prompt_len(seq_len)
-    return seq_len - 1 - len(KEY_PREFIX)
+  """Largest distance a prompt of seq_len tokens allows (key sentence at position 0)."""
+  _check_prompt_len(seq_len)
+  return seq_len - 1 - len(KEY_PREFIX)
 
 
 def context_max_distance(seq_len: int) -> int:
-    """Largest distance a context of seq_len tokens holds: its prompt is seq_len + 1 - ANSWER_LEN
-    tokens (module docstring), so this is seq_len - 20."""
-    return max_distance(seq_len + 1 - ANSWER_LEN)
+  """Largest distance a context of seq_len tokens holds: its prompt is seq_len + 1 - ANSWER_LEN
+  tokens (module docstring), so this is seq_len - 20."""
+  return max_distance(seq_len + 1 - ANSWER_LEN)
 
 
 def passkey_distance(seq_len: int, key_position: int) -> int:
-    """Distance from the first key digit to the last prompt token (see module docstring).
+  """Distance from the first key digit to the last prompt token (see module docstring).
 
-    Args:
-      seq_len: prompt length in tokens.
-      key_position: token index where the key sentence starts.
-    Returns:
-      seq_len - 1 - key_position - len(KEY_PREFIX), in MIN_DISTANCE..max_distance(seq_len).
-    """
-    _check_prompt_len(seq_len)
-    last = seq_len - MIN_PROMPT_LEN
-    if not 0 <= key_position <= last:
-        raise ValueError(f"key_position={key_position} is not allowed for seq_len={seq_len}; "
-                         f"the key sentence must start in 0..{last} to fit before the question.")
-    return seq_len - 1 - key_position - len(KEY_PREFIX)
+  Args:
+    seq_len: prompt length in tokens.
+    key_position: token index where the key sentence starts.
+
+  Returns:
+    seq_len - 1 - key_position - len(KEY_PREFIX), in MIN_DISTANCE..max_distance(seq_len).
+  """
+  _check_prompt_len(seq_len)
+  last = seq_len - MIN_PROMPT_LEN
+  if not 0 <= key_position <= last:
+    raise ValueError(
+      f"key_position={key_position} is not allowed for seq_len={seq_len}; "
+      f"the key sentence must start in 0..{last} to fit before the question."
+    )
+  return seq_len - 1 - key_position - len(KEY_PREFIX)
 
 
 def key_position_for_distance(seq_len: int, distance: int) -> int:
-    """Inverse of passkey_distance: where the key sentence starts for a given distance."""
-    limit = max_distance(seq_len)
-    if not MIN_DISTANCE <= distance <= limit:
-        raise ValueError(f"distance={distance} is impossible for seq_len={seq_len}; "
-                         f"allowed distances are {MIN_DISTANCE}..{limit}.")
-    return seq_len - 1 - len(KEY_PREFIX) - distance
+  """Inverse of passkey_distance: where the key sentence starts for a given distance."""
+  limit = max_distance(seq_len)
+  if not MIN_DISTANCE <= distance <= limit:
+    raise ValueError(
+      f"distance={distance} is impossible for seq_len={seq_len}; "
+      f"allowed distances are {MIN_DISTANCE}..{limit}."
+    )
+  return seq_len - 1 - len(KEY_PREFIX) - distance
 
 
 def _passkey_text(passkey) -> str:
-    """Validates a passkey given as int or str and returns its 5 digits."""
-    if isinstance(passkey, str):
-        ok = len(passkey) == ANSWER_LEN and passkey.isascii() and passkey.isdigit()
-        ok = ok and passkey[0] != "0"
-    else:
-        ok = isinstance(passkey, (int, np.integer)) and not isinstance(passkey, bool)
-        ok = ok and PASSKEY_MIN <= passkey <= PASSKEY_MAX
-    if not ok:
-        raise ValueError(f"passkey={passkey!r} is not allowed; use a 5-digit number "
-                         f"{PASSKEY_MIN}..{PASSKEY_MAX} as int or str.")
-    return str(int(passkey))
+  """Validates a passkey given as int or str and returns its 5 digits."""
+  if isinstance(passkey, str):
+    ok = len(passkey) == ANSWER_LEN and passkey.isascii() and passkey.isdigit()
+    ok = ok and passkey[0] != "0"
+  else:
+    ok = isinstance(passkey, (int, np.integer)) and not isinstance(passkey, bool)
+    ok = ok and PASSKEY_MIN <= passkey <= PASSKEY_MAX
+  if not ok:
+    raise ValueError(
+      f"passkey={passkey!r} is not allowed; use a 5-digit number "
+      f"{PASSKEY_MIN}..{PASSKEY_MAX} as int or str."
+    )
+  return str(int(passkey))
 
 
 def _filler(rng: np.random.Generator, n: int) -> str:
-    """n characters of random filler, ending in a space so that the next sentence starts a word.
+  """n characters of random filler, ending in a space so that the next sentence starts a word.
 
-    The cut may end mid-word ("The gr ") or, when a sentence ends just before it, in a double space.
-    """
-    if n == 0:
-        return ""
-    count = n // _SHORTEST_FILLER + 1  # count * shortest > n: the joined text is long enough to cut
-    text = " ".join([FILLER_SENTENCES[i] for i in rng.integers(len(FILLER_SENTENCES), size=count)])
-    return text[: n - 1] + " "
+  The cut may end mid-word ("The gr ") or, when a sentence ends just before it, in a double space.
+  """
+  if n == 0:
+    return ""
+  count = n // _SHORTEST_FILLER + 1  # count * shortest > n: the joined text is long enough to cut
+  text = " ".join([FILLER_SENTENCES[i] for i in rng.integers(len(FILLER_SENTENCES), size=count)])
+  return text[: n - 1] + " "
 
 
 def _prompt_text(rng: np.random.Generator, seq_len: int, key_position: int, key: str) -> str:
-    """Filler, key sentence at key_position, filler, QUESTION: exactly seq_len characters."""
-    middle = seq_len - key_position - MIN_PROMPT_LEN
-    return _filler(rng, key_position) + KEY_PREFIX + key + ". " + _filler(rng, middle) + QUESTION
+  """Filler, key sentence at key_position, filler, QUESTION: exactly seq_len characters."""
+  middle = seq_len - key_position - MIN_PROMPT_LEN
+  return _filler(rng, key_position) + KEY_PREFIX + key + ". " + _filler(rng, middle) + QUESTION
 
 
-def create_passkey_dataset(seq_len: int = 2000, key_position: int = 0, *, passkey=None,
-                           seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """One passkey prompt and its answer.
+def create_passkey_dataset(
+  seq_len: int = 2000, key_position: int = 0, *, passkey=None, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+  """One passkey prompt and its answer.
 
-    Args:
-      seq_len: prompt length in tokens, at least MIN_PROMPT_LEN.
-      key_position: token index where "The passkey is " starts, 0..seq_len-MIN_PROMPT_LEN.
-      passkey: 5-digit int or str in 10000..99999; None draws one from the seed.
-      seed: seeds np.random.default_rng for the passkey and the filler. The passkey is drawn even
-        when given, so the filler for a seed does not depend on whether a passkey was passed.
-    Returns:
-      sequence: int32 [seq_len] prompt ending with QUESTION.
-      target: int32 [ANSWER_LEN] token ids of the passkey digits.
-    """
-    passkey_distance(seq_len, key_position)  # validates seq_len and key_position
-    rng = np.random.default_rng(seed)
-    drawn = int(rng.integers(PASSKEY_MIN, PASSKEY_MAX + 1))
-    key = _passkey_text(drawn if passkey is None else passkey)
-    return encode(_prompt_text(rng, seq_len, key_position, key)), encode(key)
+  Args:
+    seq_len: prompt length in tokens, at least MIN_PROMPT_LEN.
+    key_position: token index where "The passkey is " starts, 0..seq_len-MIN_PROMPT_LEN.
+    passkey: 5-digit int or str in 10000..99999; None draws one from the seed.
+    seed: seeds np.random.default_rng for the passkey and the filler. The passkey is drawn even
+      when given, so the filler for a seed does not depend on whether a passkey was passed.
+
+  Returns:
+    sequence: int32 [seq_len] prompt ending with QUESTION.
+    target: int32 [ANSWER_LEN] token ids of the passkey digits.
+  """
+  passkey_distance(seq_len, key_position)  # validates seq_len and key_position
+  rng = np.random.default_rng(seed)
+  drawn = int(rng.integers(PASSKEY_MIN, PASSKEY_MAX + 1))
+  key = _passkey_text(drawn if passkey is None else passkey)
+  return encode(_prompt_text(rng, seq_len, key_position, key)), encode(key)
 
 
 def passkey_batch(rng: np.random.Generator, batch_size: int, seq_len: int, distances) -> dict:
-    """A batch of teacher-forced passkey examples at chosen distances (layout: module docstring).
+  """A batch of teacher-forced passkey examples at chosen distances (layout: module docstring).
 
-    Args:
-      rng: source of the passkeys and filler.
-      batch_size: B, number of examples.
-      seq_len: T, model context length; the prompt is T+1-ANSWER_LEN tokens.
-      distances: int [B] (or a scalar for all), each in MIN_DISTANCE..max_distance(T+1-ANSWER_LEN).
-    Returns:
-      dict of numpy arrays: inputs int32 [B,T]; targets int32 [B,T] (targets[:, p] is
-      tokens[:, p+1]); answer_mask float32 [B,T] (1 on the last ANSWER_LEN positions, whose
-      targets are the digits); distance int32 [B]; passkey int32 [B].
-    """
-    if batch_size < 1:
-        raise ValueError(f"batch_size={batch_size} is not allowed; it must be at least 1.")
-    _check_context_len(seq_len)
-    prompt_len = seq_len + 1 - ANSWER_LEN
-    distances = np.asarray(distances)
-    if distances.ndim == 0:
-        distances = np.full(batch_size, distances)
-    if distances.shape != (batch_size,) or not np.issubdtype(distances.dtype, np.integer):
-        raise ValueError(f"distances must be integers of shape ({batch_size},), got shape "
-                         f"{distances.shape} and dtype {distances.dtype}.")
-    limit = context_max_distance(seq_len)
-    bad = distances[(distances < MIN_DISTANCE) | (distances > limit)]
-    if bad.size:
-        raise ValueError(f"distance={bad[0]} is impossible for seq_len={seq_len}; "
-                         f"allowed distances are {MIN_DISTANCE}..{limit}.")
-    passkeys = rng.integers(PASSKEY_MIN, PASSKEY_MAX + 1, size=batch_size)
-    key_positions = prompt_len - 1 - len(KEY_PREFIX) - distances
-    texts = [_prompt_text(rng, prompt_len, int(k), str(key)) + str(key)
-             for k, key in zip(key_positions, passkeys)]
-    tokens = encode("".join(texts)).reshape(batch_size, seq_len + 1)
-    answer_mask = np.zeros((batch_size, seq_len), np.float32)
-    answer_mask[:, -ANSWER_LEN:] = 1.0
-    return {
-        "inputs": np.ascontiguousarray(tokens[:, :-1]),
-        "targets": np.ascontiguousarray(tokens[:, 1:]),
-        "answer_mask": answer_mask,
-        "distance": distances.astype(np.int32),
-        "passkey": passkeys.astype(np.int32),
-    }
+  Args:
+    rng: source of the passkeys and filler.
+    batch_size: B, number of examples.
+    seq_len: T, model context length; the prompt is T+1-ANSWER_LEN tokens.
+    distances: int [B] (or a scalar for all), each in MIN_DISTANCE..max_distance(T+1-ANSWER_LEN).
+
+  Returns:
+    dict of numpy arrays: inputs int32 [B,T]; targets int32 [B,T] (targets[:, p] is
+    tokens[:, p+1]); answer_mask float32 [B,T] (1 on the last ANSWER_LEN positions, whose
+    targets are the digits); distance int32 [B]; passkey int32 [B].
+  """
+  if batch_size < 1:
+    raise ValueError(f"batch_size={batch_size} is not allowed; it must be at least 1.")
+  _check_context_len(seq_len)
+  prompt_len = seq_len + 1 - ANSWER_LEN
+  distances = np.asarray(distances)
+  if distances.ndim == 0:
+    distances = np.full(batch_size, distances)
+  if distances.shape != (batch_size,) or not np.issubdtype(distances.dtype, np.integer):
+    raise ValueError(
+      f"distances must be integers of shape ({batch_size},), got shape "
+      f"{distances.shape} and dtype {distances.dtype}."
+    )
+  limit = context_max_distance(seq_len)
+  bad = distances[(distances < MIN_DISTANCE) | (distances > limit)]
+  if bad.size:
+    raise ValueError(
+      f"distance={bad[0]} is impossible for seq_len={seq_len}; "
+      f"allowed distances are {MIN_DISTANCE}..{limit}."
+    )
+  passkeys = rng.integers(PASSKEY_MIN, PASSKEY_MAX + 1, size=batch_size)
+  key_positions = prompt_len - 1 - len(KEY_PREFIX) - distances
+  texts = [
+    _prompt_text(rng, prompt_len, int(k), str(key)) + str(key)
+    for k, key in zip(key_positions, passkeys)
+  ]
+  tokens = encode("".join(texts)).reshape(batch_size, seq_len + 1)
+  answer_mask = np.zeros((batch_size, seq_len), np.float32)
+  answer_mask[:, -ANSWER_LEN:] = 1.0
+  return {
+    "inputs": np.ascontiguousarray(tokens[:, :-1]),
+    "targets": np.ascontiguousarray(tokens[:, 1:]),
+    "answer_mask": answer_mask,
+    "distance": distances.astype(np.int32),
+    "passkey": passkeys.astype(np.int32),
+  }
 
 
-def curriculum_max_distance(step: int, total_steps: int, start: int, end: int,
-                            warmup_fraction: float) -> int:
-    """Largest training distance at `step`: linear from start to end over warmup, then end.
+def curriculum_max_distance(
+  step: int, total_steps: int, start: int, end: int, warmup_fraction: float
+) -> int:
+  """Largest training distance at `step`: linear from start to end over warmup, then end.
 
-    Args:
-      step: training step, >= 0.
-      total_steps: length of the run, >= 1.
-      start, end: distances at step 0 and after warmup, start <= end.
-      warmup_fraction: share of total_steps spent growing, in [0, 1]; 0 means end from step 0.
-    Returns:
-      floor(start + (end - start) * min(1, step / (warmup_fraction * total_steps))), which never
-      decreases with step.
-    """
-    if step < 0 or total_steps < 1:
-        raise ValueError(f"step={step}, total_steps={total_steps} are not allowed; "
-                         f"need step >= 0 and total_steps >= 1.")
-    if start > end:
-        raise ValueError(f"start={start} is above end={end}; the curriculum only grows.")
-    if not 0.0 <= warmup_fraction <= 1.0:
-        raise ValueError(f"warmup_fraction={warmup_fraction} is not allowed; it must be in [0, 1].")
-    warmup_steps = warmup_fraction * total_steps
-    progress = 1.0 if step >= warmup_steps else step / warmup_steps
-    return int(start + (end - start) * progress)
+  Args:
+    step: training step, >= 0.
+    total_steps: length of the run, >= 1.
+    start, end: distances at step 0 and after warmup, start <= end.
+    warmup_fraction: share of total_steps spent growing, in [0, 1]; 0 means end from step 0.
+
+  Returns:
+    floor(start + (end - start) * min(1, step / (warmup_fraction * total_steps))), which never
+    decreases with step.
+  """
+  if step < 0 or total_steps < 1:
+    raise ValueError(
+      f"step={step}, total_steps={total_steps} are not allowed; "
+      f"need step >= 0 and total_steps >= 1."
+    )
+  if start > end:
+    raise ValueError(f"start={start} is above end={end}; the curriculum only grows.")
+  if not 0.0 <= warmup_fraction <= 1.0:
+    raise ValueError(f"warmup_fraction={warmup_fraction} is not allowed; it must be in [0, 1].")
+  warmup_steps = warmup_fraction * total_steps
+  progress = 1.0 if step >= warmup_steps else step / warmup_steps
+  return int(start + (end - start) * progress)
 
 
 class PasskeyBatches:
-    """Infinite iterator of passkey_batch dicts, resumable from get_state().
+  """Infinite iterator of passkey_batch dicts, resumable from get_state().
 
-    At each step an example's distance is uniform on MIN_DISTANCE..top, where `top` is the
-    curriculum's current largest distance, except that a `uniform_fraction` share of examples
-    (chosen at random) is uniform on the whole range up to max_distance, so long distances are seen
-    from the start. Two curricula:
+  At each step an example's distance is uniform on MIN_DISTANCE..top, where `top` is the
+  curriculum's current largest distance, except that a `uniform_fraction` share of examples
+  (chosen at random) is uniform on the whole range up to max_distance, so long distances are seen
+  from the start. Two curricula:
 
-    - "linear": top = curriculum_max_distance(step, ...), growing from curriculum_start to
-      max_distance over the first curriculum_fraction of total_steps. The batch at step s is a pure
-      function of (seed, s).
-    - "adaptive": top starts at curriculum_start and grows by `stage` tokens (capped at max_distance)
-      each time the model gets `target` exact match on the newest stage, the distances in
-      (top - stage, top]; the trainer reports results with `observe`. Decisions are taken every
-      `stage_examples` examples of that stage; until the model solves it, top stays. The batch at step
-      s is a pure function of (seed, s, top).
+  - "linear": top = curriculum_max_distance(step, ...), growing from curriculum_start to
+    max_distance over the first curriculum_fraction of total_steps. The batch at step s is a pure
+    function of (seed, s).
+  - "adaptive": top starts at curriculum_start and grows by `stage` tokens (capped at max_distance)
+    each time the model gets `target` exact match on the newest stage, the distances in
+    (top - stage, top]; the trainer reports results with `observe`. Decisions are taken every
+    `stage_examples` examples of that stage; until the model solves it, top stays. The batch at step
+    s is a pure function of (seed, s, top).
+
+  Args:
+    seq_len: T, model context length (inputs are [batch_size, T]).
+    batch_size: B.
+    seed: non-negative int; step s is drawn from np.random.default_rng([seed, s]).
+    total_steps: run length, only used to time the linear curriculum; iteration does not stop there.
+    curriculum_start: largest distance at step 0, >= MIN_DISTANCE.
+    curriculum_fraction: linear: share of total_steps over which top grows to max_distance.
+    max_distance: final largest distance; None means the largest the prompt allows.
+    uniform_fraction: share of examples drawn uniformly up to max_distance whatever the step.
+    curriculum: "linear" or "adaptive".
+    stage: adaptive: tokens added to top per advance; None = (max_distance - curriculum_start) / 16,
+      rounded up.
+    target: adaptive: exact match on the newest stage needed to advance, in [0, 1] (0: advance
+      after every stage_examples examples of the newest stage, whatever the results).
+    stage_examples: adaptive: examples of the newest stage scored per decision, >= 1.
+  """
+
+  def __init__(
+    self,
+    *,
+    seq_len: int,
+    batch_size: int,
+    seed: int,
+    total_steps: int,
+    curriculum_start: int = MIN_DISTANCE,
+    curriculum_fraction: float = 0.7,
+    max_distance: Optional[int] = None,
+    uniform_fraction: float = 0.0,
+    curriculum: str = "linear",
+    stage: Optional[int] = None,
+    target: float = 0.9,
+    stage_examples: int = 256,
+  ):
+    _check_context_len(seq_len)
+    limit = context_max_distance(seq_len)
+    max_distance = limit if max_distance is None else max_distance
+    if not MIN_DISTANCE <= max_distance <= limit:
+      raise ValueError(
+        f"max_distance={max_distance} is impossible for seq_len={seq_len}; "
+        f"allowed are {MIN_DISTANCE}..{limit}."
+      )
+    if not MIN_DISTANCE <= curriculum_start <= max_distance:
+      raise ValueError(
+        f"curriculum_start={curriculum_start} is not allowed; it must be in "
+        f"{MIN_DISTANCE}..{max_distance} (MIN_DISTANCE..max_distance)."
+      )
+    for name, value in [
+      ("curriculum_fraction", curriculum_fraction),
+      ("uniform_fraction", uniform_fraction),
+    ]:
+      if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name}={value} is not allowed; it must be in [0, 1].")
+    if seed < 0 or batch_size < 1 or total_steps < 1:
+      raise ValueError(
+        f"seed={seed}, batch_size={batch_size}, total_steps={total_steps} are "
+        f"not allowed; need seed >= 0, batch_size >= 1 and total_steps >= 1."
+      )
+    if curriculum not in ("linear", "adaptive"):
+      raise ValueError(f"curriculum={curriculum!r} is not allowed; use 'linear' or 'adaptive'.")
+    if stage is None:
+      stage = max(1, -(-(max_distance - curriculum_start) // 16))
+    if stage < 1 or not 0.0 <= target <= 1.0 or stage_examples < 1:
+      raise ValueError(
+        f"stage={stage}, target={target}, stage_examples={stage_examples} are not "
+        f"allowed; need stage >= 1, 0 <= target <= 1 and stage_examples >= 1."
+      )
+    self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
+    self.total_steps = total_steps
+    self.curriculum_start, self.curriculum_fraction = curriculum_start, curriculum_fraction
+    self.max_distance, self.uniform_fraction = max_distance, uniform_fraction
+    self.curriculum, self.stage, self.target = curriculum, stage, target
+    self.stage_examples = stage_examples
+    self.step = 0
+    self.top, self._hits, self._seen = curriculum_start, 0, 0  # adaptive state
+
+  def top_at(self, step: int) -> int:
+    """The curriculum's largest distance for the batch at `step` (adaptive: the current one)."""
+    if self.curriculum == "adaptive":
+      return self.top
+    return curriculum_max_distance(
+      step, self.total_steps, self.curriculum_start, self.max_distance, self.curriculum_fraction
+    )
+
+  def batch_at(self, step: int, top: Optional[int] = None) -> dict:
+    """The batch for `step` with largest distance `top` (default top_at(step)); a pure function
+    of (seed, step, top) that does not move the iterator."""
+    rng = np.random.default_rng([self.seed, step])
+    top = self.top_at(step) if top is None else top
+    # Draw both candidates for every example so the random stream does not depend on the mix.
+    curriculum = rng.integers(MIN_DISTANCE, top + 1, size=self.batch_size)
+    uniform = rng.integers(MIN_DISTANCE, self.max_distance + 1, size=self.batch_size)
+    use_uniform = rng.random(self.batch_size) < self.uniform_fraction
+    distances = np.where(use_uniform, uniform, curriculum)
+    return passkey_batch(rng, self.batch_size, self.seq_len, distances)
+
+  def observe(self, distances, correct) -> None:
+    """Reports which examples the model got right; moves the adaptive curriculum (linear: no-op).
 
     Args:
-      seq_len: T, model context length (inputs are [batch_size, T]).
-      batch_size: B.
-      seed: non-negative int; step s is drawn from np.random.default_rng([seed, s]).
-      total_steps: run length, only used to time the linear curriculum; iteration does not stop there.
-      curriculum_start: largest distance at step 0, >= MIN_DISTANCE.
-      curriculum_fraction: linear: share of total_steps over which top grows to max_distance.
-      max_distance: final largest distance; None means the largest the prompt allows.
-      uniform_fraction: share of examples drawn uniformly up to max_distance whatever the step.
-      curriculum: "linear" or "adaptive".
-      stage: adaptive: tokens added to top per advance; None = (max_distance - curriculum_start) / 16,
-        rounded up.
-      target: adaptive: exact match on the newest stage needed to advance, in [0, 1] (0: advance
-        after every stage_examples examples of the newest stage, whatever the results).
-      stage_examples: adaptive: examples of the newest stage scored per decision, >= 1.
+      distances: int [B] distances of a batch drawn from this iterator.
+      correct: bool [B] exact match of each example.
     """
+    if self.curriculum != "adaptive":
+      return
+    distances, correct = np.asarray(distances), np.asarray(correct)
+    newest = (distances > self.top - self.stage) & (distances <= self.top)
+    self._hits += int(np.sum(correct[newest]))
+    self._seen += int(np.sum(newest))
+    if self._seen >= self.stage_examples:
+      if self._hits >= self.target * self._seen:
+        self.top = min(self.top + self.stage, self.max_distance)
+      self._hits, self._seen = 0, 0
 
-    def __init__(self, *, seq_len: int, batch_size: int, seed: int, total_steps: int,
-                 curriculum_start: int = MIN_DISTANCE, curriculum_fraction: float = 0.7,
-                 max_distance: int | None = None, uniform_fraction: float = 0.0,
-                 curriculum: str = "linear", stage: int | None = None, target: float = 0.9,
-                 stage_examples: int = 256):
-        _check_context_len(seq_len)
-        limit = context_max_distance(seq_len)
-        max_distance = limit if max_distance is None else max_distance
-        if not MIN_DISTANCE <= max_distance <= limit:
-            raise ValueError(f"max_distance={max_distance} is impossible for seq_len={seq_len}; "
-                             f"allowed are {MIN_DISTANCE}..{limit}.")
-        if not MIN_DISTANCE <= curriculum_start <= max_distance:
-            raise ValueError(f"curriculum_start={curriculum_start} is not allowed; it must be in "
-                             f"{MIN_DISTANCE}..{max_distance} (MIN_DISTANCE..max_distance).")
-        for name, value in [("curriculum_fraction", curriculum_fraction),
-                            ("uniform_fraction", uniform_fraction)]:
-            if not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name}={value} is not allowed; it must be in [0, 1].")
-        if seed < 0 or batch_size < 1 or total_steps < 1:
-            raise ValueError(f"seed={seed}, batch_size={batch_size}, total_steps={total_steps} are "
-                             f"not allowed; need seed >= 0, batch_size >= 1 and total_steps >= 1.")
-        if curriculum not in ("linear", "adaptive"):
-            raise ValueError(f"curriculum={curriculum!r} is not allowed; use 'linear' or 'adaptive'.")
-        if stage is None:
-            stage = max(1, -(-(max_distance - curriculum_start) // 16))
-        if stage < 1 or not 0.0 <= target <= 1.0 or stage_examples < 1:
-            raise ValueError(f"stage={stage}, target={target}, stage_examples={stage_examples} are not "
-                             f"allowed; need stage >= 1, 0 <= target <= 1 and stage_examples >= 1.")
-        self.seq_len, self.batch_size, self.seed = seq_len, batch_size, seed
-        self.total_steps = total_steps
-        self.curriculum_start, self.curriculum_fraction = curriculum_start, curriculum_fraction
-        self.max_distance, self.uniform_fraction = max_distance, uniform_fraction
-        self.curriculum, self.stage, self.target = curriculum, stage, target
-        self.stage_examples = stage_examples
-        self.step = 0
-        self.top, self._hits, self._seen = curriculum_start, 0, 0  # adaptive state
+  def __iter__(self):
+    return self
 
-    def top_at(self, step: int) -> int:
-        """The curriculum's largest distance for the batch at `step` (adaptive: the current one)."""
-        if self.curriculum == "adaptive":
-            return self.top
-        return curriculum_max_distance(step, self.total_steps, self.curriculum_start,
-                                       self.max_distance, self.curriculum_fraction)
+  def __next__(self) -> dict:
+    batch = self.batch_at(self.step)
+    self.step += 1
+    return batch
 
-    def batch_at(self, step: int, top: int | None = None) -> dict:
-        """The batch for `step` with largest distance `top` (default top_at(step)); a pure function
-        of (seed, step, top) that does not move the iterator."""
-        rng = np.random.default_rng([self.seed, step])
-        top = self.top_at(step) if top is None else top
-        # Draw both candidates for every example so the random stream does not depend on the mix.
-        curriculum = rng.integers(MIN_DISTANCE, top + 1, size=self.batch_size)
-        uniform = rng.integers(MIN_DISTANCE, self.max_distance + 1, size=self.batch_size)
-        use_uniform = rng.random(self.batch_size) < self.uniform_fraction
-        distances = np.where(use_uniform, uniform, curriculum)
-        return passkey_batch(rng, self.batch_size, self.seq_len, distances)
+  def get_state(self) -> dict:
+    """Everything needed to resume: the step of the next batch (and the adaptive state)."""
+    if self.curriculum == "adaptive":
+      return {"step": self.step, "top": self.top, "hits": self._hits, "seen": self._seen}
+    return {"step": self.step}
 
-    def observe(self, distances, correct) -> None:
-        """Reports which examples the model got right; moves the adaptive curriculum (linear: no-op).
-
-        Args:
-          distances: int [B] distances of a batch drawn from this iterator.
-          correct: bool [B] exact match of each example.
-        """
-        if self.curriculum != "adaptive":
-            return
-        distances, correct = np.asarray(distances), np.asarray(correct)
-        newest = (distances > self.top - self.stage) & (distances <= self.top)
-        self._hits += int(np.sum(correct[newest]))
-        self._seen += int(np.sum(newest))
-        if self._seen >= self.stage_examples:
-            if self._hits >= self.target * self._seen:
-                self.top = min(self.top + self.stage, self.max_distance)
-            self._hits, self._seen = 0, 0
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> dict:
-        batch = self.batch_at(self.step)
-        self.step += 1
-        return batch
-
-    def get_state(self) -> dict:
-        """Everything needed to resume: the step of the next batch (and the adaptive state)."""
-        if self.curriculum == "adaptive":
-            return {"step": self.step, "top": self.top, "hits": self._hits, "seen": self._seen}
-        return {"step": self.step}
-
-    def set_state(self, state: dict) -> None:
-        """Resumes so that the next batch is the one for state["step"]."""
-        if int(state["step"]) < 0:
-            raise ValueError(f"step={state['step']} is not allowed; it must be >= 0.")
-        self.step = int(state["step"])
-        if self.curriculum == "adaptive":
-            if "top" not in state:
-                raise ValueError("The saved data state has no adaptive curriculum (it was written "
-                                 "by a linear-curriculum run); resume with data.curriculum='linear'.")
-            self.top, self._hits, self._seen = int(state["top"]), int(state["hits"]), int(state["seen"])
+  def set_state(self, state: dict) -> None:
+    """Resumes so that the next batch is the one for state["step"]."""
+    if int(state["step"]) < 0:
+      raise ValueError(f"step={state['step']} is not allowed; it must be >= 0.")
+    self.step = int(state["step"])
+    if self.curriculum == "adaptive":
+      if "top" not in state:
+        raise ValueError(
+          "The saved data state has no adaptive curriculum (it was written "
+          "by a linear-curriculum run); resume with data.curriculum='linear'."
+        )
+      self.top, self._hits, self._seen = int(state["top"]), int(state["hits"]), int(state["seen"])

@@ -4,7 +4,8 @@ import re
 
 import numpy as np
 import pytest
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from swa import data
 
@@ -12,111 +13,124 @@ DIGIT_IDS = data.encode("0123456789")
 
 
 def _digit_positions(ids):
-    return np.flatnonzero(np.isin(ids, DIGIT_IDS))
+  return np.flatnonzero(np.isin(ids, DIGIT_IDS))
 
 
 # Tokenizer.
 
+
 def test_vocab_constants():
-    assert data.PAD_ID == 0
-    assert data.VOCAB_SIZE == len(data.VOCAB) + 1 == 72
-    assert len(set(data.VOCAB)) == len(data.VOCAB)
+  assert data.PAD_ID == 0
+  assert data.VOCAB_SIZE == len(data.VOCAB) + 1 == 72
+  assert len(set(data.VOCAB)) == len(data.VOCAB)
 
 
 def test_round_trip_every_character():
-    ids = data.encode(data.VOCAB)
-    assert ids.dtype == np.int32
-    np.testing.assert_array_equal(ids, np.arange(1, data.VOCAB_SIZE))
-    assert data.decode(ids) == data.VOCAB
-    assert data.decode(data.encode("")) == ""
+  ids = data.encode(data.VOCAB)
+  assert ids.dtype == np.int32
+  np.testing.assert_array_equal(ids, np.arange(1, data.VOCAB_SIZE))
+  assert data.decode(ids) == data.VOCAB
+  assert data.decode(data.encode("")) == ""
 
 
 def test_round_trip_random_text():
-    rng = np.random.default_rng(0)
-    text = "".join(rng.choice(list(data.VOCAB), size=5000))
-    assert data.decode(data.encode(text)) == text
+  rng = np.random.default_rng(0)
+  text = "".join(rng.choice(list(data.VOCAB), size=5000))
+  assert data.decode(data.encode(text)) == text
 
 
 def test_pad_decodes_to_nothing():
-    ids = np.concatenate([[data.PAD_ID], data.encode("Hi there."), [data.PAD_ID, data.PAD_ID]])
-    assert data.decode(ids) == "Hi there."
+  ids = np.concatenate([[data.PAD_ID], data.encode("Hi there."), [data.PAD_ID, data.PAD_ID]])
+  assert data.decode(ids) == "Hi there."
 
 
-@pytest.mark.parametrize("text, char", [("abc#d", "#"), ("caf\u00e9!", "\u00e9"), ("a\nb", "\n"),
-                                         ("x\x00", "\x00")])
+@pytest.mark.parametrize(
+  "text, char", [("abc#d", "#"), ("caf\u00e9!", "\u00e9"), ("a\nb", "\n"), ("x\x00", "\x00")]
+)
 def test_encode_unknown_character(text, char):
-    message = f"character {char!r} at index {text.index(char)} is not in the vocabulary"
-    with pytest.raises(ValueError, match=re.escape(message)):
-        data.encode(text)
+  message = f"character {char!r} at index {text.index(char)} is not in the vocabulary"
+  with pytest.raises(ValueError, match=re.escape(message)):
+    data.encode(text)
 
 
 def test_decode_rejects_bad_ids():
-    with pytest.raises(ValueError, match="token id 72 is out of range"):
-        data.decode([1, 72])
-    with pytest.raises(ValueError, match="token id -1 is out of range"):
-        data.decode([-1])
-    with pytest.raises(ValueError, match="1-D integer array"):
-        data.decode(np.ones((2, 2), np.int32))
+  with pytest.raises(ValueError, match="token id 72 is out of range"):
+    data.decode([1, 72])
+  with pytest.raises(ValueError, match="token id -1 is out of range"):
+    data.decode([-1])
+  with pytest.raises(ValueError, match="1-D integer array"):
+    data.decode(np.ones((2, 2), np.int32))
 
 
 # Task text.
 
+
 def test_filler_sentences_are_clean():
-    assert {"The grass is green.", "The sky is blue.", "The sun is yellow.", "Here we go.",
-            "There and back again."} <= set(data.FILLER_SENTENCES)
-    assert len(data.FILLER_SENTENCES) >= 15
-    for sentence in data.FILLER_SENTENCES:
-        assert not any(c.isdigit() for c in sentence)
-        assert "passkey" not in sentence.lower()
-        data.encode(sentence)  # every filler character is in the vocabulary
+  assert {
+    "The grass is green.",
+    "The sky is blue.",
+    "The sun is yellow.",
+    "Here we go.",
+    "There and back again.",
+  } <= set(data.FILLER_SENTENCES)
+  assert len(data.FILLER_SENTENCES) >= 15
+  for sentence in data.FILLER_SENTENCES:
+    assert not any(c.isdigit() for c in sentence)
+    assert "passkey" not in sentence.lower()
+    data.encode(sentence)  # every filler character is in the vocabulary
 
 
 def test_constants_agree():
-    assert data.KEY_SENTENCE_LEN == len("The passkey is 12345. ")
-    assert data.MIN_CONTEXT_LEN == 62
-    assert data.MIN_PROMPT_LEN == data.KEY_SENTENCE_LEN + len(data.QUESTION) == 58
-    assert data.MIN_DISTANCE == data.passkey_distance(data.MIN_PROMPT_LEN, 0) == 42
+  assert data.KEY_SENTENCE_LEN == len("The passkey is 12345. ")
+  assert data.MIN_CONTEXT_LEN == 62
+  assert data.MIN_PROMPT_LEN == data.KEY_SENTENCE_LEN + len(data.QUESTION) == 58
+  assert data.MIN_DISTANCE == data.passkey_distance(data.MIN_PROMPT_LEN, 0) == 42
 
 
 # create_passkey_dataset.
 
-@pytest.mark.parametrize("seq_len, key_position", [(2000, 0), (2000, 1), (2000, 777), (2000, 1942),
-                                                   (58, 0), (59, 1), (100, 13)])
+
+@pytest.mark.parametrize(
+  "seq_len, key_position",
+  [(2000, 0), (2000, 1), (2000, 777), (2000, 1942), (58, 0), (59, 1), (100, 13)],
+)
 def test_create_passkey_dataset_layout(seq_len, key_position):
-    sequence, target = data.create_passkey_dataset(seq_len, key_position, seed=key_position)
-    assert sequence.shape == (seq_len,) and sequence.dtype == np.int32
-    assert target.shape == (data.ANSWER_LEN,) and target.dtype == np.int32
-    text = data.decode(sequence)
-    key = data.decode(target)
-    assert len(key) == 5 and key.isdigit() and 10000 <= int(key) <= 99999
-    assert text[key_position:key_position + data.KEY_SENTENCE_LEN] == f"The passkey is {key}. "
-    assert text.endswith(data.QUESTION)
-    # The key is the only place digits appear, so the answer is unambiguous.
-    k0 = key_position + len(data.KEY_PREFIX)
-    np.testing.assert_array_equal(_digit_positions(sequence), np.arange(k0, k0 + 5))
-    np.testing.assert_array_equal(sequence[k0:k0 + 5], target)
-    assert text.count("passkey") == 3  # key sentence plus the two in the question
-    # Filler ends in a space, so the key sentence and the question start a word.
-    if key_position > 0:
-        assert text[key_position - 1] == " "
-    if seq_len - key_position > data.MIN_PROMPT_LEN:
-        assert text[-len(data.QUESTION) - 1] == " "
+  sequence, target = data.create_passkey_dataset(seq_len, key_position, seed=key_position)
+  assert sequence.shape == (seq_len,) and sequence.dtype == np.int32
+  assert target.shape == (data.ANSWER_LEN,) and target.dtype == np.int32
+  text = data.decode(sequence)
+  key = data.decode(target)
+  assert len(key) == 5 and key.isdigit() and 10000 <= int(key) <= 99999
+  assert text[key_position : key_position + data.KEY_SENTENCE_LEN] == f"The passkey is {key}. "
+  assert text.endswith(data.QUESTION)
+  # The key is the only place digits appear, so the answer is unambiguous.
+  k0 = key_position + len(data.KEY_PREFIX)
+  np.testing.assert_array_equal(_digit_positions(sequence), np.arange(k0, k0 + 5))
+  np.testing.assert_array_equal(sequence[k0 : k0 + 5], target)
+  assert text.count("passkey") == 3  # key sentence plus the two in the question
+  # Filler ends in a space, so the key sentence and the question start a word.
+  if key_position > 0:
+    assert text[key_position - 1] == " "
+  if seq_len - key_position > data.MIN_PROMPT_LEN:
+    assert text[-len(data.QUESTION) - 1] == " "
 
 
 def test_create_passkey_dataset_given_passkey_and_determinism():
-    a, ta = data.create_passkey_dataset(300, 50, passkey=12345, seed=7)
-    b, tb = data.create_passkey_dataset(300, 50, passkey="12345", seed=7)
-    c, _ = data.create_passkey_dataset(300, 50, seed=7)
-    d, _ = data.create_passkey_dataset(300, 50, seed=8)
-    np.testing.assert_array_equal(a, b)
-    assert data.decode(ta) == data.decode(tb) == "12345"
-    # Filler depends on the seed only, not on whether a passkey was given.
-    k0 = 50 + len(data.KEY_PREFIX)
-    np.testing.assert_array_equal(np.delete(a, np.s_[k0:k0 + 5]), np.delete(c, np.s_[k0:k0 + 5]))
-    assert not np.array_equal(c, d)
+  a, ta = data.create_passkey_dataset(300, 50, passkey=12345, seed=7)
+  b, tb = data.create_passkey_dataset(300, 50, passkey="12345", seed=7)
+  c, _ = data.create_passkey_dataset(300, 50, seed=7)
+  d, _ = data.create_passkey_dataset(300, 50, seed=8)
+  np.testing.assert_array_equal(a, b)
+  assert data.decode(ta) == data.decode(tb) == "12345"
+  # Filler depends on the seed only, not on whether a passkey was given.
+  k0 = 50 + len(data.KEY_PREFIX)
+  np.testing.assert_array_equal(np.delete(a, np.s_[k0 : k0 + 5]), np.delete(c, np.s_[k0 : k0 + 5]))
+  assert not np.array_equal(c, d)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(seq_len=57), "seq_len=57 is too short"),
     (dict(seq_len=2000, key_position=-1), "key_position=-1 is not allowed for seq_len=2000"),
     (dict(seq_len=2000, key_position=1943), r"key_position=1943 .* 0\.\.1942"),
@@ -127,165 +141,183 @@ def test_create_passkey_dataset_given_passkey_and_determinism():
     (dict(seq_len=100, passkey="123456"), "passkey='123456' is not allowed"),
     (dict(seq_len=100, passkey=True), "passkey=True is not allowed"),
     (dict(seq_len=100, passkey=12345.0), "passkey=12345.0 is not allowed"),
-])
+  ],
+)
 def test_create_passkey_dataset_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        data.create_passkey_dataset(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    data.create_passkey_dataset(**kwargs)
 
 
 # Distances.
 
+
 def test_distance_definition():
-    # Key digit 0 at key_position + 15; last prompt token at seq_len - 1.
-    assert data.passkey_distance(2000, 0) == 2000 - 1 - 15 == data.max_distance(2000)
-    assert data.passkey_distance(2000, 1942) == data.MIN_DISTANCE
-    assert data.passkey_distance(100, 10) == 74
+  # Key digit 0 at key_position + 15; last prompt token at seq_len - 1.
+  assert data.passkey_distance(2000, 0) == 2000 - 1 - 15 == data.max_distance(2000)
+  assert data.passkey_distance(2000, 1942) == data.MIN_DISTANCE
+  assert data.passkey_distance(100, 10) == 74
 
 
 def test_distance_inverse_round_trip():
-    for seq_len in (58, 59, 64, 513, 2000):
-        positions = range(seq_len - data.MIN_PROMPT_LEN + 1)
-        distances = [data.passkey_distance(seq_len, k) for k in positions]
-        assert distances == list(range(data.max_distance(seq_len), data.MIN_DISTANCE - 1, -1))
-        assert [data.key_position_for_distance(seq_len, d) for d in distances] == list(positions)
+  for seq_len in (58, 59, 64, 513, 2000):
+    positions = range(seq_len - data.MIN_PROMPT_LEN + 1)
+    distances = [data.passkey_distance(seq_len, k) for k in positions]
+    assert distances == list(range(data.max_distance(seq_len), data.MIN_DISTANCE - 1, -1))
+    assert [data.key_position_for_distance(seq_len, d) for d in distances] == list(positions)
 
 
 def test_distance_errors():
-    with pytest.raises(ValueError, match=r"distance=41 is impossible for seq_len=100; .* 42\.\.84"):
-        data.key_position_for_distance(100, 41)
-    with pytest.raises(ValueError, match="distance=85 is impossible"):
-        data.key_position_for_distance(100, 85)
-    with pytest.raises(ValueError, match="seq_len=10 is too short"):
-        data.max_distance(10)
-    with pytest.raises(ValueError, match="key_position=43 is not allowed for seq_len=100"):
-        data.passkey_distance(100, 43)
+  with pytest.raises(ValueError, match=r"distance=41 is impossible for seq_len=100; .* 42\.\.84"):
+    data.key_position_for_distance(100, 41)
+  with pytest.raises(ValueError, match="distance=85 is impossible"):
+    data.key_position_for_distance(100, 85)
+  with pytest.raises(ValueError, match="seq_len=10 is too short"):
+    data.max_distance(10)
+  with pytest.raises(ValueError, match="key_position=43 is not allowed for seq_len=100"):
+    data.passkey_distance(100, 43)
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.integers(58, 3000).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 58))),
-       st.integers(0, 2**32 - 1))
+@given(
+  st.integers(58, 3000).flatmap(lambda n: st.tuples(st.just(n), st.integers(0, n - 58))),
+  st.integers(0, 2**32 - 1),
+)
 def test_property_prompt_layout(seq_len_and_position, seed):
-    seq_len, key_position = seq_len_and_position
-    sequence, target = data.create_passkey_dataset(seq_len, key_position, seed=seed)
-    distance = data.passkey_distance(seq_len, key_position)
-    assert data.key_position_for_distance(seq_len, distance) == key_position
-    assert len(sequence) == seq_len
-    p_last = seq_len - 1
-    np.testing.assert_array_equal(_digit_positions(sequence), p_last - distance + np.arange(5))
-    np.testing.assert_array_equal(sequence[p_last - distance + np.arange(5)], target)
-    text = data.decode(sequence)
-    assert text[key_position:].startswith(data.KEY_PREFIX) and text.endswith(data.QUESTION)
+  seq_len, key_position = seq_len_and_position
+  sequence, target = data.create_passkey_dataset(seq_len, key_position, seed=seed)
+  distance = data.passkey_distance(seq_len, key_position)
+  assert data.key_position_for_distance(seq_len, distance) == key_position
+  assert len(sequence) == seq_len
+  p_last = seq_len - 1
+  np.testing.assert_array_equal(_digit_positions(sequence), p_last - distance + np.arange(5))
+  np.testing.assert_array_equal(sequence[p_last - distance + np.arange(5)], target)
+  text = data.decode(sequence)
+  assert text[key_position:].startswith(data.KEY_PREFIX) and text.endswith(data.QUESTION)
 
 
 # passkey_batch.
 
+
 def test_passkey_batch_off_by_one():
-    seq_len, batch_size = 128, 16
-    limit = data.max_distance(seq_len + 1 - data.ANSWER_LEN)
-    distances = np.linspace(data.MIN_DISTANCE, limit, batch_size).astype(np.int64)
-    batch = data.passkey_batch(np.random.default_rng(1), batch_size, seq_len, distances)
-    for key in ("inputs", "targets", "answer_mask"):
-        assert batch[key].shape == (batch_size, seq_len)
-    assert batch["inputs"].dtype == batch["targets"].dtype == np.int32
-    assert batch["answer_mask"].dtype == np.float32
-    assert batch["distance"].dtype == batch["passkey"].dtype == np.int32
-    np.testing.assert_array_equal(batch["distance"], distances)
-    # Targets are inputs shifted by one.
-    np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
-    p_last = seq_len - data.ANSWER_LEN
-    answer_positions = np.flatnonzero(batch["answer_mask"][0])
-    np.testing.assert_array_equal(answer_positions, p_last + np.arange(5))
-    np.testing.assert_array_equal(batch["answer_mask"].sum(axis=1), 5)
-    for b in range(batch_size):
-        digits = data.encode(str(batch["passkey"][b]))
-        d = int(batch["distance"][b])
-        # The logit at p_last + j predicts digit j, which sits d positions earlier in the inputs.
-        np.testing.assert_array_equal(batch["targets"][b, p_last + np.arange(5)], digits)
-        np.testing.assert_array_equal(batch["inputs"][b, p_last + np.arange(5) - d], digits)
-        prompt = batch["inputs"][b, :p_last + 1]
-        assert data.decode(prompt).endswith(data.QUESTION)
-        np.testing.assert_array_equal(_digit_positions(prompt), p_last - d + np.arange(5))
+  seq_len, batch_size = 128, 16
+  limit = data.max_distance(seq_len + 1 - data.ANSWER_LEN)
+  distances = np.linspace(data.MIN_DISTANCE, limit, batch_size).astype(np.int64)
+  batch = data.passkey_batch(np.random.default_rng(1), batch_size, seq_len, distances)
+  for key in ("inputs", "targets", "answer_mask"):
+    assert batch[key].shape == (batch_size, seq_len)
+  assert batch["inputs"].dtype == batch["targets"].dtype == np.int32
+  assert batch["answer_mask"].dtype == np.float32
+  assert batch["distance"].dtype == batch["passkey"].dtype == np.int32
+  np.testing.assert_array_equal(batch["distance"], distances)
+  # Targets are inputs shifted by one.
+  np.testing.assert_array_equal(batch["targets"][:, :-1], batch["inputs"][:, 1:])
+  p_last = seq_len - data.ANSWER_LEN
+  answer_positions = np.flatnonzero(batch["answer_mask"][0])
+  np.testing.assert_array_equal(answer_positions, p_last + np.arange(5))
+  np.testing.assert_array_equal(batch["answer_mask"].sum(axis=1), 5)
+  for b in range(batch_size):
+    digits = data.encode(str(batch["passkey"][b]))
+    d = int(batch["distance"][b])
+    # The logit at p_last + j predicts digit j, which sits d positions earlier in the inputs.
+    np.testing.assert_array_equal(batch["targets"][b, p_last + np.arange(5)], digits)
+    np.testing.assert_array_equal(batch["inputs"][b, p_last + np.arange(5) - d], digits)
+    prompt = batch["inputs"][b, : p_last + 1]
+    assert data.decode(prompt).endswith(data.QUESTION)
+    np.testing.assert_array_equal(_digit_positions(prompt), p_last - d + np.arange(5))
 
 
 def test_passkey_batch_scalar_distance_and_errors():
-    rng = np.random.default_rng(0)
-    batch = data.passkey_batch(rng, 3, 100, 50)
-    np.testing.assert_array_equal(batch["distance"], [50, 50, 50])
-    with pytest.raises(ValueError, match="seq_len=61 is too short; .* >= 62"):
-        data.passkey_batch(rng, 2, 61, 42)
-    with pytest.raises(ValueError, match=r"distance=43 is impossible for seq_len=62; .* 42\.\.42"):
-        data.passkey_batch(rng, 2, 62, [42, 43])
-    with pytest.raises(ValueError, match=r"shape \(3,\)"):
-        data.passkey_batch(rng, 3, 64, [42, 43])
-    with pytest.raises(ValueError, match="integers"):
-        data.passkey_batch(rng, 2, 64, [42.0, 43.0])
-    with pytest.raises(ValueError, match="batch_size=0"):
-        data.passkey_batch(rng, 0, 64, [])
+  rng = np.random.default_rng(0)
+  batch = data.passkey_batch(rng, 3, 100, 50)
+  np.testing.assert_array_equal(batch["distance"], [50, 50, 50])
+  with pytest.raises(ValueError, match="seq_len=61 is too short; .* >= 62"):
+    data.passkey_batch(rng, 2, 61, 42)
+  with pytest.raises(ValueError, match=r"distance=43 is impossible for seq_len=62; .* 42\.\.42"):
+    data.passkey_batch(rng, 2, 62, [42, 43])
+  with pytest.raises(ValueError, match=r"shape \(3,\)"):
+    data.passkey_batch(rng, 3, 64, [42, 43])
+  with pytest.raises(ValueError, match="integers"):
+    data.passkey_batch(rng, 2, 64, [42.0, 43.0])
+  with pytest.raises(ValueError, match="batch_size=0"):
+    data.passkey_batch(rng, 0, 64, [])
 
 
 # Curriculum and iterator.
 
+
 def test_curriculum_monotone_and_endpoints():
-    values = [data.curriculum_max_distance(s, 1000, 42, 4000, 0.7) for s in range(1200)]
-    assert values[0] == 42
-    assert values[700] == values[999] == values[1199] == 4000
-    assert values[699] < 4000
-    assert all(a <= b for a, b in zip(values, values[1:]))
-    assert values[350] == 42 + (4000 - 42) // 2
-    assert data.curriculum_max_distance(0, 10, 42, 100, 0.0) == 100
+  values = [data.curriculum_max_distance(s, 1000, 42, 4000, 0.7) for s in range(1200)]
+  assert values[0] == 42
+  assert values[700] == values[999] == values[1199] == 4000
+  assert values[699] < 4000
+  assert all(a <= b for a, b in zip(values, values[1:]))
+  assert values[350] == 42 + (4000 - 42) // 2
+  assert data.curriculum_max_distance(0, 10, 42, 100, 0.0) == 100
 
 
-@pytest.mark.parametrize("args, match", [
+@pytest.mark.parametrize(
+  "args, match",
+  [
     ((-1, 10, 42, 100, 0.5), "step=-1"),
     ((0, 0, 42, 100, 0.5), "total_steps=0"),
     ((0, 10, 100, 42, 0.5), "start=100 is above end=42"),
     ((0, 10, 42, 100, 1.5), "warmup_fraction=1.5"),
-])
+  ],
+)
 def test_curriculum_errors(args, match):
-    with pytest.raises(ValueError, match=match):
-        data.curriculum_max_distance(*args)
+  with pytest.raises(ValueError, match=match):
+    data.curriculum_max_distance(*args)
 
 
 def _assert_batches_equal(a, b):
-    assert a.keys() == b.keys()
-    for key in a:
-        np.testing.assert_array_equal(a[key], b[key])
+  assert a.keys() == b.keys()
+  for key in a:
+    np.testing.assert_array_equal(a[key], b[key])
 
 
 def test_passkey_batches_deterministic_and_resumable():
-    kwargs = dict(seq_len=96, batch_size=8, seed=3, total_steps=20, uniform_fraction=0.25)
-    first = [next(it) for it in [data.PasskeyBatches(**kwargs)] for _ in range(6)]
-    again = data.PasskeyBatches(**kwargs)
-    for s, batch in enumerate(first):
-        _assert_batches_equal(batch, again.batch_at(s))
-    resumed = data.PasskeyBatches(**kwargs)
-    resumed.set_state({"step": 4})
-    assert resumed.get_state() == {"step": 4}
-    _assert_batches_equal(next(resumed), first[4])
-    _assert_batches_equal(next(resumed), first[5])
-    assert resumed.get_state() == {"step": 6}
-    other_seed = data.PasskeyBatches(**{**kwargs, "seed": 4})
-    assert not np.array_equal(other_seed.batch_at(0)["inputs"], first[0]["inputs"])
-    # Steps past warmup share the curriculum, yet each step must draw fresh examples.
-    assert not np.array_equal(again.batch_at(15)["inputs"], again.batch_at(16)["inputs"])
+  kwargs = dict(seq_len=96, batch_size=8, seed=3, total_steps=20, uniform_fraction=0.25)
+  first = [next(it) for it in [data.PasskeyBatches(**kwargs)] for _ in range(6)]
+  again = data.PasskeyBatches(**kwargs)
+  for s, batch in enumerate(first):
+    _assert_batches_equal(batch, again.batch_at(s))
+  resumed = data.PasskeyBatches(**kwargs)
+  resumed.set_state({"step": 4})
+  assert resumed.get_state() == {"step": 4}
+  _assert_batches_equal(next(resumed), first[4])
+  _assert_batches_equal(next(resumed), first[5])
+  assert resumed.get_state() == {"step": 6}
+  other_seed = data.PasskeyBatches(**{**kwargs, "seed": 4})
+  assert not np.array_equal(other_seed.batch_at(0)["inputs"], first[0]["inputs"])
+  # Steps past warmup share the curriculum, yet each step must draw fresh examples.
+  assert not np.array_equal(again.batch_at(15)["inputs"], again.batch_at(16)["inputs"])
 
 
 def test_passkey_batches_distances_follow_curriculum():
-    it = data.PasskeyBatches(seq_len=300, batch_size=256, seed=0, total_steps=100,
-                             curriculum_start=50, curriculum_fraction=0.5)
-    assert it.max_distance == data.max_distance(300 + 1 - data.ANSWER_LEN) == 280
-    for step in (0, 10, 25, 49, 50, 99, 150):
-        top = data.curriculum_max_distance(step, 100, 50, 280, 0.5)
-        d = it.batch_at(step)["distance"]
-        assert d.min() >= data.MIN_DISTANCE and d.max() <= top
-    assert it.batch_at(99)["distance"].max() > 250  # the full range is reached after warmup
-    mixed = data.PasskeyBatches(seq_len=300, batch_size=256, seed=0, total_steps=100,
-                                curriculum_start=42, uniform_fraction=0.5)
-    d = mixed.batch_at(0)["distance"]
-    assert 0.3 < np.mean(d > 42) < 0.7  # about half drawn over the whole range, the rest at 42
+  it = data.PasskeyBatches(
+    seq_len=300,
+    batch_size=256,
+    seed=0,
+    total_steps=100,
+    curriculum_start=50,
+    curriculum_fraction=0.5,
+  )
+  assert it.max_distance == data.max_distance(300 + 1 - data.ANSWER_LEN) == 280
+  for step in (0, 10, 25, 49, 50, 99, 150):
+    top = data.curriculum_max_distance(step, 100, 50, 280, 0.5)
+    d = it.batch_at(step)["distance"]
+    assert d.min() >= data.MIN_DISTANCE and d.max() <= top
+  assert it.batch_at(99)["distance"].max() > 250  # the full range is reached after warmup
+  mixed = data.PasskeyBatches(
+    seq_len=300, batch_size=256, seed=0, total_steps=100, curriculum_start=42, uniform_fraction=0.5
+  )
+  d = mixed.batch_at(0)["distance"]
+  assert 0.3 < np.mean(d > 42) < 0.7  # about half drawn over the whole range, the rest at 42
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(seq_len=61), "seq_len=61 is too short"),
     (dict(max_distance=1000), "max_distance=1000 is impossible for seq_len=100"),
     (dict(curriculum_start=32), "curriculum_start=32 is not allowed"),
@@ -293,65 +325,82 @@ def test_passkey_batches_distances_follow_curriculum():
     (dict(seed=-1), "seed=-1"),
     (dict(curriculum_fraction=2.0), "curriculum_fraction=2.0"),
     (dict(total_steps=0), "total_steps=0"),
-])
+  ],
+)
 def test_passkey_batches_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        data.PasskeyBatches(**{**dict(seq_len=100, batch_size=2, seed=0, total_steps=10), **kwargs})
+  with pytest.raises(ValueError, match=match):
+    data.PasskeyBatches(**{**dict(seq_len=100, batch_size=2, seed=0, total_steps=10), **kwargs})
 
 
 def _adaptive(**kwargs):
-    return data.PasskeyBatches(**{**dict(seq_len=300, batch_size=64, seed=0, total_steps=100,
-                                         curriculum_start=100, curriculum="adaptive", stage=20,
-                                         target=0.9, stage_examples=10), **kwargs})
+  return data.PasskeyBatches(
+    **{
+      **dict(
+        seq_len=300,
+        batch_size=64,
+        seed=0,
+        total_steps=100,
+        curriculum_start=100,
+        curriculum="adaptive",
+        stage=20,
+        target=0.9,
+        stage_examples=10,
+      ),
+      **kwargs,
+    }
+  )
 
 
 def test_adaptive_curriculum_advances_only_when_the_newest_stage_is_solved():
-    it = _adaptive()
-    assert it.top_at(0) == it.top_at(99) == 100
-    batch = next(it)
-    assert batch["distance"][batch["distance"] > 100].size < 20  # only the uniform share is beyond
-    it.observe([100] * 9 + [80] * 30, [True] * 39)  # 9 in the newest stage (80, 100]: too few
-    assert it.top == 100
-    it.observe([100, 81], [True, False])            # 10 of 11 = 91 % >= 90 %: advance
-    assert it.top == 120
-    it.observe(np.arange(101, 121), np.arange(20) < 17)  # 85 % < 90 %: stay, count afresh
-    assert it.top == 120 and it.get_state()["seen"] == 0
-    it.observe([120] * 10, [True] * 10)
-    assert it.top == 140
-    assert next(it)["distance"].max() <= 280 and it.top_at(it.step) == 140
-    for _ in range(20):
-        it.observe([it.top] * 10, [True] * 10)
-    assert it.top == it.max_distance == 280           # capped at the final largest distance
+  it = _adaptive()
+  assert it.top_at(0) == it.top_at(99) == 100
+  batch = next(it)
+  assert batch["distance"][batch["distance"] > 100].size < 20  # only the uniform share is beyond
+  it.observe([100] * 9 + [80] * 30, [True] * 39)  # 9 in the newest stage (80, 100]: too few
+  assert it.top == 100
+  it.observe([100, 81], [True, False])  # 10 of 11 = 91 % >= 90 %: advance
+  assert it.top == 120
+  it.observe(np.arange(101, 121), np.arange(20) < 17)  # 85 % < 90 %: stay, count afresh
+  assert it.top == 120 and it.get_state()["seen"] == 0
+  it.observe([120] * 10, [True] * 10)
+  assert it.top == 140
+  assert next(it)["distance"].max() <= 280 and it.top_at(it.step) == 140
+  for _ in range(20):
+    it.observe([it.top] * 10, [True] * 10)
+  assert it.top == it.max_distance == 280  # capped at the final largest distance
 
 
 def test_adaptive_curriculum_resumes_with_its_state():
-    it = _adaptive()
-    next(it)
-    it.observe([100] * 12, [True] * 12)
-    it.observe([120] * 4, [True] * 4)
-    state = it.get_state()
-    assert state == {"step": 1, "top": 120, "hits": 4, "seen": 4}
-    resumed = _adaptive()
-    resumed.set_state(state)
-    _assert_batches_equal(next(resumed), next(it))
-    resumed.observe([120] * 6, [True] * 6)            # 4 + 6 = 10 examples: the same decision
-    assert resumed.top == 140
-    with pytest.raises(ValueError, match="no adaptive curriculum"):
-        _adaptive().set_state({"step": 3})
+  it = _adaptive()
+  next(it)
+  it.observe([100] * 12, [True] * 12)
+  it.observe([120] * 4, [True] * 4)
+  state = it.get_state()
+  assert state == {"step": 1, "top": 120, "hits": 4, "seen": 4}
+  resumed = _adaptive()
+  resumed.set_state(state)
+  _assert_batches_equal(next(resumed), next(it))
+  resumed.observe([120] * 6, [True] * 6)  # 4 + 6 = 10 examples: the same decision
+  assert resumed.top == 140
+  with pytest.raises(ValueError, match="no adaptive curriculum"):
+    _adaptive().set_state({"step": 3})
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(curriculum="cosine"), "curriculum='cosine' is not allowed"),
     (dict(stage=0), "stage=0"),
     (dict(target=1.5), "target=1.5"),
     (dict(stage_examples=0), "stage_examples=0"),
-])
+  ],
+)
 def test_adaptive_curriculum_errors(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        _adaptive(**kwargs)
+  with pytest.raises(ValueError, match=match):
+    _adaptive(**kwargs)
 
 
 def test_linear_curriculum_ignores_results():
-    it = data.PasskeyBatches(seq_len=300, batch_size=8, seed=0, total_steps=100)
-    it.observe([42] * 8, [True] * 8)
-    assert it.get_state() == {"step": 0} and it.top_at(100) == it.max_distance
+  it = data.PasskeyBatches(seq_len=300, batch_size=8, seed=0, total_steps=100)
+  it.observe([42] * 8, [True] * 8)
+  assert it.get_state() == {"step": 0} and it.top_at(100) == it.max_distance
