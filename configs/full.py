@@ -2,7 +2,7 @@
 
   python train.py --config=configs/full.py
 
-Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~123k tokens/s
+Measured (results/training_h100/, one H100 shared with three other runs, 2026-11-25): ~123k tokens/s
 shared (19 steps/s alone), 2,000 steps in 651 s. 100 % exact match at every tested distance 42-1004.
 """
 

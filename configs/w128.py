@@ -2,7 +2,7 @@
 
   python train.py --config=configs/w128.py
 
-Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~221k tokens/s
+Measured (results/training_h100/, one H100 shared with three other runs, 2026-11-25): ~221k tokens/s
 shared (18 steps/s alone), 3,000 steps in 669 s. Exact match >= 99 % at every tested distance up to
 479, 95 % at 487, 59 % at 503; 98.1 % averaged inside the reach; 0 % at every distance beyond 508.
 """

@@ -2,7 +2,7 @@
 
   python train.py --config=configs/w256.py
 
-Measured (results/training.md, one H100 shared with three other runs, 2026-11-25): ~308k tokens/s
+Measured (results/training_h100/, one H100 shared with three other runs, 2026-11-25): ~308k tokens/s
 shared (13 steps/s alone), 3,000 steps in 758 s. Exact match >= 95 % up to distance 947, 33 % at 995;
 95.9 % averaged inside the reach; 0 % at every distance beyond 1020.
 """

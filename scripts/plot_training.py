@@ -1,6 +1,6 @@
 """Draws answer loss and training exact match against the step for several runs.
 
-  python -m scripts.plot_training --out=results/training_curves.png results/training/*.metrics.jsonl
+  python -m scripts.plot_training --out=curves.png results/training_h100/*.metrics.jsonl
 
 Each file is a train.py metrics.jsonl; its run is named after the file (up to the first dot).
 """
@@ -24,6 +24,7 @@ def main(argv):
   for path in paths:
     with open(path) as f:
       metrics[os.path.basename(path).split(".")[0]] = [json.loads(line) for line in f]
+  os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
   plotting.plot_training_curves(metrics, path=_OUT.value, smooth=_SMOOTH.value)
   print(f"Wrote {_OUT.value}")
 

@@ -17,8 +17,9 @@ from ml_collections import config_flags
 
 from swa import data, train_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file.", lock_config=True
+)
 _SECONDS = flags.DEFINE_float("seconds", 20.0, "Length of the timed window.")
 _START_AT = flags.DEFINE_float("start_at", 0.0, "Unix time at which timing starts (0 = at once).")
 
@@ -30,14 +31,16 @@ def main(argv):
   graphdef, params = train_lib.create_model(config)
   optimizer = train_lib.create_optimizer(config)
   state = train_lib.init_state(params, optimizer)
-  batches = data.PasskeyBatches(seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed,
-                                total_steps=config.num_steps)
+  batches = data.PasskeyBatches(
+    seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps
+  )
 
   def step(state):
     batch = next(batches)
     batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
-    return train_lib.train_step(state, batch, graphdef=graphdef, optimizer=optimizer,
-                                lm_weight=float(d.lm_weight))
+    return train_lib.train_step(
+      state, batch, graphdef=graphdef, optimizer=optimizer, lm_weight=float(d.lm_weight)
+    )
 
   for _ in range(3):  # Compile and warm up.
     state, metrics = step(state)
@@ -50,10 +53,13 @@ def main(argv):
     steps += 1
   elapsed = time.perf_counter() - start
   name = config_flags.get_config_filename(flags.FLAGS["config"])
-  print(f"{name} window={config.model.window_size} B={d.batch_size} T={d.seq_len}: "
-        f"{steps / elapsed:.1f} steps/s, {steps * d.batch_size / elapsed:,.0f} examples/s, "
-        f"{steps * d.batch_size * d.seq_len / elapsed:,.0f} tokens/s ({steps} steps, "
-        f"{jax.devices()[0].device_kind})", flush=True)
+  print(
+    f"{name} window={config.model.window_size} B={d.batch_size} T={d.seq_len}: "
+    f"{steps / elapsed:.1f} steps/s, {steps * d.batch_size / elapsed:,.0f} examples/s, "
+    f"{steps * d.batch_size * d.seq_len / elapsed:,.0f} tokens/s ({steps} steps, "
+    f"{jax.devices()[0].device_kind})",
+    flush=True,
+  )
 
 
 if __name__ == "__main__":
