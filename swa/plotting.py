@@ -8,13 +8,10 @@ step, from metrics.jsonl). Each returns its matplotlib Figure and saves it when 
 
 import collections
 
-import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-matplotlib.use("Agg")  # headless: figures are only ever saved to files
-import matplotlib.pyplot as plt  # noqa: E402
-
-from swa import evaluate  # noqa: E402
+from swa import summary
 
 
 def _by_model(rows):
@@ -78,7 +75,7 @@ def plot_accuracy_heatmap(rows, path=None):
   return fig
 
 
-def plot_accuracy_curves(rows, path=None, threshold=evaluate.THRESHOLD):
+def plot_accuracy_curves(rows, path=None, threshold=summary.THRESHOLD):
   """Exact match vs distance, one curve per model; dashed verticals at each reach.
 
   Hollow markers: prompts longer than the model's trained length. Returns the Figure.
@@ -117,23 +114,28 @@ def plot_erf_curves(erfs, reaches, path=None):
   """Effective receptive field vs distance on a log axis, each curve divided by its maximum.
 
   Args:
-    erfs: {label: float [D]}, entry d the ERF at distance d (effective_receptive_field_of_model).
+    erfs: {label: {distance: erf}} (swa/erf.py, or summary.read_erf of any earlier file).
     reaches: {label: reach or None}; a dashed vertical line at each reach.
     path: if given, the figure is saved there.
 
   Returns:
-    The Figure. Exact zeros (beyond the reach) cannot sit on a log axis: curves stop there.
+    The Figure. Exact zeros (beyond the reach) cannot sit on a log axis: curves stop there,
+    and the legend says from where the values are 0.
   """
   fig, ax = plt.subplots(figsize=(10, 4.8))
   longest = 0
-  for label, erf in erfs.items():
-    erf = np.asarray(erf, dtype=np.float64)
-    values = erf / erf.max() if erf.max() > 0 else erf
+  for label, by_d in erfs.items():
+    d = np.array(sorted(by_d), dtype=np.int64)
+    erf = np.array([by_d[k] for k in d], dtype=np.float64)
+    values = erf / erf.max() if erf.size and erf.max() > 0 else erf
     nonzero = np.flatnonzero(values > 0)
-    zero_from = f"; 0 beyond d={nonzero[-1]}" if nonzero.size and nonzero[-1] < erf.size - 1 else ""
-    line, = ax.plot(np.arange(erf.size), np.where(values > 0, values, np.nan), linewidth=1,
+    zero_from = ""
+    if nonzero.size and nonzero[-1] < d.size - 1:
+      zero_from = f"; 0 beyond d={d[nonzero[-1]]}"
+    style = "-" if d.size > 200 else ".-"  # sparse grids (key-digit ERF) show their points
+    line, = ax.plot(d, np.where(values > 0, values, np.nan), style, linewidth=1, markersize=3,
                     label=f"{label}{zero_from}")
-    longest = max(longest, erf.size - 1)
+    longest = max(longest, int(d[-1]) if d.size else 0)
     if reaches.get(label) is not None:
       ax.axvline(reaches[label], color=line.get_color(), linestyle="--", linewidth=1)
   ax.set_yscale("log")

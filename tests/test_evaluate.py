@@ -1,17 +1,20 @@
-"""Passkey evaluation: sweep grid, summaries, exact ERF locality, eval_passkey end to end."""
+"""The one evaluation path: grid, prompt stream, token-capped batches, summaries, ERF, and
+eval_passkey.py end to end (its numbers equal train.py's on the same checkpoint)."""
 
 import csv
+import json
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
-from absl import app, flags
-from flax import nnx
+from absl import flags
 
 import eval_passkey
 from configs import tiny
-from swa import data, evaluate, train_lib
+from swa import cli, data, erf, evaluate, passkey_report, summary, train_lib
 
 WINDOW, LAYERS = 32, 2
 REACH = LAYERS * (WINDOW - 1)  # 62: above data.MIN_DISTANCE, so some distances are inside
@@ -62,11 +65,22 @@ def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
   assert max(near) <= 8 and min(far) >= 30
 
 
-def test_full_attention_sweeps_to_the_trained_length():
+@pytest.mark.parametrize("reach", [508, 2044, 4092])
+def test_sweep_is_at_most_8_apart_within_5_percent_of_the_reach(reach):
+  distances = np.array(evaluate.sweep_distances(reach, 2 * reach))
+  near = distances[(distances >= 0.95 * reach) & (distances <= 1.05 * reach)]
+  assert near[0] - 0.95 * reach <= 8 and 1.05 * reach - near[-1] <= 8
+  assert np.diff(near).max() <= 8 and {reach, reach + 1} <= set(near.tolist())
+
+
+def test_full_attention_sweeps_to_the_trained_length_or_beyond():
   distances = evaluate.sweep_distances(None, 1024)
   assert distances[0] == data.MIN_DISTANCE
   assert distances[-1] == data.context_max_distance(1024) == 1004
   assert len(distances) >= 30
+  beyond = evaluate.sweep_distances(None, 1024, full_max_factor=3.0)
+  assert beyond[-1] == 3 * 1004 and set(distances) <= set(beyond)
+  assert evaluate.context_len(beyond[-1], 1024) > 1024  # longer prompts than trained
 
 
 @pytest.mark.parametrize("distance, train_seq_len, expected", [
@@ -76,6 +90,57 @@ def test_context_len(distance, train_seq_len, expected):
   T = evaluate.context_len(distance, train_seq_len)
   assert T == expected
   assert distance <= data.max_distance(T + 1 - data.ANSWER_LEN)  # the distance fits
+
+
+# --- The prompt stream and bounded memory --------------------------------------------------------
+
+def test_prompts_are_one_stream_drawn_in_fixed_chunks():
+  seq_len, d = 128, 60
+  a = evaluate.prompts(3, d, 70, seq_len)
+  assert a["inputs"].shape == (70, seq_len)
+  np.testing.assert_array_equal(evaluate.prompts(3, d, 70, seq_len)["inputs"], a["inputs"])
+  # Whole chunks do not depend on how many more are drawn after them.
+  chunk = evaluate.prompts(3, d, evaluate.PROMPT_CHUNK, seq_len)["inputs"]
+  np.testing.assert_array_equal(chunk, a["inputs"][:evaluate.PROMPT_CHUNK])
+  rng = np.random.default_rng([3, evaluate.PROMPT_STREAM, d])
+  first = data.passkey_batch(rng, evaluate.PROMPT_CHUNK, seq_len, d)
+  np.testing.assert_array_equal(first["inputs"], a["inputs"][:evaluate.PROMPT_CHUNK])
+  assert not np.array_equal(evaluate.prompts(4, d, 5, seq_len)["passkey"], a["passkey"][:5])
+
+
+def test_long_contexts_are_scored_one_prompt_at_a_time():
+  # Issue 16: the final evaluation of a T = 262,144 run tried to allocate 74-192 GiB (64
+  # prompts a batch). Every scored batch must hold at most max_batch_tokens tokens.
+  T = 1 << 18
+  assert evaluate.batch_size_for(T) == 1 and evaluate.batch_size_for(128) == 2048
+  shapes = []
+
+  def score(batch):
+    shapes.append(batch["inputs"].shape)
+    return batch["inputs"][:, -4] % 2 == 0  # depends on the passkey's first digits
+
+  results = evaluate.accuracy_by_distance(score, [42, 1000], train_seq_len=T,
+                                          examples_per_distance=3, seed=0)
+  assert shapes == [(1, T)] * 6
+  assert {d: (n, t) for d, (_, n, t) in results.items()} == {42: (3, T), 1000: (3, T)}
+  shapes.clear()
+  evaluate.accuracy_by_distance(score, [42, 50, 60], train_seq_len=128, examples_per_distance=5,
+                                max_batch_tokens=128 * 4)
+  assert shapes == [(4, 128)] * 4  # 15 prompts in batches of 4, the last one padded
+
+
+def test_a_real_model_at_a_long_context_never_sees_a_batch_over_the_cap(restored):
+  config, graphdef, params = restored
+  shapes = []
+
+  def score(batch):
+    shapes.append(batch["inputs"].shape)
+    return evaluate.exact_match_step(params, batch, graphdef=graphdef)
+
+  accuracy = evaluate.passkey_accuracy(graphdef, params, [42, 3000], train_seq_len=4096,
+                                       examples_per_distance=2, max_batch_tokens=4096,
+                                       exact_match_fn=score)
+  assert set(accuracy) == {42, 3000} and shapes == [(1, 4096)] * 4
 
 
 # --- Summaries -----------------------------------------------------------------------------------
@@ -91,7 +156,7 @@ def test_summarize_hand_made_rows():
   rows = (_rows("a", "8", 80, [1.0, 0.97, 0.95, 0.9, 0.96, 0.2])   # 50..100; 80 fails, 90 passes
           + _rows("full", "full", None, [1.0, 1.0, 0.99])
           + _rows("c", "128", 60, [0.5, 0.99, 0.99]))
-  a, full, c = evaluate.summarize(rows)
+  a, full, c = summary.summarize(rows)
   assert a["model"] == "a" and a["theoretical_rf"] == 81
   assert a["max_distance_at_threshold"] == 70      # 0.95 counts; the first failure (80) stops it
   assert not a["all_pass"]
@@ -104,9 +169,9 @@ def test_summarize_hand_made_rows():
   np.testing.assert_allclose(full["at_reference"], np.mean([1.0, 1.0, 0.99]))
   assert c["max_distance_at_threshold"] is None    # fails at the shortest distance
   assert c["reference"] == (512, 0.95)
-  table = evaluate.format_summary_table([a, full, c])
+  table = summary.format_summary_table([a, full, c])
   lines = table.splitlines()
-  assert [h.strip() for h in lines[0].strip("|").split("|")] == list(evaluate.SUMMARY_COLUMNS)
+  assert [h.strip() for h in lines[0].strip("|").split("|")] == list(summary.SUMMARY_COLUMNS)
   assert "≥ 70 (all tested)" in lines[3] and "n/a (no limit)" in lines[3]
   assert "< 50" in lines[4] and "~512 tokens at 95 %" in lines[4]
 
@@ -116,54 +181,96 @@ def test_mean_over_distances_does_not_overweight_a_dense_cluster():
   even = _rows("m", "8", 100, [1] * 5 + [0] * 6, start=0)
   dense = even + _rows("m", "8", 100, [0] * 8, start=55, step=1)
   plain = np.mean([r["accuracy"] for r in dense])
-  assert evaluate.mean_over_distances(even) == pytest.approx(5 / 11)
-  assert abs(evaluate.mean_over_distances(dense) - 5 / 11) < abs(plain - 5 / 11)
+  assert summary.mean_over_distances(even) == pytest.approx(5 / 11)
+  assert abs(summary.mean_over_distances(dense) - 5 / 11) < abs(plain - 5 / 11)
+
+
+def test_format_accuracy_table():
+  table = evaluate.format_accuracy_table({100: 0.0, 42: 0.96875}, 93).splitlines()
+  assert table == ["| distance | exact match | inside RF (distance <= 93) |", "|---:|---:|:---:|",
+                   "| 42 | 96.9% | yes |", "| 100 | 0.0% | no |"]
 
 
 # --- The trained tiny model ----------------------------------------------------------------------
 
-def test_erf_is_exactly_zero_beyond_the_reach(restored):
+def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
   config, graphdef, params = restored
-  assert train_lib.receptive_reach(config) == REACH
-  erf = evaluate.effective_receptive_field_of_model(graphdef, params, seq_len=SEQ_LEN,
-                                                    num_examples=2, seed=0)
-  assert erf.shape == (SEQ_LEN - data.ANSWER_LEN + 1,)
-  assert np.all(erf[REACH + 1:] == 0.0)
-  assert np.all(np.isfinite(erf)) and np.count_nonzero(erf[:REACH + 1]) > REACH // 2
-  assert erf[REACH] > 0.0
+  model_config = train_lib.model_config(config)
+  assert evaluate.reach_of(model_config) == REACH
+  distances = [42, 50, REACH - 1, REACH, REACH + 1, REACH + 5, 100]
+  values = erf.effective_receptive_field(evaluate.graphdef_for(model_config, dtype="float32"),
+                                         params, distances, train_seq_len=SEQ_LEN,
+                                         examples_per_distance=3, seed=0, max_batch_tokens=256)
+  assert sorted(values) == distances
+  assert all(values[d] > 0 for d in distances if d <= REACH)
+  assert all(values[d] == 0.0 for d in distances if d > REACH)
 
 
 def test_passkey_retrieval_per_window(restored):
   config, graphdef, params = restored
-  result = evaluate.test_passkey_retrieval((graphdef, params, config), window_sizes=[8, 32],
+  result = evaluate.test_passkey_retrieval(graphdef, params, [8, 32], train_seq_len=SEQ_LEN,
                                            distances=[42, 70], examples_per_distance=4)
   assert set(result) == {8, 32}
   for accuracy in result.values():
     assert set(accuracy) == {42, 70}
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
+  # At the trained window it is the model's own accuracy, on the same prompts.
+  assert result[32] == evaluate.passkey_accuracy(graphdef, params, [42, 70],
+                                                 train_seq_len=SEQ_LEN, examples_per_distance=4)
 
-  # restore_params' own (config, graphdef, params) order, and a callable
-  # model(tokens, window_size) -> logits, give the same numbers.
-  assert evaluate.test_passkey_retrieval(restored, window_sizes=[32], distances=[42, 70],
-                                         examples_per_distance=4) == {32: result[32]}
-  model_config = train_lib.model_config(config)
-  call = lambda tokens, w: nnx.merge(evaluate.graphdef_for(model_config, window_size=w),
-                                     params)(tokens)
-  by_callable = evaluate.test_passkey_retrieval(call, window_sizes=[32], distances=[42, 70],
-                                                examples_per_distance=4,
-                                                train_seq_len=SEQ_LEN)
-  assert by_callable[32] == result[32]
 
+# --- train.py and eval_passkey.py agree ----------------------------------------------------------
+
+def _run_eval_passkey(argv):
+  flags.FLAGS(["eval_passkey.py", *argv])
+  try:
+    eval_passkey.main(["eval_passkey.py"])
+  finally:
+    flags.FLAGS.unparse_flags()
+
+
+def _csv_accuracy(path):
+  return {r["distance"]: r["accuracy"] for r in summary.read_rows(path)}
+
+
+def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_path):
+  config, _, _ = train_lib.restore_params(workdir)
+  with open(os.path.join(workdir, "eval.json")) as f:
+    trained = {int(d): a for d, a in json.load(f)["exact_match_by_distance"].items()}
+  distances = evaluate.even_distances(SEQ_LEN, config.eval.num_distances)
+  assert sorted(trained) == distances
+  _run_eval_passkey([f"--workdirs={workdir}", f"--out={tmp_path}", f"--seed={config.seed}",
+                     f"--examples_per_distance={config.eval.examples_per_distance}",
+                     "--distances=" + ",".join(map(str, distances)), "--erf_examples=0"])
+  assert _csv_accuracy(tmp_path / "passkey.csv") == trained
+
+
+def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
+  # A random model scores 0 everywhere, whatever the prompts. A scorer that passes about half of
+  # the passkeys makes the numbers depend on which prompts each path drew.
+  monkeypatch.setattr(evaluate, "exact_match_step",
+                      lambda params, batch, graphdef: batch["inputs"][:, -4] % 2 == 0)
+  config = tiny_config()
+  config.num_steps = config.log_every_steps = config.checkpoint_every_steps = 1
+  config.eval.examples_per_distance, config.eval.num_distances = 40, 3
+  run = tmp_path / "run"
+  trained = train_lib.train_and_evaluate(config, str(run))["exact_match_by_distance"]
+  assert len(set(trained.values())) > 1 or 0 < min(trained.values()) < 1
+  _run_eval_passkey([f"--workdirs={run}", f"--seed={config.seed}", "--examples_per_distance=40",
+                     "--distances=" + ",".join(map(str, trained)), "--erf_examples=0"])
+  assert _csv_accuracy(run / "eval" / "passkey.csv") == trained  # default out: <workdir>/eval
+  _run_eval_passkey([f"--workdirs={run}", f"--seed={config.seed + 1}", f"--out={tmp_path / 'b'}",
+                     "--examples_per_distance=40", "--distances=" + ",".join(map(str, trained)),
+                     "--erf_examples=0"])
+  assert _csv_accuracy(tmp_path / "b" / "passkey.csv") != trained  # another seed, other prompts
+
+
+# --- eval_passkey.py -----------------------------------------------------------------------------
 
 def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   out = tmp_path / "results"
-  argv = ["eval_passkey.py", f"--workdirs={workdir}", f"--out={out}",
-          "--examples_per_distance=4", "--erf_examples=2", "--step=8"]
-  flags.FLAGS(argv)
-  try:
-    eval_passkey.main(argv[:1])
-  finally:
-    flags.FLAGS.unparse_flags()
+  _run_eval_passkey([f"--workdirs={workdir}", f"--out={out}", "--examples_per_distance=4",
+                     "--erf_examples=2", "--step=8"])
   for name in ("passkey.md", "passkey.csv", "passkey_heatmap.png", "passkey_curves.png",
                "effective_receptive_field.png", "effective_receptive_field.csv"):
     assert os.path.getsize(out / name) > 0, name
@@ -182,14 +289,14 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   assert "- Command: `" in text and "- Device: " in text and "- Date: " in text
   table = [line for line in text.splitlines() if line.startswith("| ")]
   header = [h.strip() for h in table[0].strip("|").split("|")]
-  assert header == list(evaluate.SUMMARY_COLUMNS)
+  assert header == list(summary.SUMMARY_COLUMNS)
   cells = dict(zip(header, (c.strip() for c in table[1].strip("|").split("|"))))
   assert cells["Window"] == "32" and cells["Layers"] == "2"
   assert cells["Theoretical RF"] == f"{REACH + 1} (reach {REACH})"
 
-  with open(out / "effective_receptive_field.csv") as f:
-    erf = [r for r in csv.DictReader(f)]
-  assert all(float(r["erf"]) == 0.0 for r in erf if int(r["distance"]) > REACH)
+  erfs = summary.read_erf(out / "effective_receptive_field.csv")["w32"]
+  assert sorted(erfs) == distances  # measured at every tested distance
+  assert all((v == 0.0) == (d > REACH) for d, v in erfs.items())
 
   stdout = capsys.readouterr().out.rstrip()
   assert stdout.endswith(table[-1])  # the summary table is printed last
@@ -197,53 +304,84 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
 
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
-  summary = eval_passkey.run([workdir], out=str(first), examples_per_distance=4, step=8,
-                             erf_examples=2)
-  rows = evaluate.read_rows(first / "passkey.csv")
-  assert evaluate.summarize(rows) == summary  # the CSV round trip keeps every value and type
+  runs = passkey_report.load_runs([workdir])
+  summaries = passkey_report.evaluate_runs(runs, out=str(first), examples_per_distance=4, step=8,
+                                           erf_examples=2)
+  rows = summary.read_rows(first / "passkey.csv")
+  assert summary.summarize(rows) == summaries  # the CSV round trip keeps every value and type
   shutil.copytree(first, tmp_path / "run_b")  # the same model name in two files
 
   merged = tmp_path / "merged"
-  combined = eval_passkey.combine([str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")],
-                                  out=str(merged), command="python eval_passkey.py --from_csv=...")
+  combined = passkey_report.merge_csvs(
+      [str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")], out=str(merged),
+      command="python eval_passkey.py --from_csv=...")
   assert [s["model"] for s in combined] == ["run_a", "run_b"]  # renamed to their folders
-  assert [{**s, "model": "w32"} for s in combined] == summary * 2
-  merged_rows = evaluate.read_rows(merged / "passkey.csv")
+  assert [{**s, "model": "w32"} for s in combined] == summaries * 2
+  merged_rows = summary.read_rows(merged / "passkey.csv")
   assert merged_rows == [{**r, "model": name} for name in ("run_a", "run_b") for r in rows]
-  erfs = evaluate.read_erf(merged / "effective_receptive_field.csv")
-  original = evaluate.read_erf(first / "effective_receptive_field.csv")["w32"]
-  assert set(erfs) == {"run_a", "run_b"} and np.array_equal(erfs["run_b"], original)
+  erfs = summary.read_erf(merged / "effective_receptive_field.csv")
+  original = summary.read_erf(first / "effective_receptive_field.csv")["w32"]
+  assert set(erfs) == {"run_a", "run_b"} and erfs["run_b"] == original
   text = (merged / "passkey.md").read_text()
   assert "Merged from" in text and str(tmp_path / "run_b/passkey.csv") in text
   for name in ("passkey_heatmap.png", "passkey_curves.png", "effective_receptive_field.png"):
     assert os.path.getsize(merged / name) > 0, name
 
 
+def test_old_dense_erf_files_still_load(tmp_path):
+  path = tmp_path / "effective_receptive_field.csv"
+  path.write_text("model,distance,erf,erf_normalized\nw8,0,0.5,1.0\nw8,1,0.25,0.5\n"
+                  "w8,2,0.0,0.0\n")
+  assert summary.read_erf(path) == {"w8": {0: 0.5, 1: 0.25, 2: 0.0}}
+  summary.write_erf(tmp_path / "again.csv", summary.read_erf(path))
+  assert (tmp_path / "again.csv").read_text().replace("\r", "") == path.read_text()
+
+
 def test_from_csv_errors(tmp_path):
   (tmp_path / "other.csv").write_text("a,b\n1,2\n")
   with pytest.raises(ValueError, match="not a passkey.csv"):
-    evaluate.read_rows(tmp_path / "other.csv")
+    summary.read_rows(tmp_path / "other.csv")
   with pytest.raises(ValueError, match="names no file"):
-    eval_passkey.combine([], out=str(tmp_path))
-  row = dict(zip(evaluate.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128",
-                                       "128", "False"]))
+    passkey_report.merge_csvs([], out=str(tmp_path))
+  row = dict(zip(summary.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128",
+                                      "128", "False"]))
   for folder in ("x/same", "y/same"):  # same model, same folder name: no way to tell them apart
     (tmp_path / folder).mkdir(parents=True)
-    with open(tmp_path / folder / "passkey.csv", "w", newline="") as f:
-      writer = csv.DictWriter(f, fieldnames=evaluate.CSV_FIELDS)
-      writer.writeheader()
-      writer.writerow(row)
+    summary.write_rows(tmp_path / folder / "passkey.csv", [row])
   with pytest.raises(ValueError, match="clash"):
-    eval_passkey.combine([str(tmp_path / "x/same/passkey.csv"),
-                          str(tmp_path / "y/same/passkey.csv")], out=str(tmp_path / "out"))
+    passkey_report.merge_csvs([str(tmp_path / "x/same/passkey.csv"),
+                               str(tmp_path / "y/same/passkey.csv")], out=str(tmp_path / "out"))
 
 
-def test_eval_passkey_wants_workdirs_or_from_csv():
-  for argv in (["eval_passkey.py"],
-               ["eval_passkey.py", "--workdirs=a", "--from_csv=b/passkey.csv"]):
-    flags.FLAGS(argv)
-    try:
-      with pytest.raises(app.UsageError, match="exactly one of"):
-        eval_passkey.main(argv[:1])
-    finally:
-      flags.FLAGS.unparse_flags()
+@pytest.mark.parametrize("argv, message", [
+    ([], "exactly one of"),
+    (["--workdirs=a", "--from_csv=b/passkey.csv"], "exactly one of"),
+    (["--from_csv=b/passkey.csv"], "needs --out"),
+    (["--workdirs=a,b"], "need --out"),
+])
+def test_eval_passkey_refuses_unclear_outputs(argv, message):
+  with pytest.raises(cli.UserError, match=message):
+    _run_eval_passkey(argv)
+
+
+def test_eval_passkey_creates_nothing_in_a_workdir_it_cannot_read(tmp_path):
+  run = tmp_path / "run"
+  run.mkdir()
+  (run / "config.json").write_text(tiny_config().to_json())
+  with pytest.raises(ValueError, match="has no checkpoints"):
+    _run_eval_passkey([f"--workdirs={run}"])
+  assert os.listdir(run) == ["config.json"]
+
+
+def test_eval_passkey_command_line_smoke(tmp_path):
+  """The real command: a merge of a small CSV, then a user mistake in one line."""
+  rows = _rows("m", "8", 80, [1.0, 0.5, 0.0])
+  summary.write_rows(tmp_path / "a" / "passkey.csv", rows)
+  command = [sys.executable, "eval_passkey.py", f"--from_csv={tmp_path / 'a' / 'passkey.csv'}"]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run(command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
+                        text=True, check=True)
+  assert "| m | 8 | 4 |" in done.stdout and (tmp_path / "out" / "passkey.md").exists()
+  failed = subprocess.run(command, cwd=root, capture_output=True, text=True)
+  assert failed.returncode == 1
+  assert failed.stderr.strip() == "error: --from_csv needs --out=<folder> for the merged files."
