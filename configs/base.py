@@ -16,41 +16,41 @@ def get_config():
   # Model
   config.model = model = ml_collections.ConfigDict()
   model.vocab_size = data.VOCAB_SIZE  # Character-level tokenizer of swa/data.py (72 ids).
-  model.num_layers = 4                # Transformer blocks L; the receptive field is L*(w-1)+1.
-  model.d_model = 256                 # Residual stream width.
-  model.num_heads = 8                 # Query heads; head dim = d_model / num_heads.
-  model.num_kv_heads = 8              # Key/value heads (< num_heads for GQA, 1 for MQA).
-  model.mlp_dim = 1024                # Hidden width of each block's GELU MLP.
+  model.num_layers = 4  # Transformer blocks L; the receptive field is L*(w-1)+1.
+  model.d_model = 256  # Residual stream width.
+  model.num_heads = 8  # Query heads; head dim = d_model / num_heads.
+  model.num_kv_heads = 8  # Key/value heads (< num_heads for GQA, 1 for MQA).
+  model.mlp_dim = 1024  # Hidden width of each block's GELU MLP.
   # Window w of every layer (a query at i sees keys i-w+1..i): an int, None for full
   # attention, or one value per layer. The field takes any type, so the command line can give
   # 256, none, full, 8,32,32,32 or 128,128,none,128 (checked by swa/model.py layer_windows).
   model.window_size = ml_collections.FieldReference(128, field_type=object)
-  model.attention = "auto"            # auto | reference | chunked | cudnn (swa/attention.py).
-  model.block_size = None             # chunked: query block size; None = default_block_size.
-  model.blocks_per_step = None        # chunked: None = all blocks at once; k = loop k at a time.
-  model.dtype = "bfloat16"            # Activation dtype; parameters are always float32.
-  model.rope_base = 10_000.0          # RoPE frequency base.
-  model.remat = False                 # Recompute each block in the backward pass (saves memory).
+  model.attention = "auto"  # auto | reference | chunked | cudnn (swa/attention.py).
+  model.block_size = None  # chunked: query block size; None = default_block_size.
+  model.blocks_per_step = None  # chunked: None = all blocks at once; k = loop k at a time.
+  model.dtype = "bfloat16"  # Activation dtype; parameters are always float32.
+  model.rope_base = 10_000.0  # RoPE frequency base.
+  model.remat = False  # Recompute each block in the backward pass (saves memory).
 
   # Data (swa/data.py): passkey prompts with the answer digits at the end.
   config.data = d = ml_collections.ConfigDict()
-  d.seq_len = 1024                    # Training context T (tokens = characters).
-  d.batch_size = 32                   # Sequences per step.
-  d.curriculum = "linear"             # How the largest training distance grows: "linear" with the
-                                      # step; "adaptive" by curriculum_stage tokens each time the
-                                      # model solves the newest stage (swa/data.py, PasskeyBatches).
+  d.seq_len = 1024  # Training context T (tokens = characters).
+  d.batch_size = 32  # Sequences per step.
+  d.curriculum = "linear"  # How the largest training distance grows: "linear" with the
+  # step; "adaptive" by curriculum_stage tokens each time the
+  # model solves the newest stage (swa/data.py, PasskeyBatches).
   d.curriculum_start = data.MIN_DISTANCE  # Largest key-to-question distance at step 0.
-  d.curriculum_fraction = 0.7         # linear: share of training over which the largest distance
-                                      # grows to max_distance; afterwards it stays there.
-  d.curriculum_stage = 0              # adaptive: tokens per advance; 0 = 1/16 of the range.
-  d.curriculum_target = 0.9           # adaptive: training exact match on the newest stage to advance.
-  d.curriculum_examples = 256         # adaptive: examples of the newest stage per decision.
-  d.max_distance = -1                 # Largest training distance; -1 = the most seq_len allows.
-  d.cap_at_reach = True               # Also stop training distances at the model's reach
-                                      # sum_l (w_l - 1): beyond it no example can be answered.
-  d.uniform_fraction = 0.1            # Share of each batch drawn over the whole distance range.
-  d.lm_weight = 1.0                   # Weight of the next-token loss on every position, added to
-                                      # the loss on the 5 answer digits (0 = answer loss only).
+  d.curriculum_fraction = 0.7  # linear: share of training over which the largest distance
+  # grows to max_distance; afterwards it stays there.
+  d.curriculum_stage = 0  # adaptive: tokens per advance; 0 = 1/16 of the range.
+  d.curriculum_target = 0.9  # adaptive: training exact match on the newest stage to advance.
+  d.curriculum_examples = 256  # adaptive: examples of the newest stage per decision.
+  d.max_distance = -1  # Largest training distance; -1 = the most seq_len allows.
+  d.cap_at_reach = True  # Also stop training distances at the model's reach
+  # sum_l (w_l - 1): beyond it no example can be answered.
+  d.uniform_fraction = 0.1  # Share of each batch drawn over the whole distance range.
+  d.lm_weight = 1.0  # Weight of the next-token loss on every position, added to
+  # the loss on the 5 answer digits (0 = answer loss only).
 
   # Optimiser: AdamW, linear warmup then cosine decay to end_lr_fraction * learning_rate.
   config.optim = o = ml_collections.ConfigDict()
@@ -60,13 +60,13 @@ def get_config():
   o.b1 = 0.9
   o.b2 = 0.95
   o.weight_decay = 0.1
-  o.grad_clip = 1.0                   # Global-norm clipping of the gradient.
+  o.grad_clip = 1.0  # Global-norm clipping of the gradient.
 
   # Evaluation during training: teacher-forced exact match (== greedy decoding) per distance.
   config.eval = e = ml_collections.ConfigDict()
-  e.every_steps = 1000                # 0 = only at the end.
+  e.every_steps = 1000  # 0 = only at the end.
   e.examples_per_distance = 64
-  e.num_distances = 16                # Distances evenly spaced from MIN_DISTANCE to the maximum.
+  e.num_distances = 16  # Distances evenly spaced from MIN_DISTANCE to the maximum.
 
   # Parallelism (swa/sharding.py): devices per mesh axis, outer first, -1 = all the rest.
   # "data:-1": data parallel over every device; "data:2,seq:4": batch over 2 devices, each

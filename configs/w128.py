@@ -13,7 +13,7 @@ from configs import base
 def get_config():
   config = base.get_config()
   config.model.window_size = 128
-  config.data.seq_len = 640           # Distances up to 620: the reach (508) plus a margin to fail in.
-  config.data.batch_size = 64         # 41k tokens per step.
+  config.data.seq_len = 640  # Distances up to 620: the reach (508) plus a margin to fail in.
+  config.data.batch_size = 64  # 41k tokens per step.
   config.num_steps = 3000
   return config
