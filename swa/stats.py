@@ -1,0 +1,359 @@
+"""Seeds and intervals for passkey results: pooling seeds, Wilson intervals, the 50 % crossing.
+
+The input is the rows of passkey.csv (evaluate.CSV_FIELDS: model, window, layers, reach,
+distance, inside, accuracy, n, ...) with a `seed` column added; seed_of() recovers a seed from a
+name when a file has no such column. Rows of one model trained with several seeds are grouped by
+their model name with the seed removed (strip_seed: "w512_s1_f03" -> "w512_f03",
+"window_size=128,num_layers=2,seed=1" -> "window_size=128,num_layers=2").
+
+Intervals (95 %, z = 1.96):
+  - Per distance: the Wilson score interval on the pooled keys, hits = sum over seeds of
+    round(accuracy * n) out of keys = sum of n. Pooling treats every key as an independent draw
+    from one recall value: it measures how well these seeds' models were measured, not how much a
+    new seed would differ, which the per-seed values (always reported beside it) show.
+  - Over a distance range (e.g. inside the reach): the mean over seeds of each seed's mean over
+    distances, each distance weighted by the span of distances it stands for (span_weights: the
+    same rule as evaluate.mean_over_distances, so the denser grid near the reach does not outweigh
+    the rest). Its interval is Wilson's with Kish's effective number of keys
+    n_eff = (sum_i u_i)^2 / sum_i u_i^2 for the per-key weights u_i of that mean; with one
+    distance, or evenly spaced distances and the same n everywhere, this is the Wilson interval
+    on the pooled keys exactly.
+A run of n keys that are all right bounds recall only above 1 / (1 + z^2 / n) (Wilson; 96.3 % for
+n = 100; Clopper-Pearson gives 0.025^(1/n) = 96.4 %): see all_hits_lower_bound.
+
+The 50 % crossing (crossing) is where the mean over seeds first falls below 50 %, by linear
+interpolation between the two tested distances around it; its ratio to the reach says how much
+of the theoretical reach the models use.
+"""
+
+import collections
+import math
+import re
+
+import numpy as np
+
+Z95 = 1.959963984540054  # two-sided 95 % normal quantile
+THRESHOLD = 0.95         # "recall >= 95 % up to d"
+CROSSING_LEVEL = 0.5
+CROSSING_GOAL = 0.03     # the issue's goal: the 50 % crossing within +-3 % of the reach
+
+# A seed inside a name: "seed=1", "seed1", "seed_1" or an "s1" token ("w512_s1_f03", "tiny_s0").
+_SEED_TOKEN = re.compile(r"(?:^|(?<=[_,\-/ ]))(?:seed[=_]?|s)(\d+)(?=$|[_,\-/ ])")
+
+
+# --- Intervals ----------------------------------------------------------------------------------
+
+def wilson_interval(hits, trials, z=Z95):
+  """Wilson score interval of a binomial proportion.
+
+  Args:
+    hits: successes (may be fractional when trials is an effective count).
+    trials: number of trials, > 0.
+    z: normal quantile; the default gives a two-sided 95 % interval.
+
+  Returns:
+    (low, high), both in [0, 1].
+  """
+  if not trials > 0:
+    raise ValueError(f"wilson_interval needs trials > 0, got {trials}.")
+  if not -1e-9 <= hits <= trials + 1e-9:
+    raise ValueError(f"wilson_interval needs 0 <= hits <= trials, got {hits} of {trials}.")
+  p, z2 = min(max(hits / trials, 0.0), 1.0), z * z
+  center = (p + z2 / (2 * trials)) / (1 + z2 / trials)
+  half = z / (1 + z2 / trials) * math.sqrt(p * (1 - p) / trials + z2 / (4 * trials * trials))
+  return max(0.0, center - half), min(1.0, center + half)
+
+
+def all_hits_lower_bound(n, z=Z95):
+  """{"wilson", "clopper_pearson"}: the 95 % lower bound on recall when n keys out of n are right."""
+  alpha = 2 * (1 - 0.5 * (1 + math.erf(z / math.sqrt(2))))
+  return {"wilson": wilson_interval(n, n, z)[0], "clopper_pearson": (alpha / 2) ** (1 / n)}
+
+
+def span_weights(distances):
+  """Weight of each sorted distance: the span it stands for (half the gap to each neighbour).
+
+  The outer ends mirror the inner gap, so evenly spaced points weigh the same; the rule of
+  evaluate.mean_over_distances.
+  """
+  d = np.asarray(distances, dtype=np.float64)
+  if d.size == 1:
+    return np.ones(1)
+  padded = np.concatenate([[2 * d[0] - d[1]], d, [2 * d[-1] - d[-2]]])
+  return (padded[2:] - padded[:-2]) / 2
+
+
+def pooled_mean(rows_by_seed):
+  """Mean over seeds of each seed's span-weighted mean over its rows, with a Wilson interval.
+
+  Args:
+    rows_by_seed: {seed: rows}, each row with distance, accuracy and n; seeds without rows are
+      left out.
+
+  Returns:
+    dict(mean, low, high, n_eff, per_seed={seed: mean}), or None when no seed has rows.
+  """
+  per_seed, weighted_hits, sum_u, sum_u2 = {}, 0.0, 0.0, 0.0
+  for seed, rows in rows_by_seed.items():
+    rows = sorted(rows, key=lambda r: r["distance"])
+    if not rows:
+      continue
+    w = span_weights([r["distance"] for r in rows])
+    w = w / w.sum()
+    acc = np.array([r["accuracy"] for r in rows])
+    n = np.array([r["n"] for r in rows], dtype=np.float64)
+    per_seed[seed] = float(np.dot(w, acc))
+    weighted_hits += per_seed[seed]
+    sum_u += 1.0           # each seed's key weights u = w_d / n_d sum to 1
+    sum_u2 += float(np.sum(w * w / n))
+  if not per_seed:
+    return None
+  mean, n_eff = weighted_hits / sum_u, sum_u * sum_u / sum_u2
+  low, high = wilson_interval(mean * n_eff, n_eff)
+  return {"mean": mean, "low": low, "high": high, "n_eff": n_eff, "per_seed": per_seed}
+
+
+# --- Seeds ----------------------------------------------------------------------------------------
+
+def seed_of(name):
+  """The seed written in a model name or path ("seed=1", "seed1", "_s1_"), else None."""
+  found = _SEED_TOKEN.findall(str(name))
+  return int(found[-1]) if found else None
+
+
+def strip_seed(name):
+  """The name without its seed token and the separator before it ("w512_s1_f03" -> "w512_f03")."""
+  stripped = re.sub(r"[_,\-/ ]?" + _SEED_TOKEN.pattern, "", str(name), count=1)
+  stripped = stripped.strip("_,-/ ")
+  return stripped or str(name)
+
+
+def group_by_model(rows):
+  """{model name without seed: {seed: rows sorted by distance}}, models in order of appearance.
+
+  Every row needs a `seed`. One model's rows must agree on window, layers and reach, and a
+  (model, seed, distance) may appear once.
+  """
+  groups = collections.OrderedDict()
+  for r in rows:
+    name = strip_seed(r["model"])
+    by_seed = groups.setdefault(name, collections.OrderedDict())
+    by_seed.setdefault(int(r["seed"]), []).append(r)
+  for name, by_seed in groups.items():
+    shapes = {(r["window"], r["layers"], r["reach"]) for rs in by_seed.values() for r in rs}
+    if len(shapes) > 1:
+      raise ValueError(f"Model {name!r} has rows of different models (window, layers, reach): "
+                       f"{sorted(shapes, key=str)}; give each a name of its own.")
+    for seed, rs in by_seed.items():
+      rs.sort(key=lambda r: r["distance"])
+      distances = [r["distance"] for r in rs]
+      if len(set(distances)) < len(distances):
+        raise ValueError(f"Model {name!r} seed {seed} has a distance twice (the same file "
+                         "given twice, or two runs of one seed?).")
+  return groups
+
+
+def by_distance(rows_by_seed):
+  """Per-distance rows of one model: the mean over seeds, each seed's value, Wilson on pooled keys.
+
+  Returns:
+    list of dicts sorted by distance: distance, inside, seeds (those that tested it), accuracy
+    (mean over those seeds), per_seed {seed: accuracy}, min_seed (lowest seed value), hits, keys
+    (pooled over seeds), low, high (Wilson 95 % on hits / keys).
+  """
+  table = collections.defaultdict(dict)
+  for seed, rs in rows_by_seed.items():
+    for r in rs:
+      table[r["distance"]][seed] = r
+  out = []
+  for d in sorted(table):
+    cell = table[d]
+    hits = sum(round(r["accuracy"] * r["n"]) for r in cell.values())
+    keys = sum(r["n"] for r in cell.values())
+    low, high = wilson_interval(hits, keys)
+    per_seed = {s: r["accuracy"] for s, r in cell.items()}
+    out.append({"distance": d, "inside": next(iter(cell.values()))["inside"],
+                "seeds": sorted(cell), "accuracy": float(np.mean(list(per_seed.values()))),
+                "per_seed": per_seed, "min_seed": min(per_seed.values()), "hits": hits,
+                "keys": keys, "low": low, "high": high})
+  return out
+
+
+# --- Reading a curve -----------------------------------------------------------------------------
+
+def crossing(distances, accuracies, level=CROSSING_LEVEL):
+  """Distance where accuracy first falls below `level`, linearly interpolated.
+
+  Returns:
+    a float; -inf when the first tested distance is already below level, +inf when no
+    tested distance is.
+  """
+  pairs = sorted(zip(distances, accuracies))
+  if not pairs:
+    raise ValueError("crossing needs at least one tested distance.")
+  if pairs[0][1] < level:
+    return -math.inf
+  for (d0, a0), (d1, a1) in zip(pairs, pairs[1:]):
+    if a1 < level:
+      return d0 + (a0 - level) / (a0 - a1) * (d1 - d0)
+  return math.inf
+
+
+def max_distance_at(distances, accuracies, threshold=THRESHOLD):
+  """Largest tested D with accuracy >= threshold at every tested distance <= D; None if none."""
+  best = None
+  for d, a in sorted(zip(distances, accuracies)):
+    if a < threshold - 1e-9:
+      break
+    best = d
+  return best
+
+
+def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
+  """The headline numbers of one model over its seeds.
+
+  Args:
+    name: the model's name (without seed).
+    rows_by_seed: {seed: rows} of group_by_model.
+    reference: the seed table's (distance or None, accuracy) for this model, or None.
+    threshold: the recall level of max_distance (0.95).
+
+  Returns:
+    dict: model, window, layers, reach, seeds, inside (pooled_mean over d <= reach; all
+    distances without a reach), beyond (the same over d > reach, None without), reference,
+    at_reference (pooled_mean over d <= the reference distance), max_distance (every tested
+    d up to it has mean recall >= threshold), max_distance_every_seed (the same for the lowest
+    seed at each distance), crossing (of the mean, crossing()), crossing_per_seed {seed:
+    crossing}, ratio (crossing / reach; None without a reach or a finite crossing),
+    min_tested, max_tested.
+  """
+  first = next(iter(rows_by_seed.values()))[0]
+  reach = first["reach"]
+  curve = by_distance(rows_by_seed)
+  ds = [c["distance"] for c in curve]
+
+  def subset(keep):
+    return {s: [r for r in rs if keep(r["distance"])] for s, rs in rows_by_seed.items()}
+
+  cross = crossing(ds, [c["accuracy"] for c in curve])
+  at_reference = None
+  if reference is not None:
+    at_reference = pooled_mean(subset(lambda d: reference[0] is None or d <= reference[0]))
+  return {
+      "model": name, "window": first["window"], "layers": first["layers"], "reach": reach,
+      "seeds": sorted(rows_by_seed), "threshold": threshold,
+      "inside": pooled_mean(subset(lambda d: reach is None or d <= reach)),
+      "beyond": None if reach is None else pooled_mean(subset(lambda d: d > reach)),
+      "reference": reference, "at_reference": at_reference,
+      "max_distance": max_distance_at(ds, [c["accuracy"] for c in curve], threshold),
+      "max_distance_every_seed": max_distance_at(ds, [c["min_seed"] for c in curve], threshold),
+      "crossing": cross,
+      "crossing_per_seed": {s: crossing([r["distance"] for r in rs], [r["accuracy"] for r in rs])
+                            for s, rs in rows_by_seed.items()},
+      "ratio": cross / reach if reach and math.isfinite(cross) else None,
+      "min_tested": ds[0], "max_tested": ds[-1],
+  }
+
+
+# --- The headline table --------------------------------------------------------------------------
+
+HEADLINE_COLUMNS = ("Model", "Window", "Layers", "Reach", "Seeds",
+                    "Inside the reach: mean [95 % interval]", "Per seed",
+                    "Seed table expects", "Measured up to that distance",
+                    "≥ 95 % up to d (mean / every seed)", "50 % crossing", "Crossing / reach")
+
+
+def _pct(x):
+  return f"{100 * x:.1f} %"
+
+
+def _interval(m):
+  return "—" if m is None else f"{_pct(m['mean'])} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+
+def _distance_cell(best, s):
+  if best is None:
+    return f"< {s['min_tested']}"
+  return f"≥ {best} (all)" if best == s["max_tested"] else str(best)
+
+
+def _crossing_cell(x, s):
+  if x == -math.inf:
+    return f"< {s['min_tested']}"
+  if x == math.inf:
+    return f"none ≤ {s['max_tested']}"
+  return f"{x:.0f}"
+
+
+def format_headline_table(summaries):
+  """Markdown table of summarize_model() dicts, one row per model (columns HEADLINE_COLUMNS)."""
+  threshold = summaries[0]["threshold"] if summaries else THRESHOLD
+  header = [c.replace("95", f"{100 * threshold:g}", 1) if c.startswith("≥") else c
+            for c in HEADLINE_COLUMNS]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---|" + "---:|" * 7]
+  for s in summaries:
+    reach = "unlimited" if s["reach"] is None else str(s["reach"])
+    seeds = f"{len(s['seeds'])} ({', '.join(str(x) for x in s['seeds'])})"
+    per_seed = " / ".join(f"{100 * v:.1f}" for v in s["inside"]["per_seed"].values())
+    if s["reference"] is None:
+      ref_cell = at_ref = "—"
+    else:
+      distance, accuracy = s["reference"]
+      ref_cell = (f"{'unlimited' if distance is None else f'~{distance} tokens'} at "
+                  f"{100 * accuracy:g} %")
+      met = s["at_reference"] is not None and s["at_reference"]["mean"] >= accuracy - 1e-9
+      at_ref = _interval(s["at_reference"]) + (" ✓" if met else " ✗")
+    best = (f"{_distance_cell(s['max_distance'], s)} / "
+            f"{_distance_cell(s['max_distance_every_seed'], s)}")
+    if s["ratio"] is None:
+      ratio = "—"
+    else:
+      off = s["ratio"] - 1
+      ratio = (f"{s['ratio']:.3f} ({100 * off:+.1f} %)"
+               + (" ✓" if abs(off) <= CROSSING_GOAL + 1e-12 else " ✗"))
+    cells = [s["model"], s["window"], str(s["layers"]), reach, seeds, _interval(s["inside"]),
+             per_seed, ref_cell, at_ref, best, _crossing_cell(s["crossing"], s), ratio]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def headline_notes(keys_per_point):
+  """The paragraph under the headline table: what is measured, what is by construction."""
+  bound = all_hits_lower_bound(keys_per_point)
+  return (
+      "Distance d runs from the first key digit to the token that predicts the first answer "
+      "digit; the reach Σ_l (w_l − 1) is the largest d any stack of these windows can carry. "
+      "**Recall beyond the reach is 0 by construction:** the attention mask leaves the answer no "
+      "path to the key, whatever the weights, so a 0 % there checks the mask and the evaluation, "
+      "not learning (a rare chance hit, 1 in 90,000 for five random digits, is all that can "
+      "appear). The findings are inside the reach.\n\n"
+      "Inside the reach: the mean over seeds of each seed's recall averaged uniformly over the "
+      "tested distances d ≤ reach (each distance weighted by the span it stands for), with a 95 % "
+      "Wilson interval on the pooled keys (Kish's effective count for the weights; swa/stats.py); "
+      "the per-seed values show the spread between seeds, which the interval does not. "
+      "\"Seed table expects\": the brief's row for this window (4 layers; full attention "
+      "unlimited), and the same mean over d up to that distance (✓ when it reaches the "
+      "expected recall). \"≥ 95 % up to d\": the largest tested d such that recall is ≥ 95 % at "
+      "every tested distance up to it, for the mean over seeds and for the lowest seed. "
+      "50 % crossing: where the mean over seeds first falls below 50 %, linearly interpolated "
+      f"between tested distances; the goal is a crossing within ±{100 * CROSSING_GOAL:g} % of "
+      "the reach (✓).\n\n"
+      f"With {keys_per_point} keys per distance, a {keys_per_point}/{keys_per_point} bounds recall "
+      f"only above {_pct(bound['wilson'])} (Wilson 95 %; Clopper–Pearson: "
+      f"{_pct(bound['clopper_pearson'])}); per-distance intervals are in "
+      "`passkey_by_distance.csv`.\n")
+
+
+def reach_aligned_edges(reach, low, high, width):
+  """Bucket edges (half-integers) width apart covering distances low..high, one at reach + 0.5.
+
+  Buckets [e_k, e_k+1) then never mix distances inside the reach (d <= reach) with distances
+  beyond it. Without a reach (None) the buckets are [k * width, (k + 1) * width).
+  """
+  if width < 1 or high < low:
+    raise ValueError(f"reach_aligned_edges needs width >= 1 and low <= high, got width={width}, "
+                     f"low={low}, high={high}.")
+  anchor = -0.5 if reach is None else reach + 0.5
+  first = math.floor((low - anchor) / width)
+  last = math.ceil((high - anchor) / width)
+  return anchor + width * np.arange(first, max(last, first + 1) + 1)

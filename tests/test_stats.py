@@ -1,0 +1,177 @@
+"""swa/stats.py: Wilson intervals, pooling seeds, the 50 % crossing, the headline table."""
+
+import math
+
+import numpy as np
+import pytest
+
+from swa import stats, summary
+
+
+def rows_of(model, seed, accuracies, *, reach=508, window="128", layers=4, n=100):
+  """passkey.csv rows of one model and seed: {distance: accuracy}."""
+  return [{"model": model, "window": window, "layers": layers, "reach": reach, "distance": d,
+           "inside": reach is None or d <= reach, "accuracy": a, "n": n, "seq_len": 640,
+           "train_seq_len": 640, "beyond_train_len": False, "seed": seed}
+          for d, a in accuracies.items()]
+
+
+@pytest.mark.parametrize("hits, trials, low, high", [
+    (0, 10, 0.0, 0.2775328),        # textbook values of the Wilson score interval
+    (5, 10, 0.2365931, 0.7634069),
+    (98, 100, 0.9299882, 0.9944980),
+    (100, 100, 0.9630065, 1.0),     # = 1 / (1 + z^2 / n)
+])
+def test_wilson_interval(hits, trials, low, high):
+  assert stats.wilson_interval(hits, trials) == pytest.approx((low, high), abs=1e-6)
+
+
+@pytest.mark.parametrize("hits, trials", [(1, 0), (11, 10), (-1, 10)])
+def test_wilson_interval_rejects_impossible_counts(hits, trials):
+  with pytest.raises(ValueError, match="wilson_interval needs"):
+    stats.wilson_interval(hits, trials)
+
+
+def test_all_hits_lower_bound():
+  bound = stats.all_hits_lower_bound(100)
+  assert bound["wilson"] == pytest.approx(1 / (1 + stats.Z95 ** 2 / 100))  # 96.30 %
+  assert bound["clopper_pearson"] == pytest.approx(0.025 ** 0.01)          # 96.38 %
+
+
+def test_span_weights_match_the_mean_over_distances_of_summary():
+  assert stats.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
+  rng = np.random.default_rng(0)
+  distances = sorted(rng.choice(np.arange(42, 900), size=17, replace=False).tolist())
+  rows = rows_of("m", 0, dict(zip(distances, rng.random(17).tolist())))
+  mean = np.average([r["accuracy"] for r in rows], weights=stats.span_weights(distances))
+  assert mean == pytest.approx(summary.mean_over_distances(rows))
+
+
+def test_pooled_mean_of_evenly_spaced_distances_is_wilson_on_the_pooled_keys():
+  by_seed = {0: rows_of("m", 0, {100: 1.0, 200: 0.9, 300: 0.5}),
+             1: rows_of("m", 1, {100: 1.0, 200: 0.8, 300: 0.3})}
+  m = stats.pooled_mean(by_seed)
+  assert m["per_seed"] == pytest.approx({0: 0.8, 1: 0.7})
+  assert m["mean"] == pytest.approx(0.75)
+  assert m["n_eff"] == pytest.approx(600)
+  assert (m["low"], m["high"]) == pytest.approx(stats.wilson_interval(450, 600))
+
+
+def test_pooled_mean_weighs_distances_by_their_span():
+  m = stats.pooled_mean({0: rows_of("m", 0, {0: 1.0, 10: 0.5, 30: 0.0}, reach=None)})
+  assert m["mean"] == pytest.approx((10 * 1.0 + 15 * 0.5) / 45)
+  # Kish: (sum u)^2 / sum u^2 with u = w / (W n) per key.
+  w = np.array([10, 15, 20]) / 45
+  assert m["n_eff"] == pytest.approx(1 / np.sum(w * w / 100))
+  assert stats.pooled_mean({0: []}) is None
+
+
+@pytest.mark.parametrize("name, seed, stripped", [
+    ("w512_s1_f03", 1, "w512_f03"),
+    ("tiny_s0", 0, "tiny"),
+    ("window_size=128,num_layers=2,seed=1", 1, "window_size=128,num_layers=2"),
+    ("seed=3,lr=1e-3", 3, "lr=1e-3"),
+    ("w128_seed2", 2, "w128"),
+    ("w128", None, "w128"),
+    ("local_first", None, "local_first"),
+])
+def test_seed_in_a_name(name, seed, stripped):
+  assert stats.seed_of(name) == seed
+  assert stats.strip_seed(name) == stripped
+
+
+def test_group_by_model_pools_seeds_and_refuses_mixed_models():
+  rows = rows_of("w_s0", 0, {50: 1.0}) + rows_of("w_s1", 1, {50: 0.5})
+  assert list(stats.group_by_model(rows)) == ["w"]
+  assert sorted(stats.group_by_model(rows)["w"]) == [0, 1]
+  with pytest.raises(ValueError, match="different models"):
+    stats.group_by_model(rows + rows_of("w_s2", 2, {50: 1.0}, reach=254))
+  with pytest.raises(ValueError, match="a distance twice"):
+    stats.group_by_model(rows + rows_of("w_s1", 1, {50: 1.0}))
+
+
+def test_by_distance_pools_keys_over_seeds():
+  by_seed = {0: rows_of("m", 0, {100: 0.9, 200: 0.5}), 1: rows_of("m", 1, {100: 0.7}, n=50)}
+  first, second = stats.by_distance(by_seed)
+  assert first["seeds"] == [0, 1] and first["per_seed"] == {0: 0.9, 1: 0.7}
+  assert first["accuracy"] == pytest.approx(0.8) and first["min_seed"] == 0.7
+  assert (first["hits"], first["keys"]) == (125, 150)
+  assert (first["low"], first["high"]) == pytest.approx(stats.wilson_interval(125, 150))
+  assert second["seeds"] == [0] and (second["hits"], second["keys"]) == (50, 100)
+
+
+def test_crossing_interpolates_between_tested_distances():
+  assert stats.crossing([100, 200, 300], [1.0, 0.8, 0.2]) == pytest.approx(250)
+  assert stats.crossing([100, 200, 300], [1.0, 0.5, 0.0]) == pytest.approx(200)
+  assert stats.crossing([300, 100, 200], [0.0, 1.0, 0.75]) == pytest.approx(700 / 3)  # any order
+  assert stats.crossing([100, 200], [0.4, 0.0]) == -math.inf
+  assert stats.crossing([100, 200], [1.0, 0.6]) == math.inf
+
+
+def test_max_distance_at():
+  assert stats.max_distance_at([42, 100, 200, 300], [1.0, 0.96, 0.9, 1.0]) == 100
+  assert stats.max_distance_at([42, 100], [0.5, 1.0]) is None
+
+
+@pytest.mark.parametrize("reach", [93, 508, 2044])
+def test_reach_aligned_edges_never_straddle_the_reach(reach):
+  edges = stats.reach_aligned_edges(reach, 42, 2 * reach, 32)
+  assert edges[0] <= 42 and edges[-1] >= 2 * reach
+  assert np.allclose(np.diff(edges), 32)
+  assert reach + 0.5 in edges.tolist()  # bucket [.., reach + 0.5) holds d <= reach only
+  full = stats.reach_aligned_edges(None, 42, 1004, 64)
+  assert full[0] == 63.5 - 64 and np.allclose((full + 0.5) % 64, 0)
+
+
+def headline_rows():
+  """Three seeds of a 4 x 128 model: recall 1.0 / 0.97 / 0.5 / 0 at d = 100 / 300 / 500 / 600."""
+  return (rows_of("w128_s0", 0, {100: 1.0, 300: 0.98, 500: 0.60, 600: 0.0})
+          + rows_of("w128_s1", 1, {100: 1.0, 300: 0.96, 500: 0.40, 600: 0.0})
+          + rows_of("w128_s2", 2, {100: 0.99, 300: 0.97, 500: 0.50, 600: 0.0}))
+
+
+def test_summarize_model_gives_the_headline_numbers():
+  by_seed = stats.group_by_model(headline_rows())["w128"]
+  s = stats.summarize_model("w128", by_seed, reference=(512, 0.95))
+  assert s["seeds"] == [0, 1, 2]
+  assert s["inside"]["per_seed"] == pytest.approx({0: 0.86, 1: 2.36 / 3, 2: 0.82})
+  assert s["inside"]["mean"] == pytest.approx(7.4 / 9)
+  assert s["inside"]["n_eff"] == pytest.approx(900)      # 3 seeds x 3 distances x 100 keys
+  assert (s["inside"]["low"], s["inside"]["high"]) == pytest.approx(
+      stats.wilson_interval(740, 900))
+  assert s["beyond"]["mean"] == 0.0
+  assert s["at_reference"]["mean"] == pytest.approx(7.4 / 9)
+  assert s["max_distance"] == 300 and s["max_distance_every_seed"] == 300
+  assert s["crossing"] == pytest.approx(500)              # the mean is 0.5 at 500, 0 at 600
+  assert s["crossing_per_seed"] == pytest.approx({0: 500 + 100 / 6, 1: 300 + 200 * 0.46 / 0.56, 2: 500})
+  assert s["ratio"] == pytest.approx(500 / 508)
+
+
+def test_headline_table_row():
+  by_seed = stats.group_by_model(headline_rows())["w128"]
+  s = stats.summarize_model("w128", by_seed, reference=(512, 0.95))
+  table = stats.format_headline_table([s]).splitlines()
+  assert table[0].startswith("| Model | Window | Layers | Reach | Seeds |")
+  assert table[2] == ("| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
+                      "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | "
+                      "300 / 300 | 500 | 0.984 (-1.6 %) ✓ |")
+
+
+def test_headline_table_full_attention_and_edge_cases():
+  rows = rows_of("full", 0, {100: 1.0, 1004: 1.0}, reach=None, window="full")
+  s = stats.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
+  row = stats.format_headline_table([s]).splitlines()[2]
+  assert row == ("| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | 100.0 | "
+                 "unlimited at 100 % | 100.0 % [98.1, 100.0] ✓ | ≥ 1004 (all) / ≥ 1004 (all) | "
+                 "none ≤ 1004 | — |")
+  assert s["beyond"] is None
+  weak = rows_of("tiny", 0, {42: 0.3, 60: 0.0}, reach=93, window="32", layers=3)
+  s = stats.summarize_model("tiny", stats.group_by_model(weak)["tiny"])
+  assert s["crossing"] == -math.inf and s["ratio"] is None
+  assert "| < 42 / < 42 | < 42 | — |" in stats.format_headline_table([s])
+
+
+def test_headline_notes_state_the_construction_and_the_bound():
+  text = stats.headline_notes(100)
+  assert "Recall beyond the reach is 0 by construction" in text
+  assert "100/100 bounds recall only above 96.3 % (Wilson 95 %; Clopper–Pearson: 96.4 %)" in text
