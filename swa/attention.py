@@ -1,53 +1,58 @@
-"""Sliding-window (local, banded) causal attention.
+"""Sliding-window (local, banded) causal attention: the one contract every caller uses.
 
-The window has one meaning everywhere in swa: with window size w, the query at
-position i attends to keys i-w+1 ... i -- w keys, itself included. A window of
-None means full causal attention.
+The window has one meaning everywhere in swa: with window size w, the query at position i attends
+to keys i-w+1 ... i -- w keys, itself included. A window of None means full causal attention. The
+rule, with sinks and empty slots, is `visible` (swa/mask.py); every implementation builds its mask
+from it.
 
-Shape letters: B batch, T query positions, S key positions (self-attention, so
-S == T), N query heads, K key/value heads (N % K == 0; G = N // K query heads
-share one key/value head), H query/key head dim, D value head dim.
+Positions. Query t sits at absolute position q_offset + t and key s at k_offset + s (by default
+the keys end where the queries end, so S == T is self-attention), or at k_positions[s] when the
+keys are slots of a cache (-1 = empty). Sequence parallelism (a shard's queries over a halo of
+earlier keys), the streaming cache (ring-buffer slots with stored positions) and the benchmark's
+float32 reference (the tail queries of a long sequence) are all calls of `sliding_window_attention`.
 
-Implementations, all computing the same function (tests/test_attention.py):
-  reference  dense masked attention; O(T^2) memory; the ground truth.
-  chunked    banded form from jax.lax/jnp ops: queries in blocks of C, each
-             block attends only to the key blocks its window touches;
-             O(T * (w + C)) memory in the forward and the backward pass.
-  cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window;
-             GPU and 16-bit dtypes only.
-  auto       cudnn where it applies, else chunked when the window is shorter
-             than the sequence, else reference.
+Shape letters: B batch, T query positions, S key positions, N query heads, K key/value heads
+(N % K == 0; G = N // K query heads share one key/value head), H query/key head dim, D value head
+dim.
+
+Implementations (one registry; `register` adds more, `implementations()` lists them), all computing
+the same function (tests/test_attention.py):
+  reference  dense masked attention; O(T * S) memory; the ground truth; every feature.
+  chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
+  cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window; GPU and 16-bit
+             dtypes only; plain self-attention only.
+  auto       the first, in `auto_rank` order, that supports the call's features and takes the
+             inputs: cudnn where it applies, else chunked when the window is shorter than the
+             keys, else reference.
+swa/sharding.py registers "sequence_parallel" (options mesh, seq_axis, data_axis,
+local_implementation) when imported.
 """
 
-import functools
+import dataclasses
 import math
+from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")
+from swa import chunked
+from swa.chunked import default_block_size  # noqa: F401  (public: the chunked block rule)
+from swa.mask import check_window_size, masked_softmax, visible
 
-# Masked logits get a large negative *finite* value: -inf would give NaN
-# (inf - inf) in rows where every key is masked.
-_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see implementations()
 
-
-def check_window_size(window_size, name="window_size"):
-  """Raises ValueError unless window_size is None or an integer >= 1."""
-  if window_size is None:
-    return
-  if isinstance(window_size, bool) or not isinstance(window_size, (int, np.integer)):
-    raise ValueError(
-        f"{name} must be a positive integer or None (full attention), got "
-        f"{window_size!r} of type {type(window_size).__name__}.")
-  if window_size < 1:
-    raise ValueError(
-        f"{name} must be >= 1 (a query always sees itself), got {window_size}.")
+# Features an implementation may declare, and the keyword options it then receives:
+#   offsets        q_offset, k_offset (k_offset None: the keys end where the queries end)
+#   key_positions  q_offset, k_positions ([S] or [B, S] ints, -1 = empty slot)
+#   sinks          num_sinks
+#   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
+# Any other declared name is a keyword option of that name, passed through **options.
+SEMANTIC_FEATURES = ("offsets", "key_positions", "sinks")
 
 
 def create_sliding_window_mask(seq_len, window_size):
-  """Band-diagonal causal mask.
+  """Band-diagonal causal mask: `visible` for positions 0 .. seq_len - 1.
 
   Args:
     seq_len: number of positions T.
@@ -61,123 +66,31 @@ def create_sliding_window_mask(seq_len, window_size):
   check_window_size(window_size)
   if isinstance(seq_len, bool) or not isinstance(seq_len, (int, np.integer)) or seq_len < 1:
     raise ValueError(f"seq_len must be a positive integer, got {seq_len!r}.")
-  i = jnp.arange(seq_len)[:, None]
-  j = jnp.arange(seq_len)[None, :]
-  mask = j <= i
-  if window_size is not None:
-    mask &= j > i - window_size
-  return mask
+  positions = jnp.arange(seq_len)
+  return visible(positions[:, None], positions[None, :], window_size)
 
 
-def _masked_softmax(logits, mask):
-  """Softmax over the last axis in float32; rows with no allowed key give 0."""
-  logits = jnp.where(mask, logits.astype(jnp.float32), _MASK_VALUE)
-  row_max = jnp.max(logits, axis=-1, keepdims=True)
-  unnormalised = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
-  row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
-  return unnormalised / jnp.where(row_sum == 0.0, 1.0, row_sum)
-
-
-def _reference(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, halo=0, start=0):
-  """Dense masked attention: builds the full [T, S] score matrix.
-
-  `halo` and `start` serve sequence parallelism (swa/sharding.py): the keys are
-  `halo` earlier rows followed by the queries' own T, query t sits at absolute
-  position start + t, and halo keys before position 0 are padding. Self-attention
-  is halo = start = 0.
-  """
+def reference_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=0, k_offset=None,
+                        k_positions=None, num_sinks=0):
+  """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
-  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
+  S, K, D = k_BSKH.shape[1], k_BSKH.shape[2], v_BSKD.shape[3]
+  q_pos_T = q_offset + jnp.arange(T)
+  if k_positions is None:
+    k_offset = q_offset + T - S if k_offset is None else k_offset
+    mask_TS = visible(q_pos_T[:, None], (k_offset + jnp.arange(S))[None, :], window_size, num_sinks)
+    mask_BKGTS = mask_TS
+  else:
+    k_pos_BS = jnp.asarray(k_positions).reshape(-1, S)
+    mask_BTS = visible(q_pos_T[None, :, None], k_pos_BS[:, None, :], window_size, num_sinks)
+    mask_BKGTS = mask_BTS[:, None, None]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
                             preferred_element_type=jnp.float32) * scale
-  mask_TS = create_sliding_window_mask(halo + T, window_size)[halo:]
-  if halo:
-    mask_TS &= (start - halo + jnp.arange(halo + T) >= 0)[None, :]
-  probs_BKGTS = _masked_softmax(logits_BKGTS, mask_TS)
+  probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS)
   out_BTKGD = jnp.einsum("BKGTS,BSKD->BTKGD", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
                          preferred_element_type=jnp.float32)
   return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
-
-
-def default_block_size(window_size, seq_len):
-  """Query block C for `chunked`: about half the window, within [64, 512].
-
-  Each block of C queries reads C * (1 + ceil((w - 1) / C)) keys, of which each
-  query uses w, so a smaller C wastes less work on masked keys and a larger C
-  gives the matrix units bigger products. C never exceeds the (8-rounded)
-  sequence length.
-  """
-  w = seq_len if window_size is None else min(window_size, seq_len)
-  block = 1 << max(0, (w // 2).bit_length() - 1)  # largest power of two <= w / 2
-  block = min(max(block, 64), 512)
-  return min(block, -(-seq_len // 8) * 8)
-
-
-def _chunked(q_BTNH, k_BSKH, v_BSKD, window_size, scale, block_size=None,
-             blocks_per_step=None, *, halo=0, start=0):
-  """Banded attention: each query block sees only the key blocks its window touches.
-
-  `halo` and `start` as in `_reference` (keys = halo earlier rows + the T local
-  ones; query t at absolute position start + t); the halo must be < the window.
-  """
-  B, T, N, H = q_BTNH.shape
-  K, D = k_BSKH.shape[2], v_BSKD.shape[3]
-  G = N // K
-  w = halo + T if window_size is None else min(window_size, halo + T)
-  C = default_block_size(w, T) if block_size is None else block_size
-  num_q = -(-T // C)                  # query blocks; the last one is padded
-  num_prev = -(-(w - 1) // C)         # earlier key blocks a query block can reach
-  span = (num_prev + 1) * C           # keys one query block attends over
-
-  # Queries: pad the end to a whole block. Keys/values: pad the front up to
-  # num_prev blocks before the first query, so block i's window is key blocks
-  # i .. i + num_prev.
-  q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, num_q * C - T), (0, 0), (0, 0)))
-  q_BqCKGH = (q_BqCKGH * jnp.asarray(scale, q_BTNH.dtype)).reshape(B, num_q, C, K, G, H)
-  kv_pad = ((0, 0), (num_prev * C - halo, num_q * C - T), (0, 0), (0, 0))
-  # Keys before this (offset from the first query) are padding: before the halo,
-  # or before absolute position 0.
-  first_key = jnp.maximum(-halo, -start)
-
-  def windows(x_BSKX):
-    x_BbCKX = jnp.pad(x_BSKX, kv_pad).reshape(B, num_q + num_prev, C, K, -1)
-    return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
-
-  def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
-    # Query c of block b sits at b*C + c; key s of its window at (b - num_prev)*C + s
-    # (offsets from the first query).
-    c = jnp.arange(C)[:, None]
-    s = jnp.arange(span)[None, :]
-    dist_Cs = c - s + num_prev * C                      # query pos - key pos
-    key_pos_qCs = (block_q[:, None, None] - num_prev) * C + s
-    mask_qCs = (dist_Cs >= 0) & (dist_Cs < w) & (key_pos_qCs >= first_key)
-    logits_BqKGCs = jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH,
-                               preferred_element_type=jnp.float32)
-    probs_BqKGCs = _masked_softmax(logits_BqKGCs, mask_qCs[None, :, None, None])
-    return jnp.einsum("BqKGCs,BqsKD->BqCKGD", probs_BqKGCs.astype(v_BqsKD.dtype), v_BqsKD,
-                      preferred_element_type=jnp.float32).astype(q_BTNH.dtype)
-
-  block_q = jnp.arange(num_q)
-  if blocks_per_step is None or blocks_per_step >= num_q:
-    out_BqCKGD = attend(q_BqCKGH, windows(k_BSKH), windows(v_BSKD), block_q)
-  else:
-    # Bounded memory for very long sequences: loop over groups of query blocks, slice
-    # each block's key window inside the loop (never all windows at once), and
-    # recompute each group's scores in the backward pass.
-    k_BSpKH, v_BSpKD = jnp.pad(k_BSKH, kv_pad), jnp.pad(v_BSKD, kv_pad)
-
-    @jax.checkpoint
-    def one_block(args):
-      q_BCKGH, b = args
-      k_BsKH = jax.lax.dynamic_slice_in_dim(k_BSpKH, b * C, span, axis=1)
-      v_BsKD = jax.lax.dynamic_slice_in_dim(v_BSpKD, b * C, span, axis=1)
-      return attend(q_BCKGH[:, None], k_BsKH[:, None], v_BsKD[:, None], b[None])[:, 0]
-
-    out_qBCKGD = jax.lax.map(one_block, (jnp.moveaxis(q_BqCKGH, 1, 0), block_q),
-                             batch_size=blocks_per_step)
-    out_BqCKGD = jnp.moveaxis(out_qBCKGD, 0, 1)
-  return out_BqCKGD.reshape(B, num_q * C, N, D)[:, :T]
 
 
 def cudnn_available():
@@ -185,8 +98,9 @@ def cudnn_available():
   return jax.default_backend() == "gpu"
 
 
-def _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD):
+def _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
   """Why cuDNN's fused attention cannot take these inputs, or None if it can."""
+  del k_BSKH, window_size
   if not cudnn_available():
     return f"it needs a GPU backend, and JAX's default backend is {jax.default_backend()!r}"
   if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
@@ -200,40 +114,114 @@ def _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD):
   return None
 
 
-def _cudnn(q_BTNH, k_BSKH, v_BSKD, window_size, scale):
-  """cuDNN's fused causal attention with a (w - 1, 0) local window."""
-  reason = _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD)
-  if reason is not None:
-    raise ValueError(f"implementation='cudnn' is not available: {reason}.")
+def cudnn_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale):
+  """cuDNN's fused causal attention with a (w - 1, 0) local window (self-attention only)."""
   local_window = None if window_size is None else (window_size - 1, 0)
   return jax.nn.dot_product_attention(
       q_BTNH, k_BSKH, v_BSKD, scale=scale, is_causal=True,
       local_window_size=local_window, implementation="cudnn")
 
 
-_REGISTRY = {"reference": _reference, "chunked": _chunked, "cudnn": _cudnn}
+# ------------------------------------------------------------------------------- registry
+
+@dataclasses.dataclass(frozen=True)
+class Implementation:
+  """One registered implementation (see `register`)."""
+  name: str
+  fn: Callable
+  features: frozenset
+  check: Optional[Callable] = None
+  auto_rank: Optional[int] = None
+  auto_when: Optional[Callable] = None
 
 
-def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size):
-  """Maps "auto" to a concrete implementation; checks the name.
+_REGISTRY = {}
 
-  The auto rule: "cudnn" when cuDNN takes the inputs (GPU, 16-bit dtype, equal
-  head dims, even length); otherwise "chunked" when the window is shorter than the sequence
-  (memory O(T * w) instead of O(T^2)); otherwise "reference".
+
+def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=None):
+  """Adds (or replaces) an implementation under `name`.
+
+  Args:
+    name: the `implementation=` string; not "auto".
+    fn: `fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options) -> o_BTND` in q's dtype,
+      called with validated 4-D inputs and only the options of the features it declared.
+    features: names it supports: "offsets", "key_positions", "sinks", "block_size" (see the
+      comment at SEMANTIC_FEATURES for the options each brings), or the name of any other keyword
+      option it takes (e.g. "mesh").
+    check: optional `check(q_BTNH, k_BSKH, v_BSKD, window_size) -> str | None`: why it cannot run
+      these inputs (None: it can). An explicit request then raises; auto skips it.
+    auto_rank: its place in auto's order (lower first); None: auto never picks it.
+    auto_when: optional `auto_when(q_BTNH, k_BSKH, v_BSKD, window_size) -> bool`: auto picks it
+      only when True (a preference, not a limit).
   """
-  if implementation not in IMPLEMENTATIONS:
-    raise ValueError(
-        f"Unknown attention implementation {implementation!r}; choose one of {IMPLEMENTATIONS}.")
+  if name == "auto" or not isinstance(name, str):
+    raise ValueError(f"An implementation needs a name other than 'auto', got {name!r}.")
+  _REGISTRY[name] = Implementation(name, fn, frozenset(features), check, auto_rank, auto_when)
+
+
+def implementations():
+  """Names `implementation=` accepts: "auto" and every registered one."""
+  return ("auto",) + tuple(_REGISTRY)
+
+
+def implementation_features(name):
+  """The features (and options) the registered implementation `name` declared."""
+  if name not in _REGISTRY:
+    raise ValueError(f"Unknown attention implementation {name!r}; choose one of "
+                     f"{implementations()}.")
+  return _REGISTRY[name].features
+
+
+register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank=30)
+register("chunked", chunked.chunked_attention, features=("offsets", "block_size"), auto_rank=20,
+         auto_when=lambda q, k, v, w: w is not None and w < k.shape[1])
+register("cudnn", cudnn_attention, check=_cudnn_unsupported_reason, auto_rank=10)
+
+
+def _wanted(implementation, features):
+  if implementation == "auto":
+    return "auto"
+  return f"implementation={implementation!r} (supports {sorted(features) or 'no features'})"
+
+
+def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features=()):
+  """The registered implementation that runs a call; maps "auto" to one (module docstring).
+
+  Args:
+    implementation: a name from `implementations()`.
+    q_BTNH, k_BSKH, v_BSKD: the 4-D inputs (or their shapes' stand-ins).
+    window_size: w or None.
+    features: the features and options the call needs (e.g. {"offsets"}).
+
+  Returns:
+    The name of the implementation.
+  """
+  if implementation not in implementations():
+    raise ValueError(f"Unknown attention implementation {implementation!r}; choose one of "
+                     f"{implementations()}.")
+  features = frozenset(features)
   if implementation != "auto":
+    impl = _REGISTRY[implementation]
+    if not features <= impl.features:
+      raise ValueError(f"{_wanted(implementation, impl.features)} does not support "
+                       f"{sorted(features - impl.features)}.")
+    reason = impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size)
+    if reason:
+      raise ValueError(f"implementation={implementation!r} is not available: {reason}.")
     return implementation
-  if _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD) is None:
-    return "cudnn"
-  if window_size is not None and window_size < q_BTNH.shape[1]:
-    return "chunked"
-  return "reference"
+  ranked = sorted((i for i in _REGISTRY.values() if i.auto_rank is not None),
+                  key=lambda i: i.auto_rank)
+  for impl in ranked:
+    if (features <= impl.features
+        and not (impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size))
+        and (impl.auto_when is None or impl.auto_when(q_BTNH, k_BSKH, v_BSKD, window_size))):
+      return impl.name
+  raise ValueError(f"No implementation that auto may pick supports {sorted(features)}.")
 
 
-def _check_shapes(q, k, v):
+# ------------------------------------------------------------------------------- contract
+
+def _check_shapes(q, k, v, same_length):
   """Validates ranks, lengths and head counts; returns the 4-D views."""
   if q.ndim not in (3, 4) or k.ndim != q.ndim or v.ndim != q.ndim:
     raise ValueError(
@@ -244,9 +232,9 @@ def _check_shapes(q, k, v):
   (B, T, N, H), (Bk, S, K, Hk), (Bv, Sv, Kv, _) = q.shape, k.shape, v.shape
   if not B == Bk == Bv:
     raise ValueError(f"q, k and v must share the batch size, got {B}, {Bk}, {Bv}.")
-  if not T == S == Sv:
-    raise ValueError(
-        f"Self-attention needs equal query and key/value lengths, got {T}, {S}, {Sv}.")
+  if S != Sv or (same_length and T != S):
+    raise ValueError(f"Self-attention needs equal query and key/value lengths, got {T}, {S}, {Sv} "
+                     "(pass q_offset, k_offset or k_positions to place keys apart from queries).")
   if K != Kv:
     raise ValueError(f"k and v must have the same number of heads, got {K} and {Kv}.")
   if N % K:
@@ -257,35 +245,88 @@ def _check_shapes(q, k, v):
   return q, k, v
 
 
+def _static_int(x):
+  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+
+
+def _check_position(value, name):
+  """Offsets and sinks are integer scalars (Python ints or traced/concrete int arrays)."""
+  if value is None or _static_int(value):
+    return
+  if isinstance(value, (bool, float)) or jnp.ndim(value) != 0 or not jnp.issubdtype(
+      jnp.result_type(value), jnp.integer):
+    raise ValueError(f"{name} must be an integer scalar, got {value!r}.")
+
+
 def sliding_window_attention(q, k, v, window_size=128, *, implementation="auto", scale=None,
-                             block_size=None, blocks_per_step=None):
-  """Causal attention in which query i attends keys i - window_size + 1 ... i.
+                             q_offset=None, k_offset=None, k_positions=None, num_sinks=0,
+                             block_size=None, blocks_per_step=None, **options):
+  """Causal attention in which the query at position i attends keys i - window_size + 1 ... i.
 
   Args:
     q: [B, T, N, H] or [B, T, H] queries.
-    k: [B, T, K, H] or [B, T, H] keys; N must be a multiple of K (GQA/MQA).
-    v: [B, T, K, D] or [B, T, D] values; D may differ from H.
+    k: [B, S, K, H] or [B, S, H] keys; N must be a multiple of K (GQA/MQA).
+    v: [B, S, K, D] or [B, S, D] values; D may differ from H.
     window_size: w >= 1 (1 = each token sees only itself), or None for full
       causal attention. Windows >= T are full causal attention.
-    implementation: "auto", "reference", "chunked" or "cudnn" (module docstring).
+    implementation: a name from `implementations()` (module docstring).
     scale: logit scale; default 1 / sqrt(H).
-    block_size: `chunked` only: the query block C; default `default_block_size`.
-    blocks_per_step: `chunked` only: if set, process this many query blocks at a
-      time in a loop and recompute them in the backward pass, which bounds memory
-      for very long sequences at some cost in speed.
+    q_offset: absolute position of query 0 (int, may be traced); default 0.
+    k_offset: absolute position of key 0 (int, may be traced); default: the keys end where the
+      queries end (q_offset + T - S), i.e. self-attention when S == T. Keys at negative
+      positions are padding.
+    k_positions: [S] or [B, S] ints, the absolute position of every key (-1 = empty slot);
+      instead of k_offset.
+    num_sinks: positions 0 .. num_sinks - 1 stay visible to every later query (int, may be
+      traced).
+    block_size: query block C of implementations with "block_size" (chunked); default theirs.
+    blocks_per_step: if set, such implementations process this many query blocks at a time in a
+      loop and recompute them in the backward pass (bounded memory for long sequences).
+    **options: further keyword options of the chosen implementation (e.g. mesh=).
 
   Returns:
     [B, T, N, D] (or [B, T, D] for 3-D inputs) in q's dtype.
   """
   check_window_size(window_size)
-  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-  squeeze = q.ndim == 3
-  q_BTNH, k_BSKH, v_BSKD = _check_shapes(q, k, v)
   for name, value in (("block_size", block_size), ("blocks_per_step", blocks_per_step)):
     if value is not None:
       check_window_size(value, name=name)
+  for name, value in (("q_offset", q_offset), ("k_offset", k_offset), ("num_sinks", num_sinks)):
+    _check_position(value, name)
+  if _static_int(num_sinks) and num_sinks < 0:
+    raise ValueError(f"num_sinks must be >= 0, got {num_sinks}.")
+  if k_offset is not None and k_positions is not None:
+    raise ValueError("Pass k_offset or k_positions, not both.")
+  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
+  squeeze = q.ndim == 3
+  placed = q_offset is not None or k_offset is not None or k_positions is not None
+  q_BTNH, k_BSKH, v_BSKD = _check_shapes(q, k, v, same_length=not placed)
+  B, T, S = q_BTNH.shape[0], q_BTNH.shape[1], k_BSKH.shape[1]
   scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
-  name = resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size)
-  kwargs = dict(block_size=block_size, blocks_per_step=blocks_per_step) if name == "chunked" else {}
-  out_BTND = _REGISTRY[name](q_BTNH, k_BSKH, v_BSKD, window_size, scale, **kwargs)
+
+  features, semantic = set(options), {}
+  if k_positions is not None:
+    k_positions = jnp.asarray(k_positions)
+    if k_positions.shape not in ((S,), (B, S)) or not jnp.issubdtype(k_positions.dtype,
+                                                                     jnp.integer):
+      raise ValueError(f"k_positions must be ints of shape [S] = ({S},) or [B, S] = ({B}, {S}), "
+                       f"got {k_positions.dtype} {k_positions.shape}.")
+    features.add("key_positions")
+    semantic.update(q_offset=0 if q_offset is None else q_offset, k_positions=k_positions)
+  elif placed:
+    q0 = 0 if q_offset is None else q_offset
+    plain = (S == T and _static_int(q0) and q0 >= 0
+             and (k_offset is None or (_static_int(k_offset) and k_offset == q0)))
+    if not plain:    # Positions matter only where the keys are shifted or may be padding.
+      features.add("offsets")
+      semantic.update(q_offset=q0, k_offset=k_offset)
+  if window_size is not None and not (_static_int(num_sinks) and num_sinks == 0):
+    features.add("sinks")
+    semantic.update(num_sinks=num_sinks)
+
+  name = resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features)
+  impl = _REGISTRY[name]
+  if "block_size" in impl.features:
+    options.update(block_size=block_size, blocks_per_step=blocks_per_step)
+  out_BTND = impl.fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **semantic, **options)
   return out_BTND[:, :, 0] if squeeze else out_BTND

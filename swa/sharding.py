@@ -11,17 +11,22 @@ before it -- a halo -- from its left neighbour(s), never the whole sequence:
   shard i:   [ halo: w-1 rows of shards i-1, i-2, ... ][ local: L rows ]
   queries:                                             [ local: L rows ]
 
-`sequence_parallel_attention` gathers the halo with `jax.lax.ppermute` inside
-`shard_map` (a window longer than a shard takes rows from ceil((w-1)/L)
-neighbours, one ppermute per hop) and attends each local query over
-[halo; local] with a mask built from absolute positions. The transpose of a
-ppermute is the reverse ppermute, so the backward pass sends the halo's key and
-value gradients back to the shards they came from: gradients are exact.
+Importing this module registers the attention implementation "sequence_parallel"
+(swa/attention.py): it gathers the halo with `jax.lax.ppermute` inside
+`jax.shard_map` (a window longer than a shard takes rows from ceil((w-1)/L)
+neighbours, one ppermute per hop) and calls `sliding_window_attention` on each
+shard with q_offset = i * L: the keys [halo; local] end where the queries end,
+and halo rows before position 0 are padding by the one mask rule. The transpose
+of a ppermute is the reverse ppermute, so the backward pass sends the halo's key
+and value gradients back to the shards they came from: gradients are exact.
+`sequence_parallel(mesh)` gives the model (and the trainer) that choice as an
+attention function.
 
 Multi-host: `maybe_initialize_distributed()` before anything touches a device;
 keep "seq" inside a host (the last mesh axis varies fastest) and "data" across.
 """
 
+import functools
 import math
 import os
 
@@ -34,14 +39,6 @@ from swa import attention
 
 DATA_AXIS, SEQ_AXIS = "data", "seq"
 AXES = (DATA_AXIS, SEQ_AXIS)
-
-
-def shard_map(f, *, mesh, in_specs, out_specs):
-  """`jax.shard_map` (JAX >= 0.7, `check_vma`) or the older experimental one (`check_rep`)."""
-  if hasattr(jax, "shard_map"):
-    return jax.shard_map(f, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=True)
-  from jax.experimental.shard_map import shard_map as experimental_shard_map
-  return experimental_shard_map(f, mesh, in_specs=in_specs, out_specs=out_specs, check_rep=True)
 
 
 # --------------------------------------------------------------------------- mesh
@@ -147,45 +144,6 @@ def _halo_from_left(x_BLKX, halo, seq_axis, num_shards):
   return jnp.concatenate(pieces[::-1], axis=1)
 
 
-def local_window_attention(q_BTNH, k_BSKH, v_BSKD, *, halo, window, start, scale=None,
-                           implementation="chunked", block_size=None, blocks_per_step=None):
-  """Sliding-window attention of T queries over `halo` earlier keys plus their own T keys.
-
-  The per-shard step of `sequence_parallel_attention`, usable on its own.
-  Query t sits at absolute position start + t, key s at start - halo + s; key s
-  is visible to query t iff 0 <= (start + t) - (start - halo + s) < window and
-  the key's position is >= 0 (halo rows before the sequence start are padding).
-
-  Args:
-    q_BTNH: [B, T, N, H] queries of this shard.
-    k_BSKH: [B, halo + T, K, H] keys: the halo, then this shard's.
-    v_BSKD: [B, halo + T, K, D] values, laid out like the keys.
-    halo: number of halo rows (static int >= 0).
-    window: w (static int >= 1); a query sees at most min(w, halo + T) keys.
-    start: absolute position of the first query (int, may be traced).
-    scale: logit scale; default 1 / sqrt(H).
-    implementation: "chunked" (banded, O(T * (w + C)) memory) or "reference"
-      (dense [T, halo + T] scores).
-    block_size, blocks_per_step: as in `attention.sliding_window_attention`.
-
-  Returns:
-    [B, T, N, D] in q's dtype.
-  """
-  if implementation not in ("chunked", "reference"):
-    raise ValueError(f"local implementation must be 'chunked' or 'reference', "
-                     f"got {implementation!r}.")
-  T = q_BTNH.shape[1]
-  if k_BSKH.shape[1] != halo + T or v_BSKD.shape[1] != halo + T:
-    raise ValueError(f"keys and values must have halo + T = {halo + T} rows, got "
-                     f"{k_BSKH.shape[1]} and {v_BSKD.shape[1]}.")
-  window = min(window, halo + T)      # No query has more keys than that before it.
-  scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
-  if implementation == "reference":
-    return attention._reference(q_BTNH, k_BSKH, v_BSKD, window, scale, halo=halo, start=start)
-  return attention._chunked(q_BTNH, k_BSKH, v_BSKD, window, scale, block_size, blocks_per_step,
-                            halo=halo, start=start)
-
-
 def halo_size(window_size, seq_len, num_shards):
   """Rows each shard needs from its left neighbours: min(w - 1, (P - 1) * n / P).
 
@@ -197,59 +155,55 @@ def halo_size(window_size, seq_len, num_shards):
   return min(w - 1, (num_shards - 1) * (seq_len // num_shards))
 
 
-def sequence_parallel_attention(q, k, v, window_size, *, mesh, seq_axis=SEQ_AXIS,
-                                data_axis=DATA_AXIS, implementation="chunked", scale=None,
-                                block_size=None, blocks_per_step=None):
-  """`sliding_window_attention` with the sequence split over the mesh axis `seq_axis`.
+def sequence_parallel_attention(q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, mesh,
+                                seq_axis=SEQ_AXIS, data_axis=DATA_AXIS,
+                                local_implementation="auto", block_size=None,
+                                blocks_per_step=None):
+  """Attention with the sequence split over the mesh axis `seq_axis`: "sequence_parallel".
 
-  Each device holds n/P consecutive positions of q, k and v, receives the w-1
-  keys and values before them from its left neighbour(s) by ppermute (no
-  all-gather), and attends its queries over [halo; local]; see the module
-  docstring. Works under jit and grad, for any inputs (jit reshards them to
-  the specs below if they are laid out differently).
+  Called through `attention.sliding_window_attention(..., implementation="sequence_parallel",
+  mesh=mesh)` (or the function `sequence_parallel(mesh)` returns), which validates the inputs.
+  Each device holds n/P consecutive positions of q, k and v, receives the w-1 keys and values
+  before them from its left neighbour(s) by ppermute (no all-gather), and attends its queries
+  over [halo; local] (module docstring). Works under jit and grad, for any inputs (jit reshards
+  them to the specs below if they are laid out differently).
 
   Args:
-    q: [B, T, N, H] or [B, T, H] queries (global view).
-    k: [B, T, K, H] or [B, T, H] keys.
-    v: [B, T, K, D] or [B, T, D] values.
-    window_size: w >= 1, or None for full causal attention (then the halo is
-      the whole prefix: correct, but no cheaper than an all-gather).
+    q_BTNH: [B, T, N, H] queries (global view).
+    k_BTKH: [B, T, K, H] keys.
+    v_BTKD: [B, T, K, D] values.
+    window_size: w >= 1, or None for full causal attention (then the halo is the whole
+      prefix: correct, but no cheaper than an all-gather).
+    scale: logit scale.
     mesh: a Mesh with axis `seq_axis` (and `data_axis` unless it is None).
-    seq_axis: mesh axis the sequence is split over; T must be divisible by it.
-    data_axis: mesh axis the batch is split over, or None to replicate the
-      batch; if B is not divisible by its size the batch is replicated.
-    implementation: local step: "chunked" ("auto" means the same) or
-      "reference". cuDNN has no key-offset mask, so "cudnn" is refused.
-    scale, block_size, blocks_per_step: as in `sliding_window_attention`.
+    seq_axis: mesh axis the sequence is split over; T must be divisible by its size.
+    data_axis: mesh axis the batch is split over, or None to replicate the batch; if B is not
+      divisible by its size the batch is replicated.
+    local_implementation: the per-shard implementation; it must support "offsets" (chunked,
+      reference; "auto" picks among those).
+    block_size, blocks_per_step: passed to the per-shard call.
 
   Returns:
-    [B, T, N, D] (or [B, T, D]) in q's dtype, sharded like q.
+    [B, T, N, D] in q's dtype, sharded like q.
   """
-  attention.check_window_size(window_size)
-  if implementation == "auto":
-    implementation = "chunked"
-  if implementation not in ("chunked", "reference"):
-    raise ValueError(f"Sequence-parallel attention computes its local step with 'chunked' "
-                     f"(or 'auto') or 'reference', got implementation={implementation!r}.")
-  for name, value in (("block_size", block_size), ("blocks_per_step", blocks_per_step)):
-    if value is not None:
-      attention.check_window_size(value, name=name)
+  if (local_implementation not in attention.implementations()
+      or not (local_implementation == "auto"
+              or "offsets" in attention.implementation_features(local_implementation))):
+    raise ValueError("Sequence-parallel attention needs a local implementation with offsets, "
+                     f"e.g. 'chunked', 'reference' or 'auto'; got {local_implementation!r}.")
   axes = dict(mesh.shape)
   for name, axis in (("seq_axis", seq_axis), ("data_axis", data_axis)):
     if axis is not None and axis not in axes:
       raise ValueError(f"{name}={axis!r} is not an axis of the mesh {tuple(axes)}.")
-  q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
-  squeeze = q.ndim == 3
-  q_BTNH, k_BTKH, v_BTKD = attention._check_shapes(q, k, v)
+  if k_BTKH.dtype != v_BTKD.dtype:
+    raise ValueError(f"k and v must share a dtype, got {k_BTKH.dtype} and {v_BTKD.dtype}.")
   B, T = q_BTNH.shape[:2]
   P = axes[seq_axis]
   if T % P:
     raise ValueError(f"The sequence length {T} must be divisible by the mesh axis "
                      f"{seq_axis!r} of size {P}.")
   L = T // P
-  w = T if window_size is None else min(window_size, T)
   halo = halo_size(window_size, T, P)
-  scale = 1.0 / math.sqrt(q_BTNH.shape[-1]) if scale is None else scale
   batch_axis = data_axis if data_axis is not None and B % axes[data_axis] == 0 else None
   spec = PartitionSpec(batch_axis, seq_axis)
   H = k_BTKH.shape[-1]
@@ -259,16 +213,39 @@ def sequence_parallel_attention(q, k, v, window_size, *, mesh, seq_axis=SEQ_AXIS
     kv_halo = _halo_from_left(jnp.concatenate([k_BLKH, v_BLKD], axis=-1), halo, seq_axis, P)
     k_BSKH = jnp.concatenate([kv_halo[..., :H], k_BLKH], axis=1)
     v_BSKD = jnp.concatenate([kv_halo[..., H:], v_BLKD], axis=1)
-    start = jax.lax.axis_index(seq_axis) * L
-    return local_window_attention(
-        q_BLNH, k_BSKH, v_BSKD, halo=halo, window=w, start=start, scale=scale,
-        implementation=implementation, block_size=block_size, blocks_per_step=blocks_per_step)
+    return attention.sliding_window_attention(
+        q_BLNH, k_BSKH, v_BSKD, window_size, implementation=local_implementation, scale=scale,
+        q_offset=jax.lax.axis_index(seq_axis) * L, block_size=block_size,
+        blocks_per_step=blocks_per_step)
 
-  if k_BTKH.dtype != v_BTKD.dtype:
-    raise ValueError(f"k and v must share a dtype, got {k_BTKH.dtype} and {v_BTKD.dtype}.")
-  out_BTND = shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec),
-                       out_specs=spec)(q_BTNH, k_BTKH, v_BTKD)
-  return out_BTND[:, :, 0] if squeeze else out_BTND
+  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
+                       check_vma=True)(q_BTNH, k_BTKH, v_BTKD)
+
+
+attention.register(
+    "sequence_parallel", sequence_parallel_attention,
+    features=("block_size", "mesh", "seq_axis", "data_axis", "local_implementation"))
+
+
+def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS,
+                      data_axis=DATA_AXIS):
+  """The attention function of a model whose sequence is split over `mesh` (or None).
+
+  Args:
+    mesh: a Mesh; None, or one whose `seq_axis` has size 1, gives None (the model's own
+      single-device attention).
+    local_implementation: per-shard implementation, e.g. the config's model.attention.
+    seq_axis, data_axis: as in `sequence_parallel_attention`.
+
+  Returns:
+    None, or `attend(q, k, v, window_size, **kwargs)`: `sliding_window_attention` with
+    implementation "sequence_parallel" on this mesh (for `model.Transformer(attention_fn=)`).
+  """
+  if not is_sequence_parallel(mesh, seq_axis):
+    return None
+  return functools.partial(attention.sliding_window_attention,
+                           implementation="sequence_parallel", mesh=mesh, seq_axis=seq_axis,
+                           data_axis=data_axis, local_implementation=local_implementation)
 
 
 # ----------------------------------------------------------------------- training

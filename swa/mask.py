@@ -1,0 +1,68 @@
+"""The one mask rule of swa: which key positions a query position sees.
+
+The bottom of the import graph: swa/attention.py (which re-exports these names), swa/chunked.py
+and every other implementation build their masks from `visible`, so a window, a sink or an empty
+slot means the same thing everywhere.
+"""
+
+import jax.numpy as jnp
+import numpy as np
+
+# Masked logits get a large negative *finite* value: -inf would give NaN (inf - inf) in rows where
+# every key is masked.
+MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def check_window_size(window_size, name="window_size"):
+  """Raises ValueError unless window_size is None or an integer >= 1."""
+  if window_size is None:
+    return
+  if isinstance(window_size, bool) or not isinstance(window_size, (int, np.integer)):
+    raise ValueError(
+        f"{name} must be a positive integer or None (full attention), got "
+        f"{window_size!r} of type {type(window_size).__name__}.")
+  if window_size < 1:
+    raise ValueError(
+        f"{name} must be >= 1 (a query always sees itself), got {window_size}.")
+
+
+def visible(q_pos, k_pos, window_size, num_sinks=0):
+  """True where the query at absolute position q_pos may attend the key at k_pos.
+
+  A key is visible iff it is a real key (k_pos >= 0; a negative position marks an empty or padding
+  slot), it is not in the future (k_pos <= q_pos), and it is inside the window
+  (k_pos > q_pos - w) or one of the first `num_sinks` positions (attention sinks, k_pos <
+  num_sinks). A window of None has no lower bound (full causal attention).
+
+  Args:
+    q_pos: int array (or scalar) of query positions.
+    k_pos: int array (or scalar) of key positions, broadcastable against q_pos.
+    window_size: w >= 1, or None for full causal attention.
+    num_sinks: number of sink positions 0 .. num_sinks - 1 every later query sees (int, may be
+      traced).
+
+  Returns:
+    bool array of the broadcast shape of q_pos and k_pos.
+  """
+  q_pos, k_pos = jnp.asarray(q_pos), jnp.asarray(k_pos)
+  mask = (k_pos >= 0) & (k_pos <= q_pos)
+  if window_size is not None:
+    mask &= (k_pos > q_pos - window_size) | (k_pos < num_sinks)
+  return mask
+
+
+def masked_softmax(logits, mask):
+  """Softmax over the last axis in float32; masked entries and rows with no allowed key give 0.
+
+  Args:
+    logits: [..., S] scores, any float dtype.
+    mask: bool, broadcastable against logits; True = allowed.
+
+  Returns:
+    float32 probabilities of logits' shape.
+  """
+  logits = jnp.where(mask, logits.astype(jnp.float32), MASK_VALUE)
+  row_max = jnp.max(logits, axis=-1, keepdims=True)
+  unnormalised = jnp.where(mask, jnp.exp(logits - row_max), 0.0)
+  row_sum = jnp.sum(unnormalised, axis=-1, keepdims=True)
+  return unnormalised / jnp.where(row_sum == 0.0, 1.0, row_sum)
