@@ -22,6 +22,7 @@ import tqdm
 from flax import nnx
 
 from swa import data, sharding
+from swa import workdir as workdir_lib
 from swa.model import ModelConfig, Transformer
 
 
@@ -180,12 +181,16 @@ def format_accuracy_table(accuracy, reach):
 class MetricWriter:
   """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
 
-  def __init__(self, workdir):
-    from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+  def __init__(self, workdir, enabled=True):
+    self._jsonl = self._tb = None
+    if enabled:  # Several processes: only the first writes.
+      from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
   def write(self, step, metrics):
+    if self._jsonl is None:
+      return
     metrics = {k: float(v) for k, v in metrics.items()}
     self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
     self._jsonl.flush()
@@ -194,36 +199,105 @@ class MetricWriter:
     self._tb.flush()
 
   def close(self):
-    self._jsonl.close()
-    self._tb.close()
+    """Flushes and closes the files; safe to call twice."""
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._tb.close()
+      self._jsonl = self._tb = None
 
 
-def _checkpoint_manager(workdir, config):
-  options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")),
-                               options=options)
+def _checkpoint_manager(workdir, config, read_only=False):
+  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
+  if read_only:  # Reading a workdir creates nothing in it.
+    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+  else:
+    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
+  return ocp.CheckpointManager(directory, options=options)
 
 
 def restore_params(workdir):
-  """(config, graphdef, params) of the latest checkpoint in a training workdir."""
-  with open(os.path.join(workdir, "config.json")) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+  """(config, graphdef, params) of the newest checkpoint of a training workdir that restores.
+
+  Reads only: nothing is created or moved in the workdir. One-line ValueErrors for a folder that
+  is not a training workdir or has no checkpoint.
+  """
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    raise ValueError(f"{workdir} is not a training workdir: it has no config.json.")
+  config = ml_collections.ConfigDict(workdir_lib.read_json(path))
+  if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
   graphdef, params = create_model(config)
-  manager = _checkpoint_manager(workdir, config)
-  step = manager.latest_step()
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
+                        init_state(params, create_optimizer(config)))
+  step, restored = workdir_lib.restore_newest(
+      _checkpoint_manager(workdir, config, read_only=True),
+      lambda step: ocp.args.Composite(state=ocp.args.StandardRestore(target)), workdir,
+      read_only=True)
   if step is None:
     raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
-  state = init_state(params, create_optimizer(config))
-  restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(
-      jax.tree.map(ocp.utils.to_shape_dtype_struct, state))))
   return config, graphdef, restored["state"]["params"]
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
-  """Trains (resuming from the latest checkpoint in workdir) and evaluates; returns final metrics."""
-  os.makedirs(workdir, exist_ok=True)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    f.write(config.to_json(indent=2))
+def validate_config(config: ml_collections.ConfigDict):
+  """One-line ValueErrors, naming the value given, for config values a run cannot use."""
+  d = config.data
+  if d.seq_len < data.MIN_CONTEXT_LEN:
+    raise ValueError(f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
+                     f"{data.MIN_CONTEXT_LEN} tokens.")
+  positive = {"data.batch_size": d.batch_size, "log_every_steps": config.log_every_steps,
+              "checkpoint_every_steps": config.checkpoint_every_steps,
+              "keep_checkpoints": config.keep_checkpoints,
+              "eval.examples_per_distance": config.eval.examples_per_distance,
+              "eval.num_distances": config.eval.num_distances}
+  at_least_zero = {"num_steps": config.num_steps, "eval.every_steps": config.eval.every_steps}
+  for name, value in positive.items():
+    if not isinstance(value, int) or value < 1:
+      raise ValueError(f"{name}={value!r} must be a positive integer.")
+  for name, value in at_least_zero.items():
+    if not isinstance(value, int) or value < 0:
+      raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+
+
+def _config_fields(record):
+  """Flat {field: value} of a config record (config.json), windows in their per-layer form."""
+  flat = workdir_lib.flatten(record)
+  try:  # "none" and "full", 32 and "32,32,32" are the same windows.
+    flat["model.window_size"] = list(model_config(ml_collections.ConfigDict(record)).layer_windows)
+  except Exception:  # pylint: disable=broad-except  # an older record: compare as written
+    pass
+  return flat
+
+
+def _check_workdir(workdir, config, allow_changes):
+  """Refuses a workdir that holds a different run; returns the config record to save."""
+  workdir_lib.prepare(workdir)
+  record = json.loads(config.to_json())
+  path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.path.exists(path):
+    changes = workdir_lib.check_config(_config_fields(workdir_lib.read_json(path)),
+                                       _config_fields(record), workdir, allow_changes)
+    if changes:
+      message = "Resuming with changed fields: " + "; ".join(
+          f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+      print(message, file=sys.stderr)
+      workdir_lib.log_event(workdir, message)
+  elif os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
+    raise ValueError(f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
+                     "to this config; use a new --workdir, or put the run's config.json back.")
+  return record
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes=()):
+  """Trains (resuming from the newest checkpoint in workdir) and evaluates; returns final metrics.
+
+  Args:
+    config: the experiment config (configs/base.py).
+    workdir: the run's folder; a workdir belongs to one config (swa/workdir.py).
+    allow_changes: fields of workdir.FLAG_FIELDS (num_steps) that may differ from the saved run.
+  """
+  validate_config(config)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, params = create_model(config, mesh)
   optimizer = create_optimizer(config)
@@ -240,22 +314,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
     raise ValueError("data.curriculum='adaptive' runs in one process only (it reads every "
                      "example's result on the host); use 'linear' with several processes.")
 
+  record = _check_workdir(workdir, config, allow_changes)  # Nothing is written before this.
   manager = _checkpoint_manager(workdir, config)
-  if manager.latest_step() is not None:
-    restored = manager.restore(manager.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(jax.tree.map(ocp.utils.to_shape_dtype_struct, state)),
-        data=ocp.args.JsonRestore()))
+  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+  _, restored = workdir_lib.restore_newest(manager, lambda step: ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()), workdir)
+  if restored is not None:
     state = restored["state"]
     batches.set_state(restored["data"])
     print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
   start = int(state["step"])
+  if start > config.num_steps:
+    raise ValueError(f"num_steps={config.num_steps} is below the step {start} that {workdir} "
+                     "already reached.")
+  if jax.process_index() == 0:
+    workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), record)
+    workdir_lib.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start, config.num_steps)
+    workdir_lib.log_event(workdir, f"resumed at step {start}" if start else "started at step 0")
   if mesh.size > 1:  # One device: no placement at all, exactly as before.
     state = sharding.shard_train_state(state, mesh)
 
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   print(f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
         f"mesh {dict(mesh.shape)} over {jax.devices()}", file=sys.stderr)
-  writer = MetricWriter(workdir)
+  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   schedule = learning_rate_schedule(config)
   step_fn = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
                               lm_weight=float(d.lm_weight))
@@ -276,6 +358,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   try:
     state = _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config,
                         run_eval)
+  except BaseException:
+    writer.close()  # Before the error is shown: nothing of the writer's prints after it.
+    raise
   finally:
     # Also on an interrupt: let the last checkpoint finish so the next run resumes from it.
     manager.wait_until_finished()
@@ -285,8 +370,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str):
   reach = receptive_reach(config)
   summary = {"step": config.num_steps, "receptive_reach": reach,
              "exact_match_by_distance": accuracy}
-  with open(os.path.join(workdir, "eval.json"), "w") as f:
-    json.dump(summary, f, indent=2)
+  if jax.process_index() == 0:
+    workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), summary)
   writer.close()
   print(format_accuracy_table(accuracy, reach))
   return summary

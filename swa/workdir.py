@@ -1,0 +1,224 @@
+"""A training workdir belongs to one run: its config, its checkpoints, its metrics.
+
+What this module promises (docs/reliability.md lists the test that holds each):
+  * `check_config` refuses to resume a workdir whose saved config.json differs from the new config
+    in anything that shapes the model, data or optimiser; `FREE_FIELDS` may change freely and
+    `FLAG_FIELDS` with an explicit `allow_changes`.
+  * `write_json_atomic` writes config.json (and eval.json) by write-then-rename: a kill leaves the
+    old file or the new one, never half of one.
+  * `restore_newest` falls back from a checkpoint that cannot be restored to the newest one that
+    can, says so in one line, and moves the unreadable one aside (it is never deleted).
+  * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again.
+"""
+
+import hashlib
+import json
+import os
+import shutil
+import sys
+import time
+
+import jax
+from jax.experimental import multihost_utils
+
+# Fields a resumed run may change without asking: they decide how often the run logs, evaluates
+# and checkpoints, how many devices it spreads over and which (equivalent) attention kernel it
+# uses, never what it learns.
+FREE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval.every_steps",
+               "eval.examples_per_distance", "eval.num_distances", "mesh", "model.attention",
+               "model.block_size", "model.blocks_per_step", "model.remat")
+# Fields a resumed run may change only when named in --allow_change: num_steps extends (or
+# shortens) a run, which also stretches the learning-rate decay and the linear curriculum from
+# the resumed step on, so the result is not the run a fresh start with that num_steps would give.
+FLAG_FIELDS = ("num_steps",)
+UNREADABLE_DIR = "unreadable_checkpoints"
+EVENTS_LOG = "events.log"
+
+
+class ConfigMismatchError(ValueError):
+  """The workdir holds a run of a different config."""
+
+
+def flatten(tree, prefix=""):
+  """{"a": {"b": 1}} -> {"a.b": 1}, for nested dicts as config.json holds them."""
+  flat = {}
+  for key, value in tree.items():
+    path = f"{prefix}{key}"
+    if isinstance(value, dict):
+      flat.update(flatten(value, path + "."))
+    else:
+      flat[path] = value
+  return flat
+
+
+def config_differences(saved, current):
+  """[(field, saved value, new value)] for every dotted field whose value differs, sorted."""
+  missing = object()
+  return [(k, saved.get(k, missing), current.get(k, missing))
+          for k in sorted(set(saved) | set(current)) if saved.get(k, missing) != current.get(k, missing)]
+
+
+def _show(value):
+  return "(absent)" if not isinstance(value, (type(None), bool, int, float, str, list)) else (
+      json.dumps(value))
+
+
+def check_config(saved, current, workdir, allow_changes=()):
+  """Refuses (ConfigMismatchError, one line) a resume whose config changes the run.
+
+  Args:
+    saved: flat {field: value} of the workdir's config.json (`flatten`).
+    current: flat {field: value} of the config asked for now.
+    workdir: the workdir, named in the message.
+    allow_changes: fields of FLAG_FIELDS the user allowed to differ (--allow_change).
+
+  Returns:
+    The differences that are allowed, [(field, saved, new)], for the caller to report.
+  """
+  bad = sorted(set(allow_changes) - set(FLAG_FIELDS))
+  if bad:
+    raise ValueError(f"--allow_change={','.join(bad)}: only {', '.join(FLAG_FIELDS)} may be "
+                     "allowed to change on resume; anything else needs a new --workdir.")
+  differences = config_differences(saved, current)
+  refused = [d for d in differences if d[0] not in FREE_FIELDS + tuple(allow_changes)]
+  if refused:
+    changes = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
+    flag_only = [k for k, _, _ in refused if k in FLAG_FIELDS]
+    way_out = "use a new --workdir to start a separate run"
+    if flag_only and len(flag_only) == len(refused):
+      way_out += f", or pass --allow_change={','.join(flag_only)} to change it in this run"
+    raise ConfigMismatchError(f"{workdir} holds a run with a different config ({changes}); "
+                              f"{way_out}.")
+  return differences
+
+
+def override_suffix(overrides, ignore=FREE_FIELDS):
+  """'' without overrides, else '-' and 8 hex digits of the overrides that shape the run.
+
+  Args:
+    overrides: {dotted field: value} given on the command line (`get_override_values`).
+    ignore: fields that do not change the run (FREE_FIELDS), left out of the name.
+  """
+  shaping = {k: v for k, v in overrides.items() if k not in ignore}
+  if not shaping:
+    return ""
+  text = json.dumps(shaping, sort_keys=True, default=str)
+  return "-" + hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def prepare(workdir):
+  """Creates workdir if needed; one clear ValueError if it is a file or cannot be written."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise ValueError(f"--workdir={workdir} is a file, not a folder.")
+  try:
+    os.makedirs(workdir, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}.") from error
+  if not os.access(workdir, os.W_OK | os.X_OK):
+    raise ValueError(f"--workdir={workdir} is not writable.")
+
+
+def read_json(path):
+  """The JSON object at path; a one-line ValueError if it does not parse."""
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except json.JSONDecodeError as error:
+    raise ValueError(f"{path} is not valid JSON ({error}); it was not written by this "
+                     "code (its writes are atomic): restore it or use a new --workdir.") from error
+
+
+def write_json_atomic(path, obj):
+  """Writes obj as indented JSON to path through a temporary file and a rename."""
+  tmp = f"{path}.tmp-{os.getpid()}"
+  with open(tmp, "w") as f:
+    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
+    f.flush()
+    os.fsync(f.fileno())
+  os.replace(tmp, path)
+
+
+def truncate_metrics(path, step, final_step):
+  """Keeps the metrics.jsonl rows a resumed run will not write again.
+
+  Rows after `step` (the restored checkpoint) are written again by the resumed run; so is the
+  final evaluation row at `final_step` when the run resumes from its last step.
+  """
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  kept = []
+  for line in lines:
+    try:
+      row = json.loads(line)
+    except json.JSONDecodeError:
+      continue  # a line cut short by a kill
+    at = row.get("step", 0)
+    final_eval = at == step == final_step and any(k.startswith("eval/") for k in row)
+    if at <= step and not final_eval:
+      kept.append(line if line.endswith("\n") else line + "\n")
+  if kept != lines:
+    write_json_atomic(path, "".join(kept))
+
+
+def log_event(workdir, message):
+  """Appends a timestamped line to <workdir>/events.log (resumes, fallbacks, allowed changes)."""
+  if jax.process_index() == 0:
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    with open(os.path.join(workdir, EVENTS_LOG), "a") as f:
+      f.write(f"{stamp} {message}\n")
+
+
+def restore_newest(manager, restore_args, workdir, read_only=False):
+  """Restores the newest checkpoint that can be restored; returns (step, restored) or (None, None).
+
+  A fallback is reported in one line on stderr and in events.log; the checkpoints that failed
+  are moved to <workdir>/unreadable_checkpoints/ so the next save of their step does not collide
+  with them (nothing is deleted). Raises ValueError if checkpoints exist and none restores.
+
+  Args:
+    manager: an orbax CheckpointManager over <workdir>/checkpoints.
+    restore_args: step -> the `args` for `manager.restore`.
+    workdir: the run's workdir (messages, events.log, where unreadable checkpoints go).
+    read_only: only report a fallback (commands that read a workdir change nothing in it).
+  """
+  failures = []
+  for step in sorted(manager.all_steps(), reverse=True):
+    try:
+      restored = manager.restore(step, args=restore_args(step))
+    except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
+      failures.append((step, " ".join(str(error).split())[:160] or type(error).__name__))
+      continue
+    if failures:
+      message = "warning: " + "; ".join(f"the checkpoint at step {s} in {workdir} cannot be "
+                                        f"restored ({e})" for s, e in failures)
+      if read_only:
+        print(f"{message}; using step {step} instead.", file=sys.stderr, flush=True)
+      else:
+        moved = move_unreadable(manager, [s for s, _ in failures], workdir)
+        message += f"; resumed from step {step} instead and moved the unreadable one to {moved}."
+        print(message, file=sys.stderr, flush=True)
+        log_event(workdir, message)
+    return step, restored
+  if failures:
+    raise ValueError(f"No checkpoint in {manager.directory} can be restored (step {failures[0][0]}: "
+                     f"{failures[0][1]}); use a new --workdir.")
+  return None, None
+
+
+def move_unreadable(manager, steps, workdir):
+  """Moves the checkpoint folders of `steps` into <workdir>/unreadable_checkpoints; returns it."""
+  target_dir = os.path.join(workdir, UNREADABLE_DIR)
+  if jax.process_index() == 0:
+    os.makedirs(target_dir, exist_ok=True)
+    for step in steps:
+      source = os.path.join(str(manager.directory), str(step))
+      target, n = os.path.join(target_dir, str(step)), 1
+      while os.path.exists(target):
+        target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
+      shutil.move(source, target)
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices("swa.workdir.move_unreadable")
+  manager.reload()
+  return target_dir
