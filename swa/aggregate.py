@@ -1,0 +1,185 @@
+"""Seeds brought together: each run's evaluation, then one table, CSVs and figures over seeds.
+
+evaluate_run writes one sweep run's passkey.csv (the rows of evaluate.passkey_sweep with a
+`seed` column). collect reads passkey.csv files back from files, run folders or whole sweep
+folders, taking each row's seed from its `seed` column, else from the model name, else from the
+file's folder name (stats.seed_of), else 0. write_aggregate writes, into one folder:
+
+  passkey.md               the headline table (stats.format_headline_table) under its header
+  passkey_seeds.csv        every input row with its seed
+  passkey_by_distance.csv  per model and distance: mean over seeds, each seed, Wilson interval
+  passkey_seed_curves.png  recall vs distance: one thin line per seed, the mean, the interval
+  passkey_heatmap.png      mean recall in distance buckets whose edges fall on each model's reach
+"""
+
+import csv
+import glob
+import os
+
+import numpy as np
+
+from swa import reports, stats, summary, sweep
+
+SEED_FIELDS = summary.CSV_FIELDS + ("seed",)
+BY_DISTANCE_FIELDS = ("model", "window", "layers", "reach", "distance", "inside", "seeds",
+                      "accuracy", "per_seed", "min_seed", "hits", "keys", "wilson_low",
+                      "wilson_high")
+
+
+# --- One run ---------------------------------------------------------------------------------------
+
+def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
+  """Evaluates the latest checkpoint of a training workdir and writes its rows with their seed.
+
+  The model name is the folder's name without its seed (sweep.model_name; the window label
+  when that leaves nothing), the seed is config.seed, which also seeds the prompts (so each seed
+  is scored on keys of its own).
+
+  Args:
+    run_dir: a train.py workdir.
+    out: the CSV to write (default <run_dir>/passkey.csv), written atomically.
+    **sweep_kwargs: examples_per_distance, max_factor, step, ... of evaluate.passkey_sweep.
+
+  Returns:
+    the rows written.
+  """
+  from swa import evaluate, train_lib  # Only here: reading CSVs back needs no JAX model.
+
+  if not os.path.exists(os.path.join(run_dir, "config.json")):
+    raise ValueError(f"{run_dir} is not a training workdir: it has no config.json.")
+  config, graphdef, params = train_lib.restore_params(run_dir)
+  model_config = train_lib.model_config(config)
+  seed = int(config.seed)
+  name = sweep.model_name(os.path.basename(os.path.normpath(run_dir))) or None
+  rows = evaluate.passkey_sweep(graphdef, params, reach=evaluate.reach_of(model_config),
+                                train_seq_len=int(config.data.seq_len), seed=seed, label=name,
+                                **sweep_kwargs)
+  rows = [{**r, "seed": seed} for r in rows]
+  out = out or os.path.join(run_dir, "passkey.csv")
+  tmp = f"{out}.tmp{os.getpid()}"
+  reports.write_csv(tmp, rows, SEED_FIELDS)
+  os.replace(tmp, out)
+  return rows
+
+
+# --- Reading rows back -----------------------------------------------------------------------------
+
+def read_seed_rows(path):
+  """The rows of one passkey.csv, each with its seed (module docstring)."""
+  rows = summary.read_rows(path)
+  with open(path, newline="") as f:
+    column = [r.get("seed") for r in csv.DictReader(f)]
+  folder_seed = stats.seed_of(os.path.basename(os.path.dirname(os.path.abspath(path))))
+  for r, text in zip(rows, column):
+    if text not in (None, ""):
+      r["seed"] = int(text)
+    else:
+      from_name = stats.seed_of(r["model"])
+      r["seed"] = from_name if from_name is not None else folder_seed or 0
+  return rows
+
+
+def csv_paths(paths):
+  """passkey.csv files from files and folders.
+
+  A folder stands for the passkey.csv of each of its subfolders (a sweep's runs), or for its own
+  passkey.csv when no subfolder has one.
+  """
+  out = []
+  for path in paths:
+    if os.path.isdir(path):
+      found = sorted(glob.glob(os.path.join(path, "*", "passkey.csv")))
+      if not found and os.path.exists(os.path.join(path, "passkey.csv")):
+        found = [os.path.join(path, "passkey.csv")]
+      if not found:
+        raise ValueError(f"{path} holds no passkey.csv, neither in it nor in its subfolders.")
+      out += found
+    elif os.path.exists(path):
+      out.append(path)
+    else:
+      raise FileNotFoundError(f"No such file or folder: {path}")
+  return out
+
+
+def collect(paths):
+  """Every row of the passkey.csv files that `paths` (files or folders) stand for, with seeds.
+
+  Where several files hold the same model and seed (a continued run evaluated again, say), each
+  of them is named after its file's folder (folder/model if the file holds several models), as
+  eval_passkey.py --from_csv does.
+  """
+  tables = [(path, read_seed_rows(path)) for path in csv_paths(paths)]
+  files_of = {}
+  for path, rows in tables:
+    for key in {(r["model"], r["seed"]) for r in rows}:
+      files_of.setdefault(key, set()).add(path)
+  out = []
+  for path, rows in tables:
+    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    several = len({r["model"] for r in rows}) > 1
+    for r in rows:
+      if len(files_of[r["model"], r["seed"]]) > 1:
+        r = {**r, "model": f"{folder}/{r['model']}" if several else folder}
+      out.append(r)
+  return out
+
+
+# --- The aggregate -------------------------------------------------------------------------------
+
+def _window_order(window):
+  """Sort key: windowed models by window, per-layer windows after, full attention last."""
+  return (0, int(window), "") if window.isdigit() else (2 if window == "full" else 1, 0, window)
+
+
+def summarize(rows):
+  """stats.summarize_model for every model of rows, sorted by window, then layers, then name."""
+  groups = stats.group_by_model(rows)
+  out = []
+  for name, by_seed in groups.items():
+    first = next(iter(by_seed.values()))[0]
+    applies = first["window"] == "full" or first["layers"] == 4  # the brief's table: 4 layers
+    reference = summary.REFERENCE.get(first["window"]) if applies else None
+    out.append(stats.summarize_model(name, by_seed, reference))
+  return sorted(out, key=lambda s: (_window_order(s["window"]), s["layers"], s["model"]))
+
+
+def distance_rows(rows):
+  """The rows of passkey_by_distance.csv (BY_DISTANCE_FIELDS)."""
+  out = []
+  for name, by_seed in stats.group_by_model(rows).items():
+    first = next(iter(by_seed.values()))[0]
+    for c in stats.by_distance(by_seed):
+      out.append({"model": name, "window": first["window"], "layers": first["layers"],
+                  "reach": first["reach"], "distance": c["distance"], "inside": c["inside"],
+                  "seeds": ";".join(str(s) for s in c["seeds"]), "accuracy": c["accuracy"],
+                  "per_seed": ";".join(f"{c['per_seed'][s]:g}" for s in c["seeds"]),
+                  "min_seed": c["min_seed"], "hits": c["hits"], "keys": c["keys"],
+                  "wilson_low": round(c["low"], 6), "wilson_high": round(c["high"], 6)})
+  return out
+
+
+def write_aggregate(rows, out, *, command=None, sources=()):
+  """Writes the files of the module docstring into `out`; returns (summaries, passkey.md text)."""
+  if not rows:
+    raise ValueError("No passkey rows to aggregate.")
+  os.makedirs(out, exist_ok=True)
+  summaries = summarize(rows)
+  rank = {s["model"]: i for i, s in enumerate(summaries)}
+  rows = sorted(rows, key=lambda r: (rank[stats.strip_seed(r["model"])], r["seed"], r["distance"]))
+  reports.write_csv(os.path.join(out, "passkey_seeds.csv"), rows, SEED_FIELDS)
+  reports.write_csv(os.path.join(out, "passkey_by_distance.csv"), distance_rows(rows),
+                    BY_DISTANCE_FIELDS)
+  from swa import seed_plots  # matplotlib only when figures are drawn
+  seed_plots.plot_seed_curves(rows, os.path.join(out, "passkey_seed_curves.png"))
+  seed_plots.plot_reach_heatmap(rows, os.path.join(out, "passkey_heatmap.png"))
+  keys = int(np.median([r["n"] for r in rows]))
+  extra = ["Inputs: " + ", ".join(f"`{s}`" for s in sources)] if sources else []
+  text = (reports.markdown_header("Passkey recall over seeds",
+                                  reports.header_lines(command, device=False, extra=extra))
+          + stats.format_headline_table(summaries) + "\n" + stats.headline_notes(keys)
+          + "\nFiles: `passkey_seeds.csv` (every row with its seed), `passkey_by_distance.csv` "
+          "(mean, each seed, pooled keys and Wilson interval per distance), "
+          "`passkey_seed_curves.png`, `passkey_heatmap.png` (buckets end at each reach).\n")
+  with open(os.path.join(out, "passkey.md"), "w") as f:
+    f.write(text)
+  return summaries, text
