@@ -29,7 +29,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.9")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from swa import attention  # noqa: E402
+from swa import attention, reports  # noqa: E402
 
 INPUT_SETS = 2        # timed runs alternate between input sets so repeats don't only hit L2
 TARGET_RATIO = 3.0    # chunked fwd+bwd should be <= 3x cuDNN ...
@@ -83,7 +83,7 @@ def guarded(label, thunk):
     return thunk(), None
   except Exception as e:  # pylint: disable=broad-except
     msg = str(e)
-    if "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower():
+    if reports.is_oom(msg):
       log(f"  {label}: OOM")
       return None, "OOM"
     traceback.print_exc()

@@ -1,88 +1,134 @@
-"""Memory profiling on CPU: compiled-plan slopes, the subprocess sweep and its rules, reports."""
+"""Memory profiling on CPU: compiled-plan slopes, the subprocess sweep and its rules, reports,
+and profile_memory.py's jobs."""
 
 import csv
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 
-from swa import profiling, profiling_report, profiling_sweep
+from configs import base, tiny
+from swa import reports
+from swa.profiling import measure, report, rows, sweep
 
 SMALL = dict(heads=2, head_dim=16)   # Small heads: the n^2 or n*w terms dominate from n = 512.
 
 
 def compiled_bytes(kind, impl, lengths, window=256):
-  rows = [profiling.measure(kind, impl, n, window, method="compiled", repeats=0, **SMALL)
+  rows = [measure.measure(kind, impl, n, window, method="compiled", repeats=0, **SMALL)
           for n in lengths]
   assert all(r["status"] == "ok" and r["method"] == "compiled" for r in rows), rows
   return [r["memory_bytes"] for r in rows]
 
 
 def test_fit_slope_recovers_a_power_law():
-  assert profiling_sweep.fit_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
-  assert profiling_sweep.fit_slope([512, 1024], [10, 20]) == pytest.approx(1.0)
-  assert math.isnan(profiling_sweep.fit_slope([512], [10]))
-  assert math.isnan(profiling_sweep.fit_slope([512, 1024], [None, 20]))
+  assert rows.fit_slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+  assert rows.fit_slope([512, 1024], [10, 20]) == pytest.approx(1.0)
+  assert math.isnan(rows.fit_slope([512], [10]))
+  assert math.isnan(rows.fit_slope([512, 1024], [None, 20]))
 
 
 @pytest.mark.parametrize("kind", ["attention_fwd", "attention_fwdbwd"])
 def test_compiled_memory_is_quadratic_for_full_and_linear_for_sliding(kind):
   lengths = [512, 1024, 2048]
-  full = profiling_sweep.fit_slope(lengths, compiled_bytes(kind, "reference", lengths, window=None))
-  sliding = profiling_sweep.fit_slope(lengths, compiled_bytes(kind, "chunked", lengths))
+  full = rows.fit_slope(lengths, compiled_bytes(kind, "reference", lengths, window=None))
+  sliding = rows.fit_slope(lengths, compiled_bytes(kind, "chunked", lengths))
   assert full > 1.7, full
   assert 0.7 < sliding < 1.3, sliding
 
 
 def test_blocks_per_step_bounds_chunked_attention_memory():
   n, w = 4096, 256
-  plain = profiling.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
+  plain = measure.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
                             **SMALL)
-  looped = profiling.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
+  looped = measure.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
                              blocks_per_step=2, **SMALL)
   assert looped["memory_bytes"] < plain["memory_bytes"]
 
 
 def test_train_step_measures_memory_and_time():
   # Recomputation and the query-block loop (how a 1M-token step fits) shrink the plan.
-  lean = profiling.measure("train_step", "chunked", 2048, 256, repeats=1, remat=True,
-                           blocks_per_step=4)
+  config = base.get_config()
+  lean = measure.measure("train_step", "chunked", 2048, 256, repeats=1, remat=True,
+                         blocks_per_step=4, base_config=config)
   assert lean["status"] == "ok", lean
   assert lean["memory_bytes"] > 0 and lean["time_ms"] > 0 and len(lean["times_ms"]) == 1
   assert lean["num_params"] > 0 and lean["remat"] is True
-  plain = profiling.measure("train_step", "chunked", 2048, 256, repeats=0)
+  plain = measure.measure("train_step", "chunked", 2048, 256, repeats=0,
+                          base_config=config.to_dict())
   assert plain["status"] == "ok" and plain["remat"] is False and "time_ms" not in plain
   assert lean["memory_bytes"] < plain["memory_bytes"] / 2
 
 
 def test_unavailable_cudnn_is_reported_not_raised():
-  if profiling_sweep.probe_device()["backend"] == "gpu":
+  if sweep.probe_device()["backend"] == "gpu":
     pytest.skip("cuDNN is available here.")
-  row = profiling.measure("attention_fwd", "cudnn", 128, 32, repeats=0, dtype="bfloat16", **SMALL)
+  row = measure.measure("attention_fwd", "cudnn", 128, 32, repeats=0, dtype="bfloat16", **SMALL)
   assert row["status"].startswith("unsupported"), row
 
 
-def test_compare_memory_usage_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
+def test_profile_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")   # the subprocesses inherit it
-  rows = profiling_sweep.compare_memory_usage(
-      [128, 256], window_size=32, kinds=("attention_fwd",),
-      variants=("full_reference", "sliding_chunked", "sliding_cudnn"), repeats=1, gpu=False,
-      **SMALL)
-  ran = [r for r in rows if not r["status"].startswith("n/a")]
-  assert len(ran) == 2 * 2
+  out, text = report.profile(
+      str(tmp_path), base_config=None, window=32, seq_lengths=[128, 256],
+      kinds=("attention_fwd",), variants=("full_reference", "sliding_chunked", "sliding_cudnn"),
+      repeats=1, command="test", **SMALL)
+  assert out == str(tmp_path)
+  back = report.read_csv(tmp_path / "memory.csv")
+  ran = [r for r in back if not r["status"].startswith("n/a")]
+  assert sorted(r["seq_len"] for r in ran) == [128, 128, 256, 256]
   for r in ran:
     assert r["status"] == "ok" and r["method"] == "compiled", r
     assert r["memory_bytes"] > 0 and r["time_ms"] > 0 and r["process_s"] > 0
-  assert {r["variant"] for r in rows if r["status"].startswith("n/a")} == {"sliding_cudnn"}
-
-  md, csv_path, png = tmp_path / "memory.md", tmp_path / "memory.csv", tmp_path / "memory.png"
-  text = profiling_report.write_markdown(md, rows, ["Command: `test`"])
-  profiling_report.write_csv(csv_path, rows)
-  profiling_report.plot_memory(png, rows)
-  assert "## attention forward" in text
+  assert {r["variant"] for r in back if r["status"].startswith("n/a")} == {"sliding_cudnn"}
+  assert text == (tmp_path / "memory.md").read_text()
+  assert "- Command: `test`" in text and "## attention forward" in text
   assert "**compiled**" in text and "| 256 |" in text
-  with open(csv_path) as f:
-    assert len(list(csv.DictReader(f))) == len(rows)
-  assert png.stat().st_size > 10_000
+  with open(tmp_path / "memory.csv") as f:
+    assert len(list(csv.DictReader(f))) == len(back)
+  assert (tmp_path / "memory.png").stat().st_size > 10_000
+
+
+@pytest.mark.slow
+def test_a_train_step_config_travels_to_the_worker(monkeypatch):
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+  spec = dict(kind="train_step", impl="chunked", seq_len=128, window=32, method="compiled",
+              repeats=0, base_config=tiny.get_config().to_dict())
+  row = sweep.run_in_subprocess(spec, timeout_s=300)
+  assert row["status"] == "ok" and row["memory_bytes"] > 0, row
+  assert row["num_params"] > 0
+
+
+def test_train_steps_need_a_config():
+  with pytest.raises(ValueError, match="needs base_config"):
+    measure.measure("train_step", "chunked", 128, 32, repeats=0)
+  with pytest.raises(ValueError, match="needs base_config"):
+    sweep.compare_memory_usage([128], kinds=("train_step",), gpu=False)
+
+
+def test_default_out_is_never_results():
+  assert report.default_out({"device": "NVIDIA H200", "backend": "gpu"}) == "profiles/nvidia_h200"
+  assert report.default_out({"device": "cpu", "backend": "cpu"}) == "profiles/cpu"
+
+
+def test_profile_memory_command_line_smoke(tmp_path):
+  """The real command: a rebuild from a CSV, then a user mistake in one line."""
+  gib = 2**30
+  row = dict(kind="attention_fwd", variant="sliding_chunked", impl="chunked", seq_len=4096,
+             window=512, status="ok", method="compiled", memory_bytes=gib, device="cpu",
+             backend="cpu", jax_version="x")
+  report.write_csv(tmp_path / "a" / "memory.csv", [row])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  command = [sys.executable, "profile_memory.py", f"--from_csv={tmp_path / 'a' / 'memory.csv'}"]
+  done = subprocess.run(command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
+                        text=True, check=True)
+  assert "| 4,096 | 1 GiB ᶜ |" in done.stdout or "| 4,096 | 1 GiB |" in done.stdout
+  assert (tmp_path / "out" / "memory.png").exists()
+  failed = subprocess.run(command, cwd=root, capture_output=True, text=True)
+  assert failed.returncode == 1
+  assert failed.stderr.strip() == "error: --from_csv needs --out=<folder> for the rebuilt report."
 
 
 class _FakeWorker:
@@ -106,9 +152,9 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
     return dict(spec, status="ok", memory_bytes=spec["seq_len"], process_s=1.0,
                 time_ms=ms if spec["repeats"] else None)
 
-  monkeypatch.setattr(profiling_sweep, "run_in_subprocess", fake_run)
-  monkeypatch.setattr(profiling_sweep, "start_worker", lambda mem_fraction: _FakeWorker())
-  rows = profiling_sweep.compare_memory_usage(
+  monkeypatch.setattr(sweep, "run_in_subprocess", fake_run)
+  monkeypatch.setattr(sweep, "start_worker", lambda mem_fraction: _FakeWorker())
+  rows = sweep.compare_memory_usage(
       [1024, 2048, 4096, 8192], window_size=512, kinds=("attention_fwd",),
       variants=("full_reference", "sliding_chunked"), max_run_seconds=15.0, long_from=4096,
       gpu=False)
@@ -130,9 +176,9 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
 
 
 def test_oom_messages_are_recognised():
-  assert profiling.is_oom("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 GiB")
-  assert profiling.is_oom("XlaRuntimeError: out of memory")
-  assert not profiling.is_oom("INVALID_ARGUMENT: shapes differ")
+  assert reports.is_oom("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1 GiB")
+  assert reports.is_oom("XlaRuntimeError: out of memory")
+  assert not reports.is_oom("INVALID_ARGUMENT: shapes differ")
 
 
 def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
@@ -153,18 +199,18 @@ def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
       dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=16384,
            status="failed: XlaRuntimeError", stage="run", error="INTERNAL: boom\nmore"),
   ]
-  text = profiling_report.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
+  text = report.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
   assert "| 8,192 | 8 GiB | 256 MiB | 1 GiB | 8× |" in text
   assert "| 16,384 | OOM | 512 MiB ᶜ | failed |" in text
   assert "full (reference) ran up to n=8,192, out of memory at n=16,384" in text
   assert "compiled memory plan, not run, up to n=16,384" in text
   assert "failed: XlaRuntimeError (run): `INTERNAL: boom`" in text
   assert "measured peak / compiled plan = 1.00" in text
-  profiling_report.write_csv(tmp_path / "memory.csv", rows)
-  back = profiling_report.read_csv(tmp_path / "memory.csv")
+  report.write_csv(tmp_path / "memory.csv", rows)
+  back = report.read_csv(tmp_path / "memory.csv")
   assert [r["status"] for r in back] == [r["status"] for r in rows]
   assert back[0]["memory_bytes"] == 8 * gib and back[0]["time_ms"] == 50.0
-  profiling_report.plot_memory(tmp_path / "memory.png", back)
+  report.plot_memory(tmp_path / "memory.png", back)
   assert (tmp_path / "memory.png").stat().st_size > 10_000
 
 
@@ -177,11 +223,11 @@ def test_merge_rows_fills_what_earlier_sweeps_skipped():
   second = [row("sliding_cudnn", 4096, "ok", memory_bytes=4),
             row("sliding_cudnn", 1024, "ok", memory_bytes=99),   # already measured: not taken
             row("full_reference", 4096, "skipped: sweep deadline passed")]
-  merged = profiling_report.merge_rows([first, second])
+  merged = report.merge_rows([first, second])
   assert [(r["variant"], r["seq_len"], r["status"], r.get("memory_bytes")) for r in merged] == [
       ("full_reference", 1024, "OOM", None),
       ("full_reference", 4096, "skipped: sweep deadline passed", None),
       ("sliding_cudnn", 1024, "ok", 1),
       ("sliding_cudnn", 4096, "ok", 4)]
   with pytest.raises(ValueError, match="different devices"):
-    profiling_report.merge_rows([first, [dict(second[0], device="H100")]])
+    report.merge_rows([first, [dict(second[0], device="H100")]])

@@ -1,87 +1,53 @@
-"""Device memory and time of full against sliding-window attention, alone and in a training step.
+"""Memory and time of one profiling configuration, in this process.
 
-One *configuration* is (kind, implementation, n, window):
+A configuration (swa/profiling/rows.py) is one of
   attention_fwd     sliding_window_attention(q, k, v) on [B, n, N, H] inputs;
   attention_fwdbwd  its gradient with respect to q, k, v of sum(out * dout);
-  train_step        one optimiser step (swa.train_lib.train_step) of the configs/base.py LM
-                    on a batch of B sequences of n tokens.
+  train_step        one optimiser step (swa.train_lib.train_step) of an experiment's LM (the
+                    config is passed in: base_config) on a batch of B sequences of n tokens.
 
-`measure` runs one configuration in the current process. Its memory is *net of the inputs*:
+`measure` runs one configuration. Its memory is *net of the inputs*:
   peak      (GPU) the allocator's peak_bytes_in_use after the call minus the bytes in use just
             before it (inputs, parameters and optimiser state already on the device). A process's
             peak can never be reset, so each configuration needs a fresh process.
   compiled  (anywhere) XLA's own plan for the compiled program, `memory_analysis()`: temporary
             buffers plus outputs that do not reuse a donated input. It is what the program asks
             for, not what the allocator saw; on CPU it is the only number there is.
-The time is the median over a few runs after a warm-up run (compilation excluded), each ended
-by `block_until_ready`.
+The time is reports.time_fn's: the median over a few runs after a warm-up run (compilation
+excluded), each ended by `block_until_ready`.
 
-swa/profiling_sweep.py runs a sweep of configurations, each in its own subprocess through this
-module's `main` (`python -m swa.profiling --worker` reads measure's arguments as JSON on stdin).
-swa/profiling_report.py turns the rows into results/memory.* (markdown, CSV, plot). One
-configuration by hand:
-
-  python -m swa.profiling --json '{"kind": "train_step", "impl": "chunked", "seq_len": 4096,
-                                   "window": 512}'
-
+`python -m swa.profiling.measure` is the worker of swa/profiling/sweep.py: it imports, then reads
+measure's keyword arguments as one JSON line on stdin and prints one result line.
 """
 
-import argparse
 import functools
 import json
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
-from swa import attention, data, train_lib
-
-KINDS = ("attention_fwd", "attention_fwdbwd", "train_step")
-METHODS = ("auto", "peak", "compiled")
-
-# Variant name -> (implementation, windowed?). Full attention is window None.
-VARIANTS = {
-    "full_reference": ("reference", False),
-    "full_cudnn": ("cudnn", False),
-    "sliding_chunked": ("chunked", True),
-    "sliding_cudnn": ("cudnn", True),
-}
-VARIANT_LABELS = {
-    "full_reference": "full (reference)",
-    "full_cudnn": "full (cuDNN)",
-    "sliding_chunked": "sliding (chunked)",
-    "sliding_cudnn": "sliding (cuDNN)",
-}
-# Prefix of the one stdout line that carries a worker's result (main, profiling_sweep).
-RESULT_MARKER = "SWA_PROFILE_RESULT "
+from swa import attention, data, reports, train_lib
+from swa.profiling.rows import KINDS, METHODS, RESULT_MARKER
 
 
-def is_oom(error):
-  """Whether an exception (or its message) says the device ran out of memory."""
-  msg = str(error)
-  return "RESOURCE_EXHAUSTED" in msg or "out of memory" in msg.lower()
+def train_config(base_config, seq_len, window_size, implementation, *, dtype="bfloat16",
+                 remat=False, blocks_per_step=None, block_size=None, batch_size=1):
+  """An experiment config with the LM's window, attention, size and batch overridden.
 
+  Args:
+    base_config: the experiment config to start from (an ml_collections.ConfigDict or its
+      to_dict(); profile_memory.py passes configs/base.py's).
+    seq_len, window_size, implementation, dtype, remat, blocks_per_step, block_size,
+      batch_size: the fields set (data.seq_len, model.window_size, model.attention, ...).
 
-def sort_rows(rows):
-  """Rows (dicts with kind, variant, seq_len) in report order: by kind, variant, then n."""
-  order = {k: i for i, k in enumerate(KINDS + tuple(VARIANTS))}
-  return sorted(rows, key=lambda r: (order[r["kind"]], order[r["variant"]], r["seq_len"]))
-
-
-# ----------------------------------------------------------------------------------------------
-# One configuration, in this process.
-# ----------------------------------------------------------------------------------------------
-
-
-def train_config(seq_len, window_size, implementation, *, dtype="bfloat16", remat=False,
-                 blocks_per_step=None, block_size=None, batch_size=1):
-  """The configs/base.py experiment with the LM's window, attention and size overridden."""
-  # configs/ sits beside swa/ at the repository root, which every entry point runs from.
-  from configs import base  # pylint: disable=g-import-not-at-top
-
-  config = base.get_config()
+  Returns:
+    a new ConfigDict; base_config is not changed.
+  """
+  config = ml_collections.ConfigDict(
+      base_config.to_dict() if isinstance(base_config, ml_collections.ConfigDict)
+      else base_config)
   config.model.window_size = window_size
   config.model.attention = implementation
   config.model.dtype = dtype
@@ -140,26 +106,9 @@ def _compiled_memory(compiled):
   return out
 
 
-def _time_runs(run, args, repeats, time_budget_s, thread_output):
-  """Warm-up run, then up to `repeats` timed runs (fewer once time_budget_s is spent).
-
-  `thread_output(args, out)` gives the next call's arguments (a train step's new state replaces
-  its donated old one). Returns (every timed run in ms, the last arguments).
-  """
-  args = thread_output(args, jax.block_until_ready(run(*args)))
-  times_ms = []
-  while len(times_ms) < repeats and sum(times_ms) < 1e3 * time_budget_s:
-    start = time.perf_counter()
-    out = jax.block_until_ready(run(*args))
-    times_ms.append(1e3 * (time.perf_counter() - start))
-    args = thread_output(args, out)
-    del out
-  return times_ms, args
-
-
 def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, heads=16,
             head_dim=128, block_size=None, blocks_per_step=None, remat=False, repeats=5,
-            time_budget_s=1.0, seed=0):
+            time_budget_s=1.0, seed=0, base_config=None):
   """Memory and time of one configuration in this process.
 
   Args:
@@ -171,13 +120,15 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
       where the device reports it, else compiled).
     dtype: activation dtype; default bfloat16 on GPU, float32 elsewhere.
     batch, heads, head_dim: attention kinds' input shape [batch, n, heads, head_dim]; a
-      train step uses `batch` sequences and the configs/base.py model.
+      train step uses `batch` sequences and base_config's model.
     block_size, blocks_per_step: chunked attention's query block and loop group.
     remat: train_step only: recompute each block in the backward pass.
     repeats: timed runs after a warm-up; 0 = memory only (nothing is allocated or run with
       method "compiled").
     time_budget_s: stop timing once the timed runs add up to this.
     seed: input randomness.
+    base_config: train_step only: the experiment config whose model is stepped (a ConfigDict
+      or its to_dict(), e.g. configs/base.py's); see train_config.
 
   Returns:
     A flat dict: the configuration, `status` ("ok", "OOM", "unsupported: ..." or
@@ -188,6 +139,9 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
     raise ValueError(f"kind must be one of {KINDS}, got {kind!r}.")
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
+  if kind == "train_step" and base_config is None:
+    raise ValueError("kind='train_step' needs base_config, the experiment config to step "
+                     "(e.g. configs/base.py's get_config()).")
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   has_peak = "peak_bytes_in_use" in stats
@@ -214,7 +168,7 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
     # before the inputs exist and shows up apart from the run (compile_peak_bytes).
     stage = "compile"
     if kind == "train_step":
-      config = train_config(seq_len, window, impl, dtype=str(dtype), remat=remat,
+      config = train_config(base_config, seq_len, window, impl, dtype=str(dtype), remat=remat,
                             blocks_per_step=blocks_per_step, block_size=block_size,
                             batch_size=batch)
       graphdef, params = train_lib.create_model(config)
@@ -256,19 +210,21 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
         row["baseline_bytes"] = int(before["bytes_in_use"])
         row["peak_before_bytes"] = int(before["peak_bytes_in_use"])
       stage = "run"
-      times_ms, args = _time_runs(compiled, args, run_repeats, time_budget_s, thread_output)
-      row.update(time_ms=statistics.median(times_ms), times_ms=times_ms)
+      timing = reports.time_fn(compiled, args, repeats=run_repeats, time_budget_s=time_budget_s,
+                               thread_output=thread_output)
+      del args
+      row.update(time_ms=timing.median_ms, times_ms=timing.times_ms)
       if method == "peak":
         row["peak_bytes"] = int(device.memory_stats()["peak_bytes_in_use"])
         # If setting up the inputs peaked higher than the run did, the run's own peak is hidden:
         # the number is then only an upper bound, and says so.
         row["peak_hidden"] = row["peak_bytes"] <= row["peak_before_bytes"]
-      del args
+      del timing
     row["memory_bytes"] = (row["peak_bytes"] - row["baseline_bytes"] if method == "peak"
                            else row.get("compiled_bytes"))
     row["status"] = "ok"
   except Exception as e:  # pylint: disable=broad-except
-    if is_oom(e):
+    if reports.is_oom(e):
       row["status"] = "OOM"
     elif isinstance(e, ValueError) and "is not available" in str(e):
       row["status"] = "unsupported: " + str(e).split(": ", 1)[-1]
@@ -279,62 +235,16 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
   return row
 
 
-# ----------------------------------------------------------------------------------------------
-# One row as text: the sweep's progress lines here, the tables in swa/profiling_report.py.
-# ----------------------------------------------------------------------------------------------
+def main():
+  """The worker: reads measure's keyword arguments (one JSON line) on stdin, prints one result.
 
-
-def format_bytes(b):
-  """1536 -> "1.5 KiB"; None -> "—"."""
-  if b is None:
-    return "—"
-  for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-    if abs(b) >= size:
-      return f"{b / size:.3g} {unit}"
-  return f"{b} B"
-
-
-def format_ms(ms):
-  """Milliseconds as "12.3 ms" or, from one second on, "4.56 s"; None -> "—"."""
-  if ms is None:
-    return "—"
-  return f"{ms / 1e3:.3g} s" if ms >= 1e3 else f"{ms:.3g} ms"
-
-
-def describe(row):
-  """One cell's text: the memory, or why there is none."""
-  status = row.get("status", "")
-  if status == "ok":
-    text = format_bytes(row.get("memory_bytes"))
-    return ("≤ " + text) if row.get("peak_hidden") else text
-  if status.startswith("skipped"):
-    return "skip"
-  if status.startswith("n/a") or status.startswith("unsupported"):
-    return "n/a"
-  return status.split(":")[0]
-
-
-def main(argv=None):
-  """Measures one configuration, given as JSON (the keyword arguments of `measure`) by --json
-  or, with --worker, on stdin after the imports are done; prints one result line."""
-  parser = argparse.ArgumentParser(description=main.__doc__.splitlines()[0])
-  parser.add_argument("--json", help="keyword arguments of measure, as JSON")
-  parser.add_argument("--worker", action="store_true", help="import first, then read the JSON "
-                      "from stdin")
-  args = parser.parse_args(argv)
-  if args.worker == bool(args.json):
-    parser.error("give exactly one of --json and --worker")
-  if args.worker:
-    # The imports are done (jax, swa, and here configs) before the configuration arrives;
-    # none of them opens a device.
-    from configs import base  # pylint: disable=g-import-not-at-top,unused-import
-    line = sys.stdin.readline()
-    if not line.strip():
-      return  # Closed without work: the sweep ended.
-    spec = json.loads(line)
-  else:
-    spec = json.loads(args.json)
-  row = measure(**spec)
+  The imports are done before the configuration arrives, and none of them opens a device, so
+  the sweep can start the next worker while the current one measures.
+  """
+  line = sys.stdin.readline()
+  if not line.strip():
+    return  # Closed without work: the sweep ended.
+  row = measure(**json.loads(line))
   print(RESULT_MARKER + json.dumps(row), flush=True)
 
 

@@ -1,20 +1,33 @@
-"""Reports of a memory sweep (swa/profiling_sweep.py's rows): markdown tables, CSV, plot.
+"""Reports of a memory sweep (swa/profiling/sweep.py's rows): markdown tables, CSV, plot.
 
-`write_markdown` gives results/memory.md (per kind, n against every variant's memory and time,
-the full/sliding ratios, the fitted slopes, how far each variant got), `write_csv` and `read_csv`
-results/memory.csv (so the reports can be redrawn without measuring again: profile_memory.py
---from_csv), `plot_memory` results/memory.png.
+`write_markdown` gives memory.md (per kind, n against every variant's memory and time, the
+full/sliding ratios, the fitted slopes, how far each variant got), `write_csv` and `read_csv`
+memory.csv (so the reports can be redrawn without measuring again: `rebuild`), `plot_memory`
+memory.png. `profile` and `rebuild` are the two jobs of profile_memory.py.
 """
 
 import csv
 import math
 import os
+import time
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import FuncFormatter
 
-from swa.profiling import (KINDS, VARIANT_LABELS, VARIANTS, describe, format_bytes, format_ms,
-                           sort_rows)
-from swa.profiling_sweep import fit_slope
+from swa import reports
+from swa.profiling import sweep
+from swa.profiling.rows import (
+  CSV_FIELDS,
+  KINDS,
+  VARIANT_LABELS,
+  VARIANTS,
+  describe,
+  fit_slope,
+  sort_rows,
+)
+
+format_bytes, format_ms = reports.format_bytes, reports.format_ms
 
 
 def _cell(row, what, main_method):
@@ -156,29 +169,17 @@ def write_markdown(path, rows, header):
   return text
 
 
-CSV_FIELDS = ("kind", "variant", "impl", "seq_len", "window", "status", "method", "memory_bytes",
-              "time_ms", "time_skipped", "peak_bytes", "baseline_bytes", "peak_before_bytes",
-              "peak_hidden",
-              "compile_peak_bytes", "compiled_bytes", "compiled_temp_bytes",
-              "compiled_output_bytes", "compiled_argument_bytes", "compiled_alias_bytes",
-              "bytes_limit", "dtype", "batch", "heads", "head_dim", "block_size",
-              "blocks_per_step", "remat", "num_params", "times_ms", "process_s", "device",
-              "backend", "jax_version", "stage", "error")
-
-
 def write_csv(path, rows):
   """Every row, one configuration a line (errors cut to their first line)."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-      r = dict(r)
-      if r.get("error"):
-        r["error"] = r["error"].strip().splitlines()[0][:300]
-      if r.get("times_ms"):
-        r["times_ms"] = " ".join(f"{t:.4g}" for t in r["times_ms"])
-      writer.writerow(r)
+  lines = []
+  for r in rows:
+    r = dict(r)
+    if r.get("error"):
+      r["error"] = r["error"].strip().splitlines()[0][:300]
+    if r.get("times_ms"):
+      r["times_ms"] = " ".join(f"{t:.4g}" for t in r["times_ms"])
+    lines.append(r)
+  reports.write_csv(path, lines, CSV_FIELDS)
 
 
 def _format_n(n, _=None):
@@ -230,11 +231,6 @@ def plot_memory(path, rows, title=""):
   """Log-log memory (top) and time (bottom) against n, one panel per kind, one line per variant
   with its fitted slope in the legend. Out-of-memory points are red crosses on the device's
   limit; hollow markers are compiled memory plans of configurations too slow to run."""
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use("Agg")
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  from matplotlib.ticker import FuncFormatter  # pylint: disable=g-import-not-at-top
-
   kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
   styles = {"full_reference": ("tab:red", "o", "-"), "full_cudnn": ("tab:orange", "s", "-"),
             "sliding_chunked": ("tab:blue", "o", "--"), "sliding_cudnn": ("tab:cyan", "s", "--")}
@@ -292,3 +288,102 @@ def plot_memory(path, rows, title=""):
   fig.savefig(path, dpi=120)
   plt.close(fig)
 
+
+
+# --- The jobs of profile_memory.py -----------------------------------------------------------------
+
+GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]          # 1,024 ... 1,048,576
+GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
+CPU_SEQ_LENGTHS = [512, 1024, 2048, 4096]
+
+
+def write_reports(out, rows, header, window, final=True):
+  """memory.csv and memory.md (and memory.png when final) under out; returns the markdown."""
+  path = lambda ext: os.path.join(out, f"memory.{ext}")
+  write_csv(path("csv"), rows)
+  if final:
+    device = next((r for r in rows if r.get("device")), {})
+    plot_memory(path("png"), rows, title=f"Memory and time against n, window {window}, "
+                f"on {device.get('device', '?')} ({device.get('backend', '?')})")
+  else:
+    header = header + [f"Partial: {len(rows)} configurations so far; the sweep is still running "
+                       "or was stopped."]
+  return write_markdown(path("md"), rows, header)
+
+
+def rebuild(csv_paths, out, *, window=512, command=None):
+  """memory.md, .csv and .png in `out` from earlier sweeps' memory.csv files of one device.
+
+  A later file fills only what the earlier ones skipped (merge_rows). Returns the markdown.
+  """
+  if not csv_paths:
+    raise ValueError("No memory.csv given to rebuild from.")
+  rows = merge_rows([read_csv(p) for p in csv_paths])
+  device = next((r for r in rows if r.get("device")), {})
+  window = next((r["window"] for r in rows if r.get("window")), window)
+  header = [f"Command: `{command or reports.command_line()}` (rebuilt from "
+            f"{', '.join(csv_paths)}; the measurements' own commands and dates are in the "
+            "markdown that came with each)",
+            f"Device: {device.get('device')} ({device.get('backend')}); "
+            f"JAX {device.get('jax_version')}",
+            f"Date: rebuilt {reports.utc_date().split()[0]}; measured on the dates in the "
+            "markdown of each source"]
+  return write_reports(out, rows, header, window)
+
+
+def default_out(device):
+  """profiles/<device kind>, e.g. profiles/nvidia_h200 (git-ignored; never results/)."""
+  name = "".join(c if c.isalnum() else "_" for c in device["device"].lower()).strip("_")
+  return os.path.join("profiles", name or device["backend"])
+
+
+def profile(out=None, *, base_config, window=512, seq_lengths=None, train_seq_lengths=None,
+            long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
+            mem_fraction=0.95, deadline_minutes=6.0, command=None, log=None, **sweep_kwargs):
+  """The memory sweep of profile_memory.py: runs it, writes memory.{md,csv,png} under out.
+
+  Args:
+    out: output folder; default default_out(device).
+    base_config: the experiment config whose LM the train steps use, as a dict.
+    window: w of the sliding variants.
+    seq_lengths, train_seq_lengths: n of the attention kinds and of train_step; defaults by
+      device (GPU_SEQ_LENGTHS, GPU_TRAIN_SEQ_LENGTHS; CPU_SEQ_LENGTHS for both elsewhere).
+    long_from, group_queries, repeats, time_budget_s, mem_fraction: compare_memory_usage's.
+    deadline_minutes: start no new configuration after this many minutes; 0 = no limit.
+    command: the header's command (default reports.command_line()).
+    log: callable(str) for progress lines.
+    **sweep_kwargs: the rest of compare_memory_usage's keywords (kinds, variants, method, ...).
+
+  Returns:
+    (out, the markdown text).
+  """
+  start = time.perf_counter()
+  device = sweep.probe_device(mem_fraction)
+  gpu = device["backend"] == "gpu"
+  out = out or default_out(device)
+  seq_lengths = [int(n) for n in seq_lengths or (GPU_SEQ_LENGTHS if gpu else CPU_SEQ_LENGTHS)]
+  train_seq_lengths = [int(n) for n in train_seq_lengths
+                       or (GPU_TRAIN_SEQ_LENGTHS if gpu else seq_lengths)]
+  limit = device.get("bytes_limit")
+  header = [
+      f"Command: `{command or reports.command_line()}`",
+      f"Device: {device['device']} ({device['backend']}); JAX {device['jax_version']}"
+      + (f"; allocator limit {format_bytes(limit)} per process" if limit else ""),
+      f"Date: {reports.utc_date()}",
+      f"Times: median of up to {repeats} runs after a warm-up (compilation excluded; timing "
+      f"stops once the runs add up to {time_budget_s:g} s), each ended by `block_until_ready`; "
+      "one set of random inputs.",
+      f"Long sequences: from n = {long_from:,} chunked attention runs {group_queries:,} queries "
+      "a loop step (`blocks_per_step`, recomputed in the backward pass) and train steps "
+      "recompute each block (`model.remat`); the settings column says where.",
+  ]
+  rows = sweep.compare_memory_usage(
+      seq_lengths, window, train_seq_lengths=train_seq_lengths, long_from=long_from,
+      group_queries=group_queries, repeats=repeats, time_budget_s=time_budget_s,
+      mem_fraction=mem_fraction, deadline_s=60 * deadline_minutes if deadline_minutes else None,
+      gpu=gpu, log=log, base_config=base_config,
+      on_row=lambda rows: write_reports(out, rows, header, window, final=False), **sweep_kwargs)
+  header[2] = (f"Date: {reports.utc_date()}; sweep wall time "
+               f"{(time.perf_counter() - start) / 60:.1f} min, "
+               f"{sum(r.get('process_s') is not None for r in rows)} processes")
+  return out, write_reports(out, rows, header, window)

@@ -1,38 +1,36 @@
 """A sweep of profiling configurations, each measured in a fresh subprocess.
 
-`compare_memory_usage` runs every (kind, variant, n) of a sweep through `python -m swa.profiling
---worker` (swa/profiling.py: `measure` of one configuration, read as JSON on stdin). The next
+`compare_memory_usage` runs every (kind, variant, n) of a sweep through `python -m
+swa.profiling.measure` (`measure` of one configuration, read as JSON on stdin). The next
 worker is started, and does its imports, while the current one measures; every worker runs with
 XLA_PYTHON_CLIENT_PREALLOCATE=false, because a process's peak memory can never be reset. A variant
 stops after its first out-of-memory, timeout or failure; full attention predicted too slow to time
 gets only its compiled memory plan; every other n runs first so that a deadline cuts detail, not
-range. profile_memory.py is the command line; swa/profiling_report.py turns the rows into
-results/memory.* (markdown, CSV, plot).
+range. profile_memory.py is the command line; swa/profiling/report.py turns the rows into
+memory.md, memory.csv and memory.png.
 """
 
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 
-import numpy as np
-
-from swa import attention
-from swa.profiling import (KINDS, RESULT_MARKER, VARIANTS, describe, format_ms, is_oom,
-                           sort_rows)
+import swa
+from swa import attention, reports
+from swa.profiling.rows import KINDS, RESULT_MARKER, VARIANTS, describe, fit_slope, sort_rows
 
 # Statuses after which larger n is not tried for that variant.
 STOPPING = ("OOM", "timeout", "failed")
-_REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The workers run in the folder that holds this process's `swa` package, so that `python -m
+# swa.profiling.measure` imports the same code whether swa is installed or run from a checkout.
+_SWA_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(swa.__file__)))
 
 
 def _subprocess_env(mem_fraction=0.95):
   env = dict(os.environ)
   env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
   env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", str(mem_fraction))
-  env["PYTHONPATH"] = os.pathsep.join(p for p in (_REPO, env.get("PYTHONPATH")) if p)
   return env
 
 
@@ -43,7 +41,7 @@ def probe_device(mem_fraction=0.95):
   code = ("import json, jax; d = jax.devices()[0]; s = d.memory_stats() or {}; "
           "print(json.dumps(dict(backend=jax.default_backend(), device=d.device_kind, "
           "jax_version=jax.__version__, bytes_limit=s.get('bytes_limit'))))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=_REPO,
+  proc = subprocess.run([sys.executable, "-c", code], cwd=_SWA_PARENT,
                         env=_subprocess_env(mem_fraction), capture_output=True, text=True,
                         check=True)
   return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -54,7 +52,7 @@ def start_worker(mem_fraction=0.95):
   stdin. Starting the next worker while the current one measures hides the import time; the
   accelerator is opened only once the configuration arrives."""
   return subprocess.Popen(
-      [sys.executable, "-m", "swa.profiling", "--worker"], cwd=_REPO,
+      [sys.executable, "-m", "swa.profiling.measure"], cwd=_SWA_PARENT,
       env=_subprocess_env(mem_fraction), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True)
 
@@ -79,18 +77,8 @@ def run_in_subprocess(spec, *, timeout_s=600, mem_fraction=0.95, worker=None):
       return dict(json.loads(line[len(RESULT_MARKER):]), process_s=process_s)
   # No result line: the process died (a crash in the runtime, the host out of memory, ...).
   tail = (stderr or stdout)[-2000:]
-  status = "OOM" if is_oom(tail) else f"failed: exit code {worker.returncode}"
+  status = "OOM" if reports.is_oom(tail) else f"failed: exit code {worker.returncode}"
   return dict(spec, status=status, error=tail, process_s=process_s)
-
-
-def fit_slope(ns, values):
-  """Least-squares slope of log(values) against log(ns); nan with fewer than two points."""
-  pairs = [(n, v) for n, v in zip(ns, values)
-           if v is not None and v > 0 and not (isinstance(v, float) and math.isnan(v))]
-  if len(set(n for n, _ in pairs)) < 2:
-    return float("nan")
-  x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])
-  return float(np.polyfit(x, y, 1)[0])
 
 
 def _predicted_seconds(points, seq_len, windowed):
@@ -109,7 +97,7 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
                          method="auto", dtype=None, batch=1, heads=16, head_dim=128,
                          long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
                          max_run_seconds=5.0, timeout_per_config=180, mem_fraction=0.95,
-                         deadline_s=None, gpu=None, log=None, on_row=None):
+                         deadline_s=None, gpu=None, log=None, on_row=None, base_config=None):
   """Memory and time of full against sliding attention over n, each configuration in a fresh
   process.
 
@@ -133,6 +121,8 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
     gpu: whether cuDNN variants can run; default: `probe_device()` finds a GPU.
     log: callable(str) for progress lines.
     on_row: callable(rows so far) after each configuration (to save partial results).
+    base_config: train_step's experiment config, as a dict (ConfigDict.to_dict()): it travels
+      to the worker processes as JSON. Required when kinds include train_step.
 
   Returns:
     A list of rows (dicts, see `measure`) with `variant` added, sorted by kind, variant and n;
@@ -149,13 +139,19 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
   for kind in kinds:
     if kind not in KINDS:
       raise ValueError(f"Unknown kind {kind!r}; choose from {KINDS}.")
+  if "train_step" in kinds and base_config is None:
+    raise ValueError("kind train_step needs base_config, the experiment config to step.")
 
   spare = []  # The next worker, started early so its imports overlap the current measurement.
 
   def run(spec):
     worker = spare.pop() if spare else start_worker(mem_fraction)
     spare.append(start_worker(mem_fraction))
-    return run_in_subprocess(spec, timeout_s=timeout_per_config, worker=worker)
+    # The config goes to the worker only: rows stay flat (the report states the config).
+    sent = dict(spec, base_config=base_config) if spec["kind"] == "train_step" else spec
+    row = run_in_subprocess(sent, timeout_s=timeout_per_config, worker=worker)
+    row.pop("base_config", None)
+    return row
 
   # Coarse to fine: every other n (and the largest) for every kind and variant first, then the
   # n between, so a sweep cut short by its deadline still spans the whole range.
@@ -204,7 +200,7 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
             if note:
               row["time_skipped"] = note
             rows.append(row)
-            log(f"  {describe(row)}, {format_ms(row.get('time_ms'))}, process "
+            log(f"  {describe(row)}, {reports.format_ms(row.get('time_ms'))}, process "
                 f"{row.get('process_s', 0):.1f} s")
             if row["status"] == "ok" and row.get("time_ms"):
               timed.setdefault((kind, name), []).append((n, row["time_ms"]))
