@@ -4,6 +4,11 @@ Token embedding -> L x [RMSNorm -> attention -> residual, RMSNorm -> MLP -> resi
 -> RMSNorm -> output head. Rotary position embeddings (RoPE) make attention depend
 only on the distance between query and key, so a window means the same thing
 anywhere in a stream. Parameters are float32; activations run in `dtype`.
+
+One forward serves training, evaluation and streaming: `Transformer(tokens)` gives logits, and
+`Transformer(tokens, cache=cache)` (gemma style) continues a stream held in an explicit KV cache
+(swa/cache.py), returning the logits and the new cache; swa/streaming.py builds prefill, decoding
+and generation on it.
 """
 
 import dataclasses
@@ -13,7 +18,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from swa import attention, sharding
+from swa import attention
+from swa import cache as cache_lib
 
 Window = Optional[int]
 
@@ -34,10 +40,6 @@ class ModelConfig:
   dtype: str = "float32"
   rope_base: float = 10_000.0
   remat: bool = False
-  # Set by the trainer from config.mesh (train_lib.model_config), never by config files: a mesh
-  # whose "seq" axis (> 1) splits the sequence; attention then exchanges halos between
-  # neighbours (swa/sharding.py) and runs `chunked` locally (`reference` if model.attention says so).
-  mesh: Optional[jax.sharding.Mesh] = None
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
@@ -50,8 +52,8 @@ class ModelConfig:
     if self.num_heads % self.num_kv_heads:
       raise ValueError(f"model.num_heads ({self.num_heads}) must be a multiple of "
                        f"model.num_kv_heads ({self.num_kv_heads}).")
-    if self.attention not in attention.IMPLEMENTATIONS:
-      raise ValueError(f"model.attention must be one of {attention.IMPLEMENTATIONS}, "
+    if self.attention not in attention.implementations():
+      raise ValueError(f"model.attention must be one of {attention.implementations()}, "
                        f"got {self.attention!r}.")
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
@@ -110,8 +112,10 @@ def apply_rope(x_BTNH, positions_BT, base):
 class Attention(nnx.Module):
   """Multi-head (GQA) self-attention over a sliding window, with RoPE."""
 
-  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs):
-    self.config, self.window_size = config, window_size
+  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs,
+               attention_fn=None):
+    # attention_fn: see Transformer; None = the registry's config.attention.
+    self.config, self.window_size, self.attention_fn = config, window_size, attention_fn
     c, dtype = config, jnp.dtype(config.dtype)
     dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)
     self.query = dense(c.d_model, c.num_heads * c.head_dim)
@@ -119,76 +123,144 @@ class Attention(nnx.Module):
     self.value = dense(c.d_model, c.num_kv_heads * c.head_dim)
     self.out = dense(c.num_heads * c.head_dim, c.d_model)
 
-  def project(self, x_BTD, positions_BT):
-    """Queries, keys and values, with RoPE applied at the given absolute positions."""
+  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
+    """Attention over x's own tokens, or over a cache and a chunk that continues its stream.
+
+    Args:
+      x_BTD: [B, T, D] normed inputs.
+      positions_BT: int [B, T] absolute positions (RoPE phase).
+      cache: None, or this layer's cache (swa/cache.py); the chunk then sits at positions
+        cache["end"] .. cache["end"] + T - 1 (positions_BT must say the same).
+      num_valid: with a cache, how many leading tokens of the chunk are real (int32 []); the
+        rest is padding, never stored.
+
+    Returns:
+      (out [B, T, D], the layer's new cache, or None without a cache).
+    """
     c = self.config
     B, T, _ = x_BTD.shape
     q_BTNH = self.query(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
     k_BTKH = self.key(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     v_BTKH = self.value(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
-    return (apply_rope(q_BTNH, positions_BT, c.rope_base),
-            apply_rope(k_BTKH, positions_BT, c.rope_base), v_BTKH)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, c.rope_base)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, c.rope_base)
+    if cache is None:
+      out_BTNH, new_cache = self._attend(q_BTNH, k_BTKH, v_BTKH), None
+    else:
+      out_BTNH, new_cache = self._attend_cached(q_BTNH, k_BTKH, v_BTKH, cache, num_valid)
+    return self.out(out_BTNH.reshape(B, T, -1)), new_cache
 
-  def __call__(self, x_BTD, positions_BT):
-    q_BTNH, k_BTKH, v_BTKH = self.project(x_BTD, positions_BT)
+  def _attend(self, q_BTNH, k_BTKH, v_BTKH):
+    """Self-attention of one whole sequence (training, teacher-forced evaluation)."""
     c = self.config
     blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step)
-    if sharding.is_sequence_parallel(c.mesh):
-      local = "reference" if c.attention == "reference" else "chunked"
-      out_BTNH = sharding.sequence_parallel_attention(
-          q_BTNH, k_BTKH, v_BTKH, self.window_size, mesh=c.mesh, implementation=local, **blocks)
+    if self.attention_fn is not None:
+      return self.attention_fn(q_BTNH, k_BTKH, v_BTKH, self.window_size, **blocks)
+    return attention.sliding_window_attention(
+        q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=c.attention, **blocks)
+
+  def _attend_cached(self, q_BTNH, k_BTKH, v_BTKH, layer, num_valid):
+    """The chunk's queries over the cached keys and its own; returns (out, new layer cache)."""
+    T = q_BTNH.shape[1]
+    new_layer = cache_lib.write(layer, k_BTKH, v_BTKH, num_valid)
+    if T == 1:
+      # Decode: the ring (>= w slots) still holds every key the one query sees after the write,
+      # so attend over the cache in place, never copying it.
+      k_BSKH, v_BSKH, k_pos_S = new_layer["k"], new_layer["v"], new_layer["pos"]
     else:
-      out_BTNH = attention.sliding_window_attention(
-          q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=c.attention, **blocks)
-    return self.out(out_BTNH.reshape(*x_BTD.shape[:2], -1))
+      # A chunk may overwrite keys its own first queries still see: attend over the old cache
+      # followed by the chunk.
+      k_BSKH = jnp.concatenate([layer["k"], k_BTKH.astype(layer["k"].dtype)], axis=1)
+      v_BSKH = jnp.concatenate([layer["v"], v_BTKH.astype(layer["v"].dtype)], axis=1)
+      k_pos_S = jnp.concatenate([layer["pos"], layer["end"] + jnp.arange(T, dtype=jnp.int32)])
+    out_BTNH = attention.sliding_window_attention(
+        q_BTNH, k_BSKH.astype(k_BTKH.dtype), v_BSKH.astype(v_BTKH.dtype), self.window_size,
+        q_offset=layer["end"], k_positions=k_pos_S, num_sinks=layer["sinks"],
+        implementation="reference")
+    return out_BTNH, new_layer
 
 
 class Block(nnx.Module):
   """Pre-norm residual block: attention then a GELU MLP."""
 
-  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs):
+  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs,
+               attention_fn=None):
     dtype = jnp.dtype(config.dtype)
     self.attention_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
-    self.attention = Attention(config, window_size, rngs=rngs)
+    self.attention = Attention(config, window_size, rngs=rngs, attention_fn=attention_fn)
     self.mlp_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
     self.mlp_in = nnx.Linear(config.d_model, config.mlp_dim, dtype=dtype, rngs=rngs)
     self.mlp_out = nnx.Linear(config.mlp_dim, config.d_model, dtype=dtype, rngs=rngs)
 
-  def mlp(self, x_BTD):
-    """The MLP branch (norm included); swa/cache.py reuses it around its cached attention."""
-    return self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD))))
-
-  def __call__(self, x_BTD, positions_BT):
-    x_BTD = x_BTD + self.attention(self.attention_norm(x_BTD), positions_BT)
-    return x_BTD + self.mlp(x_BTD)
+  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
+    """Returns (x [B, T, D], the layer's new cache or None); arguments as in Attention."""
+    attended_BTD, cache = self.attention(self.attention_norm(x_BTD), positions_BT, cache,
+                                         num_valid)
+    x_BTD = x_BTD + attended_BTD
+    return x_BTD + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD)))), cache
 
 
 class Transformer(nnx.Module):
-  """Decoder-only language model; `window_size` per layer from the config."""
+  """Decoder-only language model; `window_size` per layer from the config.
 
-  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+  `attention_fn`, if given, replaces the registry call for whole sequences (not the cached
+  path): `attention_fn(q, k, v, window_size, block_size=, blocks_per_step=)` with the contract of
+  `attention.sliding_window_attention`, e.g. `sharding.sequence_parallel(mesh)`. Device layout is
+  chosen by the trainer, not by the architecture (ModelConfig).
+  """
+
+  def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs, attention_fn=None):
     self.config = config
     dtype = jnp.dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
-    self.blocks = nnx.List([Block(config, w, rngs=rngs) for w in config.layer_windows])
+    self.blocks = nnx.List([Block(config, w, rngs=rngs, attention_fn=attention_fn)
+                            for w in config.layer_windows])
     self.final_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
     self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype,
                            rngs=rngs)
 
-  def from_embeddings(self, x_BTD, positions_BT=None):
-    """Logits [B, T, V] (float32) from input embeddings [B, T, D]."""
-    if positions_BT is None:
-      positions_BT = jnp.broadcast_to(jnp.arange(x_BTD.shape[1]), x_BTD.shape[:2])
-    for block in self.blocks:
-      if self.config.remat:
-        x_BTD = nnx.remat(lambda blk, x, p: blk(x, p))(block, x_BTD, positions_BT)
+  def from_embeddings(self, x_BTD, positions_BT=None, cache=None, *, num_valid=None):
+    """The forward from input embeddings [B, T, D]; arguments and results as in __call__."""
+    B, T, _ = x_BTD.shape
+    if cache is not None:
+      if positions_BT is not None:
+        raise ValueError("positions_BT must be None when a cache is given: the chunk continues "
+                         "the cached stream at positions cache[0]['end'] onwards.")
+      if len(cache) != len(self.blocks):
+        raise ValueError(f"The cache has {len(cache)} layers, the model {len(self.blocks)}.")
+      positions_BT = cache[0]["end"] + jnp.arange(T, dtype=jnp.int32)
+      num_valid = jnp.asarray(T if num_valid is None else num_valid, jnp.int32)
+    elif positions_BT is None:
+      positions_BT = jnp.arange(T, dtype=jnp.int32)
+    positions_BT = jnp.broadcast_to(positions_BT, (B, T))
+    new_cache = []
+    for i, block in enumerate(self.blocks):
+      if cache is None and self.config.remat:
+        x_BTD = nnx.remat(lambda blk, x, p: blk(x, p)[0])(block, x_BTD, positions_BT)
       else:
-        x_BTD = block(x_BTD, positions_BT)
-    return self.head(self.final_norm(x_BTD)).astype(jnp.float32)
+        x_BTD, layer = block(x_BTD, positions_BT, None if cache is None else cache[i], num_valid)
+        new_cache.append(layer)
+    logits_BTV = self.head(self.final_norm(x_BTD)).astype(jnp.float32)
+    return logits_BTV if cache is None else (logits_BTV, new_cache)
 
-  def __call__(self, tokens_BT, positions_BT=None):
-    """Logits [B, T, V] (float32) for int tokens [B, T]."""
-    return self.from_embeddings(self.embed(tokens_BT), positions_BT)
+  def __call__(self, tokens_BT, positions_BT=None, cache=None, *, num_valid=None):
+    """The one forward: whole sequences (training, evaluation) or a chunk of a cached stream.
+
+    Args:
+      tokens_BT: int [B, T].
+      positions_BT: int [B, T] (or [T]) absolute positions; default 0 .. T-1. Must be None
+        with a cache.
+      cache: None, or the per-layer cache of swa/cache.py (`cache.init_cache`): the tokens then
+        continue the cached stream at positions cache[0]["end"] .. end + T - 1, attend over the
+        cached keys as well as their own, and are written into it.
+      num_valid: with a cache, how many leading tokens are real (default T); the rest is
+        padding that is neither stored nor counted, so a padded last chunk keeps its shape.
+
+    Returns:
+      logits [B, T, V] float32 without a cache; (logits, new cache) with one. Logits of
+      padding positions are meaningless.
+    """
+    return self.from_embeddings(self.embed(tokens_BT), positions_BT, cache, num_valid=num_valid)
 
 
 def config_of(graphdef, params) -> ModelConfig:

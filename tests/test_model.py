@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from swa import cache as cache_lib
 from swa.model import ModelConfig, Transformer, layer_windows
 
 CONFIG = ModelConfig(vocab_size=72, num_layers=3, d_model=32, num_heads=4, num_kv_heads=2,
@@ -85,3 +86,29 @@ def test_positions_shift_nothing_but_rope_phase():
   base = model(x)
   shifted = model(x, positions_BT=jnp.arange(24)[None] + 1000)
   np.testing.assert_allclose(base, shifted, atol=2e-3, rtol=2e-3)
+
+
+def test_forward_with_a_cache_returns_logits_and_the_new_cache():
+  """One forward: without a cache, logits; with one, (logits, new cache) continuing the stream."""
+  config = dataclasses.replace(CONFIG, window_size=(3, None, 7), remat=True)
+  model = make(config)
+  x = tokens(2, 13, seed=4)
+  cache = cache_lib.init_cache(config, 2, max_len=13)
+  first, cache = model(x[:, :8], cache=cache)
+  second, cache = model(x[:, 8:], cache=cache)
+  assert [int(layer["end"]) for layer in cache] == [13, 13, 13]
+  np.testing.assert_allclose(jnp.concatenate([first, second], 1), model(x), atol=1e-4, rtol=1e-4)
+  # Padding after num_valid real tokens is neither stored nor counted.
+  cache = cache_lib.init_cache(config, 2, max_len=13)
+  padded, cache = model(x[:, :8], cache=cache, num_valid=5)
+  assert int(cache[0]["end"]) == 5 and int((cache[1]["pos"] >= 0).sum()) == 5
+  np.testing.assert_allclose(padded[:, :5], first[:, :5], atol=1e-5, rtol=1e-5)
+
+
+def test_forward_with_a_cache_rejects_positions_and_wrong_layers():
+  model = make()
+  cache = cache_lib.init_cache(CONFIG, 1)
+  with pytest.raises(ValueError, match="positions_BT must be None when a cache is given"):
+    model(tokens(1, 4), positions_BT=jnp.arange(4)[None], cache=cache)
+  with pytest.raises(ValueError, match="The cache has 2 layers, the model 3"):
+    model(tokens(1, 4), cache=cache[:2])
