@@ -15,21 +15,18 @@ the exact count is L - 1 smaller, because consecutive hops share an endpoint.
 measures a trained (or hand-built) model's gradients, in the spirit of Luo et
 al. 2016, "Understanding the Effective Receptive Field in Deep CNNs".
 
-Run `python -m swa.receptive_field --out results` to write the figures and table.
+Run `python -m swa.receptive_field --out <folder>` to write the figures and table
+(results/receptive_field/ holds the committed ones).
 """
 
-import argparse
-import datetime
 import os
 
 import jax
 import jax.numpy as jnp
-import matplotlib
-
-matplotlib.use("Agg")  # headless: figures are only ever saved to files
-import matplotlib.pyplot as plt  # noqa: E402
+import matplotlib.pyplot as plt
 import numpy as np
 
+from swa import reports
 from swa.attention import create_sliding_window_mask
 
 
@@ -235,54 +232,16 @@ def effective_receptive_field(fn, x, position, target_index=None):
   return norms_BT.mean(axis=0)
 
 
-def plot_effective_receptive_field(erfs, position, boundaries=None, path=None):
-  """ERF curves against distance position - s on a log y-axis.
-
-  Args:
-    erfs: {label: float [T]} from effective_receptive_field, all for `position`.
-    position: the output position the ERFs were measured at.
-    boundaries: optional {label: L*(w-1)}, drawn as a dashed vertical line in
-      the curve's colour (the theoretical reach).
-    path: if given, the figure is saved there.
+def write_figures_and_table(out, command=None):
+  """Writes window_mask*.png, receptive_field.png and receptive_field.md under `out`.
 
   Returns:
-    The matplotlib Figure. Exact zeros (beyond the reach) cannot sit on a log
-    axis, so each curve simply stops there.
+    the text of receptive_field.md.
   """
-  boundaries = boundaries or {}
-  fig, ax = plt.subplots(figsize=(8, 4.5))
-  for label, erf in erfs.items():
-    erf = np.asarray(erf, dtype=np.float64)
-    if erf.ndim != 1 or not 0 <= position < erf.shape[0]:
-      raise ValueError(f"erfs[{label!r}] must be 1-D with length > position={position}, "
-                       f"got shape {erf.shape}.")
-    distance = np.arange(position + 1)
-    values = erf[position - distance]
-    line, = ax.plot(distance, np.where(values > 0, values, np.nan), label=label)
-    if label in boundaries:
-      ax.axvline(boundaries[label], color=line.get_color(), linestyle="--", linewidth=1)
-  ax.set_yscale("log")
-  ax.set_xlabel(f"distance: position − s (query position {position})")
-  ax.set_ylabel("mean ‖∂ output / ∂ x_s‖")
-  ax.set_title("Effective receptive field (dashed: theoretical reach L·(w−1))")
-  ax.legend()
-  ax.grid(alpha=0.3)
-  fig.tight_layout()
-  if path is not None:
-    fig.savefig(path, dpi=120)
-  return fig
-
-
-def main(argv=None):
-  """Writes window_mask*.png, receptive_field.png and receptive_field.md under --out."""
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--out", default="results", help="output directory")
-  args = parser.parse_args(argv)
-  os.makedirs(args.out, exist_ok=True)
-
-  plt.close(plot_window_mask(16, 4, os.path.join(args.out, "window_mask.png")))
-  plt.close(plot_window_mask(6, 3, os.path.join(args.out, "window_mask_6x3.png")))
-  fig, plot_rows = plot_receptive_field(128, 512, 4, os.path.join(args.out, "receptive_field.png"))
+  os.makedirs(out, exist_ok=True)
+  plt.close(plot_window_mask(16, 4, os.path.join(out, "window_mask.png")))
+  plt.close(plot_window_mask(6, 3, os.path.join(out, "window_mask_6x3.png")))
+  fig, plot_rows = plot_receptive_field(128, 512, 4, os.path.join(out, "receptive_field.png"))
   plt.close(fig)
 
   # Check every table row against the mask itself: the last query of a
@@ -294,19 +253,35 @@ def main(argv=None):
   if measured != exact:
     raise AssertionError(f"reachability gives {measured}, closed form {exact}.")
 
-  with open(os.path.join(args.out, "receptive_field.md"), "w") as f:
-    f.write(f"# Receptive field of stacked sliding-window attention\n\n"
-            f"- Command: `python -m swa.receptive_field --out {args.out}`\n"
-            f"- Hardware: CPU (numpy; no accelerator needed)\n"
-            f"- Date: {datetime.date.today().isoformat()}\n\n"
-            f"Query i attends keys i−w+1 … i (w keys, itself included), w = 128.\n\n"
-            + format_receptive_field_table(128, layers) +
-            f"\nThe seed table's L·w over-counts by L−1: consecutive hops share an endpoint, "
-            f"so L layers reach back L·(w−1) tokens (max distance {max_reach(128, 8)} at L=8).\n\n"
-            f"Checked against `reachability(1024, 128, 8)` (inputs reaching the last query): "
-            f"{measured}, equal to the exact column.\n"
-            f"`receptive_field.png` (T=512, L=1..4) measures {[r[1] for r in plot_rows]}.\n")
+  command = command or f"python -m swa.receptive_field --out {out}"
+  text = (reports.markdown_header("Receptive field of stacked sliding-window attention", [
+              f"Command: `{command}`", "Hardware: CPU (numpy; no accelerator needed)",
+              f"Date: {reports.utc_date()}"])
+          + "Query i attends keys i−w+1 … i (w keys, itself included), w = 128.\n\n"
+          + format_receptive_field_table(128, layers)
+          + f"\nThe seed table's L·w over-counts by L−1: consecutive hops share an endpoint, "
+          f"so L layers reach back L·(w−1) tokens (max distance {max_reach(128, 8)} at L=8).\n\n"
+          f"Checked against `reachability(1024, 128, 8)` (inputs reaching the last query): "
+          f"{measured}, equal to the exact column.\n"
+          f"`receptive_field.png` (T=512, L=1..4) measures {[r[1] for r in plot_rows]}.\n")
+  with open(os.path.join(out, "receptive_field.md"), "w") as f:
+    f.write(text)
+  return text
 
 
 if __name__ == "__main__":
-  main()
+  from absl import flags, logging  # pylint: disable=g-import-not-at-top
+
+  from swa import cli  # pylint: disable=g-import-not-at-top
+
+  # Flags are defined only when this runs as a command: importing the module defines none.
+  _OUT = flags.DEFINE_string("out", None, "Folder for the figures and receptive_field.md.",
+                             required=True)
+
+  def _main(argv):
+    if len(argv) > 1:
+      raise cli.UserError(f"Unexpected arguments: {argv[1:]}")
+    logging.set_verbosity(logging.WARNING)  # JAX's backend probing logs at INFO.
+    print(write_figures_and_table(_OUT.value))
+
+  cli.run(_main)

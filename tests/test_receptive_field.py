@@ -1,5 +1,9 @@
 """Tests for swa/receptive_field.py: reachability, closed forms, ERF, plots."""
 
+import os
+import subprocess
+import sys
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -150,8 +154,18 @@ def test_plots_save_and_report_measured_field(tmp_path):
   fig, rows = rf.plot_receptive_field(8, 40, 3, tmp_path / "rf.png")
   plt.close(fig)
   assert rows == [(1, 8, 8), (2, 15, 15), (3, 22, 22)]
-  erf = np.where(np.arange(20) >= 10, 1.0 / (1 + np.arange(20)), 0.0)
-  fig = rf.plot_effective_receptive_field({"w=4, L=3": erf}, 19, {"w=4, L=3": 9},
-                                          tmp_path / "erf.png")
-  plt.close(fig)
-  assert all((tmp_path / name).stat().st_size > 0 for name in ("mask.png", "rf.png", "erf.png"))
+  assert all((tmp_path / name).stat().st_size > 0 for name in ("mask.png", "rf.png"))
+
+
+def test_the_command_writes_figures_and_table(tmp_path):
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  done = subprocess.run([sys.executable, "-m", "swa.receptive_field", f"--out={tmp_path}"],
+                        cwd=root, capture_output=True, text=True, check=True)
+  text = (tmp_path / "receptive_field.md").read_text()
+  assert done.stdout.strip() == text.strip()
+  assert "| 4 | 512 | 509 |" in text and "- Command: `python -m swa.receptive_field" in text
+  for name in ("window_mask.png", "window_mask_6x3.png", "receptive_field.png"):
+    assert (tmp_path / name).stat().st_size > 0
+  failed = subprocess.run([sys.executable, "-m", "swa.receptive_field"], cwd=root,
+                          capture_output=True, text=True)
+  assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "--out" in failed.stderr
