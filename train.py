@@ -25,20 +25,29 @@ from ml_collections import config_flags
 from swa import cli, sharding, train_lib
 from swa import workdir as workdir_lib
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.",
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the resolved config "
-                               "go here; defaults to workdirs/<config name>[-<hash of the "
-                               "overrides>].")
-_ALLOW_CHANGE = flags.DEFINE_list("allow_change", [], "Fields that may differ from the run saved "
-                                  "in --workdir when resuming; only num_steps (to extend a run).")
+_CONFIG = config_flags.DEFINE_config_file(
+  "config", None, "Experiment config file.", lock_config=True
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir",
+  None,
+  "Checkpoints, metrics and the resolved config "
+  "go here; defaults to workdirs/<config name>[-<hash of the "
+  "overrides>].",
+)
+_ALLOW_CHANGE = flags.DEFINE_list(
+  "allow_change",
+  [],
+  "Fields that may differ from the run saved "
+  "in --workdir when resuming; only num_steps (to extend a run).",
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every checkpoint step at INFO.
-  sharding.maybe_initialize_distributed()   # Several processes (srun, mpirun, ...): join them.
+  sharding.maybe_initialize_distributed()  # Several processes (srun, mpirun, ...): join them.
   config_file = config_flags.get_config_filename(flags.FLAGS["config"])
   workdir = _WORKDIR.value
   if workdir is None:

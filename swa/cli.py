@@ -19,8 +19,12 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-_DEBUG = flags.DEFINE_bool("debug", False, "Show the full traceback of an error instead of the "
-                           "one-line message (also: environment variable SWA_DEBUG=1).")
+_DEBUG = flags.DEFINE_bool(
+  "debug",
+  False,
+  "Show the full traceback of an error instead of the "
+  "one-line message (also: environment variable SWA_DEBUG=1).",
+)
 
 
 class UserError(Exception):
@@ -29,8 +33,16 @@ class UserError(Exception):
 
 # Exceptions whose message is enough for the user: printed as one line, without a traceback.
 # FloatingPointError is the training loop's NaN stop (swa/train_lib.py).
-ONE_LINE_ERRORS = (UserError, ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError,
-                   PermissionError, FileExistsError, FloatingPointError)
+ONE_LINE_ERRORS = (
+  UserError,
+  ValueError,
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  PermissionError,
+  FileExistsError,
+  FloatingPointError,
+)
 
 
 def debug_requested(argv=None) -> bool:
@@ -40,8 +52,10 @@ def debug_requested(argv=None) -> bool:
   if flags.FLAGS.is_parsed() and _DEBUG.value:
     return True
   # The flags may not have parsed (the error may be in them): look at the raw arguments.
-  return any(a in ("--debug", "--debug=true", "--debug=True", "--debug=1")
-             for a in (sys.argv if argv is None else argv))
+  return any(
+    a in ("--debug", "--debug=true", "--debug=True", "--debug=1")
+    for a in (sys.argv if argv is None else argv)
+  )
 
 
 def one_line(message: str) -> str:
@@ -60,8 +74,13 @@ def error_message(error: BaseException) -> str:
     text = str(error)
   if isinstance(error, OSError) and error.filename is not None and error.strerror:
     text = f"{error.strerror}: {error.filename}"
-  if isinstance(error, (FileNotFoundError, PermissionError, NotADirectoryError,
-                        IsADirectoryError, FileExistsError)) and not text:
+  if (
+    isinstance(
+      error,
+      (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError),
+    )
+    and not text
+  ):
     text = type(error).__name__
   return one_line(text) or type(error).__name__
 
@@ -78,8 +97,11 @@ def _describe_config_failure(name, path, failure) -> str:
 
 # config_flags' message for a file that did not load ('Failed loading config file config_config',
 # then '  Attempted [Relative path]:' and the path on the next line).
-_LOAD_FAILURE = re.compile(r"Failed loading config file (\S+)_config\s.*?Attempted \[[^\]]*\]:\n"
-                           r"\s*(.*?)\n", re.S)
+_LOAD_FAILURE = re.compile(
+  r"Failed loading config file (\S+)_config\s.*?Attempted \[[^\]]*\]:\n"
+  r"\s*(.*?)\n",
+  re.S,
+)
 
 
 def _config_load_error(flag_values, error=None) -> "str | None":
@@ -97,8 +119,9 @@ def _config_load_error(flag_values, error=None) -> "str | None":
   while error is not None:
     match = _LOAD_FAILURE.search(str(error)) if isinstance(error, OSError) else None
     if match:
-      return _describe_config_failure(match.group(1), match.group(2).strip().split(":", 1)[0],
-                                      error)
+      return _describe_config_failure(
+        match.group(1), match.group(2).strip().split(":", 1)[0], error
+      )
     error = error.__cause__
   return None
 
@@ -112,7 +135,7 @@ def _unknown_field_message(error: BaseException, argv) -> "str | None":
     return None
   lines = inner.args[0].splitlines()
   field = lines[0].strip("'\"")
-  given = [a for a in argv if a.startswith("--") and re.search(rf"\.{re.escape(field)}(=|$)", a)]
+  given = [a for a in argv if a.startswith("--") and re.search(rf"\.{re.escape(field)}(=|\.|$)", a)]
   where = given[0] if given else field
   hint = "; " + one_line(" ".join(lines[1:])) if len(lines) > 1 else ""
   return f"{where}: the config has no field {field!r}{hint}"
@@ -153,9 +176,12 @@ def parse_flags(argv):
   except Exception as error:  # pylint: disable=broad-except
     if debug_requested(argv):
       raise
-    message = (_config_load_error(flags.FLAGS, error) or _unknown_field_message(error, argv)
-               or (_flags_error_message(error) if isinstance(error, flags.Error) else None)
-               or _in_file_message(error, argv))
+    message = (
+      _config_load_error(flags.FLAGS, error)
+      or _unknown_field_message(error, argv)
+      or (_flags_error_message(error) if isinstance(error, flags.Error) else None)
+      or _in_file_message(error, argv)
+    )
     raise UserError(message) from error
   message = _config_load_error(flags.FLAGS)
   if message is not None and not debug_requested(argv):

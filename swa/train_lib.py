@@ -209,7 +209,7 @@ class MetricWriter:
 def _checkpoint_manager(workdir, config, read_only=False):
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if read_only:  # Reading a workdir creates nothing in it.
-    options = ocp.CheckpointManagerOptions(create=False, read_only=True)
+    options = ocp.CheckpointManagerOptions(create=False)
   else:
     options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
   return ocp.CheckpointManager(directory, options=options)

@@ -13,6 +13,7 @@ What this module promises (docs/reliability.md lists the test that holds each):
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import sys
@@ -24,15 +25,35 @@ from jax.experimental import multihost_utils
 # Fields a resumed run may change without asking: they decide how often the run logs, evaluates
 # and checkpoints, how many devices it spreads over and which (equivalent) attention kernel it
 # uses, never what it learns.
-FREE_FIELDS = ("log_every_steps", "checkpoint_every_steps", "keep_checkpoints", "eval.every_steps",
-               "eval.examples_per_distance", "eval.num_distances", "mesh", "model.attention",
-               "model.block_size", "model.blocks_per_step", "model.remat")
+FREE_FIELDS = (
+  "log_every_steps",
+  "checkpoint_every_steps",
+  "keep_checkpoints",
+  "eval.every_steps",
+  "eval.examples_per_distance",
+  "eval.num_distances",
+  "mesh",
+  "model.attention",
+  "model.block_size",
+  "model.blocks_per_step",
+  "model.remat",
+)
 # Fields a resumed run may change only when named in --allow_change: num_steps extends (or
 # shortens) a run, which also stretches the learning-rate decay and the linear curriculum from
 # the resumed step on, so the result is not the run a fresh start with that num_steps would give.
 FLAG_FIELDS = ("num_steps",)
 UNREADABLE_DIR = "unreadable_checkpoints"
 EVENTS_LOG = "events.log"
+
+
+class _Absent:
+  """A field one of two configs lacks (an older or newer config.json)."""
+
+  def __repr__(self):
+    return "(absent)"
+
+
+ABSENT = _Absent()
 
 
 class ConfigMismatchError(ValueError):
@@ -53,14 +74,22 @@ def flatten(tree, prefix=""):
 
 def config_differences(saved, current):
   """[(field, saved value, new value)] for every dotted field whose value differs, sorted."""
-  missing = object()
-  return [(k, saved.get(k, missing), current.get(k, missing))
-          for k in sorted(set(saved) | set(current)) if saved.get(k, missing) != current.get(k, missing)]
+  missing = ABSENT
+
+  def same(a, b):
+    return a == b or (
+      isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b)
+    )
+
+  return [
+    (k, saved.get(k, missing), current.get(k, missing))
+    for k in sorted(set(saved) | set(current))
+    if not same(saved.get(k, missing), current.get(k, missing))
+  ]
 
 
 def _show(value):
-  return "(absent)" if not isinstance(value, (type(None), bool, int, float, str, list)) else (
-      json.dumps(value))
+  return repr(value) if value is ABSENT else json.dumps(value)
 
 
 def check_config(saved, current, workdir, allow_changes=()):
@@ -77,8 +106,10 @@ def check_config(saved, current, workdir, allow_changes=()):
   """
   bad = sorted(set(allow_changes) - set(FLAG_FIELDS))
   if bad:
-    raise ValueError(f"--allow_change={','.join(bad)}: only {', '.join(FLAG_FIELDS)} may be "
-                     "allowed to change on resume; anything else needs a new --workdir.")
+    raise ValueError(
+      f"--allow_change={','.join(bad)}: only {', '.join(FLAG_FIELDS)} may be "
+      "allowed to change on resume; anything else needs a new --workdir."
+    )
   differences = config_differences(saved, current)
   refused = [d for d in differences if d[0] not in FREE_FIELDS + tuple(allow_changes)]
   if refused:
@@ -87,8 +118,9 @@ def check_config(saved, current, workdir, allow_changes=()):
     way_out = "use a new --workdir to start a separate run"
     if flag_only and len(flag_only) == len(refused):
       way_out += f", or pass --allow_change={','.join(flag_only)} to change it in this run"
-    raise ConfigMismatchError(f"{workdir} holds a run with a different config ({changes}); "
-                              f"{way_out}.")
+    raise ConfigMismatchError(
+      f"{workdir} holds a run with a different config ({changes}); {way_out}."
+    )
   return differences
 
 
@@ -124,8 +156,10 @@ def read_json(path):
     with open(path) as f:
       return json.load(f)
   except json.JSONDecodeError as error:
-    raise ValueError(f"{path} is not valid JSON ({error}); it was not written by this "
-                     "code (its writes are atomic): restore it or use a new --workdir.") from error
+    raise ValueError(
+      f"{path} is not valid JSON ({error}); it was not written by this "
+      "code (its writes are atomic): restore it or use a new --workdir."
+    ) from error
 
 
 def write_json_atomic(path, obj):
@@ -170,6 +204,20 @@ def log_event(workdir, message):
       f.write(f"{stamp} {message}\n")
 
 
+# Files every complete checkpoint of train_lib holds (Orbax's layout), checked to name what is
+# missing rather than show Orbax's error for it (a missing _METADATA reads "pytree structure error").
+_EXPECTED = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "data")
+
+
+def _diagnose(step_dir, error):
+  """A short reason a checkpoint did not restore: the missing file, else the error's start."""
+  missing = [p for p in _EXPECTED if not os.path.exists(os.path.join(step_dir, p))]
+  if missing:
+    return "missing " + ", ".join(missing)
+  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
+  return f"{type(error).__name__}: {text[:150]}"
+
+
 def restore_newest(manager, restore_args, workdir, read_only=False):
   """Restores the newest checkpoint that can be restored; returns (step, restored) or (None, None).
 
@@ -188,11 +236,12 @@ def restore_newest(manager, restore_args, workdir, read_only=False):
     try:
       restored = manager.restore(step, args=restore_args(step))
     except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
-      failures.append((step, " ".join(str(error).split())[:160] or type(error).__name__))
+      failures.append((step, _diagnose(os.path.join(str(manager.directory), str(step)), error)))
       continue
     if failures:
-      message = "warning: " + "; ".join(f"the checkpoint at step {s} in {workdir} cannot be "
-                                        f"restored ({e})" for s, e in failures)
+      message = "warning: " + "; ".join(
+        f"the checkpoint at step {s} in {workdir} cannot be restored ({e})" for s, e in failures
+      )
       if read_only:
         print(f"{message}; using step {step} instead.", file=sys.stderr, flush=True)
       else:
@@ -202,8 +251,10 @@ def restore_newest(manager, restore_args, workdir, read_only=False):
         log_event(workdir, message)
     return step, restored
   if failures:
-    raise ValueError(f"No checkpoint in {manager.directory} can be restored (step {failures[0][0]}: "
-                     f"{failures[0][1]}); use a new --workdir.")
+    raise ValueError(
+      f"No checkpoint in {manager.directory} can be restored (step {failures[0][0]}: "
+      f"{failures[0][1]}); use a new --workdir."
+    )
   return None, None
 
 

@@ -1,0 +1,339 @@
+"""Fault injection: runs that cannot be lost or mixed (docs/reliability.md, issue 17).
+
+Fast, in-process: a changed config refuses, a bad value leaves config.json alone, a corrupt newest
+checkpoint falls back, metrics.jsonl keeps no duplicate steps. Slow (subprocesses of train.py):
+kill -9 during a step, during a checkpoint save and during the config.json write each resume to
+the same parameters as an uninterrupted run, and each bad input ends in its one-line message.
+"""
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+from test_train import read_metrics, small_config
+
+from swa import train_lib
+from swa import workdir as workdir_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+  """A finished 6-step run with checkpoints at steps 3 and 6."""
+  workdir = str(tmp_path_factory.mktemp("trained") / "run")
+  train_lib.train_and_evaluate(small_config(num_steps=6), workdir)
+  return workdir
+
+
+def copy_run(trained, tmp_path):
+  workdir = str(tmp_path / "run")
+  shutil.copytree(trained, workdir)
+  return workdir
+
+
+def params_of(workdir):
+  return jax.tree.leaves(train_lib.restore_params(workdir)[2])
+
+
+def assert_same_params(a, b):
+  for x, y in zip(params_of(a), params_of(b), strict=True):
+    np.testing.assert_array_equal(x, y)
+
+
+# Workdir ownership.
+
+
+def test_changed_config_refuses_and_leaves_the_run_alone(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  before = open(os.path.join(workdir, "config.json")).read()
+  config = small_config(num_steps=6)
+  config.model.window_size = 16
+  with pytest.raises(
+    workdir_lib.ConfigMismatchError,
+    match=r"model.window_size: \[8, 8\] -> "
+    r"\[16, 16\]\); use a new --workdir",
+  ):
+    train_lib.train_and_evaluate(config, workdir)
+  config = small_config(num_steps=9)  # extending needs the explicit flag
+  with pytest.raises(workdir_lib.ConfigMismatchError, match="--allow_change=num_steps"):
+    train_lib.train_and_evaluate(config, workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == before
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
+
+
+def test_bad_value_fails_before_anything_is_written(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  before = {p: open(os.path.join(workdir, p)).read() for p in ("config.json", "metrics.jsonl")}
+  config = small_config(num_steps=6)
+  config.data.seq_len = 8
+  with pytest.raises(ValueError, match=r"^data.seq_len=8 is too short"):
+    train_lib.train_and_evaluate(config, workdir)
+  for path, text in before.items():
+    assert open(os.path.join(workdir, path)).read() == text, path
+
+
+def test_free_fields_change_and_num_steps_only_when_allowed():
+  saved = {"num_steps": 6, "log_every_steps": 1, "mesh": "data:1", "model.d_model": 32}
+  current = {**saved, "num_steps": 9, "log_every_steps": 5, "mesh": "data:2"}
+  with pytest.raises(workdir_lib.ConfigMismatchError, match=r"\(num_steps: 6 -> 9\)"):
+    workdir_lib.check_config(saved, current, "w")
+  allowed = workdir_lib.check_config(saved, current, "w", allow_changes=["num_steps"])
+  assert [k for k, _, _ in allowed] == ["log_every_steps", "mesh", "num_steps"]
+  with pytest.raises(ValueError, match="--allow_change=model.d_model: only num_steps"):
+    workdir_lib.check_config(saved, current, "w", allow_changes=["model.d_model"])
+  assert workdir_lib.override_suffix({}) == ""
+  assert workdir_lib.override_suffix({"mesh": "data:2", "eval.every_steps": 5}) == ""
+  suffix = workdir_lib.override_suffix({"model.window_size": 16})
+  assert len(suffix) == 9 and suffix != workdir_lib.override_suffix({"model.window_size": 8})
+
+
+def test_a_workdir_that_is_a_file_is_refused(tmp_path):
+  path = tmp_path / "file"
+  path.write_text("")
+  with pytest.raises(ValueError, match=f"^--workdir={path} is a file, not a folder.$"):
+    workdir_lib.prepare(str(path))
+
+
+def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch):
+  path = str(tmp_path / "config.json")
+  workdir_lib.write_json_atomic(path, {"a": 1})
+
+  def killed(src, dst):
+    raise KeyboardInterrupt("killed before the rename")
+
+  monkeypatch.setattr(os, "replace", killed)
+  with pytest.raises(KeyboardInterrupt):
+    workdir_lib.write_json_atomic(path, {"a": 2})
+  assert json.load(open(path)) == {"a": 1}
+
+
+def test_metrics_are_cut_back_to_the_restored_step(tmp_path):
+  path = tmp_path / "metrics.jsonl"
+  rows = [
+    {"step": 1, "loss": 1},
+    {"step": 2, "loss": 2},
+    {"step": 2, "eval/x": 0.5},
+    {"step": 3, "loss": 3},
+  ]
+  path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"step": 4, "lo')  # cut by a kill
+  workdir_lib.truncate_metrics(str(path), step=2, final_step=6)
+  assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:3]
+  workdir_lib.truncate_metrics(str(path), step=2, final_step=2)  # a finished run evaluates again
+  assert [json.loads(line) for line in path.read_text().splitlines()] == rows[:2]
+
+
+# Checkpoint fallback.
+
+
+def corrupt(step_dir, how):
+  if how == "truncated array file":
+    array = max(
+      glob.glob(os.path.join(step_dir, "state", "ocdbt.process_0", "d", "*")), key=os.path.getsize
+    )
+    with open(array, "r+b") as f:
+      f.truncate(os.path.getsize(array) // 2)
+  elif how == "missing _METADATA":
+    os.remove(os.path.join(step_dir, "state", "_METADATA"))
+  elif how == "missing data state":
+    shutil.rmtree(os.path.join(step_dir, "data"))
+
+
+@pytest.mark.parametrize(
+  "how, reason",
+  [
+    ("truncated array file", "error while reading array"),
+    ("missing _METADATA", "missing state/_METADATA"),
+  ],
+)
+def test_reading_skips_a_corrupt_newest_checkpoint(trained, tmp_path, capsys, how, reason):
+  workdir, older = copy_run(trained, tmp_path), str(tmp_path / "older")
+  shutil.copytree(trained, older)
+  shutil.rmtree(os.path.join(older, "checkpoints", "6"))
+  corrupt(os.path.join(workdir, "checkpoints", "6"), how)
+  capsys.readouterr()
+  assert_same_params(workdir, older)  # restore_params falls back to step 3
+  err = capsys.readouterr().err
+  assert f"warning: the checkpoint at step 6 in {workdir} cannot be restored" in err
+  assert reason in err and "using step 3 instead" in err
+  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
+    "3",
+    "6",
+  ]  # reading moves nothing
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(trained, tmp_path, capsys):
+  workdir = copy_run(trained, tmp_path)
+  corrupt(os.path.join(workdir, "checkpoints", "6"), "missing data state")
+  capsys.readouterr()
+  train_lib.train_and_evaluate(small_config(num_steps=6), workdir)  # the same command again
+  err = capsys.readouterr().err
+  line = [x for x in err.splitlines() if x.startswith("warning:")]
+  assert len(line) == 1 and "step 6" in line[0] and "missing data" in line[0]
+  assert "resumed from step 3 instead" in line[0]
+  assert os.listdir(os.path.join(workdir, "unreadable_checkpoints")) == ["6"]  # kept, not deleted
+  assert "cannot be restored" in open(os.path.join(workdir, "events.log")).read()
+  assert_same_params(workdir, trained)  # steps 4..6 again give the same parameters
+  steps = [
+    json.loads(x)["step"]
+    for x in open(os.path.join(workdir, "metrics.jsonl"))
+    if "loss" in json.loads(x)
+  ]
+  assert steps == [1, 2, 3, 4, 5, 6]
+
+
+# Kill -9 and the command line (subprocesses of train.py).
+
+ARGS = (
+  "--config.num_steps=6",
+  "--config.checkpoint_every_steps=3",
+  "--config.log_every_steps=1",
+  "--config.data.seq_len=64",
+  "--config.data.batch_size=4",
+  "--config.model.d_model=32",
+  "--config.model.mlp_dim=64",
+  "--config.model.num_layers=2",
+  "--config.model.window_size=8",
+  "--config.data.cap_at_reach=False",
+  "--config.eval.every_steps=0",
+  "--config.eval.examples_per_distance=4",
+  "--config.eval.num_distances=2",
+  "--config.optim.warmup_steps=2",
+)
+
+# Runs train.py's main through cli.run with one fault: SIGKILL at the point named by SWA_KILL_AT.
+DRIVER = r"""
+import os, signal, sys
+sys.path.insert(0, os.environ["REPO"])
+point = os.environ.get("SWA_KILL_AT", "")
+die = lambda: os.kill(os.getpid(), signal.SIGKILL)
+from absl import flags
+import orbax.checkpoint as ocp
+import train
+from swa import cli, data
+if point == "step":            # while step 5 runs (after the step-3 checkpoint)
+  next_batch = data.PasskeyBatches.__next__
+  data.PasskeyBatches.__next__ = lambda self: die() if self.get_state()["step"] == 4 else next_batch(self)
+elif point == "save":          # while the step-6 checkpoint is being written
+  save = ocp.CheckpointManager.save
+  def save_then_die(self, step, *args, **kwargs):
+    save(self, step, *args, **kwargs)
+    if step == 6:
+      die()
+  ocp.CheckpointManager.save = save_then_die
+elif point == "config":        # after writing config.json's temporary file, before the rename
+  replace = os.replace
+  os.replace = lambda src, dst: die() if str(dst).endswith("config.json") else replace(src, dst)
+flags.mark_flag_as_required("config")
+cli.run(train.main)
+"""
+
+
+def run_train(*args, kill_at=""):
+  argv = [sys.executable, "-c", DRIVER, f"--config={os.path.join(REPO, 'configs/tiny.py')}", *args]
+  env = {**os.environ, "REPO": REPO, "SWA_KILL_AT": kill_at}
+  return subprocess.run(argv, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("straight") / "run")
+  done = run_train(f"--workdir={workdir}", *ARGS)
+  assert done.returncode == 0, done.stderr[-2000:]
+  return workdir
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_at", ["step", "save", "config"])
+def test_kill_9_then_the_same_command_resumes_bit_exactly(straight, tmp_path, kill_at):
+  workdir = str(tmp_path / "run")
+  killed = run_train(f"--workdir={workdir}", *ARGS, kill_at=kill_at)
+  assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+  done = run_train(f"--workdir={workdir}", *ARGS)
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert_same_params(workdir, straight)
+  a, b = read_metrics(straight), read_metrics(workdir)
+  assert sorted(a) == sorted(b) == [1, 2, 3, 4, 5, 6]
+  for step in a:
+    assert a[step]["loss"] == b[step]["loss"]
+  steps = [
+    json.loads(x)["step"]
+    for x in open(os.path.join(workdir, "metrics.jsonl"))
+    if "loss" in json.loads(x)
+  ]
+  assert steps == sorted(set(steps)), steps  # no step logged twice
+  with (
+    open(os.path.join(workdir, "eval.json")) as f,
+    open(os.path.join(straight, "eval.json")) as g,
+  ):
+    assert json.load(f) == json.load(g)
+
+
+@pytest.mark.slow
+def test_bad_inputs_end_in_one_line(straight, tmp_path):
+  """Each user mistake: exit 1 and one line `error: ...` on stderr naming what was given."""
+  a_file = tmp_path / "a_file"
+  a_file.write_text("")
+  cases = [  # (arguments, what the one line must contain)
+    (
+      (f"--workdir={straight}", *ARGS, "--config.model.window_size=16"),
+      "model.window_size: [8, 8] -> [16, 16]); use a new --workdir",
+    ),
+    ((f"--workdir={straight}", *ARGS, "--config.num_steps=9"), "--allow_change=num_steps"),
+    (
+      (f"--workdir={tmp_path / 'w1'}", *ARGS, "--config.data.seq_len=8"),
+      "data.seq_len=8 is too short",
+    ),
+    (
+      (f"--workdir={tmp_path / 'w2'}", *ARGS, "--config.model.windw_size=8"),
+      "--config.model.windw_size=8: the config has no field 'windw_size'; Did you mean "
+      '"window_size"',
+    ),
+    ((f"--workdir={a_file}", *ARGS), f"--workdir={a_file} is a file, not a folder."),
+    (
+      (f"--workdir={tmp_path / 'w3'}", *ARGS, "--config.data.batch_size=0"),
+      "data.batch_size=0 must be a positive integer.",
+    ),
+    (
+      (f"--workdir={tmp_path / 'w4'}", *ARGS, "--config.optim.learning_rate=nan"),
+      "Loss became nan at step 2; stopping.",
+    ),
+    (
+      (f"--workdir={straight}", *ARGS, "--allow_change=model.d_model"),
+      "--allow_change=model.d_model: only num_steps",
+    ),
+  ]
+  env = {**os.environ, "REPO": REPO, "SWA_KILL_AT": ""}
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "-c", DRIVER, f"--config={os.path.join(REPO, 'configs/tiny.py')}", *args],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE,
+      text=True,
+    )
+    for args, _ in cases
+  ]
+  missing = subprocess.run(
+    [sys.executable, os.path.join(REPO, "train.py"), "--config=configs/no_such.py"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert missing.returncode == 1
+  assert missing.stderr.strip() == "error: --config: config file not found: configs/no_such.py"
+  for proc, (args, expected) in zip(procs, cases):
+    _, err = proc.communicate(timeout=300)
+    last = err.strip().splitlines()[-1]
+    assert proc.returncode == 1 and last.startswith("error: ") and expected in last, (args, err)
+    assert "Traceback" not in err, err
+  assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == ["3", "6"]
