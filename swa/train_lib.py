@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 
-from swa import data, sharding
+from swa import data, evaluate, sharding
 from swa import workdir as workdir_lib
 from swa.model import ModelConfig, Transformer
 
@@ -62,28 +62,19 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
       optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
 
 
-def exact_match(logits_BTV, batch):
-  """bool [B]: every answer digit is the argmax of its logits.
-
-  Teacher-forced, this is the same event as greedy decoding producing the whole
-  key: each digit's argmax is right given the right digits before it.
-  """
-  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
-  return jnp.all(correct_BT | (batch["answer_mask"] == 0), axis=-1)
-
-
 def passkey_loss(logits_BTV, batch, lm_weight):
   """Answer-digit cross-entropy + lm_weight * next-token cross-entropy on every position.
 
-  Returns (loss, metrics); `exact_match` is the batch mean of `exact_match`, whose per-example
-  values are `example_exact_match` (bool [B], for the adaptive curriculum; not a logged scalar).
+  Returns (loss, metrics); `exact_match` is the batch mean of `evaluate.exact_match`, whose
+  per-example values are `example_exact_match` (bool [B], for the adaptive curriculum; not a
+  logged scalar).
   """
   answer_BT = batch["answer_mask"]
   token_loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
   answer_loss = jnp.sum(token_loss_BT * answer_BT) / jnp.sum(answer_BT)
   lm_loss = jnp.mean(token_loss_BT)
   correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
-  exact_match_B = exact_match(logits_BTV, batch)
+  exact_match_B = evaluate.exact_match(logits_BTV, batch)
   metrics = {
       "answer_loss": answer_loss,
       "lm_loss": lm_loss,
@@ -111,55 +102,11 @@ def train_step(state, batch, *, graphdef, optimizer, lm_weight):
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
-@functools.partial(jax.jit, static_argnames="graphdef")
-def exact_match_step(params, batch, *, graphdef):
-  """Per-example exact match [B] of the five answer digits (teacher forced = greedy)."""
-  return exact_match(nnx.merge(graphdef, params)(batch["inputs"]), batch)
-
-
-def evaluate_passkey(graphdef, params, *, seq_len, distances, examples_per_distance, seed,
-                     batch_size=64, exact_match_fn=None, progress=None):
-  """Exact-match accuracy at each distance, on fresh prompts of `seq_len` tokens.
-
-  Returns {distance: accuracy}. Prompts are drawn from a generator seeded with
-  (seed, 7919, distance), independent of the training stream. `exact_match_fn(batch)`
-  -> bool [B] scores a batch (default: `exact_match_step`, one teacher-forced pass;
-  swa/cache.py passes its streaming path); `progress(n)` is called after each batch.
-  """
-  if exact_match_fn is None:
-    exact_match_fn = lambda batch: exact_match_step(params, batch, graphdef=graphdef)
-  results = {}
-  for distance in distances:
-    rng = np.random.default_rng([seed, 7_919, int(distance)])
-    hits = 0
-    for start in range(0, examples_per_distance, batch_size):
-      n = min(batch_size, examples_per_distance - start)
-      batch = data.passkey_batch(rng, n, seq_len, np.full(n, distance))
-      batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
-      hits += int(np.sum(exact_match_fn(batch)))
-      if progress is not None:
-        progress(n)
-    results[int(distance)] = hits / examples_per_distance
-  return results
-
-
-def eval_distances(seq_len, num):
-  """`num` distances evenly spaced over all that a prompt of context seq_len allows."""
-  top = data.context_max_distance(seq_len)
-  return sorted(set(np.linspace(data.MIN_DISTANCE, top, num).round().astype(int).tolist()))
-
-
-def receptive_reach(config):
-  """Largest distance information can travel: sum over layers of (w - 1); None if any is full."""
-  windows = model_config(config).layer_windows
-  return None if None in windows else sum(w - 1 for w in windows)
-
-
 def training_max_distance(config):
   """Largest key-to-question distance trained on (data.max_distance, data.cap_at_reach)."""
   d = config.data
   top = data.context_max_distance(d.seq_len) if d.max_distance < 0 else d.max_distance
-  reach = receptive_reach(config)
+  reach = evaluate.reach_of(model_config(config))
   if d.cap_at_reach and reach is not None and reach < top:
     if reach < data.MIN_DISTANCE:
       raise ValueError(f"The model's receptive reach {reach} is below the shortest passkey distance "
@@ -167,15 +114,6 @@ def training_max_distance(config):
                        f"window, add layers or set data.cap_at_reach=False.")
     top = reach
   return top
-
-
-def format_accuracy_table(accuracy, reach):
-  """Markdown rows distance | exact match | inside the receptive field?"""
-  rows = ["| distance | exact match | inside RF (distance <= %s) |" % reach, "|---:|---:|:---:|"]
-  for distance, acc in sorted(accuracy.items()):
-    inside = "yes" if reach is None or distance <= reach else "no"
-    rows.append(f"| {distance} | {acc:.1%} | {inside} |")
-  return "\n".join(rows)
 
 
 class MetricWriter:
@@ -344,12 +282,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
   if mesh.size > 1:  # Split each host batch over the mesh before the jitted step.
     step_on_mesh = step_fn
     step_fn = lambda state, batch: step_on_mesh(state, sharding.shard_batch(batch, mesh))
-  distances = eval_distances(d.seq_len, config.eval.num_distances)
+  distances = evaluate.even_distances(d.seq_len, config.eval.num_distances)
 
   def run_eval(step, params):
-    accuracy = evaluate_passkey(graphdef, params, seq_len=d.seq_len, distances=distances,
-                                examples_per_distance=config.eval.examples_per_distance,
-                                seed=config.seed)
+    # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped
+    # by tokens, so a long trained context is evaluated one prompt at a time.
+    accuracy = evaluate.passkey_accuracy(
+        graphdef, params, distances, train_seq_len=d.seq_len,
+        examples_per_distance=config.eval.examples_per_distance, seed=config.seed)
     writer.write(step, {f"eval/exact_match_d{k:05d}": v for k, v in accuracy.items()})
     return accuracy
 
@@ -367,13 +307,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     progress.close()
 
   accuracy = run_eval(config.num_steps, state["params"])
-  reach = receptive_reach(config)
+  reach = evaluate.reach_of(model_config(config))
   summary = {"step": config.num_steps, "receptive_reach": reach,
              "exact_match_by_distance": accuracy}
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), summary)
   writer.close()
-  print(format_accuracy_table(accuracy, reach))
+  print(evaluate.format_accuracy_table(accuracy, reach))
   return summary
 
 
