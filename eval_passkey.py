@@ -51,8 +51,18 @@ _CROSS_WINDOWS = flags.DEFINE_list(
     "with, reusing its trained parameters (evaluate.test_passkey_retrieval).")
 
 
-def _window(text):
-  return None if text.strip().lower() in ("none", "full") else int(text)
+def _ints(flag, values, *, full_ok=False):
+  """The integers of a list flag (with full_ok, "full"/"none" -> None); one-line error if not."""
+  out = []
+  for text in values:
+    if full_ok and text.strip().lower() in ("none", "full"):
+      out.append(None)
+    elif text.strip().isdigit():
+      out.append(int(text))
+    else:
+      allowed = "positive integers or full" if full_ok else "positive integers"
+      raise cli.UserError(f"--{flag}={','.join(values)}: {text!r} is not allowed; give {allowed}.")
+  return out
 
 
 def main(argv):
@@ -73,13 +83,15 @@ def main(argv):
       raise cli.UserError(f"{len(_WORKDIRS.value)} workdirs need --out=<folder> for the "
                           "shared table.")
     out = os.path.join(_WORKDIRS.value[0], "eval")
+  distances = _ints("distances", _DISTANCES.value) if _DISTANCES.value else None
+  cross_windows = _ints("cross_windows", _CROSS_WINDOWS.value, full_ok=True)
   runs = passkey_report.load_runs(_WORKDIRS.value)
   passkey_report.evaluate_runs(
       runs, out=out, examples_per_distance=_EXAMPLES.value, max_factor=_MAX_FACTOR.value,
       step=_STEP.value, full_max_factor=_FULL_MAX_FACTOR.value,
-      distances=[int(d) for d in _DISTANCES.value] if _DISTANCES.value else None,
+      distances=distances,
       seed=_SEED.value, erf_examples=_ERF_EXAMPLES.value,
-      cross_windows=[_window(w) for w in _CROSS_WINDOWS.value],
+      cross_windows=cross_windows,
       max_batch_tokens=_MAX_BATCH_TOKENS.value)
 
 

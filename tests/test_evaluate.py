@@ -358,6 +358,8 @@ def test_from_csv_errors(tmp_path):
     (["--workdirs=a", "--from_csv=b/passkey.csv"], "exactly one of"),
     (["--from_csv=b/passkey.csv"], "needs --out"),
     (["--workdirs=a,b"], "need --out"),
+    (["--workdirs=a", "--distances=42,x"], "'x' is not allowed"),
+    (["--workdirs=a", "--cross_windows=8,-1"], "'-1' is not allowed; give positive integers or full"),
 ])
 def test_eval_passkey_refuses_unclear_outputs(argv, message):
   with pytest.raises(cli.UserError, match=message):
