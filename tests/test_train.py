@@ -8,12 +8,12 @@ import sys
 
 import numpy as np
 import pytest
-
 from absl import flags
 from ml_collections import config_flags
 
 from configs import tiny
-from swa import data, train_lib
+from swa import data, evaluate, train_lib
+from swa import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +50,34 @@ def test_one_training_run_logs_finite_metrics(tmp_path):
   for row in metrics.values():
     for key in ("loss", "answer_loss", "lm_loss", "grad_norm", "param_norm", "learning_rate"):
       assert np.isfinite(row[key]), key
-  assert set(summary["exact_match_by_distance"]) == set(train_lib.eval_distances(64, 2))
+  assert set(summary["exact_match_by_distance"]) == set(evaluate.even_distances(64, 2))
   assert os.path.exists(tmp_path / "config.json") and os.path.exists(tmp_path / "eval.json")
   assert os.listdir(tmp_path / "tensorboard")
+
+
+def test_train_step_pinned_loss():
+  """Three optimiser steps on one fixed batch give these exact losses (nanodo's test_train_step).
+
+  Step 1's loss is the initial parameters' (the warmup's learning rate is 0 at step 0); step 3's
+  follows one real update. Both agree to the last printed digit on JAX 0.10.2 and 0.12 (CPU,
+  float32). Update the numbers only for an intended change of the initialisation, the model's
+  forward, the loss, the optimiser or data.passkey_batch, and say which in the commit; any other
+  drift is a regression.
+  """
+  config = small_config()
+  graphdef, params = train_lib.create_model(config)
+  optimizer = train_lib.create_optimizer(config)
+  state = train_lib.init_state(params, optimizer)
+  batch = data.passkey_batch(np.random.default_rng(0), 4, 64, np.full(4, 42))
+  batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
+  losses = []
+  for _ in range(3):
+    state, metrics = train_lib.train_step(
+      state, batch, graphdef=graphdef, optimizer=optimizer, lm_weight=1.0
+    )
+    losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose(losses, [9.443102, 9.443102, 9.184101], rtol=1e-6)
+  np.testing.assert_allclose(float(metrics["grad_norm"]), 6.081457, rtol=1e-6)
 
 
 @pytest.mark.parametrize("curriculum", ["linear", "adaptive"])
@@ -80,14 +105,18 @@ def test_resume_reaches_the_same_loss(tmp_path, monkeypatch, curriculum):
   with pytest.raises(KeyboardInterrupt):
     train_lib.train_and_evaluate(config(), str(resumed))
   monkeypatch.setattr(data.PasskeyBatches, "__next__", original_next)
-  train_lib.train_and_evaluate(config(), str(resumed))   # same command again
+  train_lib.train_and_evaluate(config(), str(resumed))  # same command again
   a, b = read_metrics(straight), read_metrics(resumed)
+  with open(resumed / "metrics.jsonl") as f:  # Step 4 ran twice but is logged once.
+    assert [row["step"] for row in map(json.loads, f) if "loss" in row] == [1, 2, 3, 4, 5, 6]
   for step in (4, 5, 6):
     np.testing.assert_allclose(b[step]["loss"], a[step]["loss"], rtol=1e-6)
     assert b[step]["curriculum_top"] == a[step]["curriculum_top"]
   tops = [a[step]["curriculum_top"] for step in range(1, 7)]
   # Linear follows the step; adaptive moves as the (one step late) results come in.
-  assert tops == ([42, 42, 43, 44, 44, 44] if curriculum == "adaptive" else [42, 42, 42, 43, 43, 44])
+  assert tops == (
+    [42, 42, 43, 44, 44, 44] if curriculum == "adaptive" else [42, 42, 42, 43, 43, 44]
+  )
   _, _, params_a = train_lib.restore_params(str(straight))
   _, _, params_b = train_lib.restore_params(str(resumed))
   for x, y in zip(*(jax_leaves(p) for p in (params_a, params_b))):
@@ -96,23 +125,24 @@ def test_resume_reaches_the_same_loss(tmp_path, monkeypatch, curriculum):
 
 def jax_leaves(tree):
   import jax
+
   return jax.tree.leaves(tree)
 
 
 def test_training_distances_stop_at_the_receptive_reach():
   config = small_config()
-  config.model.window_size = 16       # reach 2 * 15 = 30 < MIN_DISTANCE = 42
+  config.model.window_size = 16  # reach 2 * 15 = 30 < MIN_DISTANCE = 42
   config.data.cap_at_reach = True
   with pytest.raises(ValueError, match="reach 30 is below the shortest passkey distance 42"):
     train_lib.training_max_distance(config)
-  config.model.window_size = 24       # reach 46; a 64-token context allows distances up to 44
+  config.model.window_size = 24  # reach 46; a 64-token context allows distances up to 44
   assert train_lib.training_max_distance(config) == 44 == data.max_distance(64 + 1 - 5)
   config.data.seq_len = 128
   assert train_lib.training_max_distance(config) == 46
-  config.data.max_distance = 43       # an explicit cap below the reach wins
+  config.data.max_distance = 43  # an explicit cap below the reach wins
   assert train_lib.training_max_distance(config) == 43
   config.data.max_distance = -1
-  config.model.window_size = None     # full attention: no reach limit
+  config.model.window_size = None  # full attention: no reach limit
   assert train_lib.training_max_distance(config) == data.max_distance(128 + 1 - 5)
   config.model.window_size = 24
   config.data.cap_at_reach = False
@@ -126,29 +156,54 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
     train_lib.train_and_evaluate(config, str(tmp_path))
 
 
-@pytest.mark.parametrize("text, windows", [
-    ("64", (64, 64, 64)), ("None", (None, None, None)), ("full", (None, None, None)),
-    ("8,32,32", (8, 32, 32)), ("32,none,32", (32, None, 32)), ("'16,16,16'", (16, 16, 16))])
+@pytest.mark.parametrize(
+  "text, windows",
+  [
+    ("64", (64, 64, 64)),
+    ("None", (None, None, None)),
+    ("full", (None, None, None)),
+    ("8,32,32", (8, 32, 32)),
+    ("32,none,32", (32, None, 32)),
+    ("'16,16,16'", (16, 16, 16)),
+  ],
+)
 def test_window_size_from_the_command_line(text, windows):
   """An int, none/full or per-layer windows, as `--config.model.window_size=...` gives them."""
-  argv = ["train.py", f"--config={os.path.join(REPO, 'configs/tiny.py')}",
-          f"--config.model.window_size={text}"]
+  argv = [
+    "train.py",
+    f"--config={os.path.join(REPO, 'configs/tiny.py')}",
+    f"--config.model.window_size={text}",
+  ]
   flag_values = flags.FlagValues()
-  config = config_flags.DEFINE_config_file("config", flag_values=flag_values, lock_config=True,
-                                           sys_argv=argv)
+  config = config_flags.DEFINE_config_file(
+    "config", flag_values=flag_values, lock_config=True, sys_argv=argv
+  )
   flag_values(argv)
   assert train_lib.model_config(config.value).layer_windows == windows
   reloaded = json.loads(config.value.to_json())["model"]  # what config.json holds
-  assert train_lib.model_config(config.value).layer_windows == train_lib.model_config(
-      type(config.value)({**config.value.to_dict(), "model": reloaded})).layer_windows
+  assert (
+    train_lib.model_config(config.value).layer_windows
+    == train_lib.model_config(
+      type(config.value)({**config.value.to_dict(), "model": reloaded})
+    ).layer_windows
+  )
 
 
 def _train_cli(workdir_args, *overrides, cwd=REPO):
-  args = [sys.executable, os.path.join(REPO, "train.py"),
-          f"--config={os.path.join(REPO, 'configs/tiny.py')}", *workdir_args,
-          "--config.num_steps=1", "--config.data.seq_len=64", "--config.data.batch_size=2",
-          "--config.model.d_model=32", "--config.model.num_layers=2",
-          "--config.eval.examples_per_distance=2", "--config.eval.num_distances=2", *overrides]
+  args = [
+    sys.executable,
+    os.path.join(REPO, "train.py"),
+    f"--config={os.path.join(REPO, 'configs/tiny.py')}",
+    *workdir_args,
+    "--config.num_steps=1",
+    "--config.data.seq_len=64",
+    "--config.data.batch_size=2",
+    "--config.model.d_model=32",
+    "--config.model.num_layers=2",
+    "--config.eval.examples_per_distance=2",
+    "--config.eval.num_distances=2",
+    *overrides,
+  ]
   return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 
@@ -165,17 +220,37 @@ def test_command_line_overrides_and_typos(tmp_path):
 
 @pytest.mark.slow
 def test_default_workdir_is_named_after_the_config(tmp_path):
-  done = _train_cli([], cwd=tmp_path)  # As the README's main command: no --workdir.
+  """No --workdir: workdirs/<config name>, plus a hash of the overrides that shape the run."""
+  done = _train_cli([], cwd=tmp_path)  # As the README's main command, with shrinking overrides.
   assert done.returncode == 0, done.stderr[-2000:]
-  assert (tmp_path / "workdirs" / "tiny" / "config.json").exists()
+  (workdir,) = os.listdir(tmp_path / "workdirs")
+  assert re.fullmatch(r"tiny-[0-9a-f]{8}", workdir), workdir
+  assert f"Workdir: workdirs/{workdir}" in done.stderr
+  assert (tmp_path / "workdirs" / workdir / "config.json").exists()
+  # Without overrides (or with only FREE_FIELDS ones) the name is the plain workdirs/tiny.
+  assert workdir_lib.override_suffix({"log_every_steps": 1, "mesh": "data:1"}) == ""
 
 
 @pytest.mark.slow
 def test_step_rate_script_prints_the_rates():
   done = subprocess.run(
-      [sys.executable, "-m", "scripts.step_rate", "--config=configs/tiny.py", "--seconds=0.5",
-       "--config.data.seq_len=64", "--config.data.batch_size=2", "--config.model.d_model=32"],
-      cwd=REPO, capture_output=True, text=True, timeout=300)
+    [
+      sys.executable,
+      "-m",
+      "scripts.step_rate",
+      "--config=configs/tiny.py",
+      "--seconds=0.5",
+      "--config.data.seq_len=64",
+      "--config.data.batch_size=2",
+      "--config.model.d_model=32",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr[-2000:]
-  assert re.search(r"configs/tiny.py window=32 B=2 T=64: [\d.]+ steps/s, [\d,]+ examples/s",
-                   done.stdout.splitlines()[-1])
+  assert re.search(
+    r"configs/tiny.py window=32 B=2 T=64: [\d.]+ steps/s, [\d,]+ examples/s",
+    done.stdout.splitlines()[-1],
+  )
