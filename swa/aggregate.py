@@ -5,7 +5,7 @@ evaluate_run writes one sweep run's passkey.csv (the rows of evaluate.passkey_sw
 folders, taking each row's seed from its `seed` column, else from the model name, else from the
 file's folder name (stats.seed_of), else 0. write_aggregate writes, into one folder:
 
-  passkey.md               the headline table (stats.format_headline_table) under its header
+  passkey.md               the headline table (format_headline_table) under its header
   passkey_seeds.csv        every input row with its seed
   passkey_by_distance.csv  per model and distance: mean over seeds, each seed, Wilson interval
   passkey_seed_curves.png  recall vs distance: one thin line per seed, the mean, the interval
@@ -14,6 +14,7 @@ file's folder name (stats.seed_of), else 0. write_aggregate writes, into one fol
 
 import csv
 import glob
+import math
 import os
 
 import numpy as np
@@ -21,12 +22,26 @@ import numpy as np
 from swa import reports, stats, summary, sweep
 
 SEED_FIELDS = summary.CSV_FIELDS + ("seed",)
-BY_DISTANCE_FIELDS = ("model", "window", "layers", "reach", "distance", "inside", "seeds",
-                      "accuracy", "per_seed", "min_seed", "hits", "keys", "wilson_low",
-                      "wilson_high")
+BY_DISTANCE_FIELDS = (
+  "model",
+  "window",
+  "layers",
+  "reach",
+  "distance",
+  "inside",
+  "seeds",
+  "accuracy",
+  "per_seed",
+  "min_seed",
+  "hits",
+  "keys",
+  "wilson_low",
+  "wilson_high",
+)
 
 
 # --- One run ---------------------------------------------------------------------------------------
+
 
 def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
   """Evaluates the latest checkpoint of a training workdir and writes its rows with their seed.
@@ -51,9 +66,15 @@ def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
   model_config = train_lib.model_config(config)
   seed = int(config.seed)
   name = sweep.model_name(os.path.basename(os.path.normpath(run_dir))) or None
-  rows = evaluate.passkey_sweep(graphdef, params, reach=evaluate.reach_of(model_config),
-                                train_seq_len=int(config.data.seq_len), seed=seed, label=name,
-                                **sweep_kwargs)
+  rows = evaluate.passkey_sweep(
+    graphdef,
+    params,
+    reach=evaluate.reach_of(model_config),
+    train_seq_len=int(config.data.seq_len),
+    seed=seed,
+    label=name,
+    **sweep_kwargs,
+  )
   rows = [{**r, "seed": seed} for r in rows]
   out = out or os.path.join(run_dir, "passkey.csv")
   tmp = f"{out}.tmp{os.getpid()}"
@@ -63,6 +84,7 @@ def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
 
 
 # --- Reading rows back -----------------------------------------------------------------------------
+
 
 def read_seed_rows(path):
   """The rows of one passkey.csv, each with its seed (module docstring)."""
@@ -124,7 +146,124 @@ def collect(paths):
   return out
 
 
+# --- The headline table --------------------------------------------------------------------------
+
+HEADLINE_COLUMNS = (
+  "Model",
+  "Window",
+  "Layers",
+  "Reach",
+  "Seeds",
+  "Inside the reach: mean [95 % interval]",
+  "Per seed",
+  "Seed table expects",
+  "Measured up to that distance",
+  "≥ 95 % up to d (mean / every seed)",
+  "50 % crossing",
+  "Crossing / reach",
+)
+
+
+def _pct(x):
+  return f"{100 * x:.1f} %"
+
+
+def _interval(m):
+  return "—" if m is None else f"{_pct(m['mean'])} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+
+def _distance_cell(best, s):
+  if best is None:
+    return f"< {s['min_tested']}"
+  return f"≥ {best} (all)" if best == s["max_tested"] else str(best)
+
+
+def _crossing_cell(x, s):
+  if x == -math.inf:
+    return f"< {s['min_tested']}"
+  if x == math.inf:
+    return f"none ≤ {s['max_tested']}"
+  return f"{x:.0f}"
+
+
+def format_headline_table(summaries):
+  """Markdown table of summarize_model() dicts, one row per model (columns HEADLINE_COLUMNS)."""
+  threshold = summaries[0]["threshold"] if summaries else stats.THRESHOLD
+  header = [
+    c.replace("95", f"{100 * threshold:g}", 1) if c.startswith("≥") else c for c in HEADLINE_COLUMNS
+  ]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---|" + "---:|" * 7]
+  for s in summaries:
+    reach = "unlimited" if s["reach"] is None else str(s["reach"])
+    seeds = f"{len(s['seeds'])} ({', '.join(str(x) for x in s['seeds'])})"
+    per_seed = " / ".join(f"{100 * v:.1f}" for v in s["inside"]["per_seed"].values())
+    if s["reference"] is None:
+      ref_cell = at_ref = "—"
+    else:
+      distance, accuracy = s["reference"]
+      ref_cell = (
+        f"{'unlimited' if distance is None else f'~{distance} tokens'} at {100 * accuracy:g} %"
+      )
+      met = s["at_reference"] is not None and s["at_reference"]["mean"] >= accuracy - 1e-9
+      at_ref = _interval(s["at_reference"]) + (" ✓" if met else " ✗")
+    best = (
+      f"{_distance_cell(s['max_distance'], s)} / {_distance_cell(s['max_distance_every_seed'], s)}"
+    )
+    if s["ratio"] is None:
+      ratio = "—"
+    else:
+      off = s["ratio"] - 1
+      ratio = f"{s['ratio']:.3f} ({100 * off:+.1f} %)" + (
+        " ✓" if abs(off) <= stats.CROSSING_GOAL + 1e-12 else " ✗"
+      )
+    cells = [
+      s["model"],
+      s["window"],
+      str(s["layers"]),
+      reach,
+      seeds,
+      _interval(s["inside"]),
+      per_seed,
+      ref_cell,
+      at_ref,
+      best,
+      _crossing_cell(s["crossing"], s),
+      ratio,
+    ]
+    lines.append("| " + " | ".join(cells) + " |")
+  return "\n".join(lines) + "\n"
+
+
+def headline_notes(keys_per_point):
+  """The paragraph under the headline table: what is measured, what is by construction."""
+  bound = stats.all_hits_lower_bound(keys_per_point)
+  return (
+    "Distance d runs from the first key digit to the token that predicts the first answer "
+    "digit; the reach Σ_l (w_l − 1) is the largest d any stack of these windows can carry. "
+    "**Recall beyond the reach is 0 by construction:** the attention mask leaves the answer no "
+    "path to the key, whatever the weights, so a 0 % there checks the mask and the evaluation, "
+    "not learning (a rare chance hit, 1 in 90,000 for five random digits, is all that can "
+    "appear). The findings are inside the reach.\n\n"
+    "Inside the reach: the mean over seeds of each seed's recall averaged uniformly over the "
+    "tested distances d ≤ reach (each distance weighted by the span it stands for), with a 95 % "
+    "Wilson interval on the pooled keys (Kish's effective count for the weights; swa/stats.py); "
+    "the per-seed values show the spread between seeds, which the interval does not. "
+    '"Seed table expects": the brief\'s row for this window (4 layers; full attention '
+    "unlimited), and the same mean over d up to that distance (✓ when it reaches the "
+    'expected recall). "≥ 95 % up to d": the largest tested d such that recall is ≥ 95 % at '
+    "every tested distance up to it, for the mean over seeds and for the lowest seed. "
+    "50 % crossing: where the mean over seeds first falls below 50 %, linearly interpolated "
+    f"between tested distances; the goal is a crossing within ±{100 * stats.CROSSING_GOAL:g} % of "
+    "the reach (✓).\n\n"
+    f"With {keys_per_point} keys per distance, a {keys_per_point}/{keys_per_point} bounds recall "
+    f"only above {_pct(bound['wilson'])} (Wilson 95 %; Clopper–Pearson: "
+    f"{_pct(bound['clopper_pearson'])}); per-distance intervals are in "
+    "`passkey_by_distance.csv`.\n"
+  )
+
+
 # --- The aggregate -------------------------------------------------------------------------------
+
 
 def _window_order(window):
   """Sort key: windowed models by window, per-layer windows after, full attention last."""
@@ -149,12 +288,24 @@ def distance_rows(rows):
   for name, by_seed in stats.group_by_model(rows).items():
     first = next(iter(by_seed.values()))[0]
     for c in stats.by_distance(by_seed):
-      out.append({"model": name, "window": first["window"], "layers": first["layers"],
-                  "reach": first["reach"], "distance": c["distance"], "inside": c["inside"],
-                  "seeds": ";".join(str(s) for s in c["seeds"]), "accuracy": c["accuracy"],
-                  "per_seed": ";".join(f"{c['per_seed'][s]:g}" for s in c["seeds"]),
-                  "min_seed": c["min_seed"], "hits": c["hits"], "keys": c["keys"],
-                  "wilson_low": round(c["low"], 6), "wilson_high": round(c["high"], 6)})
+      out.append(
+        {
+          "model": name,
+          "window": first["window"],
+          "layers": first["layers"],
+          "reach": first["reach"],
+          "distance": c["distance"],
+          "inside": c["inside"],
+          "seeds": ";".join(str(s) for s in c["seeds"]),
+          "accuracy": c["accuracy"],
+          "per_seed": ";".join(f"{c['per_seed'][s]:g}" for s in c["seeds"]),
+          "min_seed": c["min_seed"],
+          "hits": c["hits"],
+          "keys": c["keys"],
+          "wilson_low": round(c["low"], 6),
+          "wilson_high": round(c["high"], 6),
+        }
+      )
   return out
 
 
@@ -167,19 +318,26 @@ def write_aggregate(rows, out, *, command=None, sources=()):
   rank = {s["model"]: i for i, s in enumerate(summaries)}
   rows = sorted(rows, key=lambda r: (rank[stats.strip_seed(r["model"])], r["seed"], r["distance"]))
   reports.write_csv(os.path.join(out, "passkey_seeds.csv"), rows, SEED_FIELDS)
-  reports.write_csv(os.path.join(out, "passkey_by_distance.csv"), distance_rows(rows),
-                    BY_DISTANCE_FIELDS)
+  reports.write_csv(
+    os.path.join(out, "passkey_by_distance.csv"), distance_rows(rows), BY_DISTANCE_FIELDS
+  )
   from swa import seed_plots  # matplotlib only when figures are drawn
+
   seed_plots.plot_seed_curves(rows, os.path.join(out, "passkey_seed_curves.png"))
   seed_plots.plot_reach_heatmap(rows, os.path.join(out, "passkey_heatmap.png"))
   keys = int(np.median([r["n"] for r in rows]))
   extra = ["Inputs: " + ", ".join(f"`{s}`" for s in sources)] if sources else []
-  text = (reports.markdown_header("Passkey recall over seeds",
-                                  reports.header_lines(command, device=False, extra=extra))
-          + stats.format_headline_table(summaries) + "\n" + stats.headline_notes(keys)
-          + "\nFiles: `passkey_seeds.csv` (every row with its seed), `passkey_by_distance.csv` "
-          "(mean, each seed, pooled keys and Wilson interval per distance), "
-          "`passkey_seed_curves.png`, `passkey_heatmap.png` (buckets end at each reach).\n")
+  text = (
+    reports.markdown_header(
+      "Passkey recall over seeds", reports.header_lines(command, device=False, extra=extra)
+    )
+    + format_headline_table(summaries)
+    + "\n"
+    + headline_notes(keys)
+    + "\nFiles: `passkey_seeds.csv` (every row with its seed), `passkey_by_distance.csv` "
+    "(mean, each seed, pooled keys and Wilson interval per distance), "
+    "`passkey_seed_curves.png`, `passkey_heatmap.png` (buckets end at each reach).\n"
+  )
   with open(os.path.join(out, "passkey.md"), "w") as f:
     f.write(text)
   return summaries, text

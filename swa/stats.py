@@ -21,7 +21,8 @@ Intervals (95 %, z = 1.96):
 A run of n keys that are all right bounds recall only above 1 / (1 + z^2 / n) (Wilson; 96.3 % for
 n = 100; Clopper-Pearson gives 0.025^(1/n) = 96.4 %): see all_hits_lower_bound.
 
-The 50 % crossing (crossing) is where the mean over seeds first falls below 50 %, by linear
+swa/aggregate.py turns summarize_model's numbers into the headline table. The 50 % crossing
+(crossing) is where the mean over seeds first falls below 50 %, by linear
 interpolation between the two tested distances around it; its ratio to the reach says how much
 of the theoretical reach the models use.
 """
@@ -33,15 +34,16 @@ import re
 import numpy as np
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-THRESHOLD = 0.95         # "recall >= 95 % up to d"
+THRESHOLD = 0.95  # "recall >= 95 % up to d"
 CROSSING_LEVEL = 0.5
-CROSSING_GOAL = 0.03     # the issue's goal: the 50 % crossing within +-3 % of the reach
+CROSSING_GOAL = 0.03  # the issue's goal: the 50 % crossing within +-3 % of the reach
 
 # A seed inside a name: "seed=1", "seed1", "seed_1" or an "s1" token ("w512_s1_f03", "tiny_s0").
 _SEED_TOKEN = re.compile(r"(?:^|(?<=[_,\-/ ]))(?:seed[=_]?|s)(\d+)(?=$|[_,\-/ ])")
 
 
 # --- Intervals ----------------------------------------------------------------------------------
+
 
 def wilson_interval(hits, trials, z=Z95):
   """Wilson score interval of a binomial proportion.
@@ -104,7 +106,7 @@ def pooled_mean(rows_by_seed):
     n = np.array([r["n"] for r in rows], dtype=np.float64)
     per_seed[seed] = float(np.dot(w, acc))
     weighted_hits += per_seed[seed]
-    sum_u += 1.0           # each seed's key weights u = w_d / n_d sum to 1
+    sum_u += 1.0  # each seed's key weights u = w_d / n_d sum to 1
     sum_u2 += float(np.sum(w * w / n))
   if not per_seed:
     return None
@@ -114,6 +116,7 @@ def pooled_mean(rows_by_seed):
 
 
 # --- Seeds ----------------------------------------------------------------------------------------
+
 
 def seed_of(name):
   """The seed written in a model name or path ("seed=1", "seed1", "_s1_"), else None."""
@@ -142,14 +145,18 @@ def group_by_model(rows):
   for name, by_seed in groups.items():
     shapes = {(r["window"], r["layers"], r["reach"]) for rs in by_seed.values() for r in rs}
     if len(shapes) > 1:
-      raise ValueError(f"Model {name!r} has rows of different models (window, layers, reach): "
-                       f"{sorted(shapes, key=str)}; give each a name of its own.")
+      raise ValueError(
+        f"Model {name!r} has rows of different models (window, layers, reach): "
+        f"{sorted(shapes, key=str)}; give each a name of its own."
+      )
     for seed, rs in by_seed.items():
       rs.sort(key=lambda r: r["distance"])
       distances = [r["distance"] for r in rs]
       if len(set(distances)) < len(distances):
-        raise ValueError(f"Model {name!r} seed {seed} has a distance twice (the same file "
-                         "given twice, or two runs of one seed?).")
+        raise ValueError(
+          f"Model {name!r} seed {seed} has a distance twice (the same file "
+          "given twice, or two runs of one seed?)."
+        )
   return groups
 
 
@@ -172,14 +179,25 @@ def by_distance(rows_by_seed):
     keys = sum(r["n"] for r in cell.values())
     low, high = wilson_interval(hits, keys)
     per_seed = {s: r["accuracy"] for s, r in cell.items()}
-    out.append({"distance": d, "inside": next(iter(cell.values()))["inside"],
-                "seeds": sorted(cell), "accuracy": float(np.mean(list(per_seed.values()))),
-                "per_seed": per_seed, "min_seed": min(per_seed.values()), "hits": hits,
-                "keys": keys, "low": low, "high": high})
+    out.append(
+      {
+        "distance": d,
+        "inside": next(iter(cell.values()))["inside"],
+        "seeds": sorted(cell),
+        "accuracy": float(np.mean(list(per_seed.values()))),
+        "per_seed": per_seed,
+        "min_seed": min(per_seed.values()),
+        "hits": hits,
+        "keys": keys,
+        "low": low,
+        "high": high,
+      }
+    )
   return out
 
 
 # --- Reading a curve -----------------------------------------------------------------------------
+
 
 def crossing(distances, accuracies, level=CROSSING_LEVEL):
   """Distance where accuracy first falls below `level`, linearly interpolated.
@@ -240,108 +258,27 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
   if reference is not None:
     at_reference = pooled_mean(subset(lambda d: reference[0] is None or d <= reference[0]))
   return {
-      "model": name, "window": first["window"], "layers": first["layers"], "reach": reach,
-      "seeds": sorted(rows_by_seed), "threshold": threshold,
-      "inside": pooled_mean(subset(lambda d: reach is None or d <= reach)),
-      "beyond": None if reach is None else pooled_mean(subset(lambda d: d > reach)),
-      "reference": reference, "at_reference": at_reference,
-      "max_distance": max_distance_at(ds, [c["accuracy"] for c in curve], threshold),
-      "max_distance_every_seed": max_distance_at(ds, [c["min_seed"] for c in curve], threshold),
-      "crossing": cross,
-      "crossing_per_seed": {s: crossing([r["distance"] for r in rs], [r["accuracy"] for r in rs])
-                            for s, rs in rows_by_seed.items()},
-      "ratio": cross / reach if reach and math.isfinite(cross) else None,
-      "min_tested": ds[0], "max_tested": ds[-1],
+    "model": name,
+    "window": first["window"],
+    "layers": first["layers"],
+    "reach": reach,
+    "seeds": sorted(rows_by_seed),
+    "threshold": threshold,
+    "inside": pooled_mean(subset(lambda d: reach is None or d <= reach)),
+    "beyond": None if reach is None else pooled_mean(subset(lambda d: d > reach)),
+    "reference": reference,
+    "at_reference": at_reference,
+    "max_distance": max_distance_at(ds, [c["accuracy"] for c in curve], threshold),
+    "max_distance_every_seed": max_distance_at(ds, [c["min_seed"] for c in curve], threshold),
+    "crossing": cross,
+    "crossing_per_seed": {
+      s: crossing([r["distance"] for r in rs], [r["accuracy"] for r in rs])
+      for s, rs in rows_by_seed.items()
+    },
+    "ratio": cross / reach if reach and math.isfinite(cross) else None,
+    "min_tested": ds[0],
+    "max_tested": ds[-1],
   }
-
-
-# --- The headline table --------------------------------------------------------------------------
-
-HEADLINE_COLUMNS = ("Model", "Window", "Layers", "Reach", "Seeds",
-                    "Inside the reach: mean [95 % interval]", "Per seed",
-                    "Seed table expects", "Measured up to that distance",
-                    "≥ 95 % up to d (mean / every seed)", "50 % crossing", "Crossing / reach")
-
-
-def _pct(x):
-  return f"{100 * x:.1f} %"
-
-
-def _interval(m):
-  return "—" if m is None else f"{_pct(m['mean'])} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
-
-
-def _distance_cell(best, s):
-  if best is None:
-    return f"< {s['min_tested']}"
-  return f"≥ {best} (all)" if best == s["max_tested"] else str(best)
-
-
-def _crossing_cell(x, s):
-  if x == -math.inf:
-    return f"< {s['min_tested']}"
-  if x == math.inf:
-    return f"none ≤ {s['max_tested']}"
-  return f"{x:.0f}"
-
-
-def format_headline_table(summaries):
-  """Markdown table of summarize_model() dicts, one row per model (columns HEADLINE_COLUMNS)."""
-  threshold = summaries[0]["threshold"] if summaries else THRESHOLD
-  header = [c.replace("95", f"{100 * threshold:g}", 1) if c.startswith("≥") else c
-            for c in HEADLINE_COLUMNS]
-  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---|" + "---:|" * 7]
-  for s in summaries:
-    reach = "unlimited" if s["reach"] is None else str(s["reach"])
-    seeds = f"{len(s['seeds'])} ({', '.join(str(x) for x in s['seeds'])})"
-    per_seed = " / ".join(f"{100 * v:.1f}" for v in s["inside"]["per_seed"].values())
-    if s["reference"] is None:
-      ref_cell = at_ref = "—"
-    else:
-      distance, accuracy = s["reference"]
-      ref_cell = (f"{'unlimited' if distance is None else f'~{distance} tokens'} at "
-                  f"{100 * accuracy:g} %")
-      met = s["at_reference"] is not None and s["at_reference"]["mean"] >= accuracy - 1e-9
-      at_ref = _interval(s["at_reference"]) + (" ✓" if met else " ✗")
-    best = (f"{_distance_cell(s['max_distance'], s)} / "
-            f"{_distance_cell(s['max_distance_every_seed'], s)}")
-    if s["ratio"] is None:
-      ratio = "—"
-    else:
-      off = s["ratio"] - 1
-      ratio = (f"{s['ratio']:.3f} ({100 * off:+.1f} %)"
-               + (" ✓" if abs(off) <= CROSSING_GOAL + 1e-12 else " ✗"))
-    cells = [s["model"], s["window"], str(s["layers"]), reach, seeds, _interval(s["inside"]),
-             per_seed, ref_cell, at_ref, best, _crossing_cell(s["crossing"], s), ratio]
-    lines.append("| " + " | ".join(cells) + " |")
-  return "\n".join(lines) + "\n"
-
-
-def headline_notes(keys_per_point):
-  """The paragraph under the headline table: what is measured, what is by construction."""
-  bound = all_hits_lower_bound(keys_per_point)
-  return (
-      "Distance d runs from the first key digit to the token that predicts the first answer "
-      "digit; the reach Σ_l (w_l − 1) is the largest d any stack of these windows can carry. "
-      "**Recall beyond the reach is 0 by construction:** the attention mask leaves the answer no "
-      "path to the key, whatever the weights, so a 0 % there checks the mask and the evaluation, "
-      "not learning (a rare chance hit, 1 in 90,000 for five random digits, is all that can "
-      "appear). The findings are inside the reach.\n\n"
-      "Inside the reach: the mean over seeds of each seed's recall averaged uniformly over the "
-      "tested distances d ≤ reach (each distance weighted by the span it stands for), with a 95 % "
-      "Wilson interval on the pooled keys (Kish's effective count for the weights; swa/stats.py); "
-      "the per-seed values show the spread between seeds, which the interval does not. "
-      "\"Seed table expects\": the brief's row for this window (4 layers; full attention "
-      "unlimited), and the same mean over d up to that distance (✓ when it reaches the "
-      "expected recall). \"≥ 95 % up to d\": the largest tested d such that recall is ≥ 95 % at "
-      "every tested distance up to it, for the mean over seeds and for the lowest seed. "
-      "50 % crossing: where the mean over seeds first falls below 50 %, linearly interpolated "
-      f"between tested distances; the goal is a crossing within ±{100 * CROSSING_GOAL:g} % of "
-      "the reach (✓).\n\n"
-      f"With {keys_per_point} keys per distance, a {keys_per_point}/{keys_per_point} bounds recall "
-      f"only above {_pct(bound['wilson'])} (Wilson 95 %; Clopper–Pearson: "
-      f"{_pct(bound['clopper_pearson'])}); per-distance intervals are in "
-      "`passkey_by_distance.csv`.\n")
 
 
 def reach_aligned_edges(reach, low, high, width):
@@ -351,8 +288,10 @@ def reach_aligned_edges(reach, low, high, width):
   beyond it. Without a reach (None) the buckets are [k * width, (k + 1) * width).
   """
   if width < 1 or high < low:
-    raise ValueError(f"reach_aligned_edges needs width >= 1 and low <= high, got width={width}, "
-                     f"low={low}, high={high}.")
+    raise ValueError(
+      f"reach_aligned_edges needs width >= 1 and low <= high, got width={width}, "
+      f"low={low}, high={high}."
+    )
   anchor = -0.5 if reach is None else reach + 0.5
   first = math.floor((low - anchor) / width)
   last = math.ceil((high - anchor) / width)

@@ -11,31 +11,28 @@ its own folder under the sweep folder, named from its overrides (run_name):
       passkey.csv        its evaluation (summary.CSV_FIELDS + seed): the run is finished
 
 Each run is two subprocesses, `train.py` (which resumes a workdir by itself) and the evaluation
-(`sweep.py --evaluate_run=<run>`, i.e. evaluate_run). A run with a passkey.csv is skipped, a
-trained one is only evaluated, an interrupted one resumes from its checkpoint; a run folder made
-with another config file or other overrides is refused. Several runs go at once (run_jobs):
+(`sweep.py --evaluate_run=<run>`, i.e. aggregate.evaluate_run). A run with a passkey.csv from
+the same evaluation settings is skipped, a trained one is only evaluated, an interrupted one
+resumes from its checkpoint; a run folder made with another config file or other overrides is
+refused. Several runs go at once (swa/workers.py):
 worker slot s uses GPU s mod (number of GPUs) through CUDA_VISIBLE_DEVICES, with
 XLA_PYTHON_CLIENT_PREALLOCATE=false and a share of the GPU's memory per process; without GPUs
 they run on the CPU (by default one at a time). swa/aggregate.py then reads the runs back.
 """
 
-import concurrent.futures
 import dataclasses
 import json
-import math
 import os
-import queue
 import re
-import shlex
-import subprocess
 import sys
 import threading
 import time
 
+from swa import workers
+
 STATE_FILE = "sweep_run.json"
 RESULT_FILE = "passkey.csv"
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-_MEMORY_SHARE = 0.9   # of each GPU's memory, split between the processes placed on it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +46,7 @@ class Run:
     seed: config.seed of the run.
     overrides: ((config key, value text), ...): the grid point's overrides, then ("seed", ...).
   """
+
   name: str
   model: str
   seed: int
@@ -56,6 +54,7 @@ class Run:
 
 
 # --- The grid ------------------------------------------------------------------------------------
+
 
 def parse_grid(text):
   """[(config key, [value texts])] from "key=v1,v2;key=v1,v2" (module docstring); "" -> []."""
@@ -66,8 +65,9 @@ def parse_grid(text):
     key, eq, values = part.partition("=")
     key = key.strip()
     if not eq or not _KEY.match(key):
-      raise ValueError(f"--grid: {part!r} is not key=value,value,... (e.g. "
-                       "model.window_size=128,256).")
+      raise ValueError(
+        f"--grid: {part!r} is not key=value,value,... (e.g. model.window_size=128,256)."
+      )
     values = [v.strip() for v in values.split("|" if "|" in values else ",")]
     if not all(values):
       raise ValueError(f"--grid: {key} has an empty value in {part!r}.")
@@ -119,8 +119,10 @@ def run_name(assignment, seed):
   commas, slashes and spaces inside a value become "-".
   """
   last = [k.rsplit(".", 1)[-1] for k, _ in assignment]
-  parts = [f"{short if last.count(short) == 1 else key}={_value_text(v)}"
-           for short, (key, v) in zip(last, assignment)]
+  parts = [
+    f"{short if last.count(short) == 1 else key}={_value_text(v)}"
+    for short, (key, v) in zip(last, assignment)
+  ]
   return ",".join(parts + [f"seed={seed}"])
 
 
@@ -138,8 +140,9 @@ def expand(axes, seeds):
   for point in points:
     for seed in seeds:
       name = run_name(point, seed)
-      runs.append(Run(name=name, model=model_name(name), seed=seed,
-                      overrides=point + (("seed", str(seed)),)))
+      runs.append(
+        Run(name=name, model=model_name(name), seed=seed, overrides=point + (("seed", str(seed)),))
+      )
   return runs
 
 
@@ -158,6 +161,7 @@ def forwarded_overrides(argv):
 
 # --- Runs on disk ----------------------------------------------------------------------------------
 
+
 def _write_json(path, obj):
   """Writes JSON atomically (a temporary file, then a rename)."""
   tmp = f"{path}.tmp{os.getpid()}"
@@ -168,125 +172,57 @@ def _write_json(path, obj):
 
 def identity(run, config_path, extra_overrides):
   """What makes a run folder this run: the config file, the overrides, the seed."""
-  return {"config": config_path, "overrides": list(extra_overrides),
-          "grid": [list(kv) for kv in run.overrides[:-1]], "seed": run.seed}
+  return {
+    "config": config_path,
+    "overrides": list(extra_overrides),
+    "grid": [list(kv) for kv in run.overrides[:-1]],
+    "seed": run.seed,
+  }
 
 
-def run_state(run_dir, ident):
-  """"finished", "trained", "started" or "new"; refuses a folder made for another run."""
+def run_state(run_dir, ident, evaluation=None):
+  """ "finished", "trained", "started" or "new"; refuses a folder made for another run.
+
+  A run evaluated with other evaluation settings than `evaluation` counts as "trained": it is
+  evaluated again, not trained again.
+  """
   path = os.path.join(run_dir, STATE_FILE)
   if not os.path.exists(path):
     if os.path.exists(os.path.join(run_dir, "config.json")):
-      raise ValueError(f"{run_dir} holds a training run that this sweep did not start (no "
-                       f"{STATE_FILE}); move it away or choose another --workdir.")
+      raise ValueError(
+        f"{run_dir} holds a training run that this sweep did not start (no "
+        f"{STATE_FILE}); move it away or choose another --workdir."
+      )
     return "new"
   with open(path) as f:
     saved = json.load(f)
   if saved.get("identity") != ident:
-    raise ValueError(f"{run_dir} was started with other settings ({saved.get('identity')}, now "
-                     f"{ident}); choose another --workdir for the new settings.")
-  if os.path.exists(os.path.join(run_dir, RESULT_FILE)):
+    raise ValueError(
+      f"{run_dir} was started with other settings ({saved.get('identity')}, now "
+      f"{ident}); choose another --workdir for the new settings."
+    )
+  if os.path.exists(os.path.join(run_dir, RESULT_FILE)) and saved.get("evaluation") == evaluation:
     return "finished"
   return "trained" if saved.get("trained") else "started"
 
 
-def train_command(run, run_dir, *, config_path, extra_overrides, train_script,
-                  python=sys.executable):
+def train_command(
+  run, run_dir, *, config_path, extra_overrides, train_script, python=sys.executable
+):
   """The train.py command line of a run (grid overrides after the sweep-wide ones win)."""
   grid = [f"--config.{key}={value}" for key, value in run.overrides]
-  return [python, train_script, f"--config={config_path}", f"--workdir={run_dir}",
-          *extra_overrides, *grid]
-
-
-# --- Running several at once ----------------------------------------------------------------------
-
-def detect_gpus():
-  """GPU ids for CUDA_VISIBLE_DEVICES: those it already lists, else nvidia-smi's, else []."""
-  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
-  try:
-    out = subprocess.run(["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
-                         capture_output=True, text=True, timeout=60, check=True).stdout
-  except (OSError, subprocess.SubprocessError):
-    return []
-  return [line.strip() for line in out.splitlines() if line.strip()]
-
-
-def worker_env(slot, gpus, parallel, base=None):
-  """The environment of a process in worker slot `slot` (of `parallel`) on these GPUs."""
-  env = dict(os.environ if base is None else base)
-  if gpus:
-    per_gpu = math.ceil(parallel / len(gpus))
-    env["CUDA_VISIBLE_DEVICES"] = gpus[slot % len(gpus)]
-    env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
-    env["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{_MEMORY_SHARE / per_gpu:.3f}"
-  return env
-
-
-class Runner:
-  """Runs commands as subprocesses with their output in a log file; stop() ends the live ones."""
-
-  def __init__(self):
-    self._live, self._lock = set(), threading.Lock()
-
-  def __call__(self, command, *, env, log_path):
-    """Runs `command` to its end with stdout and stderr appended to log_path; returns its status."""
-    with open(log_path, "a") as log:
-      log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} {shlex.join(command)}\n")
-      log.flush()
-      process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL)
-      with self._lock:
-        self._live.add(process)
-      try:
-        return process.wait()
-      finally:
-        with self._lock:
-          self._live.discard(process)
-
-  def stop(self):
-    with self._lock:
-      for process in self._live:
-        process.terminate()
-
-
-def run_jobs(jobs, *, parallel, gpus, stop=None):
-  """Calls job(env) for every job, `parallel` at a time, each with its worker slot's environment.
-
-  On an interrupt (or a job's exception) the jobs not started are dropped and stop() (if given)
-  is called before waiting for the running ones, so that it can end their subprocesses.
-
-  Returns:
-    the jobs' results, in order.
-  """
-  if parallel < 1:
-    raise ValueError(f"--parallel must be >= 1, got {parallel}.")
-  slots = queue.Queue()
-  for slot in range(parallel):
-    slots.put(slot)
-
-  def work(job):
-    slot = slots.get()
-    try:
-      return job(worker_env(slot, gpus, parallel))
-    finally:
-      slots.put(slot)
-
-  with concurrent.futures.ThreadPoolExecutor(parallel) as pool:
-    futures = [pool.submit(work, job) for job in jobs]
-    try:
-      return [f.result() for f in futures]
-    except BaseException:
-      for f in futures:
-        f.cancel()
-      if stop is not None:
-        stop()
-      raise
+  return [
+    python,
+    train_script,
+    f"--config={config_path}",
+    f"--workdir={run_dir}",
+    *extra_overrides,
+    *grid,
+  ]
 
 
 def _failure(what, status, log_path):
-  """"failed: <what> exited with <status> (<its last log line>); see <log>"."""
+  """ "failed: <what> exited with <status> (<its last log line>); see <log>"."""
   last = ""
   if os.path.exists(log_path):
     with open(log_path, errors="replace") as f:
@@ -295,8 +231,20 @@ def _failure(what, status, log_path):
   return f"failed: {what} exited with {status}{last}; see {log_path}"
 
 
-def run_sweep(runs, workdir, *, config_path, extra_overrides=(), train_script, eval_command,
-              parallel=1, gpus=(), runner=None, log=print):
+def run_sweep(
+  runs,
+  workdir,
+  *,
+  config_path,
+  extra_overrides=(),
+  train_script,
+  eval_command,
+  evaluation=None,
+  parallel=1,
+  gpus=(),
+  runner=None,
+  log=print,
+):
   """Trains and evaluates every run not yet finished; see the module docstring.
 
   Args:
@@ -306,23 +254,29 @@ def run_sweep(runs, workdir, *, config_path, extra_overrides=(), train_script, e
     extra_overrides: "--config.x=v" texts for every run.
     train_script: path of train.py.
     eval_command: function (run, run_dir) -> the command that writes <run_dir>/passkey.csv.
+    evaluation: the evaluation's settings (JSON-able), kept in each run's sweep_run.json; a
+      run evaluated with other settings is evaluated again.
     parallel: runs at once.
-    gpus: GPU ids (detect_gpus()); empty runs on the CPU.
-    runner: function (command, env=, log_path=) -> exit status (default: a Runner).
+    gpus: GPU ids (workers.detect_gpus()); empty runs on the CPU.
+    runner: function (command, env=, log_path=) -> exit status (default: a workers.Runner).
     log: progress lines go here.
 
   Returns:
     {run name: "skipped" | "done" | "failed: <reason>"}.
   """
-  runner = runner or Runner()
+  runner = runner or workers.Runner()
   idents = {run.name: identity(run, config_path, extra_overrides) for run in runs}
-  states = {run.name: run_state(os.path.join(workdir, run.name), idents[run.name])
-            for run in runs}
+  states = {
+    run.name: run_state(os.path.join(workdir, run.name), idents[run.name], evaluation)
+    for run in runs
+  }
   todo = [run for run in runs if states[run.name] != "finished"]
-  log(f"{len(runs)} runs in {workdir}: {len(runs) - len(todo)} finished, "
-      f"{sum(s == 'trained' for s in states.values())} to evaluate, "
-      f"{sum(s == 'started' for s in states.values())} to resume; {parallel} at a time"
-      f"{' on GPUs ' + ','.join(gpus) if gpus else ' on the CPU'}.")
+  log(
+    f"{len(runs)} runs in {workdir}: {len(runs) - len(todo)} finished, "
+    f"{sum(s == 'trained' for s in states.values())} to evaluate, "
+    f"{sum(s == 'started' for s in states.values())} to resume; {parallel} at a time"
+    f"{' on GPUs ' + ','.join(gpus) if gpus else ' on the CPU'}."
+  )
   counter = iter(range(1, len(todo) + 1))
   lock = threading.Lock()
 
@@ -338,24 +292,38 @@ def run_sweep(runs, workdir, *, config_path, extra_overrides=(), train_script, e
       if states[run.name] != "trained":
         _write_json(state_path, {"identity": idents[run.name], "trained": False})
         log(f"[{number}/{len(todo)}] {run.name}: training on {where}")
-        command = train_command(run, run_dir, config_path=config_path,
-                                extra_overrides=extra_overrides, train_script=train_script)
+        command = train_command(
+          run,
+          run_dir,
+          config_path=config_path,
+          extra_overrides=extra_overrides,
+          train_script=train_script,
+        )
         status = runner(command, env=env, log_path=os.path.join(run_dir, "train.log"))
         if status != 0:
           return _failure("train.py", status, os.path.join(run_dir, "train.log"))
         _write_json(state_path, {"identity": idents[run.name], "trained": True})
       log(f"[{number}/{len(todo)}] {run.name}: evaluating on {where}")
-      status = runner(eval_command(run, run_dir), env=env,
-                      log_path=os.path.join(run_dir, "eval.log"))
+      status = runner(
+        eval_command(run, run_dir), env=env, log_path=os.path.join(run_dir, "eval.log")
+      )
       if status != 0 or not os.path.exists(os.path.join(run_dir, RESULT_FILE)):
         return _failure("the evaluation", status, os.path.join(run_dir, "eval.log"))
+      _write_json(
+        state_path, {"identity": idents[run.name], "trained": True, "evaluation": evaluation}
+      )
       log(f"[{number}/{len(todo)}] {run.name}: done in {time.perf_counter() - start:.0f} s")
       return "done"
+
     return do
 
   os.makedirs(workdir, exist_ok=True)
-  results = run_jobs([job(run) for run in todo], parallel=parallel, gpus=list(gpus),
-                     stop=getattr(runner, "stop", None))
+  results = workers.run_jobs(
+    [job(run) for run in todo],
+    parallel=parallel,
+    gpus=list(gpus),
+    stop=getattr(runner, "stop", None),
+  )
   outcome = {run.name: "skipped" for run in runs}
   outcome.update({run.name: result for run, result in zip(todo, results)})
   return outcome

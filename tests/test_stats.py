@@ -1,27 +1,43 @@
-"""swa/stats.py: Wilson intervals, pooling seeds, the 50 % crossing, the headline table."""
+"""swa/stats.py: Wilson intervals, pooling seeds, the 50 % crossing; the headline table built on it."""
 
 import math
 
 import numpy as np
 import pytest
 
-from swa import stats, summary
+from swa import aggregate, stats, summary
 
 
 def rows_of(model, seed, accuracies, *, reach=508, window="128", layers=4, n=100):
   """passkey.csv rows of one model and seed: {distance: accuracy}."""
-  return [{"model": model, "window": window, "layers": layers, "reach": reach, "distance": d,
-           "inside": reach is None or d <= reach, "accuracy": a, "n": n, "seq_len": 640,
-           "train_seq_len": 640, "beyond_train_len": False, "seed": seed}
-          for d, a in accuracies.items()]
+  return [
+    {
+      "model": model,
+      "window": window,
+      "layers": layers,
+      "reach": reach,
+      "distance": d,
+      "inside": reach is None or d <= reach,
+      "accuracy": a,
+      "n": n,
+      "seq_len": 640,
+      "train_seq_len": 640,
+      "beyond_train_len": False,
+      "seed": seed,
+    }
+    for d, a in accuracies.items()
+  ]
 
 
-@pytest.mark.parametrize("hits, trials, low, high", [
-    (0, 10, 0.0, 0.2775328),        # textbook values of the Wilson score interval
+@pytest.mark.parametrize(
+  "hits, trials, low, high",
+  [
+    (0, 10, 0.0, 0.2775328),  # textbook values of the Wilson score interval
     (5, 10, 0.2365931, 0.7634069),
     (98, 100, 0.9299882, 0.9944980),
-    (100, 100, 0.9630065, 1.0),     # = 1 / (1 + z^2 / n)
-])
+    (100, 100, 0.9630065, 1.0),  # = 1 / (1 + z^2 / n)
+  ],
+)
 def test_wilson_interval(hits, trials, low, high):
   assert stats.wilson_interval(hits, trials) == pytest.approx((low, high), abs=1e-6)
 
@@ -34,8 +50,8 @@ def test_wilson_interval_rejects_impossible_counts(hits, trials):
 
 def test_all_hits_lower_bound():
   bound = stats.all_hits_lower_bound(100)
-  assert bound["wilson"] == pytest.approx(1 / (1 + stats.Z95 ** 2 / 100))  # 96.30 %
-  assert bound["clopper_pearson"] == pytest.approx(0.025 ** 0.01)          # 96.38 %
+  assert bound["wilson"] == pytest.approx(1 / (1 + stats.Z95**2 / 100))  # 96.30 %
+  assert bound["clopper_pearson"] == pytest.approx(0.025**0.01)  # 96.38 %
 
 
 def test_span_weights_match_the_mean_over_distances_of_summary():
@@ -48,8 +64,10 @@ def test_span_weights_match_the_mean_over_distances_of_summary():
 
 
 def test_pooled_mean_of_evenly_spaced_distances_is_wilson_on_the_pooled_keys():
-  by_seed = {0: rows_of("m", 0, {100: 1.0, 200: 0.9, 300: 0.5}),
-             1: rows_of("m", 1, {100: 1.0, 200: 0.8, 300: 0.3})}
+  by_seed = {
+    0: rows_of("m", 0, {100: 1.0, 200: 0.9, 300: 0.5}),
+    1: rows_of("m", 1, {100: 1.0, 200: 0.8, 300: 0.3}),
+  }
   m = stats.pooled_mean(by_seed)
   assert m["per_seed"] == pytest.approx({0: 0.8, 1: 0.7})
   assert m["mean"] == pytest.approx(0.75)
@@ -66,7 +84,9 @@ def test_pooled_mean_weighs_distances_by_their_span():
   assert stats.pooled_mean({0: []}) is None
 
 
-@pytest.mark.parametrize("name, seed, stripped", [
+@pytest.mark.parametrize(
+  "name, seed, stripped",
+  [
     ("w512_s1_f03", 1, "w512_f03"),
     ("tiny_s0", 0, "tiny"),
     ("window_size=128,num_layers=2,seed=1", 1, "window_size=128,num_layers=2"),
@@ -74,7 +94,8 @@ def test_pooled_mean_weighs_distances_by_their_span():
     ("w128_seed2", 2, "w128"),
     ("w128", None, "w128"),
     ("local_first", None, "local_first"),
-])
+  ],
+)
 def test_seed_in_a_name(name, seed, stripped):
   assert stats.seed_of(name) == seed
   assert stats.strip_seed(name) == stripped
@@ -125,9 +146,11 @@ def test_reach_aligned_edges_never_straddle_the_reach(reach):
 
 def headline_rows():
   """Three seeds of a 4 x 128 model: recall 1.0 / 0.97 / 0.5 / 0 at d = 100 / 300 / 500 / 600."""
-  return (rows_of("w128_s0", 0, {100: 1.0, 300: 0.98, 500: 0.60, 600: 0.0})
-          + rows_of("w128_s1", 1, {100: 1.0, 300: 0.96, 500: 0.40, 600: 0.0})
-          + rows_of("w128_s2", 2, {100: 0.99, 300: 0.97, 500: 0.50, 600: 0.0}))
+  return (
+    rows_of("w128_s0", 0, {100: 1.0, 300: 0.98, 500: 0.60, 600: 0.0})
+    + rows_of("w128_s1", 1, {100: 1.0, 300: 0.96, 500: 0.40, 600: 0.0})
+    + rows_of("w128_s2", 2, {100: 0.99, 300: 0.97, 500: 0.50, 600: 0.0})
+  )
 
 
 def test_summarize_model_gives_the_headline_numbers():
@@ -136,42 +159,47 @@ def test_summarize_model_gives_the_headline_numbers():
   assert s["seeds"] == [0, 1, 2]
   assert s["inside"]["per_seed"] == pytest.approx({0: 0.86, 1: 2.36 / 3, 2: 0.82})
   assert s["inside"]["mean"] == pytest.approx(7.4 / 9)
-  assert s["inside"]["n_eff"] == pytest.approx(900)      # 3 seeds x 3 distances x 100 keys
-  assert (s["inside"]["low"], s["inside"]["high"]) == pytest.approx(
-      stats.wilson_interval(740, 900))
+  assert s["inside"]["n_eff"] == pytest.approx(900)  # 3 seeds x 3 distances x 100 keys
+  assert (s["inside"]["low"], s["inside"]["high"]) == pytest.approx(stats.wilson_interval(740, 900))
   assert s["beyond"]["mean"] == 0.0
   assert s["at_reference"]["mean"] == pytest.approx(7.4 / 9)
   assert s["max_distance"] == 300 and s["max_distance_every_seed"] == 300
-  assert s["crossing"] == pytest.approx(500)              # the mean is 0.5 at 500, 0 at 600
-  assert s["crossing_per_seed"] == pytest.approx({0: 500 + 100 / 6, 1: 300 + 200 * 0.46 / 0.56, 2: 500})
+  assert s["crossing"] == pytest.approx(500)  # the mean is 0.5 at 500, 0 at 600
+  assert s["crossing_per_seed"] == pytest.approx(
+    {0: 500 + 100 / 6, 1: 300 + 200 * 0.46 / 0.56, 2: 500}
+  )
   assert s["ratio"] == pytest.approx(500 / 508)
 
 
 def test_headline_table_row():
   by_seed = stats.group_by_model(headline_rows())["w128"]
   s = stats.summarize_model("w128", by_seed, reference=(512, 0.95))
-  table = stats.format_headline_table([s]).splitlines()
+  table = aggregate.format_headline_table([s]).splitlines()
   assert table[0].startswith("| Model | Window | Layers | Reach | Seeds |")
-  assert table[2] == ("| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-                      "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | "
-                      "300 / 300 | 500 | 0.984 (-1.6 %) ✓ |")
+  assert table[2] == (
+    "| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
+    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | "
+    "300 / 300 | 500 | 0.984 (-1.6 %) ✓ |"
+  )
 
 
 def test_headline_table_full_attention_and_edge_cases():
   rows = rows_of("full", 0, {100: 1.0, 1004: 1.0}, reach=None, window="full")
   s = stats.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
-  row = stats.format_headline_table([s]).splitlines()[2]
-  assert row == ("| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | 100.0 | "
-                 "unlimited at 100 % | 100.0 % [98.1, 100.0] ✓ | ≥ 1004 (all) / ≥ 1004 (all) | "
-                 "none ≤ 1004 | — |")
+  row = aggregate.format_headline_table([s]).splitlines()[2]
+  assert row == (
+    "| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | 100.0 | "
+    "unlimited at 100 % | 100.0 % [98.1, 100.0] ✓ | ≥ 1004 (all) / ≥ 1004 (all) | "
+    "none ≤ 1004 | — |"
+  )
   assert s["beyond"] is None
   weak = rows_of("tiny", 0, {42: 0.3, 60: 0.0}, reach=93, window="32", layers=3)
   s = stats.summarize_model("tiny", stats.group_by_model(weak)["tiny"])
   assert s["crossing"] == -math.inf and s["ratio"] is None
-  assert "| < 42 / < 42 | < 42 | — |" in stats.format_headline_table([s])
+  assert "| < 42 / < 42 | < 42 | — |" in aggregate.format_headline_table([s])
 
 
 def test_headline_notes_state_the_construction_and_the_bound():
-  text = stats.headline_notes(100)
+  text = aggregate.headline_notes(100)
   assert "Recall beyond the reach is 0 by construction" in text
   assert "100/100 bounds recall only above 96.3 % (Wilson 95 %; Clopper–Pearson: 96.4 %)" in text

@@ -1,4 +1,5 @@
-"""sweep.py and swa/sweep.py, swa/aggregate.py: grids, run folders, resuming, several at once."""
+"""sweep.py, swa/sweep.py, swa/workers.py, swa/aggregate.py: grids, run folders, resuming,
+several at once, the aggregate."""
 
 import csv
 import json
@@ -10,22 +11,28 @@ import threading
 import pytest
 
 from configs import tiny
-from swa import aggregate, summary, sweep
+from swa import aggregate, summary, sweep, workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # --- The grid --------------------------------------------------------------------------------------
 
+
 def test_parse_grid():
   assert sweep.parse_grid("model.window_size=128,256;model.num_layers=1,2,4,8") == [
-      ("model.window_size", ["128", "256"]), ("model.num_layers", ["1", "2", "4", "8"])]
+    ("model.window_size", ["128", "256"]),
+    ("model.num_layers", ["1", "2", "4", "8"]),
+  ]
   assert sweep.parse_grid(" model.window_size = 8,32,32,32 | 32,32,32,32 ;") == [
-      ("model.window_size", ["8,32,32,32", "32,32,32,32"])]
+    ("model.window_size", ["8,32,32,32", "32,32,32,32"])
+  ]
   assert sweep.parse_grid("") == []
 
 
-@pytest.mark.parametrize("text, message", [
+@pytest.mark.parametrize(
+  "text, message",
+  [
     ("model.window_size", "is not key=value"),
     ("=1,2", "is not key=value"),
     ("model..x=1", "is not key=value"),
@@ -33,7 +40,8 @@ def test_parse_grid():
     ("model.window_size=128,128", "lists a value twice"),
     ("num_steps=1;num_steps=2", "names num_steps twice"),
     ("seed=0,1", "--seeds"),
-])
+  ],
+)
 def test_bad_grids_give_one_line(text, message):
   with pytest.raises(ValueError, match=message) as error:
     sweep.parse_grid(text)
@@ -59,13 +67,18 @@ def test_check_keys():
 
 def test_runs_are_named_from_their_overrides():
   runs = sweep.expand(sweep.parse_grid("model.window_size=128,256;model.num_layers=1,2"), [0, 1])
-  assert [r.name for r in runs[:3]] == ["window_size=128,num_layers=1,seed=0",
-                                        "window_size=128,num_layers=1,seed=1",
-                                        "window_size=128,num_layers=2,seed=0"]
+  assert [r.name for r in runs[:3]] == [
+    "window_size=128,num_layers=1,seed=0",
+    "window_size=128,num_layers=1,seed=1",
+    "window_size=128,num_layers=2,seed=0",
+  ]
   assert len(runs) == 8 and len({r.name for r in runs}) == 8
   assert runs[1].model == "window_size=128,num_layers=1" and runs[1].seed == 1
-  assert runs[1].overrides == (("model.window_size", "128"), ("model.num_layers", "1"),
-                               ("seed", "1"))
+  assert runs[1].overrides == (
+    ("model.window_size", "128"),
+    ("model.num_layers", "1"),
+    ("seed", "1"),
+  )
   # Keys that share their last component keep their full name; commas inside values become -.
   clash = sweep.expand(sweep.parse_grid("model.x=1;data.x=2;model.window_size=8,32|16"), [3])
   assert clash[0].name == "model.x=1,data.x=2,window_size=8-32,seed=3"
@@ -78,10 +91,14 @@ def test_forwarded_overrides():
 
 
 def test_worker_env_spreads_slots_over_gpus():
-  env = sweep.worker_env(3, ["0", "1"], 4, base={"PATH": "x"})
-  assert env == {"PATH": "x", "CUDA_VISIBLE_DEVICES": "1", "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
-                 "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450"}
-  assert sweep.worker_env(0, [], 2, base={"PATH": "x"}) == {"PATH": "x"}
+  env = workers.worker_env(3, ["0", "1"], 4, base={"PATH": "x"})
+  assert env == {
+    "PATH": "x",
+    "CUDA_VISIBLE_DEVICES": "1",
+    "XLA_PYTHON_CLIENT_PREALLOCATE": "false",
+    "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450",
+  }
+  assert workers.worker_env(0, [], 2, base={"PATH": "x"}) == {"PATH": "x"}
 
 
 def test_run_jobs_runs_several_at_once_in_distinct_slots():
@@ -92,15 +109,46 @@ def test_run_jobs_runs_several_at_once_in_distinct_slots():
       barrier.wait()  # only returns when two jobs run at the same time
       seen.append(env["CUDA_VISIBLE_DEVICES"])
       return i
+
     return do
 
-  assert sweep.run_jobs([job(i) for i in range(4)], parallel=2, gpus=["0", "1"]) == [0, 1, 2, 3]
+  assert workers.run_jobs([job(i) for i in range(4)], parallel=2, gpus=["0", "1"]) == [0, 1, 2, 3]
   assert sorted(seen) == ["0", "0", "1", "1"]
   with pytest.raises(ValueError, match="--parallel must be >= 1"):
-    sweep.run_jobs([], parallel=0, gpus=[])
+    workers.run_jobs([], parallel=0, gpus=[])
+
+
+def test_runner_logs_commands_and_stop_ends_them(tmp_path):
+  runner, log = workers.Runner(), str(tmp_path / "run.log")
+  assert runner([sys.executable, "-c", "print('hello')"], env=dict(os.environ), log_path=log) == 0
+  assert (
+    runner([sys.executable, "-c", "import sys; sys.exit(3)"], env=dict(os.environ), log_path=log)
+    == 3
+  )
+  status = []
+  thread = threading.Thread(
+    target=lambda: status.append(
+      runner(
+        [sys.executable, "-c", "import time; print('sleeping', flush=True); time.sleep(60)"],
+        env=dict(os.environ),
+        log_path=log,
+      )
+    )
+  )
+  thread.start()
+  while "sleeping\n" not in open(log).read():  # wait until the sleeper runs
+    threading.Event().wait(0.05)
+  runner.stop()
+  thread.join(timeout=30)
+  assert status and status[0] != 0
+  assert runner([sys.executable, "-c", "print('late')"], env=dict(os.environ), log_path=log) == -1
+  text = open(log).read()
+  assert "\nhello\n" in text and "\nlate\n" not in text
+  assert "=== not started: the sweep is stopping" in text
 
 
 # --- Run folders and resuming (a fake runner instead of subprocesses) -----------------------------
+
 
 class FakeRunner:
   """Stands for train.py (writes config.json) and the evaluation (writes passkey.csv)."""
@@ -124,12 +172,20 @@ class FakeRunner:
     return 0
 
 
-def sweep_once(workdir, runner, overrides=("--config.num_steps=2",), parallel=1):
+def sweep_once(workdir, runner, overrides=("--config.num_steps=2",), parallel=1, evaluation=None):
   runs = sweep.expand(sweep.parse_grid("model.window_size=16,32"), [0, 1])
-  return sweep.run_sweep(runs, str(workdir), config_path="configs/tiny.py",
-                         extra_overrides=list(overrides), train_script="train.py",
-                         eval_command=lambda run, d: [sys.executable, "eval", d],
-                         parallel=parallel, runner=runner, log=lambda line: None)
+  return sweep.run_sweep(
+    runs,
+    str(workdir),
+    config_path="configs/tiny.py",
+    extra_overrides=list(overrides),
+    train_script="train.py",
+    eval_command=lambda run, d: [sys.executable, "eval", d],
+    evaluation=evaluation,
+    parallel=parallel,
+    runner=runner,
+    log=lambda line: None,
+  )
 
 
 def test_a_sweep_skips_finished_runs_and_resumes_the_others(tmp_path):
@@ -137,17 +193,31 @@ def test_a_sweep_skips_finished_runs_and_resumes_the_others(tmp_path):
   outcome = sweep_once(tmp_path, first, parallel=2)
   assert outcome["window_size=16,seed=0"] == "done"
   assert outcome["window_size=32,seed=0"].startswith(
-      "failed: train.py exited with 1 (error: something one-line); see ")
+    "failed: train.py exited with 1 (error: something one-line); see "
+  )
   assert outcome["window_size=32,seed=1"].startswith("failed: the evaluation exited with 1")
   again = FakeRunner()
   outcome = sweep_once(tmp_path, again)
   # The finished runs are skipped, the failed training resumes, the trained run is only evaluated.
-  assert outcome == {"window_size=16,seed=0": "skipped", "window_size=16,seed=1": "skipped",
-                     "window_size=32,seed=0": "done", "window_size=32,seed=1": "done"}
-  assert sorted(again.calls) == [("eval", "window_size=32,seed=0"), ("eval", "window_size=32,seed=1"),
-                                 ("train", "window_size=32,seed=0")]
+  assert outcome == {
+    "window_size=16,seed=0": "skipped",
+    "window_size=16,seed=1": "skipped",
+    "window_size=32,seed=0": "done",
+    "window_size=32,seed=1": "done",
+  }
+  assert sorted(again.calls) == [
+    ("eval", "window_size=32,seed=0"),
+    ("eval", "window_size=32,seed=1"),
+    ("train", "window_size=32,seed=0"),
+  ]
   third = FakeRunner()
   assert set(sweep_once(tmp_path, third).values()) == {"skipped"} and not third.calls
+  # Other evaluation settings: every run is evaluated again, none trained again.
+  fourth = FakeRunner()
+  assert set(sweep_once(tmp_path, fourth, evaluation={"examples_per_distance": 7}).values()) == {
+    "done"
+  }
+  assert sorted(kind for kind, _ in fourth.calls) == ["eval"] * 4
 
 
 def test_a_run_folder_of_other_settings_is_refused(tmp_path):
@@ -163,13 +233,26 @@ def test_a_run_folder_of_other_settings_is_refused(tmp_path):
 
 def test_train_command_puts_the_grid_after_the_sweep_wide_overrides():
   run = sweep.expand(sweep.parse_grid("model.window_size=16"), [2])[0]
-  assert sweep.train_command(run, "d", config_path="c.py", extra_overrides=["--config.seed=9"],
-                             train_script="train.py", python="py") == [
-      "py", "train.py", "--config=c.py", "--workdir=d", "--config.seed=9",
-      "--config.model.window_size=16", "--config.seed=2"]
+  assert sweep.train_command(
+    run,
+    "d",
+    config_path="c.py",
+    extra_overrides=["--config.seed=9"],
+    train_script="train.py",
+    python="py",
+  ) == [
+    "py",
+    "train.py",
+    "--config=c.py",
+    "--workdir=d",
+    "--config.seed=9",
+    "--config.model.window_size=16",
+    "--config.seed=2",
+  ]
 
 
 # --- Aggregating from CSVs ---------------------------------------------------------------------------
+
 
 def write_csv(path, rows, with_seed):
   os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -181,23 +264,48 @@ def write_csv(path, rows, with_seed):
 
 
 def synthetic(model, seed, accuracies, reach=508, window="128"):
-  return [{"model": model, "window": window, "layers": 4, "reach": reach, "distance": d,
-           "inside": reach is None or d <= reach, "accuracy": a, "n": 100, "seq_len": 640,
-           "train_seq_len": 640, "beyond_train_len": False, "seed": seed}
-          for d, a in accuracies.items()]
+  return [
+    {
+      "model": model,
+      "window": window,
+      "layers": 4,
+      "reach": reach,
+      "distance": d,
+      "inside": reach is None or d <= reach,
+      "accuracy": a,
+      "n": 100,
+      "seq_len": 640,
+      "train_seq_len": 640,
+      "beyond_train_len": False,
+      "seed": seed,
+    }
+    for d, a in accuracies.items()
+  ]
 
 
 def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
-  write_csv(str(tmp_path / "sw" / "w128,seed=0" / "passkey.csv"),
-            synthetic("w128", 0, {100: 1.0}), with_seed=True)
-  write_csv(str(tmp_path / "sw" / "w128,seed=1" / "passkey.csv"),
-            synthetic("w128", 7, {100: 0.9}), with_seed=False)       # seed from the folder: 1
-  write_csv(str(tmp_path / "old" / "passkey.csv"),
-            synthetic("w128_s2", 0, {100: 0.8}) + synthetic("full", 0, {100: 1.0}, None, "full"),
-            with_seed=False)                                         # from the name; else 0
+  write_csv(
+    str(tmp_path / "sw" / "w128,seed=0" / "passkey.csv"),
+    synthetic("w128", 0, {100: 1.0}),
+    with_seed=True,
+  )
+  write_csv(
+    str(tmp_path / "sw" / "w128,seed=1" / "passkey.csv"),
+    synthetic("w128", 7, {100: 0.9}),
+    with_seed=False,
+  )  # seed from the folder: 1
+  write_csv(
+    str(tmp_path / "old" / "passkey.csv"),
+    synthetic("w128_s2", 0, {100: 0.8}) + synthetic("full", 0, {100: 1.0}, None, "full"),
+    with_seed=False,
+  )  # from the name; else 0
   rows = aggregate.collect([str(tmp_path / "sw"), str(tmp_path / "old")])
-  assert [(r["model"], r["seed"]) for r in rows] == [("w128", 0), ("w128", 1), ("w128_s2", 2),
-                                                     ("full", 0)]
+  assert [(r["model"], r["seed"]) for r in rows] == [
+    ("w128", 0),
+    ("w128", 1),
+    ("w128_s2", 2),
+    ("full", 0),
+  ]
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no passkey.csv"):
     aggregate.collect([str(tmp_path / "empty")])
@@ -207,29 +315,49 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
 
 def test_the_same_model_and_seed_in_two_files_take_their_folder_names(tmp_path):
   for folder in ("w512_s0_f03", "w512_s0_f03_6k"):
-    write_csv(str(tmp_path / folder / "passkey.csv"), synthetic("w512_s0_f03", 0, {100: 1.0}),
-              with_seed=False)
+    write_csv(
+      str(tmp_path / folder / "passkey.csv"),
+      synthetic("w512_s0_f03", 0, {100: 1.0}),
+      with_seed=False,
+    )
   summaries = aggregate.summarize(aggregate.collect([str(tmp_path)]))
   assert [s["model"] for s in summaries] == ["w512_f03", "w512_f03_6k"]
 
 
 def test_aggregate_command_writes_the_headline_table(tmp_path):
-  for seed, accs in enumerate([{100: 1.0, 300: 0.98, 500: 0.60, 600: 0.0},
-                               {100: 1.0, 300: 0.96, 500: 0.40, 600: 0.0},
-                               {100: 0.99, 300: 0.97, 500: 0.50, 600: 0.0}]):
-    write_csv(str(tmp_path / "sw" / f"window_size=128,seed={seed}" / "passkey.csv"),
-              synthetic("window_size=128", seed, accs), with_seed=True)
-  done = subprocess.run([sys.executable, "sweep.py", f"--aggregate={tmp_path / 'sw'}",
-                         f"--out={tmp_path / 'out'}"], cwd=REPO, capture_output=True, text=True,
-                        timeout=300)
+  for seed, accs in enumerate(
+    [
+      {100: 1.0, 300: 0.98, 500: 0.60, 600: 0.0},
+      {100: 1.0, 300: 0.96, 500: 0.40, 600: 0.0},
+      {100: 0.99, 300: 0.97, 500: 0.50, 600: 0.0},
+    ]
+  ):
+    write_csv(
+      str(tmp_path / "sw" / f"window_size=128,seed={seed}" / "passkey.csv"),
+      synthetic("window_size=128", seed, accs),
+      with_seed=True,
+    )
+  done = subprocess.run(
+    [sys.executable, "sweep.py", f"--aggregate={tmp_path / 'sw'}", f"--out={tmp_path / 'out'}"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert done.returncode == 0, done.stderr
   text = (tmp_path / "out" / "passkey.md").read_text()
-  assert ("| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-          "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | 300 / 300 | 500 | "
-          "0.984 (-1.6 %) ✓ |") in text
+  assert (
+    "| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
+    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | 300 / 300 | 500 | "
+    "0.984 (-1.6 %) ✓ |"
+  ) in text
   assert "Recall beyond the reach is 0 by construction" in text
-  for name in ("passkey_seeds.csv", "passkey_by_distance.csv", "passkey_seed_curves.png",
-               "passkey_heatmap.png"):
+  for name in (
+    "passkey_seeds.csv",
+    "passkey_by_distance.csv",
+    "passkey_seed_curves.png",
+    "passkey_heatmap.png",
+  ):
     assert (tmp_path / "out" / name).exists()
   with open(tmp_path / "out" / "passkey_by_distance.csv") as f:
     by_distance = list(csv.DictReader(f))
@@ -237,18 +365,30 @@ def test_aggregate_command_writes_the_headline_table(tmp_path):
   assert float(by_distance[2]["wilson_low"]) == pytest.approx(0.44378, abs=1e-5)  # 150 / 300
 
 
-@pytest.mark.parametrize("args, message", [
-    ([f"--config={REPO}/configs/tiny.py", "--workdir=x", "--grid=model.window_size"],
-     "error: --grid: 'model.window_size' is not key=value"),
-    ([f"--config={REPO}/configs/tiny.py", "--workdir=x", "--grid=model.windw=3"],
-     "error: --grid: model.windw is not a config field"),
+@pytest.mark.parametrize(
+  "args, message",
+  [
+    (
+      [f"--config={REPO}/configs/tiny.py", "--workdir=x", "--grid=model.window_size"],
+      "error: --grid: 'model.window_size' is not key=value",
+    ),
+    (
+      [f"--config={REPO}/configs/tiny.py", "--workdir=x", "--grid=model.windw=3"],
+      "error: --grid: model.windw is not a config field",
+    ),
     (["--aggregate=nowhere", "--out=x"], "error: No such file or folder: nowhere"),
     (["--grid=model.window_size=3"], "error: A sweep needs --config and --workdir"),
-])
+  ],
+)
 def test_command_line_mistakes_give_one_line(tmp_path, args, message):
-  done = subprocess.run([sys.executable, os.path.join(REPO, "sweep.py"), *args], cwd=tmp_path,
-                        capture_output=True, text=True, timeout=300,
-                        env={**os.environ, "PYTHONPATH": REPO})
+  done = subprocess.run(
+    [sys.executable, os.path.join(REPO, "sweep.py"), *args],
+    cwd=tmp_path,
+    capture_output=True,
+    text=True,
+    timeout=300,
+    env={**os.environ, "PYTHONPATH": REPO},
+  )
   lines = done.stderr.strip().splitlines()
   assert done.returncode == 1 and len(lines) == 1 and lines[0].startswith(message), done.stderr
   assert not (tmp_path / "x").exists()
@@ -256,23 +396,41 @@ def test_command_line_mistakes_give_one_line(tmp_path, args, message):
 
 # --- A real sweep on the CPU ---------------------------------------------------------------------------
 
+
 @pytest.mark.slow
 def test_a_two_by_two_sweep_on_the_cpu_trains_evaluates_and_resumes(tmp_path):
   workdir = tmp_path / "sw"
-  args = [sys.executable, "sweep.py", "--config=configs/tiny.py", f"--workdir={workdir}",
-          "--grid=model.window_size=24,32;model.num_layers=2,3", "--seeds=0", "--gpus=",
-          "--config.num_steps=2", "--config.data.seq_len=64", "--config.data.batch_size=2",
-          "--config.eval.examples_per_distance=2", "--config.eval.num_distances=2",
-          "--examples_per_distance=2", "--max_factor=1.2", "--eval_step=16"]
+  args = [
+    sys.executable,
+    "sweep.py",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    "--grid=model.window_size=24,32;model.num_layers=2,3",
+    "--seeds=0",
+    "--gpus=",
+    "--config.num_steps=2",
+    "--config.data.seq_len=64",
+    "--config.data.batch_size=2",
+    "--config.eval.examples_per_distance=2",
+    "--config.eval.num_distances=2",
+    "--examples_per_distance=2",
+    "--max_factor=1.2",
+    "--eval_step=16",
+  ]
   done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stdout + done.stderr
   assert "4 runs in" in done.stdout and "[4/4]" in done.stdout
   names = sorted(p.name for p in workdir.iterdir() if p.is_dir())
-  assert names == ["window_size=24,num_layers=2,seed=0", "window_size=24,num_layers=3,seed=0",
-                   "window_size=32,num_layers=2,seed=0", "window_size=32,num_layers=3,seed=0"]
+  assert names == [
+    "window_size=24,num_layers=2,seed=0",
+    "window_size=24,num_layers=3,seed=0",
+    "window_size=32,num_layers=2,seed=0",
+    "window_size=32,num_layers=3,seed=0",
+  ]
   rows = aggregate.read_seed_rows(str(workdir / names[3] / "passkey.csv"))
   assert {(r["model"], r["seed"], r["window"], r["layers"], r["reach"]) for r in rows} == {
-      ("window_size=32,num_layers=3", 0, "32", 3, 93)}
+    ("window_size=32,num_layers=3", 0, "32", 3, 93)
+  }
   text = (workdir / "passkey.md").read_text()
   assert "| window_size=24,num_layers=2 | 24 | 2 | 46 | 1 (0) |" in text
   with open(workdir / "sweep.json") as f:
