@@ -111,7 +111,7 @@ def tail_reference_f32(q, k, v, window_size, t0):
   s0 = max(0, t0 - w + 1)                    # the first key the first tail query sees
   i = jnp.arange(t0, n)[:, None]             # absolute query positions
   j = jnp.arange(s0, n)[None, :]             # absolute key positions
-  mask_TS = (j <= i) & (j > i - w)
+  mask_TS = attention.visible(i, j, w)        # the one mask rule
   q, k, v = (x.astype(jnp.float32) for x in (q[:, t0:], k[:, s0:], v[:, s0:]))
   logits_BNTS = jnp.einsum("BTNH,BSNH->BNTS", q, k) / math.sqrt(q.shape[-1])
   probs_BNTS = jax.nn.softmax(jnp.where(mask_TS, logits_BNTS, -jnp.inf), axis=-1)

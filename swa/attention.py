@@ -47,7 +47,9 @@ IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see imp
 #   key_positions  q_offset, k_positions ([S] or [B, S] ints, -1 = empty slot)
 #   sinks          num_sinks
 #   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
-# Any other declared name is a keyword option of that name, passed through **options.
+# Any other declared name is a keyword option of that name, passed through **options. A call that
+# needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
+# implementation then computes plain self-attention from position 0.
 SEMANTIC_FEATURES = ("offsets", "key_positions", "sinks")
 
 
@@ -157,6 +159,11 @@ def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=Non
   if name == "auto" or not isinstance(name, str):
     raise ValueError(f"An implementation needs a name other than 'auto', got {name!r}.")
   _REGISTRY[name] = Implementation(name, fn, frozenset(features), check, auto_rank, auto_when)
+
+
+def unregister(name):
+  """Removes a registered implementation (e.g. one a test added); unknown names are ignored."""
+  _REGISTRY.pop(name, None)
 
 
 def implementations():

@@ -234,7 +234,8 @@ def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS,
   Args:
     mesh: a Mesh; None, or one whose `seq_axis` has size 1, gives None (the model's own
       single-device attention).
-    local_implementation: per-shard implementation, e.g. the config's model.attention.
+    local_implementation: per-shard implementation, e.g. the config's model.attention; one
+      without offsets (cudnn, chosen for one device) gives way to "auto" (chunked or reference).
     seq_axis, data_axis: as in `sequence_parallel_attention`.
 
   Returns:
@@ -243,6 +244,9 @@ def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS,
   """
   if not is_sequence_parallel(mesh, seq_axis):
     return None
+  if (local_implementation != "auto"
+      and "offsets" not in attention.implementation_features(local_implementation)):
+    local_implementation = "auto"
   return functools.partial(attention.sliding_window_attention,
                            implementation="sequence_parallel", mesh=mesh, seq_axis=seq_axis,
                            data_axis=data_axis, local_implementation=local_implementation)

@@ -1,6 +1,10 @@
-"""Every attention implementation against the dense reference, plus the mask and errors."""
+"""Every attention implementation against the dense reference, plus the mask rule, the contract's
+positions (offsets, key positions, sinks), the registry and errors."""
 
+import ast
+import functools
 import itertools
+import pathlib
 
 import hypothesis
 import hypothesis.strategies as st
@@ -10,7 +14,7 @@ import numpy as np
 import pytest
 
 from swa import attention
-from swa.attention import create_sliding_window_mask, sliding_window_attention
+from swa.attention import create_sliding_window_mask, sliding_window_attention, visible
 
 SEED_EXAMPLE = np.array([
     [1, 0, 0, 0, 0, 0],
@@ -23,6 +27,9 @@ SEED_EXAMPLE = np.array([
 
 # Implementations that run here; cuDNN joins on a GPU.
 FAST_IMPLEMENTATIONS = ["chunked"] + (["cudnn"] if attention.cudnn_available() else [])
+# Registered implementations with the "offsets" feature, but the reference they are checked against.
+OFFSET_IMPLEMENTATIONS = [name for name in attention.implementations()[1:] if name != "reference"
+                          and "offsets" in attention.implementation_features(name)]
 
 _counter = itertools.count()
 
@@ -161,6 +168,7 @@ def test_locality_through_gradients(impl, window):
   np.testing.assert_array_equal(nonzero(jac_k), expected & ~one_key)
 
 
+@pytest.mark.slow
 @hypothesis.settings(max_examples=15, deadline=None)
 @hypothesis.given(T=st.integers(1, 70), window=st.integers(1, 80), block=st.sampled_from([8, 16, 24]))
 def test_chunked_property(T, window, block):
@@ -195,6 +203,7 @@ def test_bad_window_raises(window, match):
     (((1, 8, 2, 4), (1, 8, 4), (1, 8, 4)), "all be"),
     (((1, 8, 4),) * 2 + ((2, 8, 4),), "batch size"),
     (((1, 8, 2, 4), (1, 9, 2, 4), (1, 9, 2, 4)), "equal query and key/value lengths"),
+    (((1, 8, 2, 4), (1, 8, 2, 4), (1, 9, 2, 4)), "equal query and key/value lengths"),
     (((1, 8, 3, 4), (1, 8, 2, 4), (1, 8, 2, 4)), "multiple of the key/value heads"),
     (((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 1, 4)), "same number of heads"),
     (((1, 8, 2, 4), (1, 8, 2, 6), (1, 8, 2, 4)), "share the head dim"),
@@ -236,3 +245,234 @@ def test_memory_grows_linearly_for_chunked_and_quadratically_for_reference():
     assert large / small < 2.3, chunked
   for small, large in zip(reference, reference[1:]):
     assert large / small > 3.5, reference
+
+
+# ------------------------------------------------------------------ the mask rule
+
+def _visible_by_hand(i, j, w, sinks):
+  """The rule in words, one pair at a time: a real, past key inside the window or a sink."""
+  return j >= 0 and j <= i and (w is None or j > i - w or j < sinks)
+
+
+@pytest.mark.parametrize("window, sinks", [(None, 0), (1, 0), (3, 0), (3, 2), (None, 2), (6, 9)])
+def test_visible_matches_the_rule_pair_by_pair(window, sinks):
+  q_pos = np.arange(-2, 12)
+  k_pos = np.arange(-3, 14)
+  got = np.asarray(visible(q_pos[:, None], k_pos[None, :], window, sinks))
+  want = np.array([[_visible_by_hand(i, j, window, sinks) for j in k_pos] for i in q_pos])
+  np.testing.assert_array_equal(got, want)
+
+
+def test_mask_is_the_rule_on_positions():
+  positions = np.arange(11)
+  np.testing.assert_array_equal(np.asarray(create_sliding_window_mask(11, 4)),
+                                np.asarray(visible(positions[:, None], positions[None, :], 4)))
+
+
+# -------------------------------------------------- positions: offsets, slots, sinks
+
+def _attention_by_hand(q, k, v, window, q_pos, k_pos_BS, sinks=0):
+  """Numpy float64 attention with the mask from `_visible_by_hand` (no shared code)."""
+  q, k, v = (np.asarray(x, np.float64) for x in (q, k, v))
+  B, T, N, H = q.shape
+  S, K = k.shape[1], k.shape[2]
+  out = np.zeros((B, T, N, v.shape[-1]))
+  for b, t, n in itertools.product(range(B), range(T), range(N)):
+    allowed = np.array([_visible_by_hand(q_pos[t], k_pos_BS[b][s], window, sinks)
+                        for s in range(S)])
+    if not allowed.any():
+      continue
+    logits = k[b, :, n // (N // K)] @ q[b, t, n] / np.sqrt(H)
+    p = np.where(allowed, np.exp(logits - logits[allowed].max()), 0.0)
+    out[b, t, n] = p @ v[b, :, n // (N // K)] / p.sum()
+  return out
+
+
+# (T, S, q_offset, k_offset, window): a halo before the queries (k_offset None: the keys end
+# where the queries end), padding at negative positions, keys after the last query, fewer keys
+# than queries, no key visible at all, window 1, window >= S, full attention.
+OFFSET_CASES = [
+    (9, 14, 0, None, 4),
+    (9, 14, 20, None, 4),
+    (10, 10, 5, 0, 3),
+    (7, 12, 2, -3, 5),
+    (8, 13, 4, 1, 20),
+    (11, 5, 10, 12, 3),
+    (6, 4, 0, 30, 2),
+    (13, 17, 3, None, 1),
+    (12, 20, 8, None, None),
+]
+
+
+@pytest.mark.parametrize("T, S, q_offset, k_offset, window", OFFSET_CASES)
+def test_reference_offsets_follow_the_rule(T, S, q_offset, k_offset, window):
+  q, k, v = random_qkv(2, T, 4, 2, 8, 8)
+  k, v = (jax.random.normal(jax.random.PRNGKey(S), (2, S, 2, 8)) + x[:, :1] for x in (k, v))
+  out = sliding_window_attention(q, k, v, window, implementation="reference", q_offset=q_offset,
+                                 k_offset=k_offset)
+  k0 = q_offset + T - S if k_offset is None else k_offset
+  k_pos = np.broadcast_to(k0 + np.arange(S), (2, S))
+  np.testing.assert_allclose(out, _attention_by_hand(q, k, v, window, q_offset + np.arange(T),
+                                                     k_pos), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("impl", OFFSET_IMPLEMENTATIONS)
+@pytest.mark.parametrize("T, S, q_offset, k_offset, window", OFFSET_CASES)
+def test_offsets_match_reference_forward_and_gradients(impl, T, S, q_offset, k_offset, window):
+  B, N, K, H = 2, 4, 2, 8
+  kq, kk, kv = jax.random.split(jax.random.PRNGKey(T * 100 + S), 3)
+  q = jax.random.normal(kq, (B, T, N, H))
+  k, v = jax.random.normal(kk, (B, S, K, H)), jax.random.normal(kv, (B, S, K, H))
+  place = dict(q_offset=q_offset, k_offset=k_offset)
+  out = jax.jit(functools.partial(sliding_window_attention, window_size=window,
+                                  implementation=impl, block_size=4, **place))(q, k, v)
+  ref = sliding_window_attention(q, k, v, window, implementation="reference", **place)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  grads = jax.jit(jax.grad(_loss(impl, window, block_size=4, **place), argnums=(0, 1, 2)))(q, k, v)
+  ref_grads = jax.grad(_loss("reference", window, **place), argnums=(0, 1, 2))(q, k, v)
+  for name, g, r in zip("qkv", grads, ref_grads):
+    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4, err_msg=f"d/d{name}")
+
+
+@pytest.mark.parametrize("impl", OFFSET_IMPLEMENTATIONS)
+def test_traced_query_offset_with_keys_ending_at_the_queries(impl):
+  """Sequence parallelism's call: q_offset is traced (the shard index), k_offset None."""
+  q, k, v = random_qkv(2, 8, 2, 1, 8, 8)
+  k_halo, v_halo = (jnp.concatenate([x[:, :5], x], axis=1) for x in (k, v))
+  attend = lambda impl: jax.jit(lambda q, k, v, start: sliding_window_attention(
+      q, k, v, 6, implementation=impl, q_offset=start))
+  for start in (0, 3, 40):
+    np.testing.assert_allclose(attend(impl)(q, k_halo, v_halo, start),
+                               attend("reference")(q, k_halo, v_halo, start), atol=1e-5,
+                               rtol=1e-5)
+
+
+def test_key_positions_follow_the_rule_in_any_slot_order():
+  """A cache's slots: stored positions in ring order, empty slots (-1), per-row positions."""
+  B, T, S, w = 2, 3, 7, 4
+  q, _, _ = random_qkv(B, T, 4, 2, 8, 8)
+  k, v = (jax.random.normal(jax.random.PRNGKey(s), (B, S, 2, 8)) for s in (11, 12))
+  k_pos_BS = np.array([[8, 9, 3, 4, 5, -1, 10], [6, -1, -1, 2, 7, 8, 9]], np.int32)
+  out = sliding_window_attention(q, k, v, w, implementation="reference", q_offset=8,
+                                 k_positions=k_pos_BS)
+  np.testing.assert_allclose(out, _attention_by_hand(q, k, v, w, 8 + np.arange(T), k_pos_BS),
+                             atol=1e-5, rtol=1e-5)
+  # One [S] vector serves every row, and permuting slots (with their positions) changes nothing.
+  perm = np.array([6, 2, 0, 5, 3, 1, 4])
+  one = sliding_window_attention(q, k, v, w, implementation="reference", q_offset=8,
+                                 k_positions=k_pos_BS[0])
+  permuted = sliding_window_attention(q, k[:, perm], v[:, perm], w, implementation="auto",
+                                      q_offset=8, k_positions=k_pos_BS[0][perm])
+  np.testing.assert_allclose(one[0], out[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(permuted, one, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("window, sinks", [(3, 2), (1, 4), (None, 3), (20, 2)])
+def test_sinks_follow_the_rule(window, sinks):
+  q, k, v = random_qkv(1, 16, 2, 1, 8, 8)
+  positions = np.arange(16)
+  out = sliding_window_attention(q, k, v, window, implementation="reference", num_sinks=sinks)
+  want = _attention_by_hand(q, k, v, window, positions, positions[None], sinks)
+  np.testing.assert_allclose(out, want, atol=1e-5, rtol=1e-5)
+  traced = jax.jit(lambda q, k, v, s: sliding_window_attention(q, k, v, window, num_sinks=s))
+  np.testing.assert_allclose(traced(q, k, v, sinks), want, atol=1e-5, rtol=1e-5)
+
+
+def test_placement_defaults_are_self_attention():
+  q, k, v = random_qkv(1, 12, 2, 2, 8, 8)
+  plain = sliding_window_attention(q, k, v, 5, implementation="chunked")
+  for place in (dict(q_offset=0), dict(q_offset=7), dict(q_offset=7, k_offset=7),
+                dict(num_sinks=0)):
+    np.testing.assert_allclose(sliding_window_attention(q, k, v, 5, **place), plain, atol=1e-6,
+                               rtol=1e-6, err_msg=str(place))
+
+
+# ------------------------------------------------------------------------ registry
+
+def test_builtin_names_are_registered():
+  assert set(attention.IMPLEMENTATIONS) <= set(attention.implementations())
+  assert attention.implementations()[0] == "auto"
+  assert {"offsets", "key_positions", "sinks"} <= attention.implementation_features("reference")
+
+
+def test_auto_picks_among_implementations_that_support_the_call():
+  q, k, v = random_qkv(1, 16, 2, 2, 8, 8)
+  resolve = lambda w, features: attention.resolve_implementation("auto", q, k, v, w, features)
+  if not attention.cudnn_available():
+    assert resolve(4, ()) == "chunked"
+  assert resolve(4, {"offsets"}) == "chunked"
+  assert resolve(4, {"key_positions"}) == "reference"
+  assert resolve(4, {"sinks"}) == "reference"
+  assert resolve(None, {"offsets"}) == "reference"
+
+
+def test_registered_implementation_is_called_with_its_features_only():
+  calls = []
+
+  def spy(q, k, v, window_size, scale, **options):
+    calls.append(sorted(options))
+    return attention.reference_attention(q, k, v, window_size, scale, **{
+        key: value for key, value in options.items() if key != "tag"})
+
+  attention.register("spy", spy, features=("offsets", "tag"), auto_rank=0)
+  try:
+    assert "spy" in attention.implementations()
+    q, k, v = random_qkv(1, 10, 2, 1, 8, 8)
+    out = sliding_window_attention(q, k, v, 3, implementation="spy", q_offset=4, k_offset=2,
+                                   tag=1)
+    np.testing.assert_allclose(out, sliding_window_attention(
+        q, k, v, 3, implementation="reference", q_offset=4, k_offset=2), atol=1e-6)
+    sliding_window_attention(q, k, v, 3, block_size=8)   # auto: rank 0 wins; no block_size
+    assert calls == [["k_offset", "q_offset", "tag"], []]
+    with pytest.raises(ValueError, match=r"'spy' \(supports .*\) does not support \['sinks'\]"):
+      sliding_window_attention(q, k, v, 3, implementation="spy", num_sinks=2)
+    with pytest.raises(ValueError, match=r"does not support \['color'\]"):
+      sliding_window_attention(q, k, v, 3, implementation="spy", color=1)
+  finally:
+    attention.unregister("spy")
+  assert "spy" not in attention.implementations()
+  with pytest.raises(ValueError, match="other than 'auto'"):
+    attention.register("auto", spy)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(implementation="chunked", k_positions=np.arange(8)), r"does not support \['key_pos"),
+    (dict(implementation="chunked", num_sinks=1), r"does not support \['sinks'\]"),
+    (dict(implementation="cudnn", q_offset=3, k_offset=1), r"does not support \['offsets'\]"),
+    (dict(k_offset=1, k_positions=np.arange(8)), "k_offset or k_positions, not both"),
+    (dict(k_positions=np.arange(9)), r"k_positions must be ints of shape \[S\]"),
+    (dict(k_positions=np.arange(8.0)), "k_positions must be ints"),
+    (dict(q_offset=1.5), "q_offset must be an integer scalar"),
+    (dict(q_offset=np.arange(2)), "q_offset must be an integer scalar"),
+    (dict(num_sinks=-1), "num_sinks must be >= 0"),
+    (dict(implementation="auto", mesh=None), r"No implementation that auto may pick supports"),
+])
+def test_bad_placement_and_features_raise(kwargs, match):
+  q, k, v = random_qkv(1, 8, 1, 1, 4, 4)
+  with pytest.raises(ValueError, match=match):
+    sliding_window_attention(q, k, v, 4, **kwargs)
+
+
+def test_chunked_needs_a_static_key_shift():
+  q, k, v = random_qkv(1, 8, 1, 1, 4, 4)
+  attend = jax.jit(lambda q, k, v, a, b: sliding_window_attention(
+      q, k, v, 4, implementation="chunked", q_offset=a, k_offset=b))
+  with pytest.raises(ValueError, match="q_offset - k_offset known at trace time"):
+    attend(q, k, v, 3, 1)
+
+
+def test_no_module_reads_another_modules_private_names():
+  """The contract is public: no `module._name` or `from swa.x import _name` across modules."""
+  root = pathlib.Path(__file__).resolve().parent.parent
+  modules = {p.stem for p in (root / "swa").glob("*.py")}
+  offenders = []
+  for path in [*(root / "swa").glob("*.py"), *root.glob("*.py")]:
+    for node in ast.walk(ast.parse(path.read_text())):
+      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
+          and node.value.id in modules and node.value.id != path.stem
+          and node.attr.startswith("_") and not node.attr.startswith("__")):
+        offenders.append(f"{path.name}: {node.value.id}.{node.attr}")
+      if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("swa"):
+        offenders += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
+                      if a.name.startswith("_")]
+  assert not offenders, offenders

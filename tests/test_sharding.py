@@ -3,7 +3,7 @@
 Multi-device checks need 8 CPU devices, i.e. XLA_FLAGS set before JAX starts, so
 they run in one child process (this file with --child), started with the file's
 first test, that prints one JSON line per case; each case is a test here that
-reads its line. Single-device checks (the per-shard step on hand-made halos,
+reads its line. Single-device checks (the per-shard call on hand-made halos,
 mesh specs, the multi-host launch rules) run in this process meanwhile.
 """
 
@@ -74,8 +74,9 @@ def _attention_case(mesh_spec, window, implementation, extra):
     return (out, *vjp(ct))
 
   parallel = jax.jit(lambda q, k, v: value_and_grads(
-      lambda q, k, v: sharding.sequence_parallel_attention(
-          q, k, v, window, mesh=mesh, implementation=implementation, **kwargs), q, k, v))(q, k, v)
+      lambda q, k, v: attention.sliding_window_attention(
+          q, k, v, window, implementation="sequence_parallel", mesh=mesh,
+          local_implementation=implementation, **kwargs), q, k, v))(q, k, v)
   single = jax.jit(lambda q, k, v: value_and_grads(
       lambda q, k, v: attention.sliding_window_attention(
           q, k, v, window, implementation="reference"), q, k, v))(q, k, v)
@@ -97,20 +98,13 @@ def _train_config(windows):
 def _train(config, mesh):
   """(losses, optimiser state, params) after 2 steps, on one device if mesh is None."""
   import jax
-  from swa import attention, data, model, sharding, train_lib
+  from swa import data, sharding, train_lib
 
   rng = np.random.default_rng(0)
   batches = [data.passkey_batch(rng, 8, T, np.full(8, data.MIN_DISTANCE + i)) for i in range(2)]
   batches = [{k: b[k] for k in ("inputs", "targets", "answer_mask")} for b in batches]
-  patched = None
-  if sharding.is_sequence_parallel(mesh):
-    if "mesh" in model.ModelConfig.__dataclass_fields__:   # The proposed model hook.
-      graphdef, params = train_lib.create_model(config, mesh=mesh)
-    else:   # Until it lands: route the model's attention call through the same op.
-      graphdef, params = train_lib.create_model(config)
-      model.attention = patched = _SequenceParallelAttention(attention, sharding, mesh)
-  else:
-    graphdef, params = train_lib.create_model(config)
+  # The trainer's construction: sequence-parallel attention when the mesh splits "seq".
+  graphdef, params = train_lib.create_model(config, mesh=mesh)
   optimizer = train_lib.create_optimizer(config)
   # A fresh jit of train_step's body, so no trace is shared between runs.
   step = jax.jit(lambda state, batch: train_lib.train_step.__wrapped__(
@@ -119,14 +113,9 @@ def _train(config, mesh):
   if mesh is not None:
     state = sharding.shard_train_state(state, mesh)
   losses = []
-  try:
-    for batch in batches:
-      state, metrics = step(state, batch if mesh is None else sharding.shard_batch(batch, mesh))
-      losses.append(metrics["loss"])
-  finally:
-    model.attention = attention
-  if patched is not None:
-    assert patched.calls == config.model.num_layers, patched.calls   # Traced once per layer.
+  for batch in batches:
+    state, metrics = step(state, batch if mesh is None else sharding.shard_batch(batch, mesh))
+    losses.append(metrics["loss"])
   return jax.device_get((losses, state["opt_state"], state["params"]))
 
 
@@ -147,24 +136,6 @@ def _train_case(mesh_spec, windows):
   return float(max(errors))
 
 
-class _SequenceParallelAttention:
-  """Stands in for the `swa.attention` module inside swa/model.py (test only)."""
-
-  def __init__(self, attention, sharding, mesh):
-    self._attention, self._sharding, self._mesh = attention, sharding, mesh
-    self.calls = 0
-
-  def __getattr__(self, name):
-    return getattr(self._attention, name)
-
-  def sliding_window_attention(self, q, k, v, window_size, *, implementation, block_size,
-                               blocks_per_step):
-    self.calls += 1
-    return self._sharding.sequence_parallel_attention(
-        q, k, v, window_size, mesh=self._mesh, implementation=implementation,
-        block_size=block_size, blocks_per_step=blocks_per_step)
-
-
 def _collectives():
   """Collective ops in the compiled gradient of a 3-hop sequence-parallel attention."""
   import re
@@ -175,7 +146,7 @@ def _collectives():
 
   mesh = sharding.make_mesh("data:2,seq:4")
   q, k = jnp.ones((B, T, N, H)), jnp.ones((B, T, K, H))
-  loss = lambda q, k, v: jnp.sum(sharding.sequence_parallel_attention(q, k, v, 37, mesh=mesh))
+  loss = lambda q, k, v: jnp.sum(sharding.sequence_parallel(mesh)(q, k, v, 37))
   hlo = jax.jit(jax.grad(loss, argnums=(0, 1, 2))).lower(q, k, k).compile().as_text()
   ops = re.findall(r"\b(all-gather|collective-permute|all-reduce|all-to-all|reduce-scatter)"
                    r"(?:-start)?\(", hlo)
@@ -188,7 +159,7 @@ def _indivisible_error():
 
   x = jnp.ones((2, 60, 1, 8))
   try:
-    sharding.sequence_parallel_attention(x, x, x, 5, mesh=sharding.make_mesh("seq:8"))
+    sharding.sequence_parallel(sharding.make_mesh("seq:8"))(x, x, x, 5)
   except ValueError as e:
     return str(e)
   return "no error"
@@ -260,21 +231,23 @@ def _value(results, name):
     (48, 12, 30, "chunked", {"block_size": 4, "blocks_per_step": 2}),
     (45, 9, 45, "chunked", {}),                # whole prefix; odd shard length
     (45, 9, 45, "reference", {}),
+    (45, 9, None, "auto", {}),                 # full attention
 ])
 def test_local_step_on_hand_made_halos(T_, L, window, implementation, kwargs):
-  """Each shard's output from [its halo; its keys] is its slice of the global reference."""
+  """A shard's call (q_offset = its start; keys [halo; own] end where its queries end) gives
+  its slice of the global reference."""
   import jax
   import jax.numpy as jnp
   from swa import attention, sharding
 
-  keys = jax.random.split(jax.random.PRNGKey(window), 3)
+  keys = jax.random.split(jax.random.PRNGKey(window or 0), 3)
   q = jax.random.normal(keys[0], (2, T_, 4, 8))
   k, v = (jax.random.normal(key, (2, T_, 2, 8)) for key in keys[1:])
   expected = jax.jit(lambda q, k, v: attention.sliding_window_attention(
       q, k, v, window, implementation="reference"))(q, k, v)
   halo = sharding.halo_size(window, T_, T_ // L)
-  local = jax.jit(lambda q, k, v, start: sharding.local_window_attention(
-      q, k, v, halo=halo, window=window, start=start, implementation=implementation, **kwargs))
+  local = jax.jit(lambda q, k, v, start: attention.sliding_window_attention(
+      q, k, v, window, implementation=implementation, q_offset=start, **kwargs))
   # Zeros stand in for rows before the sequence start, as ppermute delivers them.
   k_pad, v_pad = (jnp.pad(x, ((0, 0), (halo, 0), (0, 0), (0, 0))) for x in (k, v))
   for start in range(0, T_, L):
@@ -300,14 +273,15 @@ def test_one_device_mesh_matches_plain_attention():
   assert dict(mesh.shape) == {"data": jax.device_count(), "seq": 1}
   keys = jax.random.split(jax.random.PRNGKey(3), 3)
   q, k, v = (jax.random.normal(key, (2, 40, 2, 8)) for key in keys)
-  parallel = jax.jit(lambda q, k, v: sharding.sequence_parallel_attention(
-      q, k, v, 7, mesh=mesh, data_axis=None))
+  parallel = jax.jit(lambda q, k, v: attention.sliding_window_attention(
+      q, k, v, 7, implementation="sequence_parallel", mesh=mesh, data_axis=None))
   reference = jax.jit(lambda q, k, v: attention.sliding_window_attention(
       q, k, v, 7, implementation="reference"))
   np.testing.assert_allclose(
       parallel(q, k, v), reference(q, k, v),
       atol=1e-5, rtol=1e-5)
   assert not sharding.is_sequence_parallel(mesh) and not sharding.is_sequence_parallel(None)
+  assert sharding.sequence_parallel(mesh) is None and sharding.sequence_parallel(None) is None
 
 
 def test_mesh_spec_parsing():
@@ -334,16 +308,36 @@ def test_bad_mesh_specs_are_refused(spec, message):
 
 
 def test_bad_arguments_are_refused():
+  import functools
+
   import jax.numpy as jnp
-  from swa import sharding
+  from swa import attention, sharding
 
   mesh, x = sharding.make_mesh("data:1,seq:1"), jnp.ones((1, 8, 1, 4))
+  attend = functools.partial(attention.sliding_window_attention,
+                             implementation="sequence_parallel", mesh=mesh)
   with pytest.raises(ValueError, match="'chunked'"):
-    sharding.sequence_parallel_attention(x, x, x, 3, mesh=mesh, implementation="cudnn")
+    attend(x, x, x, 3, local_implementation="cudnn")
   with pytest.raises(ValueError, match="not an axis of the mesh"):
-    sharding.sequence_parallel_attention(x, x, x, 3, mesh=mesh, seq_axis="sequence")
+    attend(x, x, x, 3, seq_axis="sequence")
   with pytest.raises(ValueError, match="window_size must be >= 1"):
-    sharding.sequence_parallel_attention(x, x, x, 0, mesh=mesh)
+    attend(x, x, x, 0)
+  with pytest.raises(ValueError, match=r"does not support \['offsets'\]"):
+    attend(x, x, x, 3, q_offset=2, k_offset=0)
+
+
+def test_the_mesh_is_not_part_of_the_model():
+  """The trainer picks sequence parallelism; ModelConfig and swa/model.py know no mesh."""
+  import ast
+  import dataclasses
+
+  from swa import model
+
+  source = open(os.path.join(REPO, "swa", "model.py")).read()
+  imported = {a.name.split(".")[-1] for n in ast.walk(ast.parse(source))
+              if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+  assert "sharding" not in imported, imported
+  assert "mesh" not in {f.name for f in dataclasses.fields(model.ModelConfig)}
 
 
 @pytest.mark.parametrize("processes", [1, 2])
