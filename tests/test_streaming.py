@@ -289,24 +289,37 @@ def listing(folder):
                 for root, dirs, files in os.walk(folder) for name in dirs + files)
 
 
-def test_stream_lib_on_a_trained_model(trained_workdir):
-  config, graphdef, params = train_lib.restore_params(trained_workdir)
+def test_stream_lib_streams_and_generates():
+  """stream.py's stream mode on a small random model (reach 46): the report and the verdict."""
+  config = tiny_config.get_config()
+  config.model.num_layers, config.model.d_model, config.model.mlp_dim = 2, 32, 64
+  config.model.window_size = 24
+  graphdef, params = train_lib.create_model(config)
   model_config = config_of(graphdef, params)
   reach = evaluate.reach_of(model_config)
   assert reach == 46 and stream_lib.default_key_distance(reach) == data.MIN_DISTANCE
+  assert stream_lib.default_key_distance(None) == 200
   assert stream_lib.reach_note(46, reach) is None and "beyond" in stream_lib.reach_note(47, reach)
   prompt, answer = data.create_passkey_dataset(300, data.key_position_for_distance(300, 42))
   result = stream_lib.stream_tokens(graphdef, params, model_config, [prompt[:100], prompt[100:]],
                                     total=300, chunk_size=64, num_generate=3)
   assert result["fed"] == 300 and result["generated"].shape == (3,)
   assert result["cache_bytes"] == cache_lib.cache_bytes(cache_lib.init_cache(model_config, 1))
+  assert [tokens for tokens, _ in result["samples"]] == [64, 128, 192, 256, 300]
   text = "\n".join(stream_lib.format_stream(result, answer, 42, reach))
   assert "Prefill: 300 tokens" in text and f"Passkey {data.decode(answer)}" in text
+  assert "beyond" in "\n".join(stream_lib.format_stream(result, answer, 60, reach))
+
+
+@pytest.mark.slow
+def test_stream_lib_passkey_and_benchmark(trained_workdir):
+  config, graphdef, params = train_lib.restore_params(trained_workdir)
+  model_config = config_of(graphdef, params)
   columns = stream_lib.passkey_columns(graphdef, params, [42, 60], seq_len=96, sinks_list=[0, 2],
                                        examples=2, seed=0, chunk_size=32, batch_size=2)
   assert list(columns) == ["streaming, 0 sinks", "streaming, 2 sinks", "batch path"]
   assert columns["streaming, 0 sinks"] == columns["batch path"]
-  table = stream_lib.passkey_markdown(columns, [42, 60], reach=reach, header=["Command: `x`"])
+  table = stream_lib.passkey_markdown(columns, [42, 60], reach=46, header=["Command: `x`"])
   assert "| 60 | no |" in table
   rows, full_failed = stream_lib.decode_benchmark(graphdef, params, model_config, lengths=[64, 80],
                                                   steps=2, batch_size=1, chunk_size=32,
