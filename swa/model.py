@@ -173,6 +173,8 @@ class Attention(nnx.Module):
       k_BSKH = jnp.concatenate([layer["k"], k_BTKH.astype(layer["k"].dtype)], axis=1)
       v_BSKH = jnp.concatenate([layer["v"], v_BTKH.astype(layer["v"].dtype)], axis=1)
       k_pos_S = jnp.concatenate([layer["pos"], layer["end"] + jnp.arange(T, dtype=jnp.int32)])
+    # The keys sit in ring order at stored positions, so the dense form, which takes any key
+    # positions, is used: O(T * S) for S = w (+ sinks) slots (+ T), small for a rolling cache.
     out_BTNH = attention.sliding_window_attention(
         q_BTNH, k_BSKH.astype(k_BTKH.dtype), v_BSKH.astype(v_BTKH.dtype), self.window_size,
         q_offset=layer["end"], k_positions=k_pos_S, num_sinks=layer["sinks"],

@@ -49,7 +49,11 @@ def forward(graphdef, params, cache, tokens_BC, num_valid):
 
 
 def decode_step(graphdef, params, cache, token_B):
-  """Feeds one token per stream. Returns (logits [B, V] float32, new cache)."""
+  """Feeds one token per stream. Returns (logits [B, V] float32, new cache).
+
+  Not checked against `cache.capacity` (that would wait for the device every token): prefill and
+  generate check it; a caller feeding tokens one by one keeps within it.
+  """
   tokens_B1 = jnp.asarray(token_B, jnp.int32)[:, None]
   logits_B1V, cache = forward(graphdef, params, cache, tokens_B1, jnp.asarray(1, jnp.int32))
   return logits_B1V[:, 0], cache
@@ -82,6 +86,7 @@ def generate(graphdef, params, cache, logits_BV, num_tokens):
     (tokens int32 [B, num_tokens] numpy, logits [B, V] after the last one, new cache).
   """
   _check_int(num_tokens, "num_tokens", 0)
+  cache_lib.check_capacity(config_of(graphdef, params), cache, num_tokens)
   if num_tokens == 0:
     return np.zeros((logits_BV.shape[0], 0), np.int32), logits_BV, cache
   tokens_BN, logits_BV, cache = _greedy(graphdef, params, cache, logits_BV, num_tokens)

@@ -224,6 +224,12 @@ def test_generate_is_greedy_decoding(tiny):
   assert tokens_BN.shape == (2, 8) and int(cache[0]["end"]) == SEQ_LEN
   greedy_BT = teacher_forced(graphdef, params, np.concatenate([prompt_BT, tokens_BN], 1))
   np.testing.assert_array_equal(greedy_BT.argmax(-1)[:, -9:-1], tokens_BN)
+  none_BN, _, cache = streaming.generate(graphdef, params, cache, last_BV, 0)
+  assert none_BN.shape == (2, 0) and int(cache[0]["end"]) == SEQ_LEN
+  with pytest.raises(ValueError, match=f"would reach {SEQ_LEN + 1} tokens"):
+    streaming.generate(graphdef, params, cache, last_BV, 1)
+  with pytest.raises(ValueError, match="num_tokens must be an integer >= 0, got -1"):
+    streaming.generate(graphdef, params, cache, last_BV, -1)
 
 
 @pytest.mark.parametrize("kwargs, match", [
