@@ -9,6 +9,8 @@ its own folder under the sweep folder, named from its overrides (run_name):
       sweep_run.json     the run's identity (config file, every override) and whether it trained
       train.log, eval.log
       passkey.csv        its evaluation (summary.CSV_FIELDS + seed): the run is finished
+  <sweep>/.jax_cache/    JAX's compilation cache, shared by all runs (unless
+                         JAX_COMPILATION_CACHE_DIR is set)
 
 Each run is two subprocesses, `train.py` (which resumes a workdir by itself) and the evaluation
 (`sweep.py --evaluate_run=<run>`, i.e. aggregate.evaluate_run). A run with a passkey.csv from
@@ -32,6 +34,7 @@ from swa import workers
 
 STATE_FILE = "sweep_run.json"
 RESULT_FILE = "passkey.csv"
+CACHE_DIR = ".jax_cache"  # JAX's persistent compilation cache, shared by the sweep's runs
 _KEY = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
@@ -318,11 +321,16 @@ def run_sweep(
     return do
 
   os.makedirs(workdir, exist_ok=True)
+  # One persistent compilation cache for the sweep: the seeds of a grid point compile the same
+  # programs, so every run after the first loads them instead of compiling.
+  env = dict(os.environ)
+  env.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.abspath(os.path.join(workdir, CACHE_DIR)))
   results = workers.run_jobs(
     [job(run) for run in todo],
     parallel=parallel,
     gpus=list(gpus),
     stop=getattr(runner, "stop", None),
+    base_env=env,
   )
   outcome = {run.name: "skipped" for run in runs}
   outcome.update({run.name: result for run, result in zip(todo, results)})

@@ -82,8 +82,10 @@ class Runner:
         process.terminate()
 
 
-def run_jobs(jobs, *, parallel, gpus, stop=None):
+def run_jobs(jobs, *, parallel, gpus, stop=None, base_env=None):
   """Calls job(env) for every job, `parallel` at a time, each with its worker slot's environment.
+
+  The environment is worker_env's, built on base_env (default os.environ).
 
   On an interrupt (or a job's exception) the jobs not started are dropped and stop() (if given)
   is called before waiting for the running ones, so that it can end their subprocesses.
@@ -100,7 +102,7 @@ def run_jobs(jobs, *, parallel, gpus, stop=None):
   def work(job):
     slot = slots.get()
     try:
-      return job(worker_env(slot, gpus, parallel))
+      return job(worker_env(slot, gpus, parallel, base=base_env))
     finally:
       slots.put(slot)
 

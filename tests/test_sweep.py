@@ -157,6 +157,7 @@ class FakeRunner:
     self.calls, self.fail = [], set(fail)
 
   def __call__(self, command, *, env, log_path):
+    assert env["JAX_COMPILATION_CACHE_DIR"]
     run_dir = os.path.dirname(log_path)
     kind = "train" if command[1].endswith("train.py") else "eval"
     self.calls.append((kind, os.path.basename(run_dir)))
