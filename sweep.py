@@ -150,7 +150,7 @@ def _sweep(command):
       finished,
       _WORKDIR.value,
       command,
-      sources=[f"{_WORKDIR.value}: {len(finished)} of {len(runs)} runs"],
+      sources=[_WORKDIR.value],
     )
   failed = {name: why for name, why in outcome.items() if why.startswith("failed")}
   if failed:

@@ -132,7 +132,8 @@ def strip_seed(name):
 
 
 def group_by_model(rows):
-  """{model name without seed: {seed: rows sorted by distance}}, models in order of appearance.
+  """{model name without seed: {seed: rows sorted by distance}}: models in order of appearance,
+  seeds in increasing order.
 
   Every row needs a `seed`. One model's rows must agree on window, layers and reach, and a
   (model, seed, distance) may appear once.
@@ -157,6 +158,7 @@ def group_by_model(rows):
           f"Model {name!r} seed {seed} has a distance twice (the same file "
           "given twice, or two runs of one seed?)."
         )
+    groups[name] = collections.OrderedDict(sorted(by_seed.items()))
   return groups
 
 
