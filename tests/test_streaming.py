@@ -350,6 +350,11 @@ def test_stream_command_line(trained_workdir, tmp_path):
   assert re.search(r"Passkey \d{5}: the model answered", done.stdout)
   done = _stream_cli(f"--workdir={trained_workdir}", "--stream_tokens=400", "--key_distance=60")
   assert done.returncode == 0 and "beyond the model's reach of 46" in done.stdout
+  text_file = tmp_path / "book.txt"
+  text_file.write_text("The grass is green. \u00e9t\u00e9\n" * 20)  # non-vocabulary bytes -> spaces
+  done = _stream_cli(f"--workdir={trained_workdir}", f"--text_file={text_file}", "--generate=2")
+  assert done.returncode == 0, done.stderr[-2000:]
+  assert "Prefill: 520 tokens" in done.stdout and "Generated 2 tokens" in done.stdout
   assert listing(trained_workdir) == before  # read only
   out = tmp_path / "out"
   done = _stream_cli(f"--workdir={trained_workdir}", f"--out={out}", "--passkey",
