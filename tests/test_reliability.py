@@ -189,6 +189,22 @@ def test_resume_falls_back_past_a_corrupt_checkpoint(trained, tmp_path, capsys):
   assert steps == [1, 2, 3, 4, 5, 6]
 
 
+def test_no_restorable_checkpoint_stops_instead_of_starting_over(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  for step in ("3", "6"):
+    corrupt(os.path.join(workdir, "checkpoints", step), "missing _METADATA")
+  with pytest.raises(ValueError, match=r"No checkpoint in .* can be restored \(step 6: missing"):
+    train_lib.restore_params(workdir)
+
+
+def test_checkpoints_without_config_json_are_refused(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  os.remove(os.path.join(workdir, "config.json"))
+  with pytest.raises(ValueError, match="has checkpoints but no config.json"):
+    train_lib.train_and_evaluate(small_config(num_steps=6), workdir)
+  assert not os.path.exists(os.path.join(workdir, "config.json"))
+
+
 # Kill -9 and the command line (subprocesses of train.py).
 
 ARGS = (
