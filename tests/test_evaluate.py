@@ -239,10 +239,22 @@ def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_pat
     trained = {int(d): a for d, a in json.load(f)["exact_match_by_distance"].items()}
   distances = evaluate.even_distances(SEQ_LEN, config.eval.num_distances)
   assert sorted(trained) == distances
+  before = _tree(workdir)
   _run_eval_passkey([f"--workdirs={workdir}", f"--out={tmp_path}", f"--seed={config.seed}",
                      f"--examples_per_distance={config.eval.examples_per_distance}",
                      "--distances=" + ",".join(map(str, distances)), "--erf_examples=0"])
   assert _csv_accuracy(tmp_path / "passkey.csv") == trained
+  assert _tree(workdir) == before  # read only: nothing created or changed in the workdir
+
+
+def _tree(path):
+  """{relative path: (size, mtime)} of every file and folder under path."""
+  out = {}
+  for root, dirs, files in os.walk(path):
+    for name in dirs + files:
+      full = os.path.join(root, name)
+      out[os.path.relpath(full, path)] = (os.path.getsize(full), os.path.getmtime(full))
+  return out
 
 
 def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
@@ -270,7 +282,7 @@ def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
 def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   out = tmp_path / "results"
   _run_eval_passkey([f"--workdirs={workdir}", f"--out={out}", "--examples_per_distance=4",
-                     "--erf_examples=2", "--step=8"])
+                     "--erf_examples=2", "--step=16"])
   for name in ("passkey.md", "passkey.csv", "passkey_heatmap.png", "passkey_curves.png",
                "effective_receptive_field.png", "effective_receptive_field.csv"):
     assert os.path.getsize(out / name) > 0, name
@@ -305,7 +317,7 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
   runs = passkey_report.load_runs([workdir])
-  summaries = passkey_report.evaluate_runs(runs, out=str(first), examples_per_distance=4, step=8,
+  summaries = passkey_report.evaluate_runs(runs, out=str(first), examples_per_distance=4, step=16,
                                            erf_examples=2)
   rows = summary.read_rows(first / "passkey.csv")
   assert summary.summarize(rows) == summaries  # the CSV round trip keeps every value and type
