@@ -33,10 +33,37 @@ def _bucket_width(span, max_buckets=40):
   return width
 
 
+def heatmap_cells(rows, width, first, num_buckets):
+  """One model's heatmap cells: buckets [lo, hi) of `width` tokens, split at the reach.
+
+  A bucket holding both d = reach and d = reach + 1 becomes two cells, [lo, reach + 1) and
+  [reach + 1, hi), so no cell mixes distances inside the reach with distances beyond it.
+
+  Args:
+    rows: one model's rows (distance, accuracy, n, reach).
+    width, first, num_buckets: the buckets [(first + b) * width, (first + b + 1) * width).
+
+  Returns:
+    list of (lo, hi, accuracy weighted by n, or nan where nothing was tested).
+  """
+  edges = [(first + b) * width for b in range(num_buckets + 1)]
+  reach = rows[0]["reach"]
+  if reach is not None and edges[0] < reach + 1 < edges[-1] and reach + 1 not in edges:
+    edges = sorted(edges + [reach + 1])
+  cells = []
+  for lo, hi in zip(edges[:-1], edges[1:]):
+    cell = [r for r in rows if lo <= r["distance"] < hi]
+    acc = (sum(r["accuracy"] * r["n"] for r in cell) / sum(r["n"] for r in cell) if cell
+           else float("nan"))
+    cells.append((lo, hi, acc))
+  return cells
+
+
 def plot_accuracy_heatmap(rows, path=None):
   """Heatmap: models (rows) x distance buckets (columns) -> mean exact match.
 
-  Grey cells were not tested; a dashed red line in each model's row marks its reach.
+  Grey cells were not tested; a dashed red line in each model's row marks its reach, where its
+  bucket is split (heatmap_cells), so no cell straddles the reach.
   Returns the matplotlib Figure.
   """
   groups = _by_model(rows)
@@ -44,31 +71,29 @@ def plot_accuracy_heatmap(rows, path=None):
   width = _bucket_width(max(distances) - min(distances))
   first = min(distances) // width                      # buckets [b * width, (b + 1) * width)
   num_buckets = max(distances) // width + 1 - first
-  acc = np.full((len(groups), num_buckets), np.nan)
-  for i, rs in enumerate(groups.values()):
-    for b in range(num_buckets):
-      lo = (first + b) * width
-      cell = [r for r in rs if lo <= r["distance"] < lo + width]
-      if cell:
-        acc[i, b] = sum(r["accuracy"] * r["n"] for r in cell) / sum(r["n"] for r in cell)
   fig, ax = plt.subplots(figsize=(max(8, 0.42 * num_buckets + 3), 0.7 * len(groups) + 2.2))
   cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
-  x0 = first * width
-  image = ax.imshow(acc, cmap=cmap, vmin=0, vmax=1, aspect="auto", interpolation="nearest",
-                    extent=(x0, x0 + num_buckets * width, len(groups), 0))
+  mesh = None
   for i, rs in enumerate(groups.values()):
-    for b in range(num_buckets):
-      if not np.isnan(acc[i, b]):
-        ax.text(x0 + (b + 0.5) * width, i + 0.5, f"{100 * acc[i, b]:.0f}", ha="center",
-                va="center", fontsize=7, color="black" if acc[i, b] > 0.5 else "white")
+    cells = heatmap_cells(rs, width, first, num_buckets)
+    edges = [lo for lo, _, _ in cells] + [cells[-1][1]]
+    acc = np.ma.masked_invalid([[a for _, _, a in cells]])
+    mesh = ax.pcolormesh(edges, [i, i + 1], acc, cmap=cmap, vmin=0, vmax=1)
+    for lo, hi, a in cells:
+      if not np.isnan(a) and hi - lo >= width / 2:  # a sliver left of a split has no room
+        ax.text((lo + hi) / 2, i + 0.5, f"{100 * a:.0f}", ha="center", va="center",
+                fontsize=7, color="black" if a > 0.5 else "white")
     if rs[0]["reach"] is not None:
-      ax.plot([rs[0]["reach"]] * 2, [i, i + 1], "--", color="red", linewidth=1.8)
+      ax.plot([rs[0]["reach"] + 1] * 2, [i, i + 1], "--", color="red", linewidth=1.8)
+  ax.set_xlim(first * width, (first + num_buckets) * width)
+  ax.set_ylim(len(groups), 0)
   labels = [f"{m} (L={rs[0]['layers']}, reach {_reach_text(rs[0]['reach'])})"
             for m, rs in groups.items()]
   ax.set_yticks(np.arange(len(groups)) + 0.5, labels)
-  ax.set_xlabel(f"distance d (buckets of {width} tokens; red dashes: reach Σ(w−1))")
+  ax.set_xlabel(f"distance d (buckets of {width} tokens, split at each reach; red dashes: "
+                "reach Σ(w−1))")
   ax.set_title("Passkey exact match (%) by distance")
-  fig.colorbar(image, ax=ax, label="exact match", fraction=0.03, pad=0.01)
+  fig.colorbar(mesh, ax=ax, label="exact match", fraction=0.03, pad=0.01)
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=120)
