@@ -1,18 +1,32 @@
-"""The `chunked` implementation: banded sliding-window attention from jax.lax/jnp ops.
+"""The `chunked` implementation: flash-style banded sliding-window attention from jax.lax/jnp ops.
 
-Queries go in blocks of C; each block attends only to the key blocks its window touches, so memory
-is O(T * (w + C)) in the forward and the backward pass instead of the dense O(T * S). The mask of
-every block comes from `mask.visible`, the rule every implementation shares. Registered in
-swa/attention.py as "chunked" with the features "offsets" and "block_size".
+Queries go in blocks of C; each block attends only to the key blocks its window touches. A
+`jax.custom_vjp` keeps memory linear in the sequence length with a per-step constant:
+
+  forward   loops over groups of query blocks; keeps only the output and the float32
+            log-sum-exp of every query (no score or probability block survives a step).
+  backward  loops over the same groups, recomputes each block's scores from q, k and the saved
+            log-sum-exp, and adds each block's dK/dV into float32 key-length accumulators.
+
+A group holds as many query blocks as fit SCORE_BYTES_PER_STEP of float32 scores (or
+`blocks_per_step`); short sequences are one group, with no loop at all. The mask of every block
+comes from `mask.visible`, the rule every implementation shares. Registered in swa/attention.py as
+"chunked" with the features "offsets" and "block_size".
 
 Shape letters as in swa/attention.py; q (query blocks), C (queries per block), s (keys a block
 attends over, span = (num_prev + 1) * C).
 """
 
+import dataclasses
+import functools
+
 import jax
 import jax.numpy as jnp
 
 from swa import mask
+
+# Float32 score bytes one loop step may hold (the backward holds about four such buffers).
+SCORE_BYTES_PER_STEP = 1 << 30
 
 
 def default_block_size(window_size, seq_len):
@@ -40,90 +54,269 @@ def key_shift(q_offset, k_offset, T, S):
   try:
     return int(q_offset - k_offset)
   except (jax.errors.ConcretizationTypeError, TypeError):
-    raise ValueError("implementation='chunked' needs q_offset - k_offset known at trace time; "
-                     "pass k_offset=None (keys end where the queries end) or Python ints.") from None
+    raise ValueError(
+      "implementation='chunked' needs q_offset - k_offset known at trace time; "
+      "pass k_offset=None (keys end where the queries end) or Python ints."
+    ) from None
 
 
 def _fit(x_BSKX, front, total):
   """Rows shifted right by `front` (left if negative) and cut or zero-padded to `total` rows."""
-  x_BSKX = x_BSKX[:, max(0, -front):]
+  x_BSKX = x_BSKX[:, max(0, -front) :]
   x_BSKX = jnp.pad(x_BSKX, ((0, 0), (max(0, front), 0), (0, 0), (0, 0)))[:, :total]
   return jnp.pad(x_BSKX, ((0, 0), (0, total - x_BSKX.shape[1]), (0, 0), (0, 0)))
 
 
-def chunked_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=0, k_offset=None,
-                      block_size=None, blocks_per_step=None):
-  """Banded attention: each query block sees only the key blocks its window touches.
+@dataclasses.dataclass(frozen=True)
+class _Band:
+  """The static layout of one call (hashable: the custom_vjp's static argument).
+
+  Padded key row j holds key index j - front; query block b (of `blocks` = groups * per_group,
+  the last ones padding) attends padded rows b*C ... b*C + span - 1.
+  """
+
+  window_size: object  # w or None, as the caller gave it (the mask rule's argument)
+  scale: float
+  C: int
+  num_prev: int
+  per_group: int  # query blocks per loop step
+  groups: int
+  front: int
+  shift: int
+  S: int
+
+  @property
+  def span(self):
+    return (self.num_prev + 1) * self.C
+
+  @property
+  def blocks(self):
+    return self.groups * self.per_group
+
+
+def _group_mask(band, q_offset, b0):
+  """bool [per_group, C, span]: which keys of its window each query of blocks b0... sees."""
+  block_q = b0 + jnp.arange(band.per_group)
+  q_pos_qC1 = q_offset + (block_q[:, None, None] * band.C + jnp.arange(band.C)[:, None])
+  index_q1s = block_q[:, None, None] * band.C + jnp.arange(band.span)[None, None, :] - band.front
+  k_pos_q1s = jnp.where(
+    (index_q1s >= 0) & (index_q1s < band.S), q_offset - band.shift + index_q1s, -1
+  )
+  return mask.visible(q_pos_qC1, k_pos_q1s, band.window_size)
+
+
+def _windows(band, x_BSpKX, b0):
+  """[B, per_group, span, K, X]: the key window of each query block b0 ... of the group."""
+  rows = (band.per_group + band.num_prev) * band.C
+  x_BbCKX = jax.lax.dynamic_slice_in_dim(x_BSpKX, b0 * band.C, rows, axis=1)
+  x_BbCKX = x_BbCKX.reshape(x_BSpKX.shape[0], -1, band.C, *x_BSpKX.shape[2:])
+  return jnp.concatenate(
+    [x_BbCKX[:, j : j + band.per_group] for j in range(band.num_prev + 1)], axis=2
+  )
+
+
+def _group_slice(x_BqX, band, g):
+  """Blocks g * per_group ... of a [B, blocks, ...] array."""
+  return jax.lax.dynamic_slice_in_dim(x_BqX, g * band.per_group, band.per_group, axis=1)
+
+
+def _loop(band, step, init):
+  """step(g, carry) over the groups; a plain call when there is one."""
+  if band.groups == 1:
+    return step(0, init)
+  return jax.lax.fori_loop(0, band.groups, step, init)
+
+
+def _logits(band, q_BqCKGH, k_BqsKH):
+  return (
+    jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH, preferred_element_type=jnp.float32)
+    * band.scale
+  )
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
+  """Output [B, blocks, C, K, G, D] and float32 log-sum-exp [B, blocks, K, G, C]."""
+  B, _, C, K, G, _ = q_BqCKGH.shape
+  D = v_BSpKD.shape[-1]
+
+  def step(g, carry):
+    out_BqCKGD, lse_BqKGC = carry
+    b0 = g * band.per_group
+    mask_qCs = _group_mask(band, q_offset, b0)[None, :, None, None]
+    logits_BqKGCs = jnp.where(
+      mask_qCs,
+      _logits(band, _group_slice(q_BqCKGH, band, g), _windows(band, k_BSpKH, b0)),
+      mask.MASK_VALUE,
+    )
+    max_BqKGC = jnp.max(logits_BqKGCs, axis=-1)
+    unnorm_BqKGCs = jnp.where(mask_qCs, jnp.exp(logits_BqKGCs - max_BqKGC[..., None]), 0.0)
+    sum_BqKGC = jnp.sum(unnorm_BqKGCs, axis=-1)
+    empty = sum_BqKGC == 0.0  # a query with no visible key: output 0
+    probs_BqKGCs = unnorm_BqKGCs / jnp.where(empty, 1.0, sum_BqKGC)[..., None]
+    out = jnp.einsum(
+      "BqKGCs,BqsKD->BqCKGD",
+      probs_BqKGCs.astype(v_BSpKD.dtype),
+      _windows(band, v_BSpKD, b0),
+      preferred_element_type=jnp.float32,
+    )
+    lse = jnp.where(empty, 0.0, max_BqKGC + jnp.log(jnp.where(empty, 1.0, sum_BqKGC)))
+    out_BqCKGD = jax.lax.dynamic_update_slice_in_dim(
+      out_BqCKGD, out.astype(out_BqCKGD.dtype), b0, axis=1
+    )
+    return out_BqCKGD, jax.lax.dynamic_update_slice_in_dim(lse_BqKGC, lse, b0, axis=1)
+
+  init = (
+    jnp.zeros((B, band.blocks, C, K, G, D), q_BqCKGH.dtype),
+    jnp.zeros((B, band.blocks, K, G, C), jnp.float32),
+  )
+  return _loop(band, step, init)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
+  return _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset)[0]
+
+
+def _attend_fwd(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
+  out_BqCKGD, lse_BqKGC = _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset)
+  return out_BqCKGD, (q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC)
+
+
+def _add_windows(band, acc_BSpKX, win_BqsKX, b0):
+  """Adds each block's window gradient [B, per_group, span, K, X] into the key rows it covers."""
+  B, q, _, K, X = win_BqsKX.shape
+  win_BqjCKX = win_BqsKX.reshape(B, q, band.num_prev + 1, band.C, K, X)
+  local_BbCKX = sum(
+    jnp.pad(win_BqjCKX[:, :, j], ((0, 0), (j, band.num_prev - j), (0, 0), (0, 0), (0, 0)))
+    for j in range(band.num_prev + 1)
+  )
+  rows = (q + band.num_prev) * band.C
+  old = jax.lax.dynamic_slice_in_dim(acc_BSpKX, b0 * band.C, rows, axis=1)
+  return jax.lax.dynamic_update_slice_in_dim(
+    acc_BSpKX, old + local_BbCKX.reshape(B, rows, K, X), b0 * band.C, axis=1
+  )
+
+
+def _attend_bwd(band, res, dout_BqCKGD):
+  return _backward(band, *res, dout_BqCKGD) + (None,)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _backward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC, dout_BqCKGD):
+  """(dq, dk, dv) of the padded layout: one more pass over the groups, recomputing scores."""
+  delta_BqKGC = jnp.einsum(
+    "BqCKGD,BqCKGD->BqKGC", out_BqCKGD.astype(jnp.float32), dout_BqCKGD.astype(jnp.float32)
+  )
+
+  def step(g, carry):
+    dq_BqCKGH, dk_BSpKH, dv_BSpKD = carry
+    b0 = g * band.per_group
+    q_g, dout_g = _group_slice(q_BqCKGH, band, g), _group_slice(dout_BqCKGD, band, g)
+    k_win, v_win = _windows(band, k_BSpKH, b0), _windows(band, v_BSpKD, b0)
+    mask_qCs = _group_mask(band, q_offset, b0)[None, :, None, None]
+    lse = _group_slice(lse_BqKGC, band, g)[..., None]
+    probs_BqKGCs = jnp.where(mask_qCs, jnp.exp(_logits(band, q_g, k_win) - lse), 0.0)
+    dv_win = jnp.einsum(
+      "BqKGCs,BqCKGD->BqsKD",
+      probs_BqKGCs.astype(dout_g.dtype),
+      dout_g,
+      preferred_element_type=jnp.float32,
+    )
+    dprobs_BqKGCs = jnp.einsum(
+      "BqCKGD,BqsKD->BqKGCs", dout_g, v_win, preferred_element_type=jnp.float32
+    )
+    dlogits_BqKGCs = probs_BqKGCs * (dprobs_BqKGCs - _group_slice(delta_BqKGC, band, g)[..., None])
+    dlogits_BqKGCs = (dlogits_BqKGCs * band.scale).astype(q_g.dtype)
+    dq = jnp.einsum(
+      "BqKGCs,BqsKH->BqCKGH", dlogits_BqKGCs, k_win, preferred_element_type=jnp.float32
+    )
+    dk_win = jnp.einsum(
+      "BqKGCs,BqCKGH->BqsKH", dlogits_BqKGCs, q_g, preferred_element_type=jnp.float32
+    )
+    dq_BqCKGH = jax.lax.dynamic_update_slice_in_dim(
+      dq_BqCKGH, dq.astype(dq_BqCKGH.dtype), b0, axis=1
+    )
+    return (
+      dq_BqCKGH,
+      _add_windows(band, dk_BSpKH, dk_win, b0),
+      _add_windows(band, dv_BSpKD, dv_win, b0),
+    )
+
+  init = (
+    jnp.zeros_like(q_BqCKGH),
+    jnp.zeros(k_BSpKH.shape, jnp.float32),
+    jnp.zeros(v_BSpKD.shape, jnp.float32),
+  )
+  dq_BqCKGH, dk_BSpKH, dv_BSpKD = _loop(band, step, init)
+  return dq_BqCKGH, dk_BSpKH.astype(k_BSpKH.dtype), dv_BSpKD.astype(v_BSpKD.dtype)
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def chunked_attention(
+  q_BTNH,
+  k_BSKH,
+  v_BSKD,
+  window_size,
+  scale,
+  *,
+  q_offset=0,
+  k_offset=None,
+  block_size=None,
+  blocks_per_step=None,
+):
+  """Banded flash-style attention: each query block sees only the key blocks its window touches.
 
   Args:
     q_BTNH: [B, T, N, H] queries; query t sits at absolute position q_offset + t.
     k_BSKH: [B, S, K, H] keys; key s sits at k_offset + s.
     v_BSKD: [B, S, K, D] values.
     window_size: w >= 1, or None for full causal attention.
-    scale: logit scale.
+    scale: logit scale (a Python number).
     q_offset: absolute position of the first query (int, may be traced).
     k_offset: absolute position of the first key, or None: the keys end where the queries end
       (k_offset = q_offset + T - S; self-attention when S == T). q_offset - k_offset must be a
       Python int (`key_shift`). Keys at negative positions are padding.
     block_size: the query block C; default `default_block_size`.
-    blocks_per_step: if set, process this many query blocks at a time in a loop and recompute
-      them in the backward pass, which bounds memory for very long sequences.
+    blocks_per_step: query blocks per loop step; default: as many as fit
+      SCORE_BYTES_PER_STEP of float32 scores (all of them for short sequences).
 
   Returns:
-    [B, T, N, D] in q's dtype.
+    [B, T, N, D] in q's dtype. Gradients come from a custom VJP that recomputes scores block by
+    block: memory is linear in T in the forward and the backward pass.
   """
   B, T, N, H = q_BTNH.shape
   S, K, D = k_BSKH.shape[1], k_BSKH.shape[2], v_BSKD.shape[3]
   G = N // K
-  shift = key_shift(q_offset, k_offset, T, S)      # query t <-> key index t + shift
-  reach = max(T + shift, 1)                         # keys up to the last query's position
+  shift = key_shift(q_offset, k_offset, T, S)  # query t <-> key index t + shift
+  reach = max(T + shift, 1)  # keys up to the last query's position
   w = reach if window_size is None else min(window_size, reach)
   C = default_block_size(w, T) if block_size is None else block_size
-  num_q = -(-T // C)                  # query blocks; the last one is padded
-  num_prev = -(-(w - 1) // C)         # earlier key blocks a query block can reach
-  span = (num_prev + 1) * C           # keys one query block attends over
-
-  # Queries: pad the end to a whole block. Keys/values: laid out so that block i's window is key
-  # blocks i .. i + num_prev: padded row j holds key index j - front.
-  q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, num_q * C - T), (0, 0), (0, 0)))
-  q_BqCKGH = (q_BqCKGH * jnp.asarray(scale, q_BTNH.dtype)).reshape(B, num_q, C, K, G, H)
-  front = num_prev * C - shift
-  total = (num_q + num_prev) * C
-  first_key_pos = q_offset - shift
-
-  def windows(x_BSKX):
-    x_BbCKX = _fit(x_BSKX, front, total).reshape(B, num_q + num_prev, C, K, -1)
-    return jnp.concatenate([x_BbCKX[:, j:j + num_q] for j in range(num_prev + 1)], axis=2)
-
-  def attend(q_BqCKGH, k_BqsKH, v_BqsKD, block_q):
-    # Query c of block b is query b*C + c; key s of its window is padded row b*C + s.
-    q_pos_qC1 = q_offset + (block_q[:, None, None] * C + jnp.arange(C)[:, None])
-    index_q1s = block_q[:, None, None] * C + jnp.arange(span)[None, None, :] - front
-    k_pos_q1s = jnp.where((index_q1s >= 0) & (index_q1s < S), first_key_pos + index_q1s, -1)
-    mask_qCs = mask.visible(q_pos_qC1, k_pos_q1s, window_size)
-    logits_BqKGCs = jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH,
-                               preferred_element_type=jnp.float32)
-    probs_BqKGCs = mask.masked_softmax(logits_BqKGCs, mask_qCs[None, :, None, None])
-    return jnp.einsum("BqKGCs,BqsKD->BqCKGD", probs_BqKGCs.astype(v_BqsKD.dtype), v_BqsKD,
-                      preferred_element_type=jnp.float32).astype(q_BTNH.dtype)
-
-  block_q = jnp.arange(num_q)
-  if blocks_per_step is None or blocks_per_step >= num_q:
-    out_BqCKGD = attend(q_BqCKGH, windows(k_BSKH), windows(v_BSKD), block_q)
-  else:
-    # Bounded memory for very long sequences: loop over groups of query blocks, slice
-    # each block's key window inside the loop (never all windows at once), and
-    # recompute each group's scores in the backward pass.
-    k_BSpKH, v_BSpKD = _fit(k_BSKH, front, total), _fit(v_BSKD, front, total)
-
-    @jax.checkpoint
-    def one_block(args):
-      q_BCKGH, b = args
-      k_BsKH = jax.lax.dynamic_slice_in_dim(k_BSpKH, b * C, span, axis=1)
-      v_BsKD = jax.lax.dynamic_slice_in_dim(v_BSpKD, b * C, span, axis=1)
-      return attend(q_BCKGH[:, None], k_BsKH[:, None], v_BsKD[:, None], b[None])[:, 0]
-
-    out_qBCKGD = jax.lax.map(one_block, (jnp.moveaxis(q_BqCKGH, 1, 0), block_q),
-                             batch_size=blocks_per_step)
-    out_BqCKGD = jnp.moveaxis(out_qBCKGD, 0, 1)
-  return out_BqCKGD.reshape(B, num_q * C, N, D)[:, :T]
+  num_q = -(-T // C)  # query blocks with a real query
+  num_prev = -(-(w - 1) // C)  # earlier key blocks a query block can reach
+  span = (num_prev + 1) * C
+  if blocks_per_step is None:
+    blocks_per_step = max(1, SCORE_BYTES_PER_STEP // (4 * B * N * C * span))
+  groups = -(-num_q // min(blocks_per_step, num_q))
+  per_group = -(-num_q // groups)  # balanced: fewer padded blocks in the last group
+  band = _Band(
+    window_size=window_size,
+    scale=float(scale),
+    C=C,
+    num_prev=num_prev,
+    per_group=per_group,
+    groups=groups,
+    front=num_prev * C - shift,
+    shift=shift,
+    S=S,
+  )
+  # Queries: pad the end to whole groups of blocks. Keys/values: laid out so that block i's
+  # window is key blocks i .. i + num_prev (padded row j holds key index j - front).
+  q_BqCKGH = jnp.pad(q_BTNH, ((0, 0), (0, band.blocks * C - T), (0, 0), (0, 0)))
+  q_BqCKGH = q_BqCKGH.reshape(B, band.blocks, C, K, G, H)
+  total = (band.blocks + num_prev) * C
+  k_BSpKH, v_BSpKD = _fit(k_BSKH, band.front, total), _fit(v_BSKD, band.front, total)
+  out_BqCKGD = _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, jnp.asarray(q_offset, jnp.int32))
+  return out_BqCKGD.reshape(B, band.blocks * C, N, D)[:, :T]
