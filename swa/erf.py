@@ -65,7 +65,8 @@ def effective_receptive_field(graphdef, params, distances, *, train_seq_len: int
     examples_per_distance: prompts averaged per distance (evaluate.prompts: the same prompts
       the accuracy is scored on).
     seed: seeds the prompts.
-    max_batch_tokens: cap on B * T of one backward pass (at least one prompt).
+    max_batch_tokens: cap on ANSWER_LEN * B * T of one batch of backward passes (at least one
+      prompt).
     label: name shown in the progress lines (stderr).
 
   Returns:
@@ -86,7 +87,8 @@ def effective_receptive_field(graphdef, params, distances, *, train_seq_len: int
     arrays = {k: np.concatenate([b[k] for b in batches]) for k in ("inputs", "targets")}
     first_digit = np.repeat(p_last - np.asarray(ds), n).astype(np.int32)
     total = len(ds) * n
-    batch_size = min(total, evaluate.batch_size_for(T, max_batch_tokens))
+    # One backward pass per answer digit (vmapped): the cap counts each prompt ANSWER_LEN times.
+    batch_size = min(total, evaluate.batch_size_for(T, max(1, max_batch_tokens // data.ANSWER_LEN)))
     padded = -(-total // batch_size) * batch_size
     rows = np.arange(padded) % total  # padding repeats the first rows; they are dropped
     norms = np.concatenate([
