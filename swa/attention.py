@@ -72,8 +72,18 @@ def create_sliding_window_mask(seq_len, window_size):
   return visible(positions[:, None], positions[None, :], window_size)
 
 
-def reference_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=0, k_offset=None,
-                        k_positions=None, num_sinks=0):
+def reference_attention(
+  q_BTNH,
+  k_BSKH,
+  v_BSKD,
+  window_size,
+  scale,
+  *,
+  q_offset=0,
+  k_offset=None,
+  k_positions=None,
+  num_sinks=0,
+):
   """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
   S, K, D = k_BSKH.shape[1], k_BSKH.shape[2], v_BSKD.shape[3]
@@ -87,11 +97,16 @@ def reference_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=
     mask_BTS = visible(q_pos_T[None, :, None], k_pos_BS[:, None, :], window_size, num_sinks)
     mask_BKGTS = mask_BTS[:, None, None]
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
-  logits_BKGTS = jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH,
-                            preferred_element_type=jnp.float32) * scale
+  logits_BKGTS = (
+    jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
+  )
   probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS)
-  out_BTKGD = jnp.einsum("BKGTS,BSKD->BTKGD", probs_BKGTS.astype(v_BSKD.dtype), v_BSKD,
-                         preferred_element_type=jnp.float32)
+  out_BTKGD = jnp.einsum(
+    "BKGTS,BSKD->BTKGD",
+    probs_BKGTS.astype(v_BSKD.dtype),
+    v_BSKD,
+    preferred_element_type=jnp.float32,
+  )
   return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
 
 
@@ -120,15 +135,23 @@ def cudnn_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale):
   """cuDNN's fused causal attention with a (w - 1, 0) local window (self-attention only)."""
   local_window = None if window_size is None else (window_size - 1, 0)
   return jax.nn.dot_product_attention(
-      q_BTNH, k_BSKH, v_BSKD, scale=scale, is_causal=True,
-      local_window_size=local_window, implementation="cudnn")
+    q_BTNH,
+    k_BSKH,
+    v_BSKD,
+    scale=scale,
+    is_causal=True,
+    local_window_size=local_window,
+    implementation="cudnn",
+  )
 
 
 # ------------------------------------------------------------------------------- registry
 
+
 @dataclasses.dataclass(frozen=True)
 class Implementation:
   """One registered implementation (see `register`)."""
+
   name: str
   fn: Callable
   features: frozenset
@@ -171,24 +194,28 @@ def implementations():
   return ("auto",) + tuple(_REGISTRY)
 
 
+def _lookup(name):
+  if name not in _REGISTRY:
+    raise ValueError(
+      f"Unknown attention implementation {name!r}; choose one of {implementations()}."
+    )
+  return _REGISTRY[name]
+
+
 def implementation_features(name):
   """The features (and options) the registered implementation `name` declared."""
-  if name not in _REGISTRY:
-    raise ValueError(f"Unknown attention implementation {name!r}; choose one of "
-                     f"{implementations()}.")
-  return _REGISTRY[name].features
+  return _lookup(name).features
 
 
 register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank=30)
-register("chunked", chunked.chunked_attention, features=("offsets", "block_size"), auto_rank=20,
-         auto_when=lambda q, k, v, w: w is not None and w < k.shape[1])
+register(
+  "chunked",
+  chunked.chunked_attention,
+  features=("offsets", "block_size"),
+  auto_rank=20,
+  auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
+)
 register("cudnn", cudnn_attention, check=_cudnn_unsupported_reason, auto_rank=10)
-
-
-def _wanted(implementation, features):
-  if implementation == "auto":
-    return "auto"
-  return f"implementation={implementation!r} (supports {sorted(features) or 'no features'})"
 
 
 def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features=()):
@@ -203,50 +230,55 @@ def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, 
   Returns:
     The name of the implementation.
   """
-  if implementation not in implementations():
-    raise ValueError(f"Unknown attention implementation {implementation!r}; choose one of "
-                     f"{implementations()}.")
   features = frozenset(features)
   if implementation != "auto":
-    impl = _REGISTRY[implementation]
+    impl = _lookup(implementation)
     if not features <= impl.features:
-      raise ValueError(f"{_wanted(implementation, impl.features)} does not support "
-                       f"{sorted(features - impl.features)}.")
+      raise ValueError(
+        f"implementation={implementation!r} (supports {sorted(impl.features)}) does not "
+        f"support {sorted(features - impl.features)}."
+      )
     reason = impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size)
     if reason:
       raise ValueError(f"implementation={implementation!r} is not available: {reason}.")
     return implementation
-  ranked = sorted((i for i in _REGISTRY.values() if i.auto_rank is not None),
-                  key=lambda i: i.auto_rank)
+  ranked = sorted(
+    (i for i in _REGISTRY.values() if i.auto_rank is not None), key=lambda i: i.auto_rank
+  )
   for impl in ranked:
-    if (features <= impl.features
-        and not (impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size))
-        and (impl.auto_when is None or impl.auto_when(q_BTNH, k_BSKH, v_BSKD, window_size))):
+    if (
+      features <= impl.features
+      and not (impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size))
+      and (impl.auto_when is None or impl.auto_when(q_BTNH, k_BSKH, v_BSKD, window_size))
+    ):
       return impl.name
   raise ValueError(f"No implementation that auto may pick supports {sorted(features)}.")
 
 
 # ------------------------------------------------------------------------------- contract
 
+
 def _check_shapes(q, k, v, same_length):
   """Validates ranks, lengths and head counts; returns the 4-D views."""
   if q.ndim not in (3, 4) or k.ndim != q.ndim or v.ndim != q.ndim:
     raise ValueError(
-        "q, k and v must all be [batch, seq, dim] or all [batch, seq, heads, dim]; got shapes "
-        f"{q.shape}, {k.shape}, {v.shape}.")
+      "q, k and v must all be [batch, seq, dim] or all [batch, seq, heads, dim]; got shapes "
+      f"{q.shape}, {k.shape}, {v.shape}."
+    )
   if q.ndim == 3:
     q, k, v = q[:, :, None], k[:, :, None], v[:, :, None]
   (B, T, N, H), (Bk, S, K, Hk), (Bv, Sv, Kv, _) = q.shape, k.shape, v.shape
   if not B == Bk == Bv:
     raise ValueError(f"q, k and v must share the batch size, got {B}, {Bk}, {Bv}.")
   if S != Sv or (same_length and T != S):
-    raise ValueError(f"Self-attention needs equal query and key/value lengths, got {T}, {S}, {Sv} "
-                     "(pass q_offset, k_offset or k_positions to place keys apart from queries).")
+    raise ValueError(
+      f"Self-attention needs equal query and key/value lengths, got {T}, {S}, {Sv} "
+      "(pass q_offset, k_offset or k_positions to place keys apart from queries)."
+    )
   if K != Kv:
     raise ValueError(f"k and v must have the same number of heads, got {K} and {Kv}.")
   if N % K:
-    raise ValueError(
-        f"The query heads ({N}) must be a multiple of the key/value heads ({K}).")
+    raise ValueError(f"The query heads ({N}) must be a multiple of the key/value heads ({K}).")
   if H != Hk:
     raise ValueError(f"q and k must share the head dim, got {H} and {Hk}.")
   return q, k, v
@@ -260,14 +292,30 @@ def _check_position(value, name):
   """Offsets and sinks are integer scalars (Python ints or traced/concrete int arrays)."""
   if value is None or _static_int(value):
     return
-  if isinstance(value, (bool, float)) or jnp.ndim(value) != 0 or not jnp.issubdtype(
-      jnp.result_type(value), jnp.integer):
+  if (
+    isinstance(value, (bool, float))
+    or jnp.ndim(value) != 0
+    or not jnp.issubdtype(jnp.result_type(value), jnp.integer)
+  ):
     raise ValueError(f"{name} must be an integer scalar, got {value!r}.")
 
 
-def sliding_window_attention(q, k, v, window_size=128, *, implementation="auto", scale=None,
-                             q_offset=None, k_offset=None, k_positions=None, num_sinks=0,
-                             block_size=None, blocks_per_step=None, **options):
+def sliding_window_attention(
+  q,
+  k,
+  v,
+  window_size=128,
+  *,
+  implementation="auto",
+  scale=None,
+  q_offset=None,
+  k_offset=None,
+  k_positions=None,
+  num_sinks=0,
+  block_size=None,
+  blocks_per_step=None,
+  **options,
+):
   """Causal attention in which the query at position i attends keys i - window_size + 1 ... i.
 
   Args:
@@ -314,17 +362,24 @@ def sliding_window_attention(q, k, v, window_size=128, *, implementation="auto",
   features, semantic = set(options), {}
   if k_positions is not None:
     k_positions = jnp.asarray(k_positions)
-    if k_positions.shape not in ((S,), (B, S)) or not jnp.issubdtype(k_positions.dtype,
-                                                                     jnp.integer):
-      raise ValueError(f"k_positions must be ints of shape [S] = ({S},) or [B, S] = ({B}, {S}), "
-                       f"got {k_positions.dtype} {k_positions.shape}.")
+    if k_positions.shape not in ((S,), (B, S)) or not jnp.issubdtype(
+      k_positions.dtype, jnp.integer
+    ):
+      raise ValueError(
+        f"k_positions must be ints of shape [S] = ({S},) or [B, S] = ({B}, {S}), "
+        f"got {k_positions.dtype} {k_positions.shape}."
+      )
     features.add("key_positions")
     semantic.update(q_offset=0 if q_offset is None else q_offset, k_positions=k_positions)
   elif placed:
     q0 = 0 if q_offset is None else q_offset
-    plain = (S == T and _static_int(q0) and q0 >= 0
-             and (k_offset is None or (_static_int(k_offset) and k_offset == q0)))
-    if not plain:    # Positions matter only where the keys are shifted or may be padding.
+    plain = (
+      S == T
+      and _static_int(q0)
+      and q0 >= 0
+      and (k_offset is None or (_static_int(k_offset) and k_offset == q0))
+    )
+    if not plain:  # Positions matter only where the keys are shifted or may be padding.
       features.add("offsets")
       semantic.update(q_offset=q0, k_offset=k_offset)
   if window_size is not None and not (_static_int(num_sinks) and num_sinks == 0):

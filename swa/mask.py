@@ -19,11 +19,11 @@ def check_window_size(window_size, name="window_size"):
     return
   if isinstance(window_size, bool) or not isinstance(window_size, (int, np.integer)):
     raise ValueError(
-        f"{name} must be a positive integer or None (full attention), got "
-        f"{window_size!r} of type {type(window_size).__name__}.")
+      f"{name} must be a positive integer or None (full attention), got "
+      f"{window_size!r} of type {type(window_size).__name__}."
+    )
   if window_size < 1:
-    raise ValueError(
-        f"{name} must be >= 1 (a query always sees itself), got {window_size}.")
+    raise ValueError(f"{name} must be >= 1 (a query always sees itself), got {window_size}.")
 
 
 def visible(q_pos, k_pos, window_size, num_sinks=0):

@@ -43,6 +43,7 @@ AXES = (DATA_AXIS, SEQ_AXIS)
 
 # --------------------------------------------------------------------------- mesh
 
+
 def parse_mesh_spec(spec):
   """Axis sizes from a string such as "data:-1,seq:2".
 
@@ -61,13 +62,15 @@ def parse_mesh_spec(spec):
     name, _, size = part.partition(":")
     name = name.strip()
     if name not in AXES or name in sizes:
-      raise ValueError(f"mesh {spec!r}: each axis must be one of {AXES} and appear at most "
-                       f"once, got {name!r}.")
+      raise ValueError(
+        f"mesh {spec!r}: each axis must be one of {AXES} and appear at most once, got {name!r}."
+      )
     try:
       sizes[name] = int(size)
     except ValueError:
-      raise ValueError(f"mesh {spec!r}: the size of {name!r} must be an integer, "
-                       f"got {size.strip()!r}.") from None
+      raise ValueError(
+        f"mesh {spec!r}: the size of {name!r} must be an integer, got {size.strip()!r}."
+      ) from None
     if sizes[name] < 1 and sizes[name] != -1:
       raise ValueError(f"mesh {spec!r}: sizes must be >= 1 or -1 (the rest), got {sizes[name]}.")
   if list(sizes.values()).count(-1) > 1:
@@ -97,17 +100,18 @@ def make_mesh(spec="data:1,seq:1", devices=None):
   known = math.prod(s for s in sizes if s != -1)
   if -1 in sizes:
     if len(devices) % known:
-      raise ValueError(f"mesh {spec!r}: {len(devices)} devices do not split into axes of "
-                       f"known size {known}.")
+      raise ValueError(
+        f"mesh {spec!r}: {len(devices)} devices do not split into axes of known size {known}."
+      )
     sizes[sizes.index(-1)] = len(devices) // known
   count = math.prod(sizes)
   if count > len(devices) or (jax.process_count() > 1 and count != len(devices)):
-    raise ValueError(f"mesh {spec!r} needs {count} devices; there are {len(devices)}"
-                     + (" (a multi-process mesh must use all of them)."
-                        if jax.process_count() > 1 else "."))
+    raise ValueError(
+      f"mesh {spec!r} needs {count} devices; there are {len(devices)}"
+      + (" (a multi-process mesh must use all of them)." if jax.process_count() > 1 else ".")
+    )
   axis_types = (jax.sharding.AxisType.Auto,) * len(names)
-  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types,
-                       devices=devices[:count])
+  return jax.make_mesh(tuple(sizes), tuple(names), axis_types=axis_types, devices=devices[:count])
 
 
 def is_sequence_parallel(mesh, seq_axis=SEQ_AXIS):
@@ -116,6 +120,7 @@ def is_sequence_parallel(mesh, seq_axis=SEQ_AXIS):
 
 
 # ------------------------------------------------------------- sequence parallel
+
 
 def _halo_from_left(x_BLKX, halo, seq_axis, num_shards):
   """The `halo` rows just before this shard, gathered from the shards to its left.
@@ -138,7 +143,7 @@ def _halo_from_left(x_BLKX, halo, seq_axis, num_shards):
   for hop in range(1, -(-halo // L) + 1):
     rows = min(L, halo - (hop - 1) * L)
     perm = [(src, src + hop) for src in range(num_shards - hop)]
-    pieces.append(jax.lax.ppermute(x_BLKX[:, L - rows:], seq_axis, perm))
+    pieces.append(jax.lax.ppermute(x_BLKX[:, L - rows :], seq_axis, perm))
   if not pieces:
     return x_BLKX[:, :0]
   return jnp.concatenate(pieces[::-1], axis=1)
@@ -155,10 +160,20 @@ def halo_size(window_size, seq_len, num_shards):
   return min(w - 1, (num_shards - 1) * (seq_len // num_shards))
 
 
-def sequence_parallel_attention(q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, mesh,
-                                seq_axis=SEQ_AXIS, data_axis=DATA_AXIS,
-                                local_implementation="auto", block_size=None,
-                                blocks_per_step=None):
+def sequence_parallel_attention(
+  q_BTNH,
+  k_BTKH,
+  v_BTKD,
+  window_size,
+  scale,
+  *,
+  mesh,
+  seq_axis=SEQ_AXIS,
+  data_axis=DATA_AXIS,
+  local_implementation="auto",
+  block_size=None,
+  blocks_per_step=None,
+):
   """Attention with the sequence split over the mesh axis `seq_axis`: "sequence_parallel".
 
   Called through `attention.sliding_window_attention(..., implementation="sequence_parallel",
@@ -186,11 +201,14 @@ def sequence_parallel_attention(q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, m
   Returns:
     [B, T, N, D] in q's dtype, sharded like q.
   """
-  if (local_implementation not in attention.implementations()
-      or not (local_implementation == "auto"
-              or "offsets" in attention.implementation_features(local_implementation))):
-    raise ValueError("Sequence-parallel attention needs a local implementation with offsets, "
-                     f"e.g. 'chunked', 'reference' or 'auto'; got {local_implementation!r}.")
+  if local_implementation not in attention.implementations() or not (
+    local_implementation == "auto"
+    or "offsets" in attention.implementation_features(local_implementation)
+  ):
+    raise ValueError(
+      "Sequence-parallel attention needs a local implementation with offsets, "
+      f"e.g. 'chunked', 'reference' or 'auto'; got {local_implementation!r}."
+    )
   axes = dict(mesh.shape)
   for name, axis in (("seq_axis", seq_axis), ("data_axis", data_axis)):
     if axis is not None and axis not in axes:
@@ -200,8 +218,9 @@ def sequence_parallel_attention(q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, m
   B, T = q_BTNH.shape[:2]
   P = axes[seq_axis]
   if T % P:
-    raise ValueError(f"The sequence length {T} must be divisible by the mesh axis "
-                     f"{seq_axis!r} of size {P}.")
+    raise ValueError(
+      f"The sequence length {T} must be divisible by the mesh axis {seq_axis!r} of size {P}."
+    )
   L = T // P
   halo = halo_size(window_size, T, P)
   batch_axis = data_axis if data_axis is not None and B % axes[data_axis] == 0 else None
@@ -214,21 +233,30 @@ def sequence_parallel_attention(q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, m
     k_BSKH = jnp.concatenate([kv_halo[..., :H], k_BLKH], axis=1)
     v_BSKD = jnp.concatenate([kv_halo[..., H:], v_BLKD], axis=1)
     return attention.sliding_window_attention(
-        q_BLNH, k_BSKH, v_BSKD, window_size, implementation=local_implementation, scale=scale,
-        q_offset=jax.lax.axis_index(seq_axis) * L, block_size=block_size,
-        blocks_per_step=blocks_per_step)
+      q_BLNH,
+      k_BSKH,
+      v_BSKD,
+      window_size,
+      implementation=local_implementation,
+      scale=scale,
+      q_offset=jax.lax.axis_index(seq_axis) * L,
+      block_size=block_size,
+      blocks_per_step=blocks_per_step,
+    )
 
-  return jax.shard_map(per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec,
-                       check_vma=True)(q_BTNH, k_BTKH, v_BTKD)
+  return jax.shard_map(
+    per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=True
+  )(q_BTNH, k_BTKH, v_BTKD)
 
 
 attention.register(
-    "sequence_parallel", sequence_parallel_attention,
-    features=("block_size", "mesh", "seq_axis", "data_axis", "local_implementation"))
+  "sequence_parallel",
+  sequence_parallel_attention,
+  features=("block_size", "mesh", "seq_axis", "data_axis", "local_implementation"),
+)
 
 
-def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS,
-                      data_axis=DATA_AXIS):
+def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS, data_axis=DATA_AXIS):
   """The attention function of a model whose sequence is split over `mesh` (or None).
 
   Args:
@@ -244,15 +272,22 @@ def sequence_parallel(mesh, *, local_implementation="auto", seq_axis=SEQ_AXIS,
   """
   if not is_sequence_parallel(mesh, seq_axis):
     return None
-  if (local_implementation != "auto"
-      and "offsets" not in attention.implementation_features(local_implementation)):
+  if local_implementation != "auto" and "offsets" not in attention.implementation_features(
+    local_implementation
+  ):
     local_implementation = "auto"
-  return functools.partial(attention.sliding_window_attention,
-                           implementation="sequence_parallel", mesh=mesh, seq_axis=seq_axis,
-                           data_axis=data_axis, local_implementation=local_implementation)
+  return functools.partial(
+    attention.sliding_window_attention,
+    implementation="sequence_parallel",
+    mesh=mesh,
+    seq_axis=seq_axis,
+    data_axis=data_axis,
+    local_implementation=local_implementation,
+  )
 
 
 # ----------------------------------------------------------------------- training
+
 
 def batch_spec(ndim, *, data_axis=DATA_AXIS, seq_axis=SEQ_AXIS):
   """PartitionSpec of a batch array: axis 0 over `data_axis`, axis 1 (if any) over `seq_axis`."""
@@ -288,16 +323,19 @@ def shard_batch(batch, mesh, *, data_axis=DATA_AXIS, seq_axis=SEQ_AXIS):
 
   def put(x):
     x = np.asarray(x)
-    for dim, axis in list(zip(x.shape, (data_axis, seq_axis)))[:x.ndim]:
+    for dim, axis in list(zip(x.shape, (data_axis, seq_axis)))[: x.ndim]:
       if dim % sizes[axis]:
-        raise ValueError(f"A batch array of shape {x.shape} cannot be split over mesh axis "
-                         f"{axis!r} of size {sizes[axis]}: {dim} is not a multiple of it.")
-    return _put(x, NamedSharding(mesh, batch_spec(x.ndim, data_axis=data_axis,
-                                                  seq_axis=seq_axis)))
+        raise ValueError(
+          f"A batch array of shape {x.shape} cannot be split over mesh axis "
+          f"{axis!r} of size {sizes[axis]}: {dim} is not a multiple of it."
+        )
+    return _put(x, NamedSharding(mesh, batch_spec(x.ndim, data_axis=data_axis, seq_axis=seq_axis)))
+
   return jax.tree.map(put, batch)
 
 
 # ----------------------------------------------------------------------- multi-host
+
 
 def distributed_environment(environ=None):
   """The kind of multi-process launch the environment shows, or None for a single process.
@@ -335,11 +373,15 @@ def maybe_initialize_distributed(environ=None):
   if kind == "explicit":
     missing = [v for v in ("JAX_NUM_PROCESSES", "JAX_PROCESS_ID") if not env.get(v)]
     if missing:
-      raise ValueError(f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
-                       "is not; set all three to launch several processes.")
-    jax.distributed.initialize(coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
-                               num_processes=int(env["JAX_NUM_PROCESSES"]),
-                               process_id=int(env["JAX_PROCESS_ID"]))
+      raise ValueError(
+        f"JAX_COORDINATOR_ADDRESS is set but {' and '.join(missing)} "
+        "is not; set all three to launch several processes."
+      )
+    jax.distributed.initialize(
+      coordinator_address=env["JAX_COORDINATOR_ADDRESS"],
+      num_processes=int(env["JAX_NUM_PROCESSES"]),
+      process_id=int(env["JAX_PROCESS_ID"]),
+    )
   else:
-    jax.distributed.initialize()      # JAX reads SLURM / Open MPI / TPU settings itself.
+    jax.distributed.initialize()  # JAX reads SLURM / Open MPI / TPU settings itself.
   return True

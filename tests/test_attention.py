@@ -16,20 +16,26 @@ import pytest
 from swa import attention
 from swa.attention import create_sliding_window_mask, sliding_window_attention, visible
 
-SEED_EXAMPLE = np.array([
+SEED_EXAMPLE = np.array(
+  [
     [1, 0, 0, 0, 0, 0],
     [1, 1, 0, 0, 0, 0],
     [1, 1, 1, 0, 0, 0],
     [0, 1, 1, 1, 0, 0],
     [0, 0, 1, 1, 1, 0],
     [0, 0, 0, 1, 1, 1],
-], dtype=bool)
+  ],
+  dtype=bool,
+)
 
 # Implementations that run here; cuDNN joins on a GPU.
 FAST_IMPLEMENTATIONS = ["chunked"] + (["cudnn"] if attention.cudnn_available() else [])
 # Registered implementations with the "offsets" feature, but the reference they are checked against.
-OFFSET_IMPLEMENTATIONS = [name for name in attention.implementations()[1:] if name != "reference"
-                          and "offsets" in attention.implementation_features(name)]
+OFFSET_IMPLEMENTATIONS = [
+  name
+  for name in attention.implementations()[1:]
+  if name != "reference" and "offsets" in attention.implementation_features(name)
+]
 
 _counter = itertools.count()
 
@@ -37,9 +43,11 @@ _counter = itertools.count()
 def random_qkv(B, T, N, K, H, D, dtype=jnp.float32):
   """Fresh random inputs for every call (a new key each time)."""
   kq, kk, kv = jax.random.split(jax.random.PRNGKey(next(_counter)), 3)
-  return (jax.random.normal(kq, (B, T, N, H), dtype),
-          jax.random.normal(kk, (B, T, K, H), dtype),
-          jax.random.normal(kv, (B, T, K, D), dtype))
+  return (
+    jax.random.normal(kq, (B, T, N, H), dtype),
+    jax.random.normal(kk, (B, T, K, H), dtype),
+    jax.random.normal(kv, (B, T, K, D), dtype),
+  )
 
 
 def test_mask_matches_seed_example():
@@ -48,8 +56,9 @@ def test_mask_matches_seed_example():
 
 @pytest.mark.parametrize("window_size", [None, 7, 100])
 def test_mask_full_window_is_causal(window_size):
-  np.testing.assert_array_equal(np.asarray(create_sliding_window_mask(7, window_size)),
-                                np.tril(np.ones((7, 7), bool)))
+  np.testing.assert_array_equal(
+    np.asarray(create_sliding_window_mask(7, window_size)), np.tril(np.ones((7, 7), bool))
+  )
 
 
 def test_mask_counts_window_keys():
@@ -60,14 +69,14 @@ def test_mask_counts_window_keys():
 # (B, T, N, K, H, D, window, block_size): odd lengths, T < w, T = w, T not a
 # multiple of the block, w = 1, GQA and MQA, D != H, full attention.
 SHAPES = [
-    (2, 37, 4, 2, 8, 8, 5, None),
-    (1, 100, 2, 1, 16, 8, 33, 16),
-    (2, 64, 2, 2, 8, 8, 1, 8),
-    (1, 50, 2, 2, 8, 8, 64, None),
-    (1, 48, 3, 3, 8, 16, 48, 16),
-    (1, 77, 4, 4, 8, 8, 20, 8),
-    (2, 33, 4, 1, 8, 8, None, 8),
-    (1, 130, 2, 2, 8, 8, 128, 32),
+  (2, 37, 4, 2, 8, 8, 5, None),
+  (1, 100, 2, 1, 16, 8, 33, 16),
+  (2, 64, 2, 2, 8, 8, 1, 8),
+  (1, 50, 2, 2, 8, 8, 64, None),
+  (1, 48, 3, 3, 8, 16, 48, 16),
+  (1, 77, 4, 4, 8, 8, 20, 8),
+  (2, 33, 4, 1, 8, 8, None, 8),
+  (1, 130, 2, 2, 8, 8, 128, 32),
 ]
 
 
@@ -78,12 +87,14 @@ def _loss(impl, window, **kwargs):
     # float32 so a bfloat16 implementation and the float32 reference get the same one.
     weights = jax.random.normal(jax.random.PRNGKey(7), out.shape, jnp.float32)
     return jnp.sum(out.astype(jnp.float32) * weights)
+
   return loss
 
 
 @pytest.mark.parametrize("impl", FAST_IMPLEMENTATIONS)
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize("use_jit", [False, True])
+# Eager chunked is slow to dispatch (about 20 s a shape on 2 busy cores): those run with -m slow.
+@pytest.mark.parametrize("use_jit", [pytest.param(False, marks=pytest.mark.slow), True])
 def test_matches_reference_forward_and_gradients(impl, shape, use_jit):
   B, T, N, K, H, D, window, block = shape
   dtype = jnp.bfloat16 if impl == "cudnn" else jnp.float32
@@ -96,8 +107,9 @@ def test_matches_reference_forward_and_gradients(impl, shape, use_jit):
       sliding_window_attention(q, k, v, window, implementation="cudnn")
     return
 
-  out = maybe_jit(lambda q, k, v: sliding_window_attention(
-      q, k, v, window, implementation=impl, **kwargs))(q, k, v)
+  out = maybe_jit(
+    lambda q, k, v: sliding_window_attention(q, k, v, window, implementation=impl, **kwargs)
+  )(q, k, v)
   ref = sliding_window_attention(*f32((q, k, v)), window, implementation="reference")
   tol = 2e-2 if dtype == jnp.bfloat16 else 1e-5
   np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=tol, rtol=tol)
@@ -105,8 +117,9 @@ def test_matches_reference_forward_and_gradients(impl, shape, use_jit):
   grads = maybe_jit(jax.grad(_loss(impl, window, **kwargs), argnums=(0, 1, 2)))(q, k, v)
   ref_grads = jax.grad(_loss("reference", window), argnums=(0, 1, 2))(*f32((q, k, v)))
   for name, g, r in zip("qkv", grads, ref_grads):
-    np.testing.assert_allclose(np.asarray(g, np.float32), r, atol=10 * tol, rtol=10 * tol,
-                               err_msg=f"d/d{name}")
+    np.testing.assert_allclose(
+      np.asarray(g, np.float32), r, atol=10 * tol, rtol=10 * tol, err_msg=f"d/d{name}"
+    )
 
 
 @pytest.mark.parametrize("blocks_per_step", [1, 3])
@@ -114,9 +127,11 @@ def test_chunked_blocks_per_step_matches_reference(blocks_per_step):
   q, k, v = random_qkv(2, 77, 4, 2, 8, 8)
   kwargs = dict(block_size=8, blocks_per_step=blocks_per_step)
   out = jax.jit(lambda *a: sliding_window_attention(*a, 20, implementation="chunked", **kwargs))(
-      q, k, v)
-  np.testing.assert_allclose(out, sliding_window_attention(q, k, v, 20, implementation="reference"),
-                             atol=1e-5, rtol=1e-5)
+    q, k, v
+  )
+  np.testing.assert_allclose(
+    out, sliding_window_attention(q, k, v, 20, implementation="reference"), atol=1e-5, rtol=1e-5
+  )
   grads = jax.jit(jax.grad(_loss("chunked", 20, **kwargs), argnums=(0, 1, 2)))(q, k, v)
   ref_grads = jax.grad(_loss("reference", 20), argnums=(0, 1, 2))(q, k, v)
   for g, r in zip(grads, ref_grads):
@@ -136,10 +151,13 @@ def test_bfloat16_chunked_is_close_and_finite():
   q, k, v = random_qkv(2, 65, 4, 2, 16, 16, jnp.bfloat16)
   out = sliding_window_attention(q, k, v, 1, implementation="chunked", block_size=16)
   assert out.dtype == jnp.bfloat16
-  np.testing.assert_allclose(np.asarray(out, np.float32), np.asarray(v.repeat(2, axis=2), np.float32))
+  np.testing.assert_allclose(
+    np.asarray(out, np.float32), np.asarray(v.repeat(2, axis=2), np.float32)
+  )
   out = sliding_window_attention(q, k, v, 17, implementation="chunked", block_size=16)
-  ref = sliding_window_attention(*(x.astype(jnp.float32) for x in (q, k, v)), 17,
-                                 implementation="reference")
+  ref = sliding_window_attention(
+    *(x.astype(jnp.float32) for x in (q, k, v)), 17, implementation="reference"
+  )
   assert np.all(np.isfinite(np.asarray(out, np.float32)))
   np.testing.assert_allclose(np.asarray(out, np.float32), ref, atol=3e-2, rtol=3e-2)
 
@@ -157,9 +175,10 @@ def test_locality_through_gradients(impl, window):
   """d out[i] / d k[j] and d v[j] are non-zero exactly for j in [i - w + 1, i]."""
   T = 19
   q, k, v = random_qkv(1, T, 2, 1, 4, 4)
-  attend = lambda k, v: sliding_window_attention(q, k, v, window, implementation=impl,
-                                                 **({"block_size": 8} if impl == "chunked" else {}))
-  jac_k, jac_v = jax.jacrev(attend, argnums=(0, 1))(k, v)   # [1, T, N, D, 1, T, K, H]
+  attend = lambda k, v: sliding_window_attention(
+    q, k, v, window, implementation=impl, **({"block_size": 8} if impl == "chunked" else {})
+  )
+  jac_k, jac_v = jax.jacrev(attend, argnums=(0, 1))(k, v)  # [1, T, N, D, 1, T, K, H]
   expected = np.asarray(create_sliding_window_mask(T, window))
   nonzero = lambda jac: np.abs(np.asarray(jac)[0, :, :, :, 0]).sum(axis=(1, 2, 4, 5)) > 0
   np.testing.assert_array_equal(nonzero(jac_v), expected)
@@ -170,7 +189,9 @@ def test_locality_through_gradients(impl, window):
 
 @pytest.mark.slow
 @hypothesis.settings(max_examples=15, deadline=None)
-@hypothesis.given(T=st.integers(1, 70), window=st.integers(1, 80), block=st.sampled_from([8, 16, 24]))
+@hypothesis.given(
+  T=st.integers(1, 70), window=st.integers(1, 80), block=st.sampled_from([8, 16, 24])
+)
 def test_chunked_property(T, window, block):
   q, k, v = random_qkv(1, T, 2, 1, 8, 8)
   out = sliding_window_attention(q, k, v, window, implementation="chunked", block_size=block)
@@ -188,9 +209,16 @@ def test_auto_rule_on_this_backend():
   assert resolve(None) == "reference"
 
 
-@pytest.mark.parametrize("window, match", [
-    (0, "must be >= 1"), (-3, "must be >= 1"), (2.5, "positive integer"),
-    (True, "positive integer"), ("8", "positive integer")])
+@pytest.mark.parametrize(
+  "window, match",
+  [
+    (0, "must be >= 1"),
+    (-3, "must be >= 1"),
+    (2.5, "positive integer"),
+    (True, "positive integer"),
+    ("8", "positive integer"),
+  ],
+)
 def test_bad_window_raises(window, match):
   q, k, v = random_qkv(1, 8, 1, 1, 4, 4)
   with pytest.raises(ValueError, match=match):
@@ -199,7 +227,9 @@ def test_bad_window_raises(window, match):
     create_sliding_window_mask(8, window)
 
 
-@pytest.mark.parametrize("shapes, match", [
+@pytest.mark.parametrize(
+  "shapes, match",
+  [
     (((1, 8, 2, 4), (1, 8, 4), (1, 8, 4)), "all be"),
     (((1, 8, 4),) * 2 + ((2, 8, 4),), "batch size"),
     (((1, 8, 2, 4), (1, 9, 2, 4), (1, 9, 2, 4)), "equal query and key/value lengths"),
@@ -208,7 +238,8 @@ def test_bad_window_raises(window, match):
     (((1, 8, 2, 4), (1, 8, 2, 4), (1, 8, 1, 4)), "same number of heads"),
     (((1, 8, 2, 4), (1, 8, 2, 6), (1, 8, 2, 4)), "share the head dim"),
     (((8, 4),) * 3, "all be"),
-])
+  ],
+)
 def test_bad_shapes_raise(shapes, match):
   q, k, v = (jnp.ones(s) for s in shapes)
   with pytest.raises(ValueError, match=match):
@@ -249,6 +280,7 @@ def test_memory_grows_linearly_for_chunked_and_quadratically_for_reference():
 
 # ------------------------------------------------------------------ the mask rule
 
+
 def _visible_by_hand(i, j, w, sinks):
   """The rule in words, one pair at a time: a real, past key inside the window or a sink."""
   return j >= 0 and j <= i and (w is None or j > i - w or j < sinks)
@@ -265,11 +297,14 @@ def test_visible_matches_the_rule_pair_by_pair(window, sinks):
 
 def test_mask_is_the_rule_on_positions():
   positions = np.arange(11)
-  np.testing.assert_array_equal(np.asarray(create_sliding_window_mask(11, 4)),
-                                np.asarray(visible(positions[:, None], positions[None, :], 4)))
+  np.testing.assert_array_equal(
+    np.asarray(create_sliding_window_mask(11, 4)),
+    np.asarray(visible(positions[:, None], positions[None, :], 4)),
+  )
 
 
 # -------------------------------------------------- positions: offsets, slots, sinks
+
 
 def _attention_by_hand(q, k, v, window, q_pos, k_pos_BS, sinks=0):
   """Numpy float64 attention with the mask from `_visible_by_hand` (no shared code)."""
@@ -278,8 +313,9 @@ def _attention_by_hand(q, k, v, window, q_pos, k_pos_BS, sinks=0):
   S, K = k.shape[1], k.shape[2]
   out = np.zeros((B, T, N, v.shape[-1]))
   for b, t, n in itertools.product(range(B), range(T), range(N)):
-    allowed = np.array([_visible_by_hand(q_pos[t], k_pos_BS[b][s], window, sinks)
-                        for s in range(S)])
+    allowed = np.array(
+      [_visible_by_hand(q_pos[t], k_pos_BS[b][s], window, sinks) for s in range(S)]
+    )
     if not allowed.any():
       continue
     logits = k[b, :, n // (N // K)] @ q[b, t, n] / np.sqrt(H)
@@ -292,15 +328,15 @@ def _attention_by_hand(q, k, v, window, q_pos, k_pos_BS, sinks=0):
 # where the queries end), padding at negative positions, keys after the last query, fewer keys
 # than queries, no key visible at all, window 1, window >= S, full attention.
 OFFSET_CASES = [
-    (9, 14, 0, None, 4),
-    (9, 14, 20, None, 4),
-    (10, 10, 5, 0, 3),
-    (7, 12, 2, -3, 5),
-    (8, 13, 4, 1, 20),
-    (11, 5, 10, 12, 3),
-    (6, 4, 0, 30, 2),
-    (13, 17, 3, None, 1),
-    (12, 20, 8, None, None),
+  (9, 14, 0, None, 4),
+  (9, 14, 20, None, 4),
+  (10, 10, 5, 0, 3),
+  (7, 12, 2, -3, 5),
+  (8, 13, 4, 1, 20),
+  (11, 5, 10, 12, 3),
+  (6, 4, 0, 30, 2),
+  (13, 17, 3, None, 1),
+  (12, 20, 8, None, None),
 ]
 
 
@@ -308,12 +344,14 @@ OFFSET_CASES = [
 def test_reference_offsets_follow_the_rule(T, S, q_offset, k_offset, window):
   q, k, v = random_qkv(2, T, 4, 2, 8, 8)
   k, v = (jax.random.normal(jax.random.PRNGKey(S), (2, S, 2, 8)) + x[:, :1] for x in (k, v))
-  out = sliding_window_attention(q, k, v, window, implementation="reference", q_offset=q_offset,
-                                 k_offset=k_offset)
+  out = sliding_window_attention(
+    q, k, v, window, implementation="reference", q_offset=q_offset, k_offset=k_offset
+  )
   k0 = q_offset + T - S if k_offset is None else k_offset
   k_pos = np.broadcast_to(k0 + np.arange(S), (2, S))
-  np.testing.assert_allclose(out, _attention_by_hand(q, k, v, window, q_offset + np.arange(T),
-                                                     k_pos), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    out, _attention_by_hand(q, k, v, window, q_offset + np.arange(T), k_pos), atol=1e-5, rtol=1e-5
+  )
 
 
 @pytest.mark.parametrize("impl", OFFSET_IMPLEMENTATIONS)
@@ -324,8 +362,11 @@ def test_offsets_match_reference_forward_and_gradients(impl, T, S, q_offset, k_o
   q = jax.random.normal(kq, (B, T, N, H))
   k, v = jax.random.normal(kk, (B, S, K, H)), jax.random.normal(kv, (B, S, K, H))
   place = dict(q_offset=q_offset, k_offset=k_offset)
-  out = jax.jit(functools.partial(sliding_window_attention, window_size=window,
-                                  implementation=impl, block_size=4, **place))(q, k, v)
+  out = jax.jit(
+    functools.partial(
+      sliding_window_attention, window_size=window, implementation=impl, block_size=4, **place
+    )
+  )(q, k, v)
   ref = sliding_window_attention(q, k, v, window, implementation="reference", **place)
   np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
   grads = jax.jit(jax.grad(_loss(impl, window, block_size=4, **place), argnums=(0, 1, 2)))(q, k, v)
@@ -339,12 +380,16 @@ def test_traced_query_offset_with_keys_ending_at_the_queries(impl):
   """Sequence parallelism's call: q_offset is traced (the shard index), k_offset None."""
   q, k, v = random_qkv(2, 8, 2, 1, 8, 8)
   k_halo, v_halo = (jnp.concatenate([x[:, :5], x], axis=1) for x in (k, v))
-  attend = lambda impl: jax.jit(lambda q, k, v, start: sliding_window_attention(
-      q, k, v, 6, implementation=impl, q_offset=start))
+  attend = lambda impl: jax.jit(
+    lambda q, k, v, start: sliding_window_attention(q, k, v, 6, implementation=impl, q_offset=start)
+  )
   for start in (0, 3, 40):
-    np.testing.assert_allclose(attend(impl)(q, k_halo, v_halo, start),
-                               attend("reference")(q, k_halo, v_halo, start), atol=1e-5,
-                               rtol=1e-5)
+    np.testing.assert_allclose(
+      attend(impl)(q, k_halo, v_halo, start),
+      attend("reference")(q, k_halo, v_halo, start),
+      atol=1e-5,
+      rtol=1e-5,
+    )
 
 
 def test_key_positions_follow_the_rule_in_any_slot_order():
@@ -353,16 +398,20 @@ def test_key_positions_follow_the_rule_in_any_slot_order():
   q, _, _ = random_qkv(B, T, 4, 2, 8, 8)
   k, v = (jax.random.normal(jax.random.PRNGKey(s), (B, S, 2, 8)) for s in (11, 12))
   k_pos_BS = np.array([[8, 9, 3, 4, 5, -1, 10], [6, -1, -1, 2, 7, 8, 9]], np.int32)
-  out = sliding_window_attention(q, k, v, w, implementation="reference", q_offset=8,
-                                 k_positions=k_pos_BS)
-  np.testing.assert_allclose(out, _attention_by_hand(q, k, v, w, 8 + np.arange(T), k_pos_BS),
-                             atol=1e-5, rtol=1e-5)
+  out = sliding_window_attention(
+    q, k, v, w, implementation="reference", q_offset=8, k_positions=k_pos_BS
+  )
+  np.testing.assert_allclose(
+    out, _attention_by_hand(q, k, v, w, 8 + np.arange(T), k_pos_BS), atol=1e-5, rtol=1e-5
+  )
   # One [S] vector serves every row, and permuting slots (with their positions) changes nothing.
   perm = np.array([6, 2, 0, 5, 3, 1, 4])
-  one = sliding_window_attention(q, k, v, w, implementation="reference", q_offset=8,
-                                 k_positions=k_pos_BS[0])
-  permuted = sliding_window_attention(q, k[:, perm], v[:, perm], w, implementation="auto",
-                                      q_offset=8, k_positions=k_pos_BS[0][perm])
+  one = sliding_window_attention(
+    q, k, v, w, implementation="reference", q_offset=8, k_positions=k_pos_BS[0]
+  )
+  permuted = sliding_window_attention(
+    q, k[:, perm], v[:, perm], w, implementation="auto", q_offset=8, k_positions=k_pos_BS[0][perm]
+  )
   np.testing.assert_allclose(one[0], out[0], atol=1e-6, rtol=1e-6)
   np.testing.assert_allclose(permuted, one, atol=1e-6, rtol=1e-6)
 
@@ -381,13 +430,19 @@ def test_sinks_follow_the_rule(window, sinks):
 def test_placement_defaults_are_self_attention():
   q, k, v = random_qkv(1, 12, 2, 2, 8, 8)
   plain = sliding_window_attention(q, k, v, 5, implementation="chunked")
-  for place in (dict(q_offset=0), dict(q_offset=7), dict(q_offset=7, k_offset=7),
-                dict(num_sinks=0)):
-    np.testing.assert_allclose(sliding_window_attention(q, k, v, 5, **place), plain, atol=1e-6,
-                               rtol=1e-6, err_msg=str(place))
+  for place in (
+    dict(q_offset=0),
+    dict(q_offset=7),
+    dict(q_offset=7, k_offset=7),
+    dict(num_sinks=0),
+  ):
+    np.testing.assert_allclose(
+      sliding_window_attention(q, k, v, 5, **place), plain, atol=1e-6, rtol=1e-6, err_msg=str(place)
+    )
 
 
 # ------------------------------------------------------------------------ registry
+
 
 def test_builtin_names_are_registered():
   assert set(attention.IMPLEMENTATIONS) <= set(attention.implementations())
@@ -411,18 +466,21 @@ def test_registered_implementation_is_called_with_its_features_only():
 
   def spy(q, k, v, window_size, scale, **options):
     calls.append(sorted(options))
-    return attention.reference_attention(q, k, v, window_size, scale, **{
-        key: value for key, value in options.items() if key != "tag"})
+    return attention.reference_attention(
+      q, k, v, window_size, scale, **{key: value for key, value in options.items() if key != "tag"}
+    )
 
   attention.register("spy", spy, features=("offsets", "tag"), auto_rank=0)
   try:
     assert "spy" in attention.implementations()
     q, k, v = random_qkv(1, 10, 2, 1, 8, 8)
-    out = sliding_window_attention(q, k, v, 3, implementation="spy", q_offset=4, k_offset=2,
-                                   tag=1)
-    np.testing.assert_allclose(out, sliding_window_attention(
-        q, k, v, 3, implementation="reference", q_offset=4, k_offset=2), atol=1e-6)
-    sliding_window_attention(q, k, v, 3, block_size=8)   # auto: rank 0 wins; no block_size
+    out = sliding_window_attention(q, k, v, 3, implementation="spy", q_offset=4, k_offset=2, tag=1)
+    np.testing.assert_allclose(
+      out,
+      sliding_window_attention(q, k, v, 3, implementation="reference", q_offset=4, k_offset=2),
+      atol=1e-6,
+    )
+    sliding_window_attention(q, k, v, 3, block_size=8)  # auto: rank 0 wins; no block_size
     assert calls == [["k_offset", "q_offset", "tag"], []]
     with pytest.raises(ValueError, match=r"'spy' \(supports .*\) does not support \['sinks'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy", num_sinks=2)
@@ -435,7 +493,9 @@ def test_registered_implementation_is_called_with_its_features_only():
     attention.register("auto", spy)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(implementation="chunked", k_positions=np.arange(8)), r"does not support \['key_pos"),
     (dict(implementation="chunked", num_sinks=1), r"does not support \['sinks'\]"),
     (dict(implementation="cudnn", q_offset=3, k_offset=1), r"does not support \['offsets'\]"),
@@ -446,7 +506,8 @@ def test_registered_implementation_is_called_with_its_features_only():
     (dict(q_offset=np.arange(2)), "q_offset must be an integer scalar"),
     (dict(num_sinks=-1), "num_sinks must be >= 0"),
     (dict(implementation="auto", mesh=None), r"No implementation that auto may pick supports"),
-])
+  ],
+)
 def test_bad_placement_and_features_raise(kwargs, match):
   q, k, v = random_qkv(1, 8, 1, 1, 4, 4)
   with pytest.raises(ValueError, match=match):
@@ -455,8 +516,11 @@ def test_bad_placement_and_features_raise(kwargs, match):
 
 def test_chunked_needs_a_static_key_shift():
   q, k, v = random_qkv(1, 8, 1, 1, 4, 4)
-  attend = jax.jit(lambda q, k, v, a, b: sliding_window_attention(
-      q, k, v, 4, implementation="chunked", q_offset=a, k_offset=b))
+  attend = jax.jit(
+    lambda q, k, v, a, b: sliding_window_attention(
+      q, k, v, 4, implementation="chunked", q_offset=a, k_offset=b
+    )
+  )
   with pytest.raises(ValueError, match="q_offset - k_offset known at trace time"):
     attend(q, k, v, 3, 1)
 
@@ -468,11 +532,19 @@ def test_no_module_reads_another_modules_private_names():
   offenders = []
   for path in [*(root / "swa").glob("*.py"), *root.glob("*.py")]:
     for node in ast.walk(ast.parse(path.read_text())):
-      if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name)
-          and node.value.id in modules and node.value.id != path.stem
-          and node.attr.startswith("_") and not node.attr.startswith("__")):
+      if (
+        isinstance(node, ast.Attribute)
+        and isinstance(node.value, ast.Name)
+        and node.value.id in modules
+        and node.value.id != path.stem
+        and node.attr.startswith("_")
+        and not node.attr.startswith("__")
+      ):
         offenders.append(f"{path.name}: {node.value.id}.{node.attr}")
       if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("swa"):
-        offenders += [f"{path.name}: from {node.module} import {a.name}" for a in node.names
-                      if a.name.startswith("_")]
+        offenders += [
+          f"{path.name}: from {node.module} import {a.name}"
+          for a in node.names
+          if a.name.startswith("_")
+        ]
   assert not offenders, offenders
