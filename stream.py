@@ -27,44 +27,65 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from swa import cli, data, evaluate, reports, stream_lib, train_lib
+from swa import cli, data, evaluate, reports, stream_bench, stream_lib, train_lib
 from swa.model import config_of
 
 _CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Experiment config for a random-init model; ignored with --workdir.",
-    lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir to restore the model from "
-                               "(read only).")
-_OUT = flags.DEFINE_string("out", None, "Folder for --passkey and --benchmark outputs; default "
-                           "<workdir>/stream.")
+  "config",
+  None,
+  "Experiment config for a random-init model; ignored with --workdir.",
+  lock_config=True,
+)
+_WORKDIR = flags.DEFINE_string(
+  "workdir", None, "Training workdir to restore the model from (read only)."
+)
+_OUT = flags.DEFINE_string(
+  "out", None, "Folder for --passkey and --benchmark outputs; default <workdir>/stream."
+)
 _CHUNK = flags.DEFINE_integer("chunk_size", 1024, "Prefill chunk (tokens per forward call).")
 _SINKS = flags.DEFINE_integer("num_sinks", 0, "Attention sinks kept by every windowed layer.")
-_MAX_LEN = flags.DEFINE_integer("max_len", None, "Slots of full-attention layers; default: the "
-                                "stream length plus --generate.")
+_MAX_LEN = flags.DEFINE_integer(
+  "max_len", None, "Slots of full-attention layers; default: the stream length plus --generate."
+)
 # Stream mode.
-_STREAM_TOKENS = flags.DEFINE_integer("stream_tokens", 1_000_000,
-                                      "Length of the passkey stream (without --text_file).")
-_KEY_DISTANCE = flags.DEFINE_integer("key_distance", None, "Passkey stream: distance from the key "
-                                     "to the question (swa/data.py's definition); default half "
-                                     "the model's reach, at most 200.")
+_STREAM_TOKENS = flags.DEFINE_integer(
+  "stream_tokens", 1_000_000, "Length of the passkey stream (without --text_file)."
+)
+_KEY_DISTANCE = flags.DEFINE_integer(
+  "key_distance",
+  None,
+  "Passkey stream: distance from the key "
+  "to the question (swa/data.py's definition); default half "
+  "the model's reach, at most 200.",
+)
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the passkey text.")
 _TEXT_FILE = flags.DEFINE_string("text_file", None, "Stream this file instead of passkey text.")
 _GENERATE = flags.DEFINE_integer("generate", 5, "Greedy tokens to generate after the stream.")
 # Passkey mode.
 _PASSKEY = flags.DEFINE_bool("passkey", False, "Passkey exact match through the streaming path.")
-_PASSKEY_SEQ_LEN = flags.DEFINE_integer("passkey_seq_len", None,
-                                        "Context length; default the training one.")
-_PASSKEY_DISTANCES = flags.DEFINE_list("passkey_distances", None, "Default: the config's number "
-                                       "of distances spread over all the length allows.")
+_PASSKEY_SEQ_LEN = flags.DEFINE_integer(
+  "passkey_seq_len", None, "Context length; default the training one."
+)
+_PASSKEY_DISTANCES = flags.DEFINE_list(
+  "passkey_distances",
+  None,
+  "Default: the config's number of distances spread over all the length allows.",
+)
 _PASSKEY_SINKS = flags.DEFINE_list("passkey_sinks", ["0", "4"], "Sink counts to compare.")
 _PASSKEY_EXAMPLES = flags.DEFINE_integer("passkey_examples", 64, "Examples per distance.")
 _PASSKEY_BATCH = flags.DEFINE_integer("passkey_batch_size", 64, "Examples per forward call.")
-_COMPARE_BATCH = flags.DEFINE_bool("compare_batch", True, "Also run the batch (whole-sequence) "
-                                   "evaluation, which the 0-sink streaming one must equal.")
+_COMPARE_BATCH = flags.DEFINE_bool(
+  "compare_batch",
+  True,
+  "Also run the batch (whole-sequence) evaluation, which the 0-sink streaming one must equal.",
+)
 # Benchmark mode.
 _BENCHMARK = flags.DEFINE_bool("benchmark", False, "Decode speed and memory vs stream length.")
-_LENGTHS = flags.DEFINE_list("lengths", ["1024", "4096", "16384", "65536", "262144", "1048576"],
-                             "Stream lengths at which decoding is timed.")
+_LENGTHS = flags.DEFINE_list(
+  "lengths",
+  ["1024", "4096", "16384", "65536", "262144", "1048576"],
+  "Stream lengths at which decoding is timed.",
+)
 _DECODE_STEPS = flags.DEFINE_integer("decode_steps", 100, "Decode steps timed at each length.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Benchmark: streams decoded side by side.")
 
@@ -120,8 +141,10 @@ def run_stream(graphdef, params, model_config, source):
     key_position = data.key_position_for_distance(total, key_distance)
     prompt, answer = data.create_passkey_dataset(total, key_position, seed=_SEED.value)
     pieces = [prompt]
-    what = (f"{total:,} tokens of passkey text, key at position {key_position:,} (distance "
-            f"{key_distance}; the model's reach is {reach})")
+    what = (
+      f"{total:,} tokens of passkey text, key at position {key_position:,} (distance "
+      f"{key_distance}; the model's reach is {reach})"
+    )
     note = stream_lib.reach_note(key_distance, reach)
     if note:
       print(f"Warning: {note}", file=sys.stderr)
@@ -129,28 +152,51 @@ def run_stream(graphdef, params, model_config, source):
   print(f"Device: {reports.device_description()}", file=sys.stderr)
   print(f"Stream: {what}; chunks of {_CHUNK.value}; {_SINKS.value} sinks", file=sys.stderr)
   result = stream_lib.stream_tokens(
-      graphdef, params, model_config, pieces, total=total, chunk_size=_CHUNK.value,
-      num_sinks=_SINKS.value, max_len=_MAX_LEN.value, num_generate=_GENERATE.value)
+    graphdef,
+    params,
+    model_config,
+    pieces,
+    total=total,
+    chunk_size=_CHUNK.value,
+    num_sinks=_SINKS.value,
+    max_len=_MAX_LEN.value,
+    num_generate=_GENERATE.value,
+  )
   print("\n".join(stream_lib.format_stream(result, answer, key_distance, reach)))
 
 
 def run_passkey(config, graphdef, params, model_config, source):
   seq_len = _PASSKEY_SEQ_LEN.value or config.data.seq_len
-  distances = (_ints(_PASSKEY_DISTANCES.value, "passkey_distances") if _PASSKEY_DISTANCES.value
-               else evaluate.even_distances(seq_len, config.eval.num_distances))
+  distances = (
+    _ints(_PASSKEY_DISTANCES.value, "passkey_distances")
+    if _PASSKEY_DISTANCES.value
+    else evaluate.even_distances(seq_len, config.eval.num_distances)
+  )
   sinks_list = _ints(_PASSKEY_SINKS.value, "passkey_sinks")
   path = os.path.join(out_dir(), "streaming_sinks.md")
   columns = stream_lib.passkey_columns(
-      graphdef, params, distances, seq_len=seq_len, sinks_list=sinks_list,
-      examples=_PASSKEY_EXAMPLES.value, seed=config.seed, chunk_size=_CHUNK.value,
-      batch_size=_PASSKEY_BATCH.value, compare_batch=_COMPARE_BATCH.value)
-  header = reports.header_lines(extra=[
+    graphdef,
+    params,
+    distances,
+    seq_len=seq_len,
+    sinks_list=sinks_list,
+    examples=_PASSKEY_EXAMPLES.value,
+    seed=config.seed,
+    chunk_size=_CHUNK.value,
+    batch_size=_PASSKEY_BATCH.value,
+    compare_batch=_COMPARE_BATCH.value,
+  )
+  header = reports.header_lines(
+    extra=[
       f"Model: {source}; {stream_lib.describe(model_config)}",
       f"Context {seq_len} tokens, {_PASSKEY_EXAMPLES.value} examples per distance, prefill chunks "
       f"of {_CHUNK.value}. A sink count k keeps positions 0..k-1 visible to every query of every "
-      "windowed layer (swa/cache.py)."])
-  text = stream_lib.passkey_markdown(columns, distances, reach=evaluate.reach_of(model_config),
-                                     header=header)
+      "windowed layer (swa/cache.py).",
+    ]
+  )
+  text = stream_lib.passkey_markdown(
+    columns, distances, reach=evaluate.reach_of(model_config), header=header
+  )
   print(text)
   write(path, text)
 
@@ -159,22 +205,40 @@ def run_benchmark(graphdef, params, model_config, source):
   out = out_dir()
   lengths = _ints(_LENGTHS.value, "lengths")
   print(f"Model: {source}; {stream_lib.describe(model_config)}", file=sys.stderr)
-  print(f"Device: {reports.device_description()}; batch {_BATCH.value}; lengths {lengths}",
-        file=sys.stderr)
-  rows, full_failed = stream_lib.decode_benchmark(
-      graphdef, params, model_config, lengths=lengths, steps=_DECODE_STEPS.value,
-      batch_size=_BATCH.value, chunk_size=_CHUNK.value, num_sinks=_SINKS.value, seed=_SEED.value)
-  header = reports.header_lines(
-      extra=[f"Model: {source}; {stream_lib.describe(model_config)}"])
-  text = stream_lib.benchmark_markdown(rows, full_failed, header=header, batch_size=_BATCH.value,
-                                       steps=_DECODE_STEPS.value, chunk_size=_CHUNK.value,
-                                       num_sinks=_SINKS.value)
+  print(
+    f"Device: {reports.device_description()}; batch {_BATCH.value}; lengths {lengths}",
+    file=sys.stderr,
+  )
+  rows, full_failed = stream_bench.decode_benchmark(
+    graphdef,
+    params,
+    model_config,
+    lengths=lengths,
+    steps=_DECODE_STEPS.value,
+    batch_size=_BATCH.value,
+    chunk_size=_CHUNK.value,
+    num_sinks=_SINKS.value,
+    seed=_SEED.value,
+  )
+  header = reports.header_lines(extra=[f"Model: {source}; {stream_lib.describe(model_config)}"])
+  text = stream_bench.benchmark_markdown(
+    rows,
+    full_failed,
+    header=header,
+    batch_size=_BATCH.value,
+    steps=_DECODE_STEPS.value,
+    chunk_size=_CHUNK.value,
+    num_sinks=_SINKS.value,
+  )
   print(text)
   write(os.path.join(out, "streaming.md"), text)
-  stream_lib.plot_benchmark(rows, full_failed, os.path.join(out, "streaming.png"),
-                            title=f"{stream_lib.describe(model_config)} on "
-                            f"{reports.device_description()}",
-                            batch_size=_BATCH.value)
+  stream_bench.plot_benchmark(
+    rows,
+    full_failed,
+    os.path.join(out, "streaming.png"),
+    title=f"{stream_lib.describe(model_config)} on {reports.device_description()}",
+    batch_size=_BATCH.value,
+  )
 
 
 def main(argv):
@@ -182,8 +246,15 @@ def main(argv):
     raise cli.UserError(f"Unexpected arguments: {argv[1:]}")
   if _PASSKEY.value and _BENCHMARK.value:
     raise cli.UserError("Choose one of --passkey and --benchmark.")
-  for flag in (_CHUNK, _GENERATE, _STREAM_TOKENS, _DECODE_STEPS, _BATCH, _PASSKEY_EXAMPLES,
-               _PASSKEY_BATCH):
+  for flag in (
+    _CHUNK,
+    _GENERATE,
+    _STREAM_TOKENS,
+    _DECODE_STEPS,
+    _BATCH,
+    _PASSKEY_EXAMPLES,
+    _PASSKEY_BATCH,
+  ):
     if flag.value < (0 if flag is _GENERATE else 1):
       raise cli.UserError(f"--{flag.name}={flag.value} must be >= {0 if flag is _GENERATE else 1}.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO.

@@ -71,9 +71,11 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
   windows = model_config.layer_windows
   if not rolling or None in windows:
     if max_len is None:
-      raise ValueError("max_len is required: the model has full-attention layers"
-                       if rolling else "max_len is required for a full-length cache "
-                       "(rolling=False).")
+      raise ValueError(
+        "max_len is required: the model has full-attention layers"
+        if rolling
+        else "max_len is required for a full-length cache (rolling=False)."
+      )
     _check_int(max_len, "max_len", 1)
     if not rolling and num_sinks >= max_len:
       raise ValueError(f"num_sinks ({num_sinks}) must be below max_len ({max_len}).")
@@ -83,13 +85,15 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
     sinks = 0 if window is None else num_sinks  # A full layer keeps every position anyway.
     size = num_sinks + window if rolling and window is not None else max_len
     kv_shape = (batch_size, size, model_config.num_kv_heads, model_config.head_dim)
-    cache.append({
+    cache.append(
+      {
         "k": jnp.zeros(kv_shape, dtype),
         "v": jnp.zeros(kv_shape, dtype),
         "pos": jnp.full((size,), -1, jnp.int32),
         "end": jnp.asarray(0, jnp.int32),
         "sinks": jnp.asarray(sinks, jnp.int32),
-    })
+      }
+    )
   return cache
 
 
@@ -114,8 +118,9 @@ def check_capacity(model_config, cache, new_tokens):
   end = int(cache[0]["end"])
   if limit is not None and end + new_tokens > limit:
     raise ValueError(
-        f"The stream would reach {end + new_tokens} tokens but the cache holds only {limit} "
-        "positions in its full-attention layers; pass a larger max_len to init_cache.")
+      f"The stream would reach {end + new_tokens} tokens but the cache holds only {limit} "
+      "positions in its full-attention layers; pass a larger max_len to init_cache."
+    )
 
 
 def cache_bytes(cache):
@@ -153,9 +158,9 @@ def write(layer, k_BTKH, v_BTKH, num_valid):
   slot_T = jnp.where(keep_T, slot_T, size)
   store = lambda cached, new: cached.at[:, slot_T].set(new.astype(cached.dtype), mode="drop")
   return {
-      "k": store(layer["k"], k_BTKH),
-      "v": store(layer["v"], v_BTKH),
-      "pos": layer["pos"].at[slot_T].set(pos_T, mode="drop"),
-      "end": end + num_valid,
-      "sinks": sinks,
+    "k": store(layer["k"], k_BTKH),
+    "v": store(layer["v"], v_BTKH),
+    "pos": layer["pos"].at[slot_T].set(pos_T, mode="drop"),
+    "end": end + num_valid,
+    "sinks": sinks,
   }

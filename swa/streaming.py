@@ -96,8 +96,9 @@ def generate(graphdef, params, cache, logits_BV, num_tokens):
 def pad_chunk(tokens_BC, chunk_size):
   """A [B, n] chunk padded with data.PAD_ID to [B, chunk_size] (int32 numpy)."""
   tokens_BC = np.asarray(tokens_BC, np.int32)
-  return np.pad(tokens_BC, ((0, 0), (0, chunk_size - tokens_BC.shape[1])),
-                constant_values=data.PAD_ID)
+  return np.pad(
+    tokens_BC, ((0, 0), (0, chunk_size - tokens_BC.shape[1])), constant_values=data.PAD_ID
+  )
 
 
 def prefill(graphdef, params, cache, tokens_BT, chunk_size, *, logits="all"):
@@ -127,15 +128,18 @@ def prefill(graphdef, params, cache, tokens_BT, chunk_size, *, logits="all"):
   pieces, last = [], None
   for start in range(0, T, chunk_size):
     n = min(chunk_size, T - start)
-    chunk_BC = pad_chunk(tokens_BT[:, start:start + n], chunk_size)
+    chunk_BC = pad_chunk(tokens_BT[:, start : start + n], chunk_size)
     out_BCV, cache = forward(graphdef, params, cache, chunk_BC, jnp.asarray(n, jnp.int32))
     if logits == "all":
       pieces.append(out_BCV[:, :n])
     elif logits == "last" and start + n == T:
       last = out_BCV[:, n - 1]
   if logits == "all":
-    last = (jnp.concatenate(pieces, 1) if pieces
-            else jnp.zeros((B, 0, model_config.vocab_size), jnp.float32))
+    last = (
+      jnp.concatenate(pieces, 1)
+      if pieces
+      else jnp.zeros((B, 0, model_config.vocab_size), jnp.float32)
+    )
   return last, cache
 
 
@@ -169,8 +173,7 @@ def streaming_exact_match(graphdef, params, batch, chunk_size, *, num_sinks=0):
   return np.asarray(evaluate.exact_match(logits_BAV, answer_part))
 
 
-def passkey_accuracy_streaming(graphdef, params, distances, *, chunk_size, num_sinks=0,
-                               **kwargs):
+def passkey_accuracy_streaming(graphdef, params, distances, *, chunk_size, num_sinks=0, **kwargs):
   """`evaluate.passkey_accuracy` through the streaming path: {distance: exact-match accuracy}.
 
   The same prompts as the batch evaluation for the same seed, so with num_sinks=0 the
@@ -184,6 +187,7 @@ def passkey_accuracy_streaming(graphdef, params, distances, *, chunk_size, num_s
     **kwargs: evaluate.passkey_accuracy's keywords (train_seq_len, examples_per_distance, seed,
       max_batch_tokens, progress).
   """
-  score = functools.partial(streaming_exact_match, graphdef, params, chunk_size=chunk_size,
-                            num_sinks=num_sinks)
+  score = functools.partial(
+    streaming_exact_match, graphdef, params, chunk_size=chunk_size, num_sinks=num_sinks
+  )
   return evaluate.passkey_accuracy(graphdef, params, distances, exact_match_fn=score, **kwargs)

@@ -17,16 +17,32 @@ from swa import attention, data
 from swa import cache as cache_lib
 from swa.model import Attention, ModelConfig
 
-CONFIG = ModelConfig(vocab_size=data.VOCAB_SIZE, num_layers=3, d_model=32, num_heads=4,
-                     num_kv_heads=2, mlp_dim=64, window_size=(4, 7, None), dtype="float32")
+CONFIG = ModelConfig(
+  vocab_size=data.VOCAB_SIZE,
+  num_layers=3,
+  d_model=32,
+  num_heads=4,
+  num_kv_heads=2,
+  mlp_dim=64,
+  window_size=(4, 7, None),
+  dtype="float32",
+)
 LENGTH = 32  # positions streamed through one layer; also its width (one-hot values)
 
 _write = jax.jit(cache_lib.write)
 
 
 def one_layer_cache(window, num_sinks=0, head_dim=1, max_len=None):
-  config = ModelConfig(vocab_size=2, num_layers=1, d_model=2, num_heads=1, num_kv_heads=1,
-                       mlp_dim=1, window_size=window, dtype="float32")
+  config = ModelConfig(
+    vocab_size=2,
+    num_layers=1,
+    d_model=2,
+    num_heads=1,
+    num_kv_heads=1,
+    mlp_dim=1,
+    window_size=window,
+    dtype="float32",
+  )
   layer = cache_lib.init_cache(config, 1, max_len, num_sinks=num_sinks)[0]
   size = layer["pos"].shape[0]
   return {**layer, "k": jnp.zeros((1, size, 1, head_dim)), "v": jnp.zeros((1, size, 1, head_dim))}
@@ -34,8 +50,16 @@ def one_layer_cache(window, num_sinks=0, head_dim=1, max_len=None):
 
 def one_hot_attention(window):
   """A one-layer, one-head Attention of width LENGTH: q = k = 0, v = x, out = its input."""
-  config = ModelConfig(vocab_size=2, num_layers=1, d_model=LENGTH, num_heads=1, num_kv_heads=1,
-                       mlp_dim=1, window_size=window, dtype="float32")
+  config = ModelConfig(
+    vocab_size=2,
+    num_layers=1,
+    d_model=LENGTH,
+    num_heads=1,
+    num_kv_heads=1,
+    mlp_dim=1,
+    window_size=window,
+    dtype="float32",
+  )
   attn = Attention(config, window, rngs=nnx.Rngs(0))
   for dense, kernel in ((attn.query, 0), (attn.key, 0), (attn.value, 1), (attn.out, 1)):
     dense.kernel.value = kernel * jnp.eye(LENGTH)
@@ -120,12 +144,15 @@ def test_ring_slots_and_visible_slots():
   for q in (10, 11):
     got = np.asarray(cache_lib.visible_slots(layer, q, w))
     np.testing.assert_array_equal(got, np.asarray(attention.visible(q, pos, w, k)))
-  np.testing.assert_array_equal(np.asarray(cache_lib.visible_slots(layer, 10, w)),
-                                [1, 1, 1, 1, 1, 1])
-  np.testing.assert_array_equal(np.asarray(cache_lib.visible_slots(layer, 11, w)),
-                                [1, 1, 1, 0, 1, 1])  # position 7 has left 11's window
-  np.testing.assert_array_equal(np.asarray(cache_lib.visible_slots(layer, [10, 11], None)),
-                                np.ones((2, 6), bool))
+  np.testing.assert_array_equal(
+    np.asarray(cache_lib.visible_slots(layer, 10, w)), [1, 1, 1, 1, 1, 1]
+  )
+  np.testing.assert_array_equal(
+    np.asarray(cache_lib.visible_slots(layer, 11, w)), [1, 1, 1, 0, 1, 1]
+  )  # position 7 has left 11's window
+  np.testing.assert_array_equal(
+    np.asarray(cache_lib.visible_slots(layer, [10, 11], None)), np.ones((2, 6), bool)
+  )
 
 
 def test_init_cache_shapes_and_capacity():

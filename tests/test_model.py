@@ -11,8 +11,17 @@ from flax import nnx
 from swa import cache as cache_lib
 from swa.model import ModelConfig, Transformer, layer_windows
 
-CONFIG = ModelConfig(vocab_size=72, num_layers=3, d_model=32, num_heads=4, num_kv_heads=2,
-                     mlp_dim=64, window_size=5, attention="chunked", block_size=8)
+CONFIG = ModelConfig(
+  vocab_size=72,
+  num_layers=3,
+  d_model=32,
+  num_heads=4,
+  num_kv_heads=2,
+  mlp_dim=64,
+  window_size=5,
+  attention="chunked",
+  block_size=8,
+)
 
 
 def make(config=CONFIG, seed=0):
@@ -33,26 +42,48 @@ def test_shapes_and_dtypes(dtype):
   assert all(x.dtype == jnp.float32 for x in jax.tree.leaves(params))
 
 
-@pytest.mark.parametrize("window, expected", [
-    (8, (8, 8, 8)), (None, (None, None, None)), ([4, None, 2], (4, None, 2)),
-    ("16,none,32", (16, None, 32)), ("full, 3 ,4", (None, 3, 4)), ("none", (None, None, None)),
-    ("64", (64, 64, 64))])
+@pytest.mark.parametrize(
+  "window, expected",
+  [
+    (8, (8, 8, 8)),
+    (None, (None, None, None)),
+    ([4, None, 2], (4, None, 2)),
+    ("16,none,32", (16, None, 32)),
+    ("full, 3 ,4", (None, 3, 4)),
+    ("none", (None, None, None)),
+    ("64", (64, 64, 64)),
+  ],
+)
 def test_layer_windows(window, expected):
   assert layer_windows(window, 3) == expected
 
 
-@pytest.mark.parametrize("window, match", [
-    ((4, 4), "lists 2 windows for 3 layers"), (0, "must be >= 1"), ((4, 0, 4), "must be >= 1"),
-    (2.0, "positive integer"), ("abc", "is not a window"), ("8,,8", "is not a window")])
+@pytest.mark.parametrize(
+  "window, match",
+  [
+    ((4, 4), "lists 2 windows for 3 layers"),
+    (0, "must be >= 1"),
+    ((4, 0, 4), "must be >= 1"),
+    (2.0, "positive integer"),
+    ("abc", "is not a window"),
+    ("8,,8", "is not a window"),
+  ],
+)
 def test_bad_windows_raise(window, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CONFIG, window_size=window)
 
 
-@pytest.mark.parametrize("field, value, match", [
-    ("num_heads", 3, "must split into 3 heads"), ("num_kv_heads", 3, "multiple of"),
-    ("attention", "flash", "model.attention must be one of"), ("dtype", "int8", "model.dtype"),
-    ("num_layers", 0, "model.num_layers must be a positive integer")])
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    ("num_heads", 3, "must split into 3 heads"),
+    ("num_kv_heads", 3, "multiple of"),
+    ("attention", "flash", "model.attention must be one of"),
+    ("dtype", "int8", "model.dtype"),
+    ("num_layers", 0, "model.num_layers must be a positive integer"),
+  ],
+)
 def test_bad_config_raises(field, value, match):
   with pytest.raises(ValueError, match=match):
     dataclasses.replace(CONFIG, **{field: value})

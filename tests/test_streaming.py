@@ -6,10 +6,6 @@ tokens, full layers of max_len=SEQ_LEN.
 
 import functools
 import math
-import os
-import re
-import subprocess
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -17,15 +13,22 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from configs import tiny as tiny_config
 from swa import cache as cache_lib
-from swa import data, evaluate, stream_lib, streaming, train_lib
-from swa.model import ModelConfig, Transformer, apply_rope, config_of
+from swa import data, evaluate, streaming
+from swa.model import ModelConfig, Transformer, apply_rope
 
 WINDOWS = (4, 7, None)  # two windowed layers and a full one
-CONFIG = ModelConfig(vocab_size=data.VOCAB_SIZE, num_layers=3, d_model=32, num_heads=4,
-                     num_kv_heads=2, mlp_dim=64, window_size=WINDOWS, dtype="float32")
-SEQ_LEN = 41      # > 4 x the largest window, a multiple of no chunk size below
+CONFIG = ModelConfig(
+  vocab_size=data.VOCAB_SIZE,
+  num_layers=3,
+  d_model=32,
+  num_heads=4,
+  num_kv_heads=2,
+  mlp_dim=64,
+  window_size=WINDOWS,
+  dtype="float32",
+)
+SEQ_LEN = 41  # > 4 x the largest window, a multiple of no chunk size below
 PREFILL_LEN = 29  # the rest is decoded token by token
 # 1, 3, then w-1, w, w+1 and 2w+3 of the larger window (w+1 = 8 and 2w+3 = 17 also exceed the
 # smaller window's ring of 4, and 3 = its w-1), and the whole prefill at once.
@@ -72,10 +75,12 @@ def _dense_reference(graphdef, params, tokens_BT, num_sinks):
     if w is not None:
       mask_TS = ((i - w < j) & (j <= i)) | ((j < num_sinks) & (j <= i))
     h_BTD = block.attention_norm(x_BTD)
-    q_BTNH = apply_rope(attn.query(h_BTD).reshape(B, T, c.num_heads, c.head_dim), positions_BT,
-                        c.rope_base)
-    k_BSKH = apply_rope(attn.key(h_BTD).reshape(B, T, c.num_kv_heads, c.head_dim), positions_BT,
-                        c.rope_base)
+    q_BTNH = apply_rope(
+      attn.query(h_BTD).reshape(B, T, c.num_heads, c.head_dim), positions_BT, c.rope_base
+    )
+    k_BSKH = apply_rope(
+      attn.key(h_BTD).reshape(B, T, c.num_kv_heads, c.head_dim), positions_BT, c.rope_base
+    )
     v_BSKH = attn.value(h_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     repeat = c.num_heads // c.num_kv_heads
     k_BSNH = jnp.repeat(k_BSKH, repeat, axis=2)
@@ -97,13 +102,13 @@ def dense_reference(graphdef, params, tokens_BT, num_sinks):
   return np.asarray(_dense_reference(graphdef, params, jnp.asarray(tokens_BT), num_sinks))
 
 
-def stream_logits(graphdef, params, tokens_BT, chunk_size, prefill_len, num_sinks=0,
-                  config=CONFIG):
+def stream_logits(graphdef, params, tokens_BT, chunk_size, prefill_len, num_sinks=0, config=CONFIG):
   """Prefill tokens[:, :prefill_len] in chunks, decode the rest teacher forced: [B, T, V]."""
   B, T = tokens_BT.shape
   cache = cache_lib.init_cache(config, B, max_len=T, num_sinks=num_sinks)
-  logits_BPV, cache = streaming.prefill(graphdef, params, cache, tokens_BT[:, :prefill_len],
-                                        chunk_size)
+  logits_BPV, cache = streaming.prefill(
+    graphdef, params, cache, tokens_BT[:, :prefill_len], chunk_size
+  )
   decoded = []
   for t in range(prefill_len, T):
     logits_BV, cache = streaming.decode_step(graphdef, params, cache, tokens_BT[:, t])
@@ -116,8 +121,9 @@ def test_prefill_then_decode_equals_teacher_forced(tiny, chunk_size):
   graphdef, params = tiny
   tokens_BT = random_tokens(chunk_size, 2, SEQ_LEN)
   got_BTV, cache = stream_logits(graphdef, params, tokens_BT, chunk_size, PREFILL_LEN)
-  np.testing.assert_allclose(got_BTV, teacher_forced(graphdef, params, tokens_BT),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+    got_BTV, teacher_forced(graphdef, params, tokens_BT), atol=1e-4, rtol=1e-4
+  )
   assert all(int(layer["end"]) == SEQ_LEN for layer in cache)
 
 
@@ -125,27 +131,39 @@ def test_prefill_then_decode_equals_teacher_forced(tiny, chunk_size):
 @pytest.mark.parametrize("num_sinks", [0, 2])
 def test_every_chunk_size_equals_the_dense_model(num_sinks):
   """Prefill in chunks of every size 1..T, then decode: the full forward, with and without sinks."""
-  config = ModelConfig(vocab_size=data.VOCAB_SIZE, num_layers=2, d_model=16, num_heads=2,
-                       num_kv_heads=1, mlp_dim=16, window_size=(3, 5), dtype="float32")
+  config = ModelConfig(
+    vocab_size=data.VOCAB_SIZE,
+    num_layers=2,
+    d_model=16,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_dim=16,
+    window_size=(3, 5),
+    dtype="float32",
+  )
   graphdef, params = make_model(config, seed=4)
   T, prefill_len = 18, 14
   tokens_BT = random_tokens(4, 1, T)
   expected_BTV = dense_reference(graphdef, params, tokens_BT, num_sinks)
   for chunk_size in range(1, prefill_len + 1):
-    got_BTV, _ = stream_logits(graphdef, params, tokens_BT, chunk_size, prefill_len,
-                               num_sinks=num_sinks, config=config)
-    np.testing.assert_allclose(got_BTV, expected_BTV, atol=1e-4, rtol=1e-4,
-                               err_msg=f"chunk_size={chunk_size}")
+    got_BTV, _ = stream_logits(
+      graphdef, params, tokens_BT, chunk_size, prefill_len, num_sinks=num_sinks, config=config
+    )
+    np.testing.assert_allclose(
+      got_BTV, expected_BTV, atol=1e-4, rtol=1e-4, err_msg=f"chunk_size={chunk_size}"
+    )
 
 
 @pytest.mark.parametrize("num_sinks, chunk_size", [(2, 3), (2, 17), (3, SEQ_LEN)])
 def test_sinks_equal_dense_explicit_mask(tiny, num_sinks, chunk_size):
   graphdef, params = tiny
   tokens_BT = random_tokens(7 * chunk_size + num_sinks, 2, SEQ_LEN)
-  got_BTV, _ = stream_logits(graphdef, params, tokens_BT, chunk_size, PREFILL_LEN,
-                             num_sinks=num_sinks)
-  np.testing.assert_allclose(got_BTV, dense_reference(graphdef, params, tokens_BT, num_sinks),
-                             atol=1e-4, rtol=1e-4)
+  got_BTV, _ = stream_logits(
+    graphdef, params, tokens_BT, chunk_size, PREFILL_LEN, num_sinks=num_sinks
+  )
+  np.testing.assert_allclose(
+    got_BTV, dense_reference(graphdef, params, tokens_BT, num_sinks), atol=1e-4, rtol=1e-4
+  )
   # Not vacuous: once the sinks leave the window the output differs from the windowed model's.
   plain_BTV = teacher_forced(graphdef, params, tokens_BT)
   assert np.abs(got_BTV - plain_BTV)[:, 12:].max() > 1e-3
@@ -154,8 +172,12 @@ def test_sinks_equal_dense_explicit_mask(tiny, num_sinks, chunk_size):
 def test_dense_reference_without_sinks_is_the_model(tiny):
   graphdef, params = tiny
   tokens_BT = random_tokens(5, 2, SEQ_LEN)
-  np.testing.assert_allclose(dense_reference(graphdef, params, tokens_BT, 0),
-                             teacher_forced(graphdef, params, tokens_BT), atol=1e-5, rtol=1e-5)
+  np.testing.assert_allclose(
+    dense_reference(graphdef, params, tokens_BT, 0),
+    teacher_forced(graphdef, params, tokens_BT),
+    atol=1e-5,
+    rtol=1e-5,
+  )
 
 
 def test_compiles_once_per_chunk_shape(tiny):
@@ -178,8 +200,16 @@ def test_compiles_once_per_chunk_shape(tiny):
 
 def test_rolling_cache_memory_does_not_grow():
   """Windowed layers keep w (+ sinks) slots whatever the stream length."""
-  config = ModelConfig(vocab_size=data.VOCAB_SIZE, num_layers=2, d_model=16, num_heads=2,
-                       num_kv_heads=1, mlp_dim=16, window_size=(4, 7), dtype="float32")
+  config = ModelConfig(
+    vocab_size=data.VOCAB_SIZE,
+    num_layers=2,
+    d_model=16,
+    num_heads=2,
+    num_kv_heads=1,
+    mlp_dim=16,
+    window_size=(4, 7),
+    dtype="float32",
+  )
   graphdef, params = make_model(config, seed=2)
   for num_sinks in (0, 2):
     cache = cache_lib.init_cache(config, 1, num_sinks=num_sinks)
@@ -187,13 +217,15 @@ def test_rolling_cache_memory_does_not_grow():
     assert [layer["k"].shape[1] for layer in cache] == [4 + num_sinks, 7 + num_sinks]
     assert cache_lib.capacity(config, cache) is None
     for length in (10, 100, 1000):
-      _, cache = streaming.prefill(graphdef, params, cache, random_tokens(length, 1, length), 64,
-                                   logits="none")
+      _, cache = streaming.prefill(
+        graphdef, params, cache, random_tokens(length, 1, length), 64, logits="none"
+      )
       assert jax.tree.map(jnp.shape, cache) == shapes
       assert cache_lib.cache_bytes(cache) == size
     assert int(cache[0]["end"]) == 1110
     assert set(np.asarray(cache[1]["pos"]).tolist()) == (
-        set(range(1103, 1110)) | set(range(num_sinks)))
+      set(range(1103, 1110)) | set(range(num_sinks))
+    )
 
 
 def test_full_layer_capacity_is_checked(tiny):
@@ -211,8 +243,9 @@ def test_full_length_cache_gives_the_same_logits(tiny):
   tokens_BT = random_tokens(3, 2, SEQ_LEN)
   cache = cache_lib.init_cache(CONFIG, 2, max_len=SEQ_LEN, rolling=False)
   got_BTV, _ = streaming.prefill(graphdef, params, cache, tokens_BT, 6)
-  np.testing.assert_allclose(np.asarray(got_BTV), teacher_forced(graphdef, params, tokens_BT),
-                             atol=1e-4, rtol=1e-4)
+  np.testing.assert_allclose(
+    np.asarray(got_BTV), teacher_forced(graphdef, params, tokens_BT), atol=1e-4, rtol=1e-4
+  )
 
 
 def test_generate_is_greedy_decoding(tiny):
@@ -232,10 +265,13 @@ def test_generate_is_greedy_decoding(tiny):
     streaming.generate(graphdef, params, cache, last_BV, -1)
 
 
-@pytest.mark.parametrize("kwargs, match", [
+@pytest.mark.parametrize(
+  "kwargs, match",
+  [
     (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
     (dict(chunk_size=4, logits="first"), "logits must be one of"),
-])
+  ],
+)
 def test_prefill_errors(tiny, kwargs, match):
   graphdef, params = tiny
   cache = cache_lib.init_cache(CONFIG, 2, max_len=SEQ_LEN)
@@ -243,9 +279,16 @@ def test_prefill_errors(tiny, kwargs, match):
     streaming.prefill(graphdef, params, cache, random_tokens(0, 2, 5), **kwargs)
 
 
-PASSKEY_CONFIG = ModelConfig(vocab_size=data.VOCAB_SIZE, num_layers=2, d_model=16, num_heads=2,
-                             num_kv_heads=1, mlp_dim=16, window_size=(16, None),
-                             dtype="float32")
+PASSKEY_CONFIG = ModelConfig(
+  vocab_size=data.VOCAB_SIZE,
+  num_layers=2,
+  d_model=16,
+  num_heads=2,
+  num_kv_heads=1,
+  mlp_dim=16,
+  window_size=(16, None),
+  dtype="float32",
+)
 
 
 def test_streaming_exact_match_equals_batch():
@@ -266,116 +309,6 @@ def test_streaming_exact_match_equals_batch():
 def test_passkey_accuracy_streaming_matches_batch_eval():
   graphdef, params = make_model(PASSKEY_CONFIG, seed=3)
   kwargs = dict(train_seq_len=70, examples_per_distance=6, seed=1)
-  assert (streaming.passkey_accuracy_streaming(graphdef, params, [42, 50], chunk_size=9, **kwargs)
-          == evaluate.passkey_accuracy(graphdef, params, [42, 50], **kwargs))
-
-
-# --- stream.py and swa/stream_lib.py on a freshly trained tiny workdir ---------------------------
-
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-@pytest.fixture(scope="module")
-def trained_workdir(tmp_path_factory):
-  """A 2-step training workdir of a 2-layer model with windows 24 (reach 46)."""
-  config = tiny_config.get_config()
-  config.model.num_layers, config.model.d_model, config.model.mlp_dim = 2, 32, 64
-  config.model.window_size = 24
-  config.data.seq_len, config.data.batch_size = 96, 2
-  config.num_steps, config.checkpoint_every_steps, config.log_every_steps = 2, 2, 1
-  config.eval.every_steps, config.eval.examples_per_distance, config.eval.num_distances = 0, 2, 2
-  config.optim.warmup_steps = 1
-  workdir = str(tmp_path_factory.mktemp("stream") / "run")
-  train_lib.train_and_evaluate(config, workdir)
-  return workdir
-
-
-def listing(folder):
-  return sorted(os.path.relpath(os.path.join(root, name), folder)
-                for root, dirs, files in os.walk(folder) for name in dirs + files)
-
-
-def test_stream_lib_streams_and_generates():
-  """stream.py's stream mode on a small random model (reach 46): the report and the verdict."""
-  config = tiny_config.get_config()
-  config.model.num_layers, config.model.d_model, config.model.mlp_dim = 2, 32, 64
-  config.model.window_size = 24
-  graphdef, params = train_lib.create_model(config)
-  model_config = config_of(graphdef, params)
-  reach = evaluate.reach_of(model_config)
-  assert reach == 46 and stream_lib.default_key_distance(reach) == data.MIN_DISTANCE
-  assert stream_lib.default_key_distance(None) == 200
-  assert stream_lib.reach_note(46, reach) is None and "beyond" in stream_lib.reach_note(47, reach)
-  prompt, answer = data.create_passkey_dataset(300, data.key_position_for_distance(300, 42))
-  result = stream_lib.stream_tokens(graphdef, params, model_config, [prompt[:100], prompt[100:]],
-                                    total=300, chunk_size=64, num_generate=3)
-  assert result["fed"] == 300 and result["generated"].shape == (3,)
-  assert result["cache_bytes"] == cache_lib.cache_bytes(cache_lib.init_cache(model_config, 1))
-  assert [tokens for tokens, _ in result["samples"]] == [64, 128, 192, 256, 300]
-  text = "\n".join(stream_lib.format_stream(result, answer, 42, reach))
-  assert "Prefill: 300 tokens" in text and f"Passkey {data.decode(answer)}" in text
-  assert "beyond" in "\n".join(stream_lib.format_stream(result, answer, 60, reach))
-
-
-@pytest.mark.slow
-def test_stream_lib_passkey_and_benchmark(trained_workdir):
-  config, graphdef, params = train_lib.restore_params(trained_workdir)
-  model_config = config_of(graphdef, params)
-  columns = stream_lib.passkey_columns(graphdef, params, [42, 60], seq_len=96, sinks_list=[0, 2],
-                                       examples=2, seed=0, chunk_size=32, batch_size=2)
-  assert list(columns) == ["streaming, 0 sinks", "streaming, 2 sinks", "batch path"]
-  assert columns["streaming, 0 sinks"] == columns["batch path"]
-  table = stream_lib.passkey_markdown(columns, [42, 60], reach=46, header=["Command: `x`"])
-  assert "| 60 | no |" in table
-  rows, full_failed = stream_lib.decode_benchmark(graphdef, params, model_config, lengths=[64, 80],
-                                                  steps=2, batch_size=1, chunk_size=32,
-                                                  log=lambda line: None)
-  assert full_failed is None and [r["length"] for r in rows] == [64, 80]
-  assert rows[0]["rolling"]["cache"] == rows[1]["rolling"]["cache"] < rows[1]["full"]["cache"]
-  assert "| 80 |" in stream_lib.benchmark_markdown(rows, None, header=[], batch_size=1, steps=2,
-                                                   chunk_size=32, num_sinks=0)
-
-
-def _stream_cli(*args):
-  return subprocess.run([sys.executable, os.path.join(REPO, "stream.py"), *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=300)
-
-
-@pytest.mark.slow
-def test_stream_command_line(trained_workdir, tmp_path):
-  before = listing(trained_workdir)
-  done = _stream_cli(f"--workdir={trained_workdir}", "--stream_tokens=400", "--chunk_size=64")
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert "distance 42; the model's reach is 46" in done.stderr
-  assert re.search(r"Passkey \d{5}: the model answered", done.stdout)
-  done = _stream_cli(f"--workdir={trained_workdir}", "--stream_tokens=400", "--key_distance=60")
-  assert done.returncode == 0 and "beyond the model's reach of 46" in done.stdout
-  text_file = tmp_path / "book.txt"
-  text_file.write_text("The grass is green. \u00e9t\u00e9\n" * 20)  # non-vocabulary bytes -> spaces
-  done = _stream_cli(f"--workdir={trained_workdir}", f"--text_file={text_file}", "--generate=2")
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert "Prefill: 520 tokens" in done.stdout and "Generated 2 tokens" in done.stdout
-  assert listing(trained_workdir) == before  # read only
-  out = tmp_path / "out"
-  done = _stream_cli(f"--workdir={trained_workdir}", f"--out={out}", "--passkey",
-                     "--passkey_examples=2", "--passkey_distances=42,50", "--chunk_size=32")
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert "| 42 | yes |" in (out / "streaming_sinks.md").read_text()
-  done = _stream_cli(f"--workdir={trained_workdir}", f"--out={out}", "--benchmark",
-                     "--lengths=64,96", "--decode_steps=2", "--batch_size=1", "--chunk_size=32")
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert (out / "streaming.md").exists() and (out / "streaming.png").exists()
-  assert listing(trained_workdir) == before
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("args, message", [
-    (["--workdir=/nonexistent/run"], "error: --workdir=/nonexistent/run: no such folder."),
-    ([], "error: Pass --workdir (a trained model) or --config (random init)."),
-    (["--config=configs/tiny.py", "--benchmark"], "error: Pass --out"),
-])
-def test_stream_command_line_errors_are_one_line(args, message):
-  done = _stream_cli(*args)
-  assert done.returncode == 1
-  assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
-  assert "Traceback" not in done.stderr
+  assert streaming.passkey_accuracy_streaming(
+    graphdef, params, [42, 50], chunk_size=9, **kwargs
+  ) == evaluate.passkey_accuracy(graphdef, params, [42, 50], **kwargs)
