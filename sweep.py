@@ -22,6 +22,7 @@ evaluation step; also for re-evaluating a run by hand).
 import json
 import os
 import sys
+import time
 
 from absl import flags, logging
 from ml_collections import config_flags
@@ -94,9 +95,11 @@ def _eval_command(run, run_dir):
   return command + ([f"--eval_step={_EVAL_STEP.value}"] if _EVAL_STEP.value else [])
 
 
-def _aggregate(paths, out, command, sources=None):
+def _aggregate(paths, out, command, sources=None, notes=()):
   rows = aggregate.collect(paths)
-  summaries, _ = aggregate.write_aggregate(rows, out, command=command, sources=sources or paths)
+  summaries, _ = aggregate.write_aggregate(
+    rows, out, command=command, sources=sources or paths, notes=notes
+  )
   print(aggregate.format_headline_table(summaries))
   print(
     f"Wrote {out}/passkey.md, passkey_seeds.csv, passkey_by_distance.csv, "
@@ -116,6 +119,7 @@ def _sweep(command):
   parallel = _PARALLEL.value or max(1, len(gpus))
   overrides = sweep.forwarded_overrides(sys.argv[1:])
   train_script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "train.py")
+  start = time.perf_counter()
   outcome = sweep.run_sweep(
     runs,
     _WORKDIR.value,
@@ -133,8 +137,9 @@ def _sweep(command):
       {
         "command": command,
         "date": reports.utc_date(with_time=True),
-        "gpus": gpus,
+        "devices": workers.describe(gpus),
         "parallel": parallel,
+        "wall_seconds": round(time.perf_counter() - start, 1),
         "runs": outcome,
       },
       f,
@@ -151,6 +156,10 @@ def _sweep(command):
       _WORKDIR.value,
       command,
       sources=[_WORKDIR.value],
+      notes=[
+        f"Runs: {len(finished)} of {len(runs)} finished; trained on {workers.describe(gpus)}, "
+        f"{parallel} at a time (`sweep.json`: each run's outcome, the wall time)"
+      ],
     )
   failed = {name: why for name, why in outcome.items() if why.startswith("failed")}
   if failed:

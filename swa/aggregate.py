@@ -309,7 +309,7 @@ def distance_rows(rows):
   return out
 
 
-def write_aggregate(rows, out, *, command=None, sources=()):
+def write_aggregate(rows, out, *, command=None, sources=(), notes=()):
   """Writes the files of the module docstring into `out`; returns (summaries, passkey.md text)."""
   if not rows:
     raise ValueError("No passkey rows to aggregate.")
@@ -327,6 +327,7 @@ def write_aggregate(rows, out, *, command=None, sources=()):
   seed_plots.plot_reach_heatmap(rows, os.path.join(out, "passkey_heatmap.png"))
   keys = int(np.median([r["n"] for r in rows]))
   extra = ["Inputs: " + ", ".join(f"`{s}`" for s in sources)] if sources else []
+  extra += list(notes)
   text = (
     reports.markdown_header(
       "Passkey recall over seeds", reports.header_lines(command, device=False, extra=extra)

@@ -20,14 +20,11 @@ import time
 _MEMORY_SHARE = 0.9  # of each GPU's memory, split between the processes placed on it
 
 
-def detect_gpus():
-  """GPU ids for CUDA_VISIBLE_DEVICES: those it already lists, else nvidia-smi's, else []."""
-  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
-  if visible is not None:
-    return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+def _nvidia_smi(field):
+  """One value per GPU of `nvidia-smi --query-gpu=<field>`; [] without nvidia-smi."""
   try:
     out = subprocess.run(
-      ["nvidia-smi", "--query-gpu=index", "--format=csv,noheader"],
+      ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader"],
       capture_output=True,
       text=True,
       timeout=60,
@@ -36,6 +33,23 @@ def detect_gpus():
   except (OSError, subprocess.SubprocessError):
     return []
   return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def detect_gpus():
+  """GPU ids for CUDA_VISIBLE_DEVICES: those it already lists, else nvidia-smi's, else []."""
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+  if visible is not None:
+    return [g.strip() for g in visible.split(",") if g.strip() and g.strip() != "-1"]
+  return _nvidia_smi("index")
+
+
+def describe(gpus):
+  """ "2 x NVIDIA H200 (GPUs 0,1)" for these GPU ids, or "CPU" without any."""
+  if not gpus:
+    return "CPU"
+  names = dict(zip(_nvidia_smi("index"), _nvidia_smi("name")))
+  kinds = sorted({names.get(g, "GPU") for g in gpus})
+  return f"{len(gpus)} x {' / '.join(kinds)} (GPUs {','.join(gpus)})"
 
 
 def worker_env(slot, gpus, parallel, base=None):

@@ -99,6 +99,7 @@ def test_worker_env_spreads_slots_over_gpus():
     "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.450",
   }
   assert workers.worker_env(0, [], 2, base={"PATH": "x"}) == {"PATH": "x"}
+  assert workers.describe([]) == "CPU"
 
 
 def test_run_jobs_runs_several_at_once_in_distinct_slots():
@@ -421,7 +422,7 @@ def test_a_two_by_two_sweep_on_the_cpu_trains_evaluates_and_resumes(tmp_path):
   done = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
   assert done.returncode == 0, done.stdout + done.stderr
   assert "4 runs in" in done.stdout and "[4/4]" in done.stdout
-  names = sorted(p.name for p in workdir.iterdir() if p.is_dir())
+  names = sorted(p.name for p in workdir.iterdir() if p.is_dir() and p.name != ".jax_cache")
   assert names == [
     "window_size=24,num_layers=2,seed=0",
     "window_size=24,num_layers=3,seed=0",
@@ -434,8 +435,10 @@ def test_a_two_by_two_sweep_on_the_cpu_trains_evaluates_and_resumes(tmp_path):
   }
   text = (workdir / "passkey.md").read_text()
   assert "| window_size=24,num_layers=2 | 24 | 2 | 46 | 1 (0) |" in text
+  assert "- Runs: 4 of 4 finished; trained on CPU, 1 at a time" in text
   with open(workdir / "sweep.json") as f:
-    assert set(json.load(f)["runs"].values()) == {"done"}
+    record = json.load(f)
+  assert set(record["runs"].values()) == {"done"} and record["wall_seconds"] > 0
   # Again: nothing to do. Without one evaluation: only that run is evaluated, not trained.
   (workdir / names[0] / "passkey.csv").unlink()
   again = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=900)
