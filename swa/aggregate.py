@@ -9,7 +9,8 @@ file's folder name (stats.seed_of), else 0. write_aggregate writes, into one fol
   passkey_seeds.csv        every input row with its seed
   passkey_by_distance.csv  per model and distance: mean over seeds, each seed, Wilson interval
   passkey_seed_curves.png  recall vs distance: one thin line per seed, the mean, the interval
-  passkey_heatmap.png      mean recall in distance buckets whose edges fall on each model's reach
+  passkey_heatmap.png      recall on the keys pooled over seeds, by distance bucket (split at
+                           each reach: plotting.plot_accuracy_heatmap of pooled_rows)
 """
 
 import csv
@@ -309,6 +310,23 @@ def distance_rows(rows):
   return out
 
 
+def pooled_rows(rows):
+  """One passkey.csv-like row per model and distance: the keys of every seed pooled.
+
+  accuracy = hits / keys and n = keys (stats.by_distance), the model named "<model> (k seeds)",
+  the other fields those of a seed's row at that distance: what plotting's figures take.
+  """
+  out = []
+  for name, by_seed in stats.group_by_model(rows).items():
+    label = f"{name} ({len(by_seed)} seed{'s' if len(by_seed) > 1 else ''})"
+    at = {r["distance"]: r for rs in reversed(list(by_seed.values())) for r in rs}
+    for c in stats.by_distance(by_seed):
+      out.append(
+        {**at[c["distance"]], "model": label, "accuracy": c["hits"] / c["keys"], "n": c["keys"]}
+      )
+  return out
+
+
 def write_aggregate(rows, out, *, command=None, sources=(), notes=()):
   """Writes the files of the module docstring into `out`; returns (summaries, passkey.md text)."""
   if not rows:
@@ -321,10 +339,15 @@ def write_aggregate(rows, out, *, command=None, sources=(), notes=()):
   reports.write_csv(
     os.path.join(out, "passkey_by_distance.csv"), distance_rows(rows), BY_DISTANCE_FIELDS
   )
-  from swa import seed_plots  # matplotlib only when figures are drawn
+  import matplotlib.pyplot as plt  # only when figures are drawn
 
-  seed_plots.plot_seed_curves(rows, os.path.join(out, "passkey_seed_curves.png"))
-  seed_plots.plot_reach_heatmap(rows, os.path.join(out, "passkey_heatmap.png"))
+  from swa import plotting, seed_plots
+
+  plt.close(seed_plots.plot_seed_curves(rows, os.path.join(out, "passkey_seed_curves.png")))
+  heatmap = plotting.plot_accuracy_heatmap(
+    pooled_rows(rows), os.path.join(out, "passkey_heatmap.png")
+  )
+  plt.close(heatmap)
   keys = int(np.median([r["n"] for r in rows]))
   extra = ["Inputs: " + ", ".join(f"`{s}`" for s in sources)] if sources else []
   extra += list(notes)
@@ -337,7 +360,8 @@ def write_aggregate(rows, out, *, command=None, sources=(), notes=()):
     + headline_notes(keys)
     + "\nFiles: `passkey_seeds.csv` (every row with its seed), `passkey_by_distance.csv` "
     "(mean, each seed, pooled keys and Wilson interval per distance), "
-    "`passkey_seed_curves.png`, `passkey_heatmap.png` (buckets end at each reach).\n"
+    "`passkey_seed_curves.png`, `passkey_heatmap.png` (keys pooled over seeds; buckets split at "
+    "each reach).\n"
   )
   with open(os.path.join(out, "passkey.md"), "w") as f:
     f.write(text)

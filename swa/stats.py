@@ -281,20 +281,3 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
     "min_tested": ds[0],
     "max_tested": ds[-1],
   }
-
-
-def reach_aligned_edges(reach, low, high, width):
-  """Bucket edges (half-integers) width apart covering distances low..high, one at reach + 0.5.
-
-  Buckets [e_k, e_k+1) then never mix distances inside the reach (d <= reach) with distances
-  beyond it. Without a reach (None) the buckets are [k * width, (k + 1) * width).
-  """
-  if width < 1 or high < low:
-    raise ValueError(
-      f"reach_aligned_edges needs width >= 1 and low <= high, got width={width}, "
-      f"low={low}, high={high}."
-    )
-  anchor = -0.5 if reach is None else reach + 0.5
-  first = math.floor((low - anchor) / width)
-  last = math.ceil((high - anchor) / width)
-  return anchor + width * np.arange(first, max(last, first + 1) + 1)

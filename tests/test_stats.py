@@ -134,16 +134,6 @@ def test_max_distance_at():
   assert stats.max_distance_at([42, 100], [0.5, 1.0]) is None
 
 
-@pytest.mark.parametrize("reach", [93, 508, 2044])
-def test_reach_aligned_edges_never_straddle_the_reach(reach):
-  edges = stats.reach_aligned_edges(reach, 42, 2 * reach, 32)
-  assert edges[0] <= 42 and edges[-1] >= 2 * reach
-  assert np.allclose(np.diff(edges), 32)
-  assert reach + 0.5 in edges.tolist()  # bucket [.., reach + 0.5) holds d <= reach only
-  full = stats.reach_aligned_edges(None, 42, 1004, 64)
-  assert full[0] == 63.5 - 64 and np.allclose((full + 0.5) % 64, 0)
-
-
 def headline_rows():
   """Three seeds of a 4 x 128 model: recall 1.0 / 0.97 / 0.5 / 0 at d = 100 / 300 / 500 / 600."""
   return (

@@ -315,6 +315,17 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
     aggregate.collect([str(tmp_path / "nothing")])
 
 
+def test_pooled_rows_pool_the_keys_of_every_seed():
+  rows = synthetic("w_s0", 0, {100: 1.0, 600: 0.0}) + synthetic("w_s1", 1, {100: 0.5})
+  rows[2]["n"] = 50
+  pooled = aggregate.pooled_rows(rows)
+  assert [(r["model"], r["distance"], r["n"], r["reach"]) for r in pooled] == [
+    ("w (2 seeds)", 100, 150, 508),
+    ("w (2 seeds)", 600, 100, 508),
+  ]
+  assert pooled[0]["accuracy"] == pytest.approx(125 / 150) and pooled[1]["inside"] is False
+
+
 def test_the_same_model_and_seed_in_two_files_take_their_folder_names(tmp_path):
   for folder in ("w512_s0_f03", "w512_s0_f03_6k"):
     write_csv(
