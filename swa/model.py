@@ -27,6 +27,7 @@ Window = Optional[int]
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Architecture. See configs/base.py for what each field means."""
+
   vocab_size: int
   num_layers: int = 4
   d_model: int = 256
@@ -47,17 +48,23 @@ class ModelConfig:
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{name} must be a positive integer, got {value!r}.")
     if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
-      raise ValueError(f"model.d_model ({self.d_model}) must split into {self.num_heads} heads "
-                       "of an even size (RoPE rotates pairs of dimensions).")
+      raise ValueError(
+        f"model.d_model ({self.d_model}) must split into {self.num_heads} heads "
+        "of an even size (RoPE rotates pairs of dimensions)."
+      )
     if self.num_heads % self.num_kv_heads:
-      raise ValueError(f"model.num_heads ({self.num_heads}) must be a multiple of "
-                       f"model.num_kv_heads ({self.num_kv_heads}).")
+      raise ValueError(
+        f"model.num_heads ({self.num_heads}) must be a multiple of "
+        f"model.num_kv_heads ({self.num_kv_heads})."
+      )
     if self.attention not in attention.implementations():
-      raise ValueError(f"model.attention must be one of {attention.implementations()}, "
-                       f"got {self.attention!r}.")
+      raise ValueError(
+        f"model.attention must be one of {attention.implementations()}, got {self.attention!r}."
+      )
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
-    if isinstance(self.window_size, list):  # Configs restored from JSON give lists; keep it hashable.
+    # Configs restored from JSON give lists; keep the window hashable.
+    if isinstance(self.window_size, list):
       object.__setattr__(self, "window_size", tuple(self.window_size))
     self.layer_windows  # Validates the window(s).
 
@@ -79,11 +86,14 @@ def layer_windows(window_size, num_layers):
   """
   if isinstance(window_size, str):
     try:
-      window_size = tuple(None if w.strip().lower() in ("none", "full") else int(w)
-                          for w in window_size.split(","))
+      window_size = tuple(
+        None if w.strip().lower() in ("none", "full") else int(w) for w in window_size.split(",")
+      )
     except ValueError:
-      raise ValueError(f"model.window_size={window_size!r} is not a window: give an int, none "
-                       "(full attention) or one value per layer, e.g. '128,128,none,128'.") from None
+      raise ValueError(
+        f"model.window_size={window_size!r} is not a window: give an int, none "
+        "(full attention) or one value per layer, e.g. '128,128,none,128'."
+      ) from None
     if len(window_size) == 1:  # "none", "full" or "256": the same window for every layer.
       window_size = window_size[0]
   if window_size is None or not isinstance(window_size, (tuple, list)):
@@ -91,8 +101,9 @@ def layer_windows(window_size, num_layers):
   else:
     windows = tuple(window_size)
     if len(windows) != num_layers:
-      raise ValueError(f"model.window_size lists {len(windows)} windows for "
-                       f"{num_layers} layers: {window_size!r}.")
+      raise ValueError(
+        f"model.window_size lists {len(windows)} windows for {num_layers} layers: {window_size!r}."
+      )
   for w in windows:
     attention.check_window_size(w, name="model.window_size")
   return windows
@@ -112,8 +123,9 @@ def apply_rope(x_BTNH, positions_BT, base):
 class Attention(nnx.Module):
   """Multi-head (GQA) self-attention over a sliding window, with RoPE."""
 
-  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs,
-               attention_fn=None):
+  def __init__(
+    self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs, attention_fn=None
+  ):
     # attention_fn: see Transformer; None = the registry's config.attention.
     self.config, self.window_size, self.attention_fn = config, window_size, attention_fn
     c, dtype = config, jnp.dtype(config.dtype)
@@ -157,7 +169,8 @@ class Attention(nnx.Module):
     if self.attention_fn is not None:
       return self.attention_fn(q_BTNH, k_BTKH, v_BTKH, self.window_size, **blocks)
     return attention.sliding_window_attention(
-        q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=c.attention, **blocks)
+      q_BTNH, k_BTKH, v_BTKH, self.window_size, implementation=c.attention, **blocks
+    )
 
   def _attend_cached(self, q_BTNH, k_BTKH, v_BTKH, layer, num_valid):
     """The chunk's queries over the cached keys and its own; returns (out, new layer cache)."""
@@ -176,17 +189,24 @@ class Attention(nnx.Module):
     # The keys sit in ring order at stored positions, so the dense form, which takes any key
     # positions, is used: O(T * S) for S = w (+ sinks) slots (+ T), small for a rolling cache.
     out_BTNH = attention.sliding_window_attention(
-        q_BTNH, k_BSKH.astype(k_BTKH.dtype), v_BSKH.astype(v_BTKH.dtype), self.window_size,
-        q_offset=layer["end"], k_positions=k_pos_S, num_sinks=layer["sinks"],
-        implementation="reference")
+      q_BTNH,
+      k_BSKH.astype(k_BTKH.dtype),
+      v_BSKH.astype(v_BTKH.dtype),
+      self.window_size,
+      q_offset=layer["end"],
+      k_positions=k_pos_S,
+      num_sinks=layer["sinks"],
+      implementation="reference",
+    )
     return out_BTNH, new_layer
 
 
 class Block(nnx.Module):
   """Pre-norm residual block: attention then a GELU MLP."""
 
-  def __init__(self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs,
-               attention_fn=None):
+  def __init__(
+    self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs, attention_fn=None
+  ):
     dtype = jnp.dtype(config.dtype)
     self.attention_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
     self.attention = Attention(config, window_size, rngs=rngs, attention_fn=attention_fn)
@@ -196,8 +216,7 @@ class Block(nnx.Module):
 
   def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
     """Returns (x [B, T, D], the layer's new cache or None); arguments as in Attention."""
-    attended_BTD, cache = self.attention(self.attention_norm(x_BTD), positions_BT, cache,
-                                         num_valid)
+    attended_BTD, cache = self.attention(self.attention_norm(x_BTD), positions_BT, cache, num_valid)
     x_BTD = x_BTD + attended_BTD
     return x_BTD + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD)))), cache
 
@@ -215,19 +234,23 @@ class Transformer(nnx.Module):
     self.config = config
     dtype = jnp.dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
-    self.blocks = nnx.List([Block(config, w, rngs=rngs, attention_fn=attention_fn)
-                            for w in config.layer_windows])
+    self.blocks = nnx.List(
+      [Block(config, w, rngs=rngs, attention_fn=attention_fn) for w in config.layer_windows]
+    )
     self.final_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(config.d_model, config.vocab_size, use_bias=False, dtype=dtype,
-                           rngs=rngs)
+    self.head = nnx.Linear(
+      config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
+    )
 
   def from_embeddings(self, x_BTD, positions_BT=None, cache=None, *, num_valid=None):
     """The forward from input embeddings [B, T, D]; arguments and results as in __call__."""
     B, T, _ = x_BTD.shape
     if cache is not None:
       if positions_BT is not None:
-        raise ValueError("positions_BT must be None when a cache is given: the chunk continues "
-                         "the cached stream at positions cache[0]['end'] onwards.")
+        raise ValueError(
+          "positions_BT must be None when a cache is given: the chunk continues "
+          "the cached stream at positions cache[0]['end'] onwards."
+        )
       if len(cache) != len(self.blocks):
         raise ValueError(f"The cache has {len(cache)} layers, the model {len(self.blocks)}.")
       positions_BT = cache[0]["end"] + jnp.arange(T, dtype=jnp.int32)
