@@ -189,7 +189,7 @@ def _crossing_cell(x, s):
 
 def format_headline_table(summaries):
   """Markdown table of summarize_model() dicts, one row per model (columns HEADLINE_COLUMNS)."""
-  threshold = summaries[0]["threshold"] if summaries else stats.THRESHOLD
+  threshold = summaries[0]["threshold"] if summaries else summary.THRESHOLD
   header = [
     c.replace("95", f"{100 * threshold:g}", 1) if c.startswith("≥") else c for c in HEADLINE_COLUMNS
   ]

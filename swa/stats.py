@@ -33,8 +33,9 @@ import re
 
 import numpy as np
 
+from swa import summary
+
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
-THRESHOLD = 0.95  # "recall >= 95 % up to d"
 CROSSING_LEVEL = 0.5
 CROSSING_GOAL = 0.03  # the issue's goal: the 50 % crossing within +-3 % of the reach
 
@@ -219,17 +220,7 @@ def crossing(distances, accuracies, level=CROSSING_LEVEL):
   return math.inf
 
 
-def max_distance_at(distances, accuracies, threshold=THRESHOLD):
-  """Largest tested D with accuracy >= threshold at every tested distance <= D; None if none."""
-  best = None
-  for d, a in sorted(zip(distances, accuracies)):
-    if a < threshold - 1e-9:
-      break
-    best = d
-  return best
-
-
-def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
+def summarize_model(name, rows_by_seed, reference=None, threshold=summary.THRESHOLD):
   """The headline numbers of one model over its seeds.
 
   Args:
@@ -270,8 +261,10 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
     "beyond": None if reach is None else pooled_mean(subset(lambda d: d > reach)),
     "reference": reference,
     "at_reference": at_reference,
-    "max_distance": max_distance_at(ds, [c["accuracy"] for c in curve], threshold),
-    "max_distance_every_seed": max_distance_at(ds, [c["min_seed"] for c in curve], threshold),
+    "max_distance": summary.max_distance_at(curve, threshold),
+    "max_distance_every_seed": summary.max_distance_at(
+      [{"distance": c["distance"], "accuracy": c["min_seed"]} for c in curve], threshold
+    ),
     "crossing": cross,
     "crossing_per_seed": {
       s: crossing([r["distance"] for r in rs], [r["accuracy"] for r in rs])

@@ -129,11 +129,6 @@ def test_crossing_interpolates_between_tested_distances():
   assert stats.crossing([100, 200], [1.0, 0.6]) == math.inf
 
 
-def test_max_distance_at():
-  assert stats.max_distance_at([42, 100, 200, 300], [1.0, 0.96, 0.9, 1.0]) == 100
-  assert stats.max_distance_at([42, 100], [0.5, 1.0]) is None
-
-
 def headline_rows():
   """Three seeds of a 4 x 128 model: recall 1.0 / 0.97 / 0.5 / 0 at d = 100 / 300 / 500 / 600."""
   return (
