@@ -21,9 +21,15 @@ the same function (tests/test_attention.py):
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window; GPU and 16-bit
              dtypes only; plain self-attention only.
+  pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
+             (swa/pallas_attention.py); self-attention only; interpret mode off GPU.
+  splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
+             attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
-             inputs: cudnn where it applies, else chunked when the window is shorter than the
-             keys, else reference.
+             inputs: splash on a TPU; on a GPU pallas for w <= pallas_attention.AUTO_MAX_WINDOW
+             (set from bench_attention.py's run: where its fwd+bwd beat cuDNN's), else cudnn
+             where it applies; elsewhere (CPU, 32-bit inputs, offsets) chunked when the window is
+             shorter than the keys, else reference.
 swa/sharding.py registers "sequence_parallel" (options mesh, seq_axis, data_axis,
 local_implementation) when imported.
 """
@@ -36,7 +42,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swa import chunked
+from swa import chunked, pallas_attention, splash
 from swa.chunked import default_block_size  # noqa: F401  (public: the chunked block rule)
 from swa.mask import check_window_size, masked_softmax, visible
 
@@ -216,6 +222,24 @@ register(
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
 register("cudnn", cudnn_attention, check=_cudnn_unsupported_reason, auto_rank=10)
+# Kernels (swa/pallas_attention.py, swa/splash.py): explicit requests run anywhere (interpret mode
+# off their device); auto picks splash on a TPU, pallas on a GPU where the benchmark showed it faster.
+register(
+  "pallas",
+  pallas_attention.pallas_attention,
+  features=("block_sizes", "interpret"),
+  check=pallas_attention.unsupported_reason,
+  auto_rank=5,
+  auto_when=pallas_attention.auto_when,
+)
+register(
+  "splash",
+  splash.splash_attention,
+  features=("interpret",),
+  check=splash.unsupported_reason,
+  auto_rank=0,
+  auto_when=lambda q, k, v, w: jax.default_backend() == "tpu",
+)
 
 
 def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features=()):

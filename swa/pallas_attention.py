@@ -1,0 +1,400 @@
+"""Sliding-window causal attention as Pallas kernels (Triton lowering on GPU).
+
+Three kernels, each over a grid of (block, batch, query head):
+  forward  a query block loops over the key blocks its window touches, and only those; keeps the
+           output and the float32 log-sum-exp (base 2) per query.
+  dQ       a query block, the same key blocks, recomputing the scores.
+  dK/dV    a key block loops over the query blocks that see it, and only those.
+Each loop has three parts: lower edge blocks (the window's start cuts them), interior blocks (all
+pairs visible: no mask is built) and upper edge blocks (the causal diagonal). Softmax statistics
+are float32; scores use exp2 with log2(e) folded into the scale.
+
+Any length and head dim: the sequence is padded at the end to whole blocks (padded keys come after
+every real query, so causality hides them); head dims are zero-padded to a power of two >= 16
+(Triton's smallest dot). GQA: query head n reads key/value head n // G; the dK/dV pass writes one
+gradient per query head and the wrapper sums each group of G. Off GPU the kernels run in Pallas
+interpret mode (slow: tests at small shapes). bench_attention.py times them against cuDNN.
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import triton as plgpu
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+_LOG2E = math.log2(math.e)
+_MIN_BLOCK = 16  # Triton's smallest dot operand dimension
+# `auto` picks these kernels over cuDNN on a GPU for windows up to this (0: never), the rule
+# bench_attention.py's GPU run decides (results/attention_bench.md).
+AUTO_MAX_WINDOW = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockSizes:
+  """Tiles (powers of two >= 16) and Triton launch parameters of the three kernels.
+
+  Written as "fwd_q x fwd_k / dq_q x dq_k / dkv_q x dkv_k / warps,stages / bwd_warps,bwd_stages",
+  e.g. "128x64/128x32/32x128/4,3/8,2" (`parse` reads it back).
+  """
+
+  block_q: int = 128  # forward: queries per program
+  block_k: int = 64  # forward: keys per loop step
+  block_q_dq: int = 128  # dQ pass: queries per program
+  block_k_dq: int = 32  # dQ pass: keys per loop step
+  block_q_dkv: int = 32  # dK/dV pass: queries per loop step
+  block_k_dkv: int = 128  # dK/dV pass: keys per program
+  num_warps: int = 4
+  num_stages: int = 3
+  num_warps_bwd: int = 8
+  num_stages_bwd: int = 2
+
+  def blocks(self):
+    return (
+      self.block_q,
+      self.block_k,
+      self.block_q_dq,
+      self.block_k_dq,
+      self.block_q_dkv,
+      self.block_k_dkv,
+    )
+
+  def __str__(self):
+    b = self.blocks()
+    return (
+      f"{b[0]}x{b[1]}/{b[2]}x{b[3]}/{b[4]}x{b[5]}/{self.num_warps},{self.num_stages}/"
+      f"{self.num_warps_bwd},{self.num_stages_bwd}"
+    )
+
+  @classmethod
+  def parse(cls, text):
+    """BlockSizes from its string form (see the class docstring)."""
+    numbers = text.replace("x", ",").replace("/", ",").split(",")
+    if len(numbers) != 10 or not all(n.strip().isdigit() for n in numbers):
+      raise ValueError(
+        f"pallas block sizes look like '128x64/128x32/32x128/4,3/8,2', got {text!r}."
+      )
+    return cls(*map(int, numbers))
+
+
+def default_block_sizes(window_size):
+  """Tiles per window: 128x64 forward tiles up to w = 512, 128x128 beyond.
+
+  A query tile of Cq queries with key tiles of Ck reads about w + Cq + Ck keys, of which each
+  query uses w: large tiles pay off only once w is large. The backward tiles follow Triton's
+  fused-attention tutorial (dQ: 128 queries x 32 keys; dK/dV: 128 keys x 32 queries).
+  """
+  if window_size is None or window_size > 512:
+    return BlockSizes(block_k=128, num_warps=8, num_stages=2)
+  return BlockSizes()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Static:
+  """Everything the kernels need that is not an array (hashable: a custom_vjp static)."""
+
+  window: int  # >= 1; the padded length for full causal attention
+  scale: float
+  groups: int  # G = N // K
+  blocks: BlockSizes
+  interpret: bool
+
+
+def _ceil_div(a, b):
+  """ceil(a / b) for non-negative traced a and a static positive b."""
+  return lax.div(a + (b - 1), b)
+
+
+def _clamp(x, lo, hi):
+  return lax.min(lax.max(x, lo), hi)
+
+
+def _visible(q_start, k_start, block_q, block_k, window):
+  """[block_q, block_k] bool: key k_start + s is inside query q_start + t's window."""
+  q_pos = q_start + jnp.arange(block_q)[:, None]
+  k_pos = k_start + jnp.arange(block_k)[None, :]
+  return (k_pos <= q_pos) & (k_pos > q_pos - window)
+
+
+def _three_loops(lo, mid_lo, mid_hi, hi, body, carry):
+  """Runs body(j, carry, masked) over [lo, hi): masked on both edges, unmasked inside."""
+  mid_lo = _clamp(mid_lo, lo, hi)
+  mid_hi = _clamp(mid_hi, mid_lo, hi)
+  carry = lax.fori_loop(lo, mid_lo, functools.partial(body, masked=True), carry)
+  carry = lax.fori_loop(mid_lo, mid_hi, functools.partial(body, masked=False), carry)
+  return lax.fori_loop(mid_hi, hi, functools.partial(body, masked=True), carry)
+
+
+def _key_block_range(q_start, block_q, block_k, window):
+  """Key blocks [lo, hi) a query block touches, and [mid_lo, mid_hi) it sees entirely."""
+  lo = lax.div(lax.max(q_start - window + 1, 0), block_k)
+  hi = _ceil_div(q_start + block_q, block_k)
+  mid_lo = _ceil_div(lax.max(q_start + block_q - window, 0), block_k)
+  mid_hi = lax.div(q_start + 1, block_k)
+  return lo, mid_lo, mid_hi, hi
+
+
+def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, st, block_q, block_k):
+  q_start = pl.program_id(0) * block_q
+  q = q_ref[...]
+  qk_scale = st.scale * _LOG2E
+
+  def body(j, carry, masked):
+    acc, m, l = carry
+    k = k_ref[pl.ds(j * block_k, block_k), :]
+    v = v_ref[pl.ds(j * block_k, block_k), :]
+    s = plgpu.dot(q, k, trans_b=True) * qk_scale
+    if masked:
+      visible = _visible(q_start, j * block_k, block_q, block_k, st.window)
+      s = jnp.where(visible, s, _MASK_VALUE)
+    m_new = jnp.maximum(m, jnp.max(s, axis=1))
+    alpha = jnp.exp2(m - m_new)
+    p = jnp.exp2(s - m_new[:, None])
+    if masked:
+      p = jnp.where(visible, p, 0.0)
+    l = alpha * l + jnp.sum(p, axis=1)
+    acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v)
+    return acc, m_new, l
+
+  rows = jnp.zeros((block_q,), jnp.float32)
+  carry = (jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32), rows + _MASK_VALUE, rows)
+  acc, m, l = _three_loops(*_key_block_range(q_start, block_q, block_k, st.window), body, carry)
+  # Every query sees itself, so l > 0 (padded queries too).
+  o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
+  lse_ref[...] = m + jnp.log2(l)
+
+
+def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, st, block_q, block_k):
+  q_start = pl.program_id(0) * block_q
+  q, do = q_ref[...], do_ref[...]
+  lse, delta = lse_ref[...], delta_ref[...]
+  qk_scale = st.scale * _LOG2E
+
+  def body(j, dq, masked):
+    k = k_ref[pl.ds(j * block_k, block_k), :]
+    v = v_ref[pl.ds(j * block_k, block_k), :]
+    p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * qk_scale - lse[:, None])
+    if masked:
+      p = jnp.where(_visible(q_start, j * block_k, block_q, block_k, st.window), p, 0.0)
+    ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
+    return dq + plgpu.dot(ds.astype(k.dtype), k)
+
+  dq = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
+  dq = _three_loops(*_key_block_range(q_start, block_q, block_k, st.window), body, dq)
+  dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
+
+
+def _dkv_kernel(
+  q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, st, block_q, block_k
+):
+  k_start = pl.program_id(0) * block_k
+  k, v = k_ref[...], v_ref[...]
+  qk_scale = st.scale * _LOG2E
+
+  def body(i, carry, masked):
+    dk, dv = carry
+    rows = pl.ds(i * block_q, block_q)
+    q, do = q_ref[rows, :], do_ref[rows, :]
+    lse, delta = lse_ref[rows], delta_ref[rows]
+    p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * qk_scale - lse[:, None])
+    if masked:
+      p = jnp.where(_visible(i * block_q, k_start, block_q, block_k, st.window), p, 0.0)
+    dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
+    ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
+    dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
+    return dk, dv
+
+  # Queries that see keys k_start ... k_start + block_k - 1: k_start ... k_start + block_k + w - 2.
+  # Interior query blocks: first query >= last key, and last query - w < first key.
+  lo = lax.div(k_start, block_q)
+  hi = lax.min(_ceil_div(k_start + block_k + st.window - 1, block_q), q_ref.shape[0] // block_q)
+  mid_lo = _ceil_div(k_start + block_k - 1, block_q)
+  mid_hi = lax.div(k_start + st.window, block_q)
+  carry = (
+    jnp.zeros((block_k, q_ref.shape[-1]), jnp.float32),
+    jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
+  )
+  dk, dv = _three_loops(lo, mid_lo, mid_hi, hi, body, carry)
+  dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
+  dv_ref[...] = dv.astype(dv_ref.dtype)
+
+
+def _call(kernel, st, grid, specs, out_shape, bwd):
+  """pallas_call over `grid` with (in_specs, out_specs) = specs and st's launch parameters."""
+  b = st.blocks
+  warps, stages = (b.num_warps_bwd, b.num_stages_bwd) if bwd else (b.num_warps, b.num_stages)
+  params = None if st.interpret else plgpu.CompilerParams(num_warps=warps, num_stages=stages)
+  return pl.pallas_call(
+    kernel,
+    grid=grid,
+    in_specs=specs[0],
+    out_specs=specs[1],
+    out_shape=out_shape,
+    interpret=st.interpret,
+    compiler_params=params,
+    name=f"swa_{kernel.func.__name__.strip('_')}",
+  )
+
+
+def _rows(block, dim, groups=1):
+  """[B, T, heads, dim] tiles of `block` rows of head n // groups; grid (row block, b, n)."""
+  return pl.BlockSpec((None, block, None, dim), lambda i, b, n: (b, i, lax.div(n, groups), 0))
+
+
+def _whole(seq_len, dim, groups=1):
+  """[B, T, heads, dim]: the whole sequence of head n // groups."""
+  return pl.BlockSpec((None, seq_len, None, dim), lambda i, b, n: (b, 0, lax.div(n, groups), 0))
+
+
+def _stats(block):
+  """[B, N, T] float32 per-query statistics: `block` entries of head n."""
+  return pl.BlockSpec((None, None, block), lambda i, b, n: (b, n, i))
+
+
+def _whole_stats(seq_len):
+  return pl.BlockSpec((None, None, seq_len), lambda i, b, n: (b, n, 0))
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _forward(q, k, v, st):
+  """Output [B, T, N, D] and base-2 log-sum-exp [B, N, T] (float32)."""
+  (B, T, N, H), D, G = q.shape, v.shape[-1], st.groups
+  bq, bk = st.blocks.block_q, st.blocks.block_k
+  kernel = functools.partial(_fwd_kernel, st=st, block_q=bq, block_k=bk)
+  specs = [_rows(bq, H), _whole(T, H, G), _whole(T, D, G)], [_rows(bq, D), _stats(bq)]
+  out_shape = [
+    jax.ShapeDtypeStruct((B, T, N, D), q.dtype),
+    jax.ShapeDtypeStruct((B, N, T), jnp.float32),
+  ]
+  return _call(kernel, st, (T // bq, B, N), specs, out_shape, bwd=False)(q, k, v)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _attend(q, k, v, st):
+  return _forward(q, k, v, st)[0]
+
+
+def _attend_fwd(q, k, v, st):
+  o, lse = _forward(q, k, v, st)
+  return o, (q, k, v, o, lse)
+
+
+def _attend_bwd(st, res, do):
+  return _backward(*res, do, st)
+
+
+@functools.partial(jax.jit, static_argnums=6)
+def _backward(q, k, v, o, lse, do, st):
+  """(dq, dk, dv): the dQ kernel, then the dK/dV kernel (one gradient per query head)."""
+  (B, T, N, H), (K, D), G, b = q.shape, v.shape[2:], st.groups, st.blocks
+  delta = jnp.einsum("BTND,BTND->BNT", o.astype(jnp.float32), do.astype(jnp.float32))
+  bq = b.block_q_dq
+  kernel = functools.partial(_dq_kernel, st=st, block_q=bq, block_k=b.block_k_dq)
+  specs = (
+    [_rows(bq, H), _whole(T, H, G), _whole(T, D, G), _rows(bq, D), _stats(bq), _stats(bq)],
+    _rows(bq, H),
+  )
+  dq = _call(kernel, st, (T // bq, B, N), specs, jax.ShapeDtypeStruct(q.shape, q.dtype), bwd=True)(
+    q, k, v, do, lse, delta
+  )
+
+  bk, bq = b.block_k_dkv, b.block_q_dkv
+  kernel = functools.partial(_dkv_kernel, st=st, block_q=bq, block_k=bk)
+  specs = (
+    [
+      _whole(T, H),
+      _rows(bk, H, G),
+      _rows(bk, D, G),
+      _whole(T, D),
+      _whole_stats(T),
+      _whole_stats(T),
+    ],
+    [_rows(bk, H), _rows(bk, D)],
+  )
+  # With G > 1 the G query heads' gradients of one key/value head are summed here, in float32.
+  dtype = lambda x: x.dtype if G == 1 else jnp.float32
+  out_shape = [
+    jax.ShapeDtypeStruct((B, T, N, H), dtype(k)),
+    jax.ShapeDtypeStruct((B, T, N, D), dtype(v)),
+  ]
+  dk, dv = _call(kernel, st, (T // bk, B, N), specs, out_shape, bwd=True)(q, k, v, do, lse, delta)
+  if G > 1:
+    dk = dk.reshape(B, T, K, G, H).sum(3).astype(k.dtype)
+    dv = dv.reshape(B, T, K, G, D).sum(3).astype(v.dtype)
+  return dq, dk, dv
+
+
+_attend.defvjp(_attend_fwd, _attend_bwd)
+
+
+def _pow2_at_least(x, floor=_MIN_BLOCK):
+  return max(floor, 1 << max(0, int(x) - 1).bit_length())
+
+
+def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
+  """Why the kernels cannot take these inputs (a registry `check`), or None."""
+  del v_BSKD, window_size
+  if k_BSKH.shape[1] != q_BTNH.shape[1]:
+    return f"it needs self-attention (S == T), got T={q_BTNH.shape[1]}, S={k_BSKH.shape[1]}"
+  return None
+
+
+def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size):
+  """Where `auto` prefers these kernels to cuDNN: on a GPU, for w <= AUTO_MAX_WINDOW."""
+  del q_BTNH, k_BSKH, v_BSKD
+  return (
+    jax.default_backend() == "gpu" and window_size is not None and window_size <= AUTO_MAX_WINDOW
+  )
+
+
+def pallas_attention(
+  q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, block_sizes=None, interpret=None
+):
+  """Sliding-window causal attention: query t sees keys t - w + 1 ... t.
+
+  Args:
+    q_BTNH: [B, T, N, H] queries.
+    k_BSKH: [B, T, K, H] keys (self-attention: S == T); N % K == 0.
+    v_BSKD: [B, T, K, D] values.
+    window_size: w >= 1, or None for full causal attention.
+    scale: logit scale (a Python number).
+    block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
+      Tiles longer than the (power-of-two-rounded) sequence are shrunk to it.
+    interpret: run the kernels in Pallas interpret mode; default: off GPU.
+
+  Returns:
+    [B, T, N, D] in q's dtype; differentiable (custom VJP: the dQ and dK/dV kernels).
+  """
+  (_, T, N, H), (K, D) = q_BTNH.shape, v_BSKD.shape[2:]
+  reason = unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size)
+  if reason:
+    raise ValueError(f"implementation='pallas' is not available: {reason}.")
+  if isinstance(block_sizes, str):
+    block_sizes = BlockSizes.parse(block_sizes)
+  blocks = block_sizes or default_block_sizes(window_size)
+  if any(size < _MIN_BLOCK or size & (size - 1) for size in blocks.blocks()):
+    raise ValueError(f"pallas block sizes must be powers of two >= {_MIN_BLOCK}, got {blocks}.")
+  cap = _pow2_at_least(T)
+  blocks = dataclasses.replace(
+    blocks,
+    **{
+      f.name: min(getattr(blocks, f.name), cap)
+      for f in dataclasses.fields(BlockSizes)
+      if f.name.startswith("block_")
+    },
+  )
+  T_pad = -(-T // max(blocks.blocks())) * max(blocks.blocks())
+  H_pad, D_pad = _pow2_at_least(H), _pow2_at_least(D)
+  pad = lambda x, dim, dim_pad: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, dim_pad - dim)))
+  window = T_pad if window_size is None else min(window_size, T_pad)
+  interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+  st = _Static(
+    window=int(window), scale=float(scale), groups=N // K, blocks=blocks, interpret=bool(interpret)
+  )
+  out = _attend(pad(q_BTNH, H, H_pad), pad(k_BSKH, H, H_pad), pad(v_BSKD, D, D_pad), st)
+  return out[:, :T, :, :D]

@@ -1,0 +1,107 @@
+"""swa/pallas_attention.py: the kernels equal the reference (Pallas interpret mode on CPU) and lower
+to Triton for a CUDA GPU at the benchmark's shapes (lowering only: no GPU compiles them here)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from swa import attention, pallas_attention
+
+TINY = pallas_attention.BlockSizes.parse("16x16/16x16/16x16/4,3/4,2")
+
+
+def _qkv(B, T, N, K, H, D, seed=0):
+  kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(seed), 4)
+  return (
+    jax.random.normal(kq, (B, T, N, H)),
+    jax.random.normal(kk, (B, T, K, H)),
+    jax.random.normal(kv, (B, T, K, D)),
+    jax.random.normal(kd, (B, T, N, D)),
+  )
+
+
+def _out_and_grads(fn, q, k, v, dout):
+  out, vjp = jax.vjp(fn, q, k, v)
+  return (out,) + vjp(dout)
+
+
+# (B, T, N, K, H, D, window, blocks): 16-blocks so that every loop part runs (lower edge, interior,
+# diagonal); GQA with an odd length and D != H (padded head dims); window 1; full attention;
+# unequal forward/backward tiles with the window >= T; the default tiles shrunk to a short T.
+CASES = [
+  (1, 100, 4, 2, 8, 24, 40, TINY),
+  (2, 48, 2, 2, 16, 16, 1, TINY),
+  (1, 40, 2, 1, 16, 16, None, TINY),
+  (1, 64, 2, 2, 16, 16, 70, pallas_attention.BlockSizes.parse("32x16/16x32/32x16/4,3/4,2")),
+  (1, 37, 2, 2, 16, 16, 9, None),
+]
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_matches_reference_forward_and_gradients(case):
+  B, T, N, K, H, D, window, blocks = case
+  q, k, v, dout = _qkv(B, T, N, K, H, D, seed=T)
+  fast = lambda q, k, v: attention.sliding_window_attention(
+    q, k, v, window, implementation="pallas", block_sizes=blocks
+  )
+  slow = jax.jit(
+    lambda q, k, v: attention.sliding_window_attention(q, k, v, window, implementation="reference")
+  )
+  for got, want in zip(_out_and_grads(fast, q, k, v, dout), _out_and_grads(slow, q, k, v, dout)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+def test_block_sizes_round_trip_and_bad_values():
+  blocks = pallas_attention.BlockSizes.parse("128x64/128x32/32x128/4,3/8,2")
+  assert blocks == pallas_attention.BlockSizes()
+  assert pallas_attention.BlockSizes.parse(str(TINY)) == TINY
+  with pytest.raises(ValueError, match="look like"):
+    pallas_attention.BlockSizes.parse("128x64")
+  q, k, v, _ = _qkv(1, 32, 1, 1, 16, 16)
+  with pytest.raises(ValueError, match="powers of two >= 16"):
+    pallas_attention.pallas_attention(q, k, v, 4, 0.25, block_sizes="24x16/16x16/16x16/4,3/4,2")
+  with pytest.raises(ValueError, match=r"does not support \['offsets'\]"):
+    attention.sliding_window_attention(
+      q, k[:, :16], v[:, :16], 4, implementation="pallas", q_offset=16
+    )
+  with pytest.raises(ValueError, match="self-attention"):
+    pallas_attention.pallas_attention(q, k[:, :16], v[:, :16], 4, 0.25)
+
+
+def test_auto_picks_pallas_only_on_a_gpu_below_the_measured_window():
+  q, k, v, _ = _qkv(1, 64, 2, 2, 16, 16)
+  chosen = attention.resolve_implementation("auto", q, k, v, 8)
+  if jax.default_backend() != "gpu" or pallas_attention.AUTO_MAX_WINDOW < 8:
+    assert chosen != "pallas"
+  else:
+    assert chosen == "pallas"
+
+
+def _lower_for_cuda(T, window, heads, kv_heads, blocks=None):
+  """The fwd+bwd program lowered for an H200 (Triton IR built in Python; no GPU needed)."""
+  q = jax.ShapeDtypeStruct((1, T, heads, 128), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, T, kv_heads, 128), jnp.bfloat16)
+  attend = lambda q, k, v: pallas_attention.pallas_attention(
+    q, k, v, window, 128**-0.5, block_sizes=blocks, interpret=False
+  )
+  loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  return grads.trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+
+
+@pytest.mark.parametrize(
+  "T, window, kv_heads, blocks",
+  [
+    (16384, 128, 16, None),
+    (16384, 4096, 16, None),
+    (1000, 100, 4, "64x64/64x64/64x64/4,3/4,3"),
+  ],
+)
+def test_kernels_lower_to_triton_for_a_cuda_gpu(monkeypatch, T, window, kv_heads, blocks):
+  gpu_info = pytest.importorskip("jax._src.pallas.triton.gpu_info")  # JAX >= 0.11
+  monkeypatch.setattr(
+    gpu_info, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
+  )
+  text = _lower_for_cuda(T, window, 16, kv_heads, blocks)
+  assert text.count("__gpu$xla.gpu.triton") == 3  # forward, dQ, dK/dV
