@@ -51,8 +51,9 @@ def forward(graphdef, params, cache, tokens_BC, num_valid):
 def decode_step(graphdef, params, cache, token_B):
   """Feeds one token per stream. Returns (logits [B, V] float32, new cache).
 
-  Not checked against `cache.capacity` (that would wait for the device every token): prefill and
-  generate check it; a caller feeding tokens one by one keeps within it.
+  One jitted call per token; `generate` runs many greedy steps in one. Not checked against
+  `cache.capacity` (that would wait for the device every token): prefill and generate check it;
+  a caller feeding tokens one by one keeps within it.
   """
   tokens_B1 = jnp.asarray(token_B, jnp.int32)[:, None]
   logits_B1V, cache = forward(graphdef, params, cache, tokens_B1, jnp.asarray(1, jnp.int32))

@@ -102,10 +102,12 @@ def dense_reference(graphdef, params, tokens_BT, num_sinks):
   return np.asarray(_dense_reference(graphdef, params, jnp.asarray(tokens_BT), num_sinks))
 
 
-def stream_logits(graphdef, params, tokens_BT, chunk_size, prefill_len, num_sinks=0, config=CONFIG):
+def stream_logits(
+  graphdef, params, tokens_BT, chunk_size, prefill_len, num_sinks=0, config=CONFIG, rolling=True
+):
   """Prefill tokens[:, :prefill_len] in chunks, decode the rest teacher forced: [B, T, V]."""
   B, T = tokens_BT.shape
-  cache = cache_lib.init_cache(config, B, max_len=T, num_sinks=num_sinks)
+  cache = cache_lib.init_cache(config, B, max_len=T, num_sinks=num_sinks, rolling=rolling)
   logits_BPV, cache = streaming.prefill(
     graphdef, params, cache, tokens_BT[:, :prefill_len], chunk_size
   )
@@ -241,10 +243,10 @@ def test_full_layer_capacity_is_checked(tiny):
 def test_full_length_cache_gives_the_same_logits(tiny):
   graphdef, params = tiny
   tokens_BT = random_tokens(3, 2, SEQ_LEN)
-  cache = cache_lib.init_cache(CONFIG, 2, max_len=SEQ_LEN, rolling=False)
-  got_BTV, _ = streaming.prefill(graphdef, params, cache, tokens_BT, 6)
+  got_BTV, cache = stream_logits(graphdef, params, tokens_BT, 6, PREFILL_LEN, rolling=False)
+  assert [layer["k"].shape[1] for layer in cache] == [SEQ_LEN] * 3
   np.testing.assert_allclose(
-    np.asarray(got_BTV), teacher_forced(graphdef, params, tokens_BT), atol=1e-4, rtol=1e-4
+    got_BTV, teacher_forced(graphdef, params, tokens_BT), atol=1e-4, rtol=1e-4
   )
 
 
