@@ -1,6 +1,6 @@
 """Seeds and intervals for passkey results: pooling seeds, Wilson intervals, the 50 % crossing.
 
-The input is the rows of passkey.csv (evaluate.CSV_FIELDS: model, window, layers, reach,
+The input is the rows of passkey.csv (summary.CSV_FIELDS: model, window, layers, reach,
 distance, inside, accuracy, n, ...) with a `seed` column added; seed_of() recovers a seed from a
 name when a file has no such column. Rows of one model trained with several seeds are grouped by
 their model name with the seed removed (strip_seed: "w512_s1_f03" -> "w512_f03",
@@ -13,13 +13,14 @@ Intervals (95 %, z = 1.96):
     new seed would differ, which the per-seed values (always reported beside it) show.
   - Over a distance range (e.g. inside the reach): the mean over seeds of each seed's mean over
     distances, each distance weighted by the span of distances it stands for (span_weights: the
-    same rule as evaluate.mean_over_distances, so the denser grid near the reach does not outweigh
+    same rule as summary.mean_over_distances, so the denser grid near the reach does not outweigh
     the rest). Its interval is Wilson's with Kish's effective number of keys
     n_eff = (sum_i u_i)^2 / sum_i u_i^2 for the per-key weights u_i of that mean; with one
     distance, or evenly spaced distances and the same n everywhere, this is the Wilson interval
     on the pooled keys exactly.
 A run of n keys that are all right bounds recall only above 1 / (1 + z^2 / n) (Wilson; 96.3 % for
-n = 100; Clopper-Pearson gives 0.025^(1/n) = 96.4 %): see all_hits_lower_bound.
+n = 100; Clopper-Pearson gives 0.025^(1/n) = 96.4 %): see all_hits_lower_bound; certifying a
+recall p that way takes keys_to_certify(p) keys, all right (765 for 99.5 %).
 
 swa/aggregate.py turns summarize_model's numbers into the headline table. The 50 % crossing
 (crossing) is where the mean over seeds first falls below 50 %, by linear
@@ -73,11 +74,18 @@ def all_hits_lower_bound(n, z=Z95):
   return {"wilson": wilson_interval(n, n, z)[0], "clopper_pearson": (alpha / 2) ** (1 / n)}
 
 
+def keys_to_certify(recall, z=Z95):
+  """Fewest keys that, all right, put the 95 % Wilson lower bound at `recall` or above."""
+  if not 0 < recall < 1:
+    raise ValueError(f"keys_to_certify needs 0 < recall < 1, got {recall}.")
+  return math.ceil(z * z * recall / (1 - recall) - 1e-9)
+
+
 def span_weights(distances):
   """Weight of each sorted distance: the span it stands for (half the gap to each neighbour).
 
   The outer ends mirror the inner gap, so evenly spaced points weigh the same; the rule of
-  evaluate.mean_over_distances.
+  summary.mean_over_distances.
   """
   d = np.asarray(distances, dtype=np.float64)
   if d.size == 1:

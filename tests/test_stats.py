@@ -54,6 +54,14 @@ def test_all_hits_lower_bound():
   assert bound["clopper_pearson"] == pytest.approx(0.025**0.01)  # 96.38 %
 
 
+def test_keys_to_certify():
+  n = stats.keys_to_certify(0.995)
+  assert n == 765
+  assert stats.wilson_interval(n, n)[0] >= 0.995 > stats.wilson_interval(n - 1, n - 1)[0]
+  with pytest.raises(ValueError, match="0 < recall < 1"):
+    stats.keys_to_certify(1.0)
+
+
 def test_span_weights_match_the_mean_over_distances_of_summary():
   assert stats.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
   rng = np.random.default_rng(0)
@@ -188,3 +196,4 @@ def test_headline_notes_state_the_construction_and_the_bound():
   text = aggregate.headline_notes(100)
   assert "Recall beyond the reach is 0 by construction" in text
   assert "100/100 bounds recall only above 96.3 % (Wilson 95 %; Clopper–Pearson: 96.4 %)" in text
+  assert "certifying ≥ 99.5 % at one distance takes 765 keys, all right" in text
