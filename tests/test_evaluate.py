@@ -10,7 +10,6 @@ import sys
 
 import numpy as np
 import pytest
-from absl import flags
 
 import eval_passkey
 from configs import tiny
@@ -221,14 +220,6 @@ def test_passkey_retrieval_per_window(restored):
 
 # --- train.py and eval_passkey.py agree ----------------------------------------------------------
 
-def _run_eval_passkey(argv):
-  flags.FLAGS(["eval_passkey.py", *argv])
-  try:
-    eval_passkey.main(["eval_passkey.py"])
-  finally:
-    flags.FLAGS.unparse_flags()
-
-
 def _csv_accuracy(path):
   return {r["distance"]: r["accuracy"] for r in summary.read_rows(path)}
 
@@ -240,9 +231,9 @@ def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_pat
   distances = evaluate.even_distances(SEQ_LEN, config.eval.num_distances)
   assert sorted(trained) == distances
   before = _tree(workdir)
-  _run_eval_passkey([f"--workdirs={workdir}", f"--out={tmp_path}", f"--seed={config.seed}",
-                     f"--examples_per_distance={config.eval.examples_per_distance}",
-                     "--distances=" + ",".join(map(str, distances)), "--erf_examples=0"])
+  eval_passkey.run(workdirs=[workdir], out=str(tmp_path), seed=config.seed,
+                   examples_per_distance=config.eval.examples_per_distance, distances=distances,
+                   erf_examples=0)
   assert _csv_accuracy(tmp_path / "passkey.csv") == trained
   assert _tree(workdir) == before  # read only: nothing created or changed in the workdir
 
@@ -268,12 +259,11 @@ def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
   run = tmp_path / "run"
   trained = train_lib.train_and_evaluate(config, str(run))["exact_match_by_distance"]
   assert len(set(trained.values())) > 1 or 0 < min(trained.values()) < 1
-  _run_eval_passkey([f"--workdirs={run}", f"--seed={config.seed}", "--examples_per_distance=40",
-                     "--distances=" + ",".join(map(str, trained)), "--erf_examples=0"])
+  eval_passkey.run(workdirs=[str(run)], seed=config.seed, examples_per_distance=40,
+                   distances=list(trained), erf_examples=0)
   assert _csv_accuracy(run / "eval" / "passkey.csv") == trained  # default out: <workdir>/eval
-  _run_eval_passkey([f"--workdirs={run}", f"--seed={config.seed + 1}", f"--out={tmp_path / 'b'}",
-                     "--examples_per_distance=40", "--distances=" + ",".join(map(str, trained)),
-                     "--erf_examples=0"])
+  eval_passkey.run(workdirs=[str(run)], seed=config.seed + 1, out=str(tmp_path / "b"),
+                   examples_per_distance=40, distances=list(trained), erf_examples=0)
   assert _csv_accuracy(tmp_path / "b" / "passkey.csv") != trained  # another seed, other prompts
 
 
@@ -281,8 +271,8 @@ def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
 
 def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   out = tmp_path / "results"
-  _run_eval_passkey([f"--workdirs={workdir}", f"--out={out}", "--examples_per_distance=4",
-                     "--erf_examples=2", "--step=16"])
+  eval_passkey.run(workdirs=[workdir], out=str(out), examples_per_distance=4, erf_examples=2,
+                   step=16)
   for name in ("passkey.md", "passkey.csv", "passkey_heatmap.png", "passkey_curves.png",
                "effective_receptive_field.png", "effective_receptive_field.csv"):
     assert os.path.getsize(out / name) > 0, name
@@ -365,17 +355,17 @@ def test_from_csv_errors(tmp_path):
                                str(tmp_path / "y/same/passkey.csv")], out=str(tmp_path / "out"))
 
 
-@pytest.mark.parametrize("argv, message", [
-    ([], "exactly one of"),
-    (["--workdirs=a", "--from_csv=b/passkey.csv"], "exactly one of"),
-    (["--from_csv=b/passkey.csv"], "needs --out"),
-    (["--workdirs=a,b"], "need --out"),
-    (["--workdirs=a", "--distances=42,x"], "'x' is not allowed"),
-    (["--workdirs=a", "--cross_windows=8,-1"], "'-1' is not allowed; give positive integers or full"),
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "exactly one of"),
+    ({"workdirs": ["a"], "from_csv": ["b/passkey.csv"]}, "exactly one of"),
+    ({"from_csv": ["b/passkey.csv"]}, "needs --out"),
+    ({"workdirs": ["a", "b"]}, "need --out"),
+    ({"workdirs": ["a"], "distances": ["42", "x"]}, "'x' is not allowed"),
+    ({"workdirs": ["a"], "cross_windows": ["8", "-1"]}, "'-1' is not allowed; give positive"),
 ])
-def test_eval_passkey_refuses_unclear_outputs(argv, message):
+def test_eval_passkey_refuses_unclear_requests(kwargs, message):
   with pytest.raises(cli.UserError, match=message):
-    _run_eval_passkey(argv)
+    eval_passkey.run(**kwargs)
 
 
 def test_eval_passkey_creates_nothing_in_a_workdir_it_cannot_read(tmp_path):
@@ -383,7 +373,7 @@ def test_eval_passkey_creates_nothing_in_a_workdir_it_cannot_read(tmp_path):
   run.mkdir()
   (run / "config.json").write_text(tiny_config().to_json())
   with pytest.raises(ValueError, match="has no checkpoints"):
-    _run_eval_passkey([f"--workdirs={run}"])
+    eval_passkey.run(workdirs=[str(run)])
   assert os.listdir(run) == ["config.json"]
 
 
@@ -399,3 +389,10 @@ def test_eval_passkey_command_line_smoke(tmp_path):
   failed = subprocess.run(command, cwd=root, capture_output=True, text=True)
   assert failed.returncode == 1
   assert failed.stderr.strip() == "error: --from_csv needs --out=<folder> for the merged files."
+  missing = tmp_path / "no_run"
+  failed = subprocess.run([sys.executable, "eval_passkey.py", f"--workdirs={missing}",
+                           "--examples_per_distance=3", "--distances=42,50"], cwd=root,
+                          capture_output=True, text=True)
+  assert failed.returncode == 1 and not missing.exists()
+  assert failed.stderr.strip() == (f"error: {missing} is not a training workdir: it has no "
+                                   "config.json.")

@@ -74,9 +74,10 @@ def _settings(row):
   return ", ".join(bits)
 
 
-def write_markdown(path, rows, header):
+def write_markdown(path, rows, header, train_model="configs/base.py"):
   """The report: header lines, then per kind a table of n against every variant's memory and
-  time, the full/sliding ratios and the fitted slopes. Returns the text."""
+  time, the full/sliding ratios and the fitted slopes; train_model names the train steps'
+  config. Returns the text."""
   lines = ["# Memory: full against sliding-window attention", ""]
   lines += [f"- {h}" for h in header]
   method = main_method(rows)
@@ -109,7 +110,7 @@ def write_markdown(path, rows, header):
              "train_step": "one LM training step"}[kind]
     ex = krows[0]
     if kind == "train_step":
-      shape = (f"configs/base.py model, batch {ex.get('batch')}, dtype {ex.get('dtype')}; "
+      shape = (f"{train_model} model, batch {ex.get('batch')}, dtype {ex.get('dtype')}; "
                "full = window None, sliding = window " + str(next(
                    (r["window"] for r in krows if r.get("window")), "—")))
     else:
@@ -297,7 +298,7 @@ GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
 CPU_SEQ_LENGTHS = [512, 1024, 2048, 4096]
 
 
-def write_reports(out, rows, header, window, final=True):
+def write_reports(out, rows, header, window, final=True, train_model="configs/base.py"):
   """memory.csv and memory.md (and memory.png when final) under out; returns the markdown."""
   path = lambda ext: os.path.join(out, f"memory.{ext}")
   write_csv(path("csv"), rows)
@@ -308,7 +309,7 @@ def write_reports(out, rows, header, window, final=True):
   else:
     header = header + [f"Partial: {len(rows)} configurations so far; the sweep is still running "
                        "or was stopped."]
-  return write_markdown(path("md"), rows, header)
+  return write_markdown(path("md"), rows, header, train_model)
 
 
 def rebuild(csv_paths, out, *, window=512, command=None):
@@ -339,12 +340,14 @@ def default_out(device):
 
 def profile(out=None, *, base_config, window=512, seq_lengths=None, train_seq_lengths=None,
             long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
-            mem_fraction=0.95, deadline_minutes=6.0, command=None, log=None, **sweep_kwargs):
+            mem_fraction=0.95, deadline_minutes=6.0, command=None, log=None,
+            config_name="configs/base.py", **sweep_kwargs):
   """The memory sweep of profile_memory.py: runs it, writes memory.{md,csv,png} under out.
 
   Args:
     out: output folder; default default_out(device).
     base_config: the experiment config whose LM the train steps use, as a dict.
+    config_name: how the report names that config (e.g. its file).
     window: w of the sliding variants.
     seq_lengths, train_seq_lengths: n of the attention kinds and of train_step; defaults by
       device (GPU_SEQ_LENGTHS, GPU_TRAIN_SEQ_LENGTHS; CPU_SEQ_LENGTHS for both elsewhere).
@@ -382,8 +385,9 @@ def profile(out=None, *, base_config, window=512, seq_lengths=None, train_seq_le
       group_queries=group_queries, repeats=repeats, time_budget_s=time_budget_s,
       mem_fraction=mem_fraction, deadline_s=60 * deadline_minutes if deadline_minutes else None,
       gpu=gpu, log=log, base_config=base_config,
-      on_row=lambda rows: write_reports(out, rows, header, window, final=False), **sweep_kwargs)
+      on_row=lambda rows: write_reports(out, rows, header, window, final=False,
+                                        train_model=config_name), **sweep_kwargs)
   header[2] = (f"Date: {reports.utc_date()}; sweep wall time "
                f"{(time.perf_counter() - start) / 60:.1f} min, "
                f"{sum(r.get('process_s') is not None for r in rows)} processes")
-  return out, write_reports(out, rows, header, window)
+  return out, write_reports(out, rows, header, window, train_model=config_name)
