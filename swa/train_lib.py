@@ -188,13 +188,26 @@ def validate_config(config: ml_collections.ConfigDict):
               "keep_checkpoints": config.keep_checkpoints,
               "eval.examples_per_distance": config.eval.examples_per_distance,
               "eval.num_distances": config.eval.num_distances}
-  at_least_zero = {"num_steps": config.num_steps, "eval.every_steps": config.eval.every_steps}
+  positive["num_steps"] = config.num_steps
   for name, value in positive.items():
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{name}={value!r} must be a positive integer.")
-  for name, value in at_least_zero.items():
+  for name, value in {"eval.every_steps": config.eval.every_steps,
+                      "optim.warmup_steps": config.optim.warmup_steps}.items():
     if not isinstance(value, int) or value < 0:
       raise ValueError(f"{name}={value!r} must be an integer >= 0.")
+  o = config.optim
+  # A NaN learning rate passes on purpose: the NaN-stop test uses it.
+  checks = [("optim.learning_rate", o.learning_rate, not o.learning_rate < 0, ">= 0"),
+            ("optim.end_lr_fraction", o.end_lr_fraction, o.end_lr_fraction >= 0, ">= 0"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            ("optim.grad_clip", o.grad_clip, o.grad_clip > 0, "> 0"),
+            ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
+            ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
+            ("data.lm_weight", d.lm_weight, d.lm_weight >= 0, ">= 0")]
+  for name, value, ok, allowed in checks:
+    if not ok:
+      raise ValueError(f"{name}={value!r} is not allowed; it must be {allowed}.")
 
 
 def _config_fields(record):

@@ -80,6 +80,25 @@ def test_bad_value_fails_before_anything_is_written(trained, tmp_path):
     assert open(os.path.join(workdir, path)).read() == text, path
 
 
+@pytest.mark.parametrize(
+  "field, value, message",
+  [
+    ("data.seq_len", 8, "data.seq_len=8 is too short"),
+    ("num_steps", 0, "num_steps=0 must be a positive integer."),
+    ("checkpoint_every_steps", 0, "checkpoint_every_steps=0 must be a positive integer."),
+    ("optim.warmup_steps", -1, "optim.warmup_steps=-1 must be an integer >= 0."),
+    ("optim.b2", 1.5, r"optim.b2=1.5 is not allowed; it must be in \[0, 1\)."),
+    ("optim.learning_rate", -1.0, "optim.learning_rate=-1.0 is not allowed; it must be >= 0."),
+  ],
+)
+def test_invalid_values_are_named_as_given(field, value, message):
+  config = small_config()
+  section, _, name = field.rpartition(".")
+  (config[section] if section else config)[name] = value
+  with pytest.raises(ValueError, match="^" + message):
+    train_lib.validate_config(config)
+
+
 def test_free_fields_change_and_num_steps_only_when_allowed():
   saved = {"num_steps": 6, "log_every_steps": 1, "mesh": "data:1", "model.d_model": 32}
   current = {**saved, "num_steps": 9, "log_every_steps": 5, "mesh": "data:2"}
