@@ -21,6 +21,7 @@ evaluation step; also for re-evaluating a run by hand).
 
 import json
 import os
+import signal
 import sys
 import time
 
@@ -169,6 +170,10 @@ def _sweep(command):
     )
 
 
+def _interrupt(signum, frame):
+  raise KeyboardInterrupt(f"signal {signum}")
+
+
 def main(argv):
   if len(argv) > 1:
     raise ValueError(f"Unexpected arguments: {argv[1:]}")
@@ -181,6 +186,9 @@ def main(argv):
       raise ValueError("--aggregate needs --out, the folder for the table and files.")
     _aggregate(_AGGREGATE.value, _OUT.value, command)
   else:
+    # A stop request (SIGTERM: a cancelled job, a closed session) ends like Ctrl-C: the running
+    # subprocesses are terminated (their checkpoints stay) and the sweep resumes when run again.
+    signal.signal(signal.SIGTERM, _interrupt)
     _sweep(command)
 
 

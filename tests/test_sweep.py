@@ -456,3 +456,46 @@ def test_a_two_by_two_sweep_on_the_cpu_trains_evaluates_and_resumes(tmp_path):
   assert again.returncode == 0, again.stdout + again.stderr
   assert "3 finished, 1 to evaluate, 0 to resume" in again.stdout
   assert "training" not in again.stdout and f"{names[0]}: evaluating" in again.stdout
+
+
+def _processes_mentioning(text):
+  """Pids of live processes whose command line contains text (Linux /proc)."""
+  pids = []
+  for entry in os.listdir("/proc"):
+    try:
+      with open(f"/proc/{entry}/cmdline", "rb") as f:
+        if text.encode() in f.read():
+          pids.append(int(entry))
+    except (OSError, ValueError):
+      continue
+  return pids
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="reads /proc to find the subprocesses")
+def test_sigterm_stops_the_sweep_and_its_subprocesses(tmp_path):
+  workdir = tmp_path / "sw"
+  args = [
+    sys.executable,
+    "sweep.py",
+    "--config=configs/tiny.py",
+    f"--workdir={workdir}",
+    "--grid=model.window_size=32",
+    "--seeds=0",
+    "--gpus=",
+    "--config.num_steps=100000",
+    "--config.data.seq_len=64",
+    "--config.data.batch_size=2",
+  ]
+  process = subprocess.Popen(
+    args, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+  )
+  log = workdir / "window_size=32,seed=0" / "train.log"
+  for _ in range(1200):  # until train.py has built its model (at most 120 s)
+    if log.exists() and "parameters" in log.read_text(errors="replace"):
+      break
+    threading.Event().wait(0.1)
+  process.terminate()
+  out, err = process.communicate(timeout=120)
+  assert process.returncode == 130 and err.strip().endswith("error: interrupted"), out + err
+  assert _processes_mentioning(str(workdir)) == []
