@@ -2,15 +2,19 @@
 
   python sweep.py --config=configs/w128.py --workdir=sweeps/depth \
       --grid='model.window_size=128,256;model.num_layers=1,2,4,8' --seeds=0,1,2 [--parallel=8]
-      [--config.num_steps=2000 ...]
+      [--config.num_steps=2000 ...] [--examples_per_distance=100 --full_max_factor=2]
 
 Every grid point x seed is a train.py run in its own folder, <workdir>/window_size=128,
-num_layers=2,seed=1/, then evaluated into its passkey.csv (swa/sweep.py says how runs resume
-and share GPUs). Run the same command again after an interruption: finished runs are skipped,
-the others resume. At the end (and with whatever finished when some runs fail), the sweep folder
-gets passkey.md (the headline table over seeds), passkey_seeds.csv, passkey_by_distance.csv and
-two figures (swa/aggregate.py), and sweep.json (the command, date, GPUs and each run's outcome).
-Runs go --parallel at a time, round-robin over the GPUs (default: one per GPU; on the CPU: one).
+num_layers=2,seed=1/ (config.seed = its seed), then evaluated into its passkey.csv with
+evaluate.passkey_sweep (swa/sweep.py says how runs resume and share GPUs). Run the same command
+again after an interruption (Ctrl-C or SIGTERM end the running subprocesses; checkpoints stay):
+finished runs are skipped, trained ones evaluated, the others resume from their checkpoints;
+changed evaluation flags re-evaluate every run without retraining. At the end (and with whatever
+finished when some runs fail), the sweep folder gets passkey.md (the headline table over seeds),
+passkey_seeds.csv, passkey_by_distance.csv and two figures (swa/aggregate.py), and sweep.json
+(the command, date, devices, wall time and each run's outcome). Runs go --parallel at a time,
+round-robin over the GPUs (default: one per GPU; on the CPU: one), sharing one JAX compilation
+cache in <workdir>/.jax_cache.
 
   python sweep.py --aggregate=sweeps/depth,results/passkey_h100/passkey.csv --out=tables
 
