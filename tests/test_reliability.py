@@ -177,15 +177,22 @@ def test_reading_skips_a_corrupt_newest_checkpoint(trained, tmp_path, capsys, ho
   shutil.copytree(trained, older)
   shutil.rmtree(os.path.join(older, "checkpoints", "6"))
   corrupt(os.path.join(workdir, "checkpoints", "6"), how)
+  before = tree_of(workdir)
   capsys.readouterr()
   assert_same_params(workdir, older)  # restore_params falls back to step 3
   err = capsys.readouterr().err
   assert f"warning: the checkpoint at step 6 in {workdir} cannot be restored" in err
   assert reason in err and "using step 3 instead" in err
-  assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == [
-    "3",
-    "6",
-  ]  # reading moves nothing
+  assert tree_of(workdir) == before  # reading creates, moves and writes nothing
+
+
+def tree_of(folder):
+  """{relative path: (size, mtime)} of every file and folder under folder."""
+  return {
+    os.path.relpath(os.path.join(root, name), folder): os.stat(os.path.join(root, name))[6:9:2]
+    for root, dirs, files in os.walk(folder)
+    for name in dirs + files
+  }
 
 
 def test_resume_falls_back_past_a_corrupt_checkpoint(trained, tmp_path, capsys):
