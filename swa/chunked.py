@@ -167,8 +167,9 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
     return out_BqCKGD, jax.lax.dynamic_update_slice_in_dim(lse_BqKGC, lse, b0, axis=1)
 
   init = (
-    jnp.zeros((B, band.blocks, C, K, G, D), q_BqCKGH.dtype),
-    jnp.zeros((B, band.blocks, K, G, C), jnp.float32),
+    # full_like, not zeros: inside shard_map the carry must vary over the same mesh axes as q.
+    jax.lax.full_like(q_BqCKGH, 0, q_BqCKGH.dtype, shape=(B, band.blocks, C, K, G, D)),
+    jax.lax.full_like(q_BqCKGH, 0, jnp.float32, shape=(B, band.blocks, K, G, C)),
   )
   return _loop(band, step, init)
 
@@ -245,8 +246,8 @@ def _backward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC,
 
   init = (
     jnp.zeros_like(q_BqCKGH),
-    jnp.zeros(k_BSpKH.shape, jnp.float32),
-    jnp.zeros(v_BSpKD.shape, jnp.float32),
+    jax.lax.full_like(k_BSpKH, 0, jnp.float32),
+    jax.lax.full_like(v_BSpKD, 0, jnp.float32),
   )
   dq_BqCKGH, dk_BSpKH, dv_BSpKD = _loop(band, step, init)
   return dq_BqCKGH, dk_BSpKH.astype(k_BSpKH.dtype), dv_BSpKD.astype(v_BSpKD.dtype)
