@@ -119,19 +119,26 @@ def test_positions_shift_nothing_but_rope_phase():
   np.testing.assert_allclose(base, shifted, atol=2e-3, rtol=2e-3)
 
 
+@nnx.jit
+def _forward(model, tokens_BT, cache=None, num_valid=None):
+  return model(tokens_BT, cache=cache, num_valid=num_valid)
+
+
 def test_forward_with_a_cache_returns_logits_and_the_new_cache():
   """One forward: without a cache, logits; with one, (logits, new cache) continuing the stream."""
-  config = dataclasses.replace(CONFIG, window_size=(3, None, 7), remat=True)
+  config = dataclasses.replace(CONFIG, window_size=(3, None, 7))
   model = make(config)
-  x = tokens(2, 13, seed=4)
-  cache = cache_lib.init_cache(config, 2, max_len=13)
-  first, cache = model(x[:, :8], cache=cache)
-  second, cache = model(x[:, 8:], cache=cache)
-  assert [int(layer["end"]) for layer in cache] == [13, 13, 13]
-  np.testing.assert_allclose(jnp.concatenate([first, second], 1), model(x), atol=1e-4, rtol=1e-4)
+  x = tokens(2, 16, seed=4)
+  cache = cache_lib.init_cache(config, 2, max_len=16)
+  first, cache = _forward(model, x[:, :8], cache)
+  second, cache = _forward(model, x[:, 8:], cache)
+  assert [int(layer["end"]) for layer in cache] == [16, 16, 16]
+  np.testing.assert_allclose(
+    jnp.concatenate([first, second], 1), _forward(model, x), atol=1e-4, rtol=1e-4
+  )
   # Padding after num_valid real tokens is neither stored nor counted.
-  cache = cache_lib.init_cache(config, 2, max_len=13)
-  padded, cache = model(x[:, :8], cache=cache, num_valid=5)
+  cache = cache_lib.init_cache(config, 2, max_len=16)
+  padded, cache = _forward(model, x[:, :8], cache, jnp.asarray(5, jnp.int32))
   assert int(cache[0]["end"]) == 5 and int((cache[1]["pos"] >= 0).sum()) == 5
   np.testing.assert_allclose(padded[:, :5], first[:, :5], atol=1e-5, rtol=1e-5)
 
