@@ -102,7 +102,8 @@ def check_config(saved, current, workdir, allow_changes=()):
     allow_changes: fields of FLAG_FIELDS the user allowed to differ (--allow_change).
 
   Returns:
-    The differences that are allowed, [(field, saved, new)], for the caller to report.
+    The differences that are allowed, [(field, saved, new)], for the caller to report: FREE_FIELDS,
+    allowed FLAG_FIELDS, and fields that only one of the two configs has (ABSENT on the other).
   """
   bad = sorted(set(allow_changes) - set(FLAG_FIELDS))
   if bad:
@@ -111,7 +112,13 @@ def check_config(saved, current, workdir, allow_changes=()):
       "allowed to change on resume; anything else needs a new --workdir."
     )
   differences = config_differences(saved, current)
-  refused = [d for d in differences if d[0] not in FREE_FIELDS + tuple(allow_changes)]
+  # A field only one side has comes from a code change (the locked config rejects new fields on
+  # the command line), not from the user: it is reported, not refused.
+  refused = [
+    (k, a, b)
+    for k, a, b in differences
+    if k not in FREE_FIELDS + tuple(allow_changes) and ABSENT not in (a, b)
+  ]
   if refused:
     changes = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
     flag_only = [k for k, _, _ in refused if k in FLAG_FIELDS]

@@ -106,6 +106,9 @@ def test_free_fields_change_and_num_steps_only_when_allowed():
     workdir_lib.check_config(saved, current, "w")
   allowed = workdir_lib.check_config(saved, current, "w", allow_changes=["num_steps"])
   assert [k for k, _, _ in allowed] == ["log_every_steps", "mesh", "num_steps"]
+  # A field added to (or removed from) the code since the run was saved is reported, not refused.
+  added = workdir_lib.check_config(saved, {**saved, "model.new_field": 1}, "w")
+  assert added == [("model.new_field", workdir_lib.ABSENT, 1)]
   with pytest.raises(ValueError, match="--allow_change=model.d_model: only num_steps"):
     workdir_lib.check_config(saved, current, "w", allow_changes=["model.d_model"])
   assert workdir_lib.override_suffix({}) == ""
