@@ -19,6 +19,7 @@ interpret mode (slow: tests at small shapes). bench_attention.py times them agai
 import dataclasses
 import functools
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -39,8 +40,8 @@ AUTO_MAX_WINDOW = 0
 class BlockSizes:
   """Tiles (powers of two >= 16) and Triton launch parameters of the three kernels.
 
-  Written as "fwd_q x fwd_k / dq_q x dq_k / dkv_q x dkv_k / warps,stages / bwd_warps,bwd_stages",
-  e.g. "128x64/128x32/32x128/4,3/8,2" (`parse` reads it back).
+  Written "fwd_q x fwd_k / dq_q x dq_k / dkv_q x dkv_k / w warps s stages / bwd w warps s stages",
+  e.g. "128x64/128x32/32x128/w4s3/w8s2" (`parse` reads it back).
   """
 
   block_q: int = 128  # forward: queries per program
@@ -67,17 +68,17 @@ class BlockSizes:
   def __str__(self):
     b = self.blocks()
     return (
-      f"{b[0]}x{b[1]}/{b[2]}x{b[3]}/{b[4]}x{b[5]}/{self.num_warps},{self.num_stages}/"
-      f"{self.num_warps_bwd},{self.num_stages_bwd}"
+      f"{b[0]}x{b[1]}/{b[2]}x{b[3]}/{b[4]}x{b[5]}/w{self.num_warps}s{self.num_stages}/"
+      f"w{self.num_warps_bwd}s{self.num_stages_bwd}"
     )
 
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
-    numbers = text.replace("x", ",").replace("/", ",").split(",")
+    numbers = re.split(r"x|/w|/|s", text)
     if len(numbers) != 10 or not all(n.strip().isdigit() for n in numbers):
       raise ValueError(
-        f"pallas block sizes look like '128x64/128x32/32x128/4,3/8,2', got {text!r}."
+        f"pallas block sizes look like '128x64/128x32/32x128/w4s3/w8s2', got {text!r}."
       )
     return cls(*map(int, numbers))
 

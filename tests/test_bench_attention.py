@@ -1,59 +1,114 @@
-"""bench_attention.py on CPU at tiny sizes: it runs, writes every row, and chunked is exact."""
+"""bench_attention.py on CPU at tiny sizes: every row is checked and written, a failing row is
+recorded without stopping the run, --check_only exits 1 on a wrong row, and the float32
+reference's tail slice is exact."""
 
 import json
-import math
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import pytest
+from absl import flags
 
 import bench_attention
+from swa import attention
 
-LENGTHS, WINDOWS = (64, 128), (8, 32)
+TINY = [
+  "--lengths=64",
+  "--windows=32",
+  "--heads=2",
+  "--head_dim=16",
+  "--dtype=float32",
+  "--repeats=1",
+  "--warmup=1",
+  "--pallas_blocks=default,32x16/16x16/16x32/w4s3/w4s2",
+]
 
 
-def table_rows(text):
-  """{(n, w, impl): [cells]} from the markdown's per-n tables."""
-  rows, n = {}, None
+def _run(tmp_path, *extra):
+  fv = flags.FlagValues()
+  bench_attention.define_flags(fv)
+  out = tmp_path / "bench.md"
+  bench_attention.main(["bench_attention.py", *TINY, f"--out={out}", *extra], fv)
+  return out.read_text(), json.loads((tmp_path / "bench.json").read_text())["rows"]
+
+
+def _cells(text):
+  """{(w, impl, tiles): cells} of the markdown tables."""
+  rows = {}
   for line in text.splitlines():
-    if line.startswith("## n = "):
-      n = int(line.removeprefix("## n = "))
-    elif line.startswith("| ") and line[2].isdigit():
+    if line.startswith("| ") and line[2].isdigit():
       cells = [c.strip() for c in line.strip("|").split("|")]
-      rows[(n, int(cells[0]), cells[1].split(" (")[0])] = cells[2:]
+      rows[(int(cells[0]), cells[1], cells[2])] = cells[3:]
   return rows
 
 
-def test_cpu_smoke_run_writes_a_row_per_config(tmp_path):
-  out, out_json = tmp_path / "bench.md", tmp_path / "bench.json"
-  bench_attention.main([
-      "--lengths", ",".join(map(str, LENGTHS)), "--windows", ",".join(map(str, WINDOWS)),
-      "--heads", "2", "--head_dim", "16", "--repeats", "1", "--dtype", "float32",
-      "--block_sizes", "default",       # one chunked variant: fewer compilations on CPU
-      "--out", str(out), "--json", str(out_json)])
-  text = out.read_text()
-  assert "Command: `python bench_attention.py --lengths 64,128" in text
-  assert "Roofline estimate" in text
-  assert text.count("**best**") == len(LENGTHS) * len(WINDOWS)   # one best chunked per (n, w)
-  rows = table_rows(text)
-  for n in LENGTHS:
-    for w in WINDOWS:
-      for impl in ("chunked", "reference", "cudnn"):
-        assert (n, w, impl) in rows, (n, w, impl)
-      fwd, fwd_bwd, _, _, max_abs, rel, grad_rel = rows[(n, w, "chunked")]
-      assert all(math.isfinite(float(x)) for x in (fwd, fwd_bwd, max_abs, rel, grad_rel))
-      assert float(max_abs) < 1e-4 and float(rel) < 1e-4 and float(grad_rel) < 1e-4
-      assert float(rows[(n, w, "reference")][0]) > 0
-      if not jax.default_backend() == "gpu":
-        assert rows[(n, w, "cudnn")][0].startswith("skipped")
-  configs = json.loads(out_json.read_text())["configs"]
-  assert len(configs) == len(LENGTHS) * len(WINDOWS)
-  assert all(len(r["fwd_times_ms"]) == 1 for c in configs for r in c["rows"] if "fwd_ms" in r)
+def test_cpu_run_checks_and_writes_every_row(tmp_path):
+  text, rows = _run(tmp_path)
+  assert "Command: `python bench_attention.py --lengths=64" in text
+  assert "## Summary" in text and "AUTO_MAX_WINDOW = 0" in text
+  # Per (n, w): 5 core rows, then the second pallas tile setting.
+  assert [(r["w"], r["impl"]) for r in rows] == [
+    (w, impl)
+    for w in (32,)
+    for impl in ("cudnn", "pallas", "chunked", "flex", "reference", "pallas")
+  ]
+  for r in rows:
+    if r["impl"] in ("pallas", "chunked", "reference"):
+      assert r["ok"] and r["out_rel_err"] < 1e-5 and r["grad_rel_err"] < 1e-5, r
+      assert len(r["grad_rel_errs"]) == 3 and r["fwd_ms"] > 0 and r["fwd_bwd_tflops"] > 0
+    else:
+      assert r["note"].startswith("skipped"), r
+  cells = _cells(text)
+  assert cells[(32, "pallas", "32x16/16x16/16x32/w4s3/w4s2")][-1] == "ok"
+  assert cells[(32, "chunked", "C=64")][-1] == "ok"
 
 
-def test_tail_reference_matches_dense_reference_rows():
-  n, w, t0 = 40, 7, 29          # the tail starts mid-sequence, its keys at t0 - w + 1
-  q, k, v, dout = (jax.random.normal(key, (1, n, 2, 8))
-                   for key in jax.random.split(jax.random.PRNGKey(3), 4))
-  dense = bench_attention.reference_f32(q, k, v, dout, w)[0]
-  tail = bench_attention.tail_reference_f32(q, k, v, w, t0)
-  np.testing.assert_allclose(np.asarray(tail), np.asarray(dense[:, t0:]), atol=1e-5, rtol=1e-5)
+def test_a_failing_row_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
+  real = attention.sliding_window_attention
+
+  def failing(*args, implementation="auto", **kwargs):
+    if implementation == "chunked":
+      raise RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate")
+    return real(*args, implementation=implementation, **kwargs)
+
+  monkeypatch.setattr(attention, "sliding_window_attention", failing)
+  text, rows = _run(tmp_path, "--impls=chunked,reference", "--windows=8")
+  assert [r.get("fwd_note") for r in rows] == ["OOM", None]
+  assert rows[1]["ok"]
+  assert _cells(text)[(8, "chunked", "C=64")][0] == "OOM"
+
+
+def test_check_only_times_nothing_and_exits_1_on_a_wrong_row(tmp_path, monkeypatch):
+  _, rows = _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
+  assert rows[0]["ok"] and rows[0]["fwd_ms"] is None and "fwd_tflops" not in rows[0]
+  monkeypatch.setitem(bench_attention.TOLERANCE, "float32", (0.0, 0.0))
+  with pytest.raises(SystemExit) as stop:
+    _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
+  assert stop.value.code == 1
+
+
+def test_deadline_skips_rows_and_bad_flags_raise(tmp_path):
+  _, rows = _run(tmp_path, "--impls=chunked", "--windows=8", "--deadline_minutes=1e-9")
+  assert rows[0]["note"] == "skipped: past --deadline_minutes"
+  with pytest.raises(ValueError, match="--impls: unknown"):
+    _run(tmp_path, "--impls=chunked,fast")
+  with pytest.raises(ValueError, match="pallas block sizes look like"):
+    _run(tmp_path, "--pallas_blocks=big")
+
+
+def test_tail_reference_is_the_dense_reference_on_its_rows():
+  n, w, t0 = 40, 7, 29
+  q, k, v, dout = (
+    jax.random.normal(key, (1, n, 2, 8)) for key in jax.random.split(jax.random.PRNGKey(3), 4)
+  )
+  dense = bench_attention.reference_f32(q, k, v, dout, w)
+  tail = bench_attention.reference_f32(q, k, v, dout, w, t0, t0 - w + 1)
+  for got, want in zip(tail, dense):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want[:, t0:]), atol=1e-5, rtol=1e-5)
+
+
+def test_band_pairs_counts_the_mask():
+  for n, w in ((40, 7), (16, 16), (10, 30), (12, None)):
+    mask = attention.create_sliding_window_mask(n, w)
+    assert bench_attention.band_pairs(n, w) == int(jnp.sum(mask))

@@ -8,7 +8,7 @@ import pytest
 
 from swa import attention, pallas_attention
 
-TINY = pallas_attention.BlockSizes.parse("16x16/16x16/16x16/4,3/4,2")
+TINY = pallas_attention.BlockSizes.parse("16x16/16x16/16x16/w4s3/w4s2")
 
 
 def _qkv(B, T, N, K, H, D, seed=0):
@@ -33,7 +33,7 @@ CASES = [
   (1, 100, 4, 2, 8, 24, 40, TINY),
   (2, 48, 2, 2, 16, 16, 1, TINY),
   (1, 40, 2, 1, 16, 16, None, TINY),
-  (1, 64, 2, 2, 16, 16, 70, pallas_attention.BlockSizes.parse("32x16/16x32/32x16/4,3/4,2")),
+  (1, 64, 2, 2, 16, 16, 70, pallas_attention.BlockSizes.parse("32x16/16x32/32x16/w4s3/w4s2")),
   (1, 37, 2, 2, 16, 16, 9, None),
 ]
 
@@ -53,14 +53,14 @@ def test_matches_reference_forward_and_gradients(case):
 
 
 def test_block_sizes_round_trip_and_bad_values():
-  blocks = pallas_attention.BlockSizes.parse("128x64/128x32/32x128/4,3/8,2")
+  blocks = pallas_attention.BlockSizes.parse("128x64/128x32/32x128/w4s3/w8s2")
   assert blocks == pallas_attention.BlockSizes()
   assert pallas_attention.BlockSizes.parse(str(TINY)) == TINY
   with pytest.raises(ValueError, match="look like"):
     pallas_attention.BlockSizes.parse("128x64")
   q, k, v, _ = _qkv(1, 32, 1, 1, 16, 16)
   with pytest.raises(ValueError, match="powers of two >= 16"):
-    pallas_attention.pallas_attention(q, k, v, 4, 0.25, block_sizes="24x16/16x16/16x16/4,3/4,2")
+    pallas_attention.pallas_attention(q, k, v, 4, 0.25, block_sizes="24x16/16x16/16x16/w4s3/w4s2")
   with pytest.raises(ValueError, match=r"does not support \['offsets'\]"):
     attention.sliding_window_attention(
       q, k[:, :16], v[:, :16], 4, implementation="pallas", q_offset=16
@@ -95,7 +95,7 @@ def _lower_for_cuda(T, window, heads, kv_heads, blocks=None):
   [
     (16384, 128, 16, None),
     (16384, 4096, 16, None),
-    (1000, 100, 4, "64x64/64x64/64x64/4,3/4,3"),
+    (1000, 100, 4, "64x64/64x64/64x64/w4s3/w4s3"),
   ],
 )
 def test_kernels_lower_to_triton_for_a_cuda_gpu(monkeypatch, T, window, kv_heads, blocks):
