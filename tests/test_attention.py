@@ -30,12 +30,19 @@ SEED_EXAMPLE = np.array(
 
 # Implementations that run here; cuDNN joins on a GPU.
 FAST_IMPLEMENTATIONS = ["chunked"] + (["cudnn"] if attention.cudnn_available() else [])
-# Registered implementations with the "offsets" feature, but the reference they are checked against.
-OFFSET_IMPLEMENTATIONS = [
-  name
-  for name in attention.implementations()[1:]
-  if name != "reference" and "offsets" in attention.implementation_features(name)
-]
+
+
+def _registered_with(feature):
+  """Registered implementations, other than the reference, that declare `feature`."""
+  return [
+    name
+    for name in attention.implementations()[1:]
+    if name != "reference" and feature in attention.implementation_features(name)
+  ]
+
+
+# Every registered implementation with offsets is checked against the reference with them.
+OFFSET_IMPLEMENTATIONS = _registered_with("offsets")
 
 _counter = itertools.count()
 
@@ -548,3 +555,28 @@ def test_no_module_reads_another_modules_private_names():
           if a.name.startswith("_")
         ]
   assert not offenders, offenders
+
+
+@pytest.mark.parametrize("impl", _registered_with("key_positions"))
+def test_key_positions_match_reference(impl):
+  q, _, _ = random_qkv(2, 3, 4, 2, 8, 8)
+  k, v = (jax.random.normal(jax.random.PRNGKey(s), (2, 7, 2, 8)) for s in (21, 22))
+  place = dict(q_offset=8, k_positions=np.array([8, 9, 3, 4, 5, -1, 10], np.int32))
+  out = sliding_window_attention(q, k, v, 4, implementation=impl, **place)
+  ref = sliding_window_attention(q, k, v, 4, implementation="reference", **place)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  grads = jax.grad(_loss(impl, 4, **place), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(grads, jax.grad(_loss("reference", 4, **place), argnums=(0, 1, 2))(q, k, v)):
+    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("impl", _registered_with("sinks"))
+def test_sinks_match_reference(impl):
+  q, k, v = random_qkv(1, 24, 2, 1, 8, 8)
+  out = sliding_window_attention(q, k, v, 5, implementation=impl, num_sinks=3)
+  ref = sliding_window_attention(q, k, v, 5, implementation="reference", num_sinks=3)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=1e-5)
+  grads = jax.grad(_loss(impl, 5, num_sinks=3), argnums=(0, 1, 2))(q, k, v)
+  ref_grads = jax.grad(_loss("reference", 5, num_sinks=3), argnums=(0, 1, 2))(q, k, v)
+  for g, r in zip(grads, ref_grads):
+    np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
