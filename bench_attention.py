@@ -94,7 +94,7 @@ def define_flags(fv):
     flag_values=fv,
   )
   flags.DEFINE_float(
-    "deadline_minutes", 7.0, "Start no row after this (0: no limit).", flag_values=fv
+    "deadline_minutes", 6.5, "Start no row after this (0: no limit).", flag_values=fv
   )
   flags.DEFINE_integer("seed", 0, "Input seed.", flag_values=fv)
   flags.DEFINE_string(
