@@ -34,6 +34,9 @@ def define_flags():
   flags.DEFINE_string("out", None, "Folder for the table, CSVs and figures; default "
                       "<workdir>/eval for one workdir, required otherwise.")
   flags.DEFINE_integer("examples_per_distance", 100, "Fresh random passkeys per distance.")
+  flags.DEFINE_integer("edge_examples_per_distance", 0, "Passkeys at each distance within 5 % of "
+                       "a windowed run's reach (0: --examples_per_distance); ~600 certify "
+                       ">= 99.5 %.")
   flags.DEFINE_float("max_factor", 2.0, "Windowed runs are swept up to max_factor x their reach.")
   flags.DEFINE_float(
       "full_max_factor", 1.0, "Full-attention runs are swept up to this many times the largest "
@@ -71,7 +74,8 @@ def _ints(flag, values, *, full_ok=False):
 
 def run(*, workdirs=(), from_csv=(), out=None, examples_per_distance=100, max_factor=2.0,
         full_max_factor=1.0, step=None, distances=None, seed=0, erf_examples=32,
-        max_batch_tokens=evaluate.MAX_BATCH_TOKENS, cross_windows=()):
+        max_batch_tokens=evaluate.MAX_BATCH_TOKENS, cross_windows=(),
+        edge_examples_per_distance=0):
   """What the command does, from the flags' values (module docstring); returns the summaries."""
   if bool(workdirs) == bool(from_csv):
     raise cli.UserError("Pass exactly one of --workdirs (evaluate trained runs) and --from_csv "
@@ -90,7 +94,8 @@ def run(*, workdirs=(), from_csv=(), out=None, examples_per_distance=100, max_fa
   return passkey_report.evaluate_runs(
       runs, out=out, examples_per_distance=examples_per_distance, max_factor=max_factor,
       step=step, full_max_factor=full_max_factor, distances=distances, seed=seed,
-      erf_examples=erf_examples, cross_windows=cross_windows, max_batch_tokens=max_batch_tokens)
+      erf_examples=erf_examples, cross_windows=cross_windows, max_batch_tokens=max_batch_tokens,
+      edge_examples_per_distance=edge_examples_per_distance or None)
 
 
 def main(argv):
@@ -102,7 +107,7 @@ def main(argv):
       examples_per_distance=f.examples_per_distance, max_factor=f.max_factor,
       full_max_factor=f.full_max_factor, step=f.step, distances=f.distances, seed=f.seed,
       erf_examples=f.erf_examples, max_batch_tokens=f.max_batch_tokens,
-      cross_windows=f.cross_windows)
+      cross_windows=f.cross_windows, edge_examples_per_distance=f.edge_examples_per_distance)
 
 
 if __name__ == "__main__":

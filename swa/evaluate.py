@@ -168,7 +168,7 @@ def batch_size_for(seq_len: int, max_batch_tokens: int = MAX_BATCH_TOKENS) -> in
 # --- Scoring -------------------------------------------------------------------------------------
 
 def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
-                         examples_per_distance: int, seed: int = 0,
+                         examples_per_distance, seed: int = 0,
                          max_batch_tokens: int = MAX_BATCH_TOKENS, label: str = "",
                          progress=None, verbose: bool = True):
   """Exact-match accuracy at each distance on the stream's prompts.
@@ -181,7 +181,9 @@ def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
     exact_match_fn: maps a batch dict (inputs, targets, answer_mask: [B, T]) to bool [B].
     distances: ints, each >= data.MIN_DISTANCE.
     train_seq_len: prompts have this context while the distance fits in it (context_len).
-    examples_per_distance: n prompts per distance, each with its own random passkey.
+    examples_per_distance: n prompts per distance, each with its own random passkey: an int,
+      or {distance: n} (e.g. more keys near the reach, where a claim needs them; the first
+      prompts of a distance are the same whatever n, in whole chunks of PROMPT_CHUNK).
     seed: seeds the prompts (`prompts`).
     max_batch_tokens: cap on B * T of one batch.
     label: name shown in the progress lines (stderr).
@@ -191,20 +193,22 @@ def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
   Returns:
     {distance: (accuracy, n, T)}.
   """
-  if examples_per_distance < 1:
-    raise ValueError(f"examples_per_distance must be >= 1, got {examples_per_distance}.")
-  groups = collections.defaultdict(list)
+  groups, counts = collections.defaultdict(list), {}
   for d in sorted(set(int(d) for d in distances)):
     if d < data.MIN_DISTANCE:
       raise ValueError(f"distance {d} is below data.MIN_DISTANCE={data.MIN_DISTANCE}.")
+    counts[d] = int(examples_per_distance[d] if isinstance(examples_per_distance, dict)
+                    else examples_per_distance)
+    if counts[d] < 1:
+      raise ValueError(f"examples_per_distance must be >= 1, got {counts[d]} at distance {d}.")
     groups[context_len(d, train_seq_len)].append(d)
-  n, results = examples_per_distance, {}
+  results = {}
   for T, ds in sorted(groups.items()):
     start = time.perf_counter()
-    batches = [prompts(seed, d, n, T) for d in ds]
+    batches = [prompts(seed, d, counts[d], T) for d in ds]
     arrays = {k: np.concatenate([b[k] for b in batches])
               for k in ("inputs", "targets", "answer_mask")}
-    total = len(ds) * n
+    total = sum(counts[d] for d in ds)
     batch_size = min(total, batch_size_for(T, max_batch_tokens))
     padded = -(-total // batch_size) * batch_size
     rows = np.arange(padded) % total  # padding repeats the first rows; their scores are dropped
@@ -214,11 +218,11 @@ def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
                                              for k, v in arrays.items()})))
       if progress is not None:
         progress(min(batch_size, total - i))
-    hits = np.concatenate(hits)[:total]
-    for d, acc in zip(ds, hits.reshape(len(ds), n).mean(axis=1)):
-      results[d] = (float(acc), n, T)
+    hits = np.split(np.concatenate(hits)[:total], np.cumsum([counts[d] for d in ds])[:-1])
+    for d, h in zip(ds, hits):
+      results[d] = (float(h.mean()), counts[d], T)
     if verbose:
-      print(f"[{label}] T={T}: {len(ds)} distances {ds[0]}..{ds[-1]} x {n} prompts, batches of "
+      print(f"[{label}] T={T}: {len(ds)} distances {ds[0]}..{ds[-1]}, {total} prompts, batches of "
             f"{batch_size}, {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
   return results
 
@@ -264,7 +268,7 @@ def _rows(results, *, model, window, layers, reach, train_seq_len):
 
 def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distance=100, step=None,
                   max_factor=2.0, full_max_factor=1.0, seed=0, distances=None, label=None,
-                  max_batch_tokens=MAX_BATCH_TOKENS):
+                  max_batch_tokens=MAX_BATCH_TOKENS, edge_examples_per_distance=None):
   """Exact-match accuracy of one model over a sweep of distances, as rows (passkey.csv).
 
   Args:
@@ -277,6 +281,8 @@ def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distan
     distances: optional explicit distances.
     label: the `model` field of the rows; default the window label.
     max_batch_tokens: see accuracy_by_distance.
+    edge_examples_per_distance: optional, more passkeys at the distances within
+      +-FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
 
   Returns:
     list of dict rows sorted by distance: model, window (label), layers, reach, distance,
@@ -288,9 +294,13 @@ def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distan
     distances = sweep_distances(reach, train_seq_len, max_factor=max_factor, step=step,
                                 full_max_factor=full_max_factor)
   label = label or window_label(config)
+  counts = examples_per_distance
+  if edge_examples_per_distance and reach is not None:
+    counts = {d: edge_examples_per_distance if abs(d - reach) <= FINE_FRACTION * reach
+              else examples_per_distance for d in distances}
   em_fn = lambda batch: exact_match_step(params, batch, graphdef=graphdef)
   results = accuracy_by_distance(em_fn, distances, train_seq_len=train_seq_len,
-                                 examples_per_distance=examples_per_distance, seed=seed,
+                                 examples_per_distance=counts, seed=seed,
                                  max_batch_tokens=max_batch_tokens, label=label)
   return _rows(results, model=label, window=window_label(config), layers=config.num_layers,
                reach=reach, train_seq_len=train_seq_len)

@@ -102,14 +102,15 @@ def write_results(out, rows, erfs, reaches, header, erf_text):
 
 def evaluate_runs(runs, *, out, examples_per_distance=100, max_factor=2.0, step=None,
                   full_max_factor=1.0, distances=None, seed=0, erf_examples=32,
-                  cross_windows=(), max_batch_tokens=evaluate.MAX_BATCH_TOKENS, command=None):
+                  cross_windows=(), max_batch_tokens=evaluate.MAX_BATCH_TOKENS,
+                  edge_examples_per_distance=None, command=None):
   """Evaluates every run and writes the files of the module docstring under `out`.
 
   Args:
     runs: list of Run (load_runs).
     out: the output folder.
     examples_per_distance, max_factor, step, full_max_factor, distances, seed,
-      max_batch_tokens: evaluate.passkey_sweep's.
+      max_batch_tokens, edge_examples_per_distance: evaluate.passkey_sweep's.
     erf_examples: prompts per distance for the effective receptive field (0: none).
     cross_windows: windows (None = full) to run every model with, reusing its parameters.
     command: the command line for the header (default reports.command_line()).
@@ -123,7 +124,8 @@ def evaluate_runs(runs, *, out, examples_per_distance=100, max_factor=2.0, step=
   rows, erfs, reaches, cross_rows = [], {}, {}, []
   sweep = dict(examples_per_distance=examples_per_distance, step=step, max_factor=max_factor,
                full_max_factor=full_max_factor, seed=seed, distances=distances,
-               max_batch_tokens=max_batch_tokens)
+               max_batch_tokens=max_batch_tokens,
+               edge_examples_per_distance=edge_examples_per_distance)
   for run in runs:
     model_config = train_lib.model_config(run.config)
     reach, train_seq_len = evaluate.reach_of(model_config), int(run.config.data.seq_len)
@@ -151,7 +153,9 @@ def evaluate_runs(runs, *, out, examples_per_distance=100, max_factor=2.0, step=
              f"{full_max_factor:g} × its trained length's largest distance"))
   header = reports.markdown_header(TITLE, reports.header_lines(command, extra=[
       f"Evaluation took {time.perf_counter() - start:.0f} s",
-      f"{examples_per_distance} fresh random passkeys per distance (seed {seed}); {grid}."]))
+      f"{examples_per_distance} fresh random passkeys per distance (seed {seed})"
+      + (f", {edge_examples_per_distance} within ±{100 * evaluate.FINE_FRACTION:g} % of each reach"
+         if edge_examples_per_distance else "") + f"; {grid}."]))
   erf_text = ("mean ‖∂ logit of the first answer digit / ∂ embedding of a key digit‖, keys at "
               f"each tested distance, {erf_examples} prompts per distance, float32; exactly zero "
               "beyond the reach")

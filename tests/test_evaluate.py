@@ -142,6 +142,21 @@ def test_a_real_model_at_a_long_context_never_sees_a_batch_over_the_cap(restored
   assert set(accuracy) == {42, 3000} and shapes == [(1, 4096)] * 4
 
 
+def test_distances_may_have_their_own_number_of_prompts(restored):
+  score = lambda batch: batch["inputs"][:, -4] % 2 == 0  # depends on the passkey's first digit
+  results = evaluate.accuracy_by_distance(score, [42, 50], train_seq_len=128,
+                                          examples_per_distance={42: 3, 50: 70},
+                                          max_batch_tokens=128 * 16)
+  assert {d: (n, t) for d, (_, n, t) in results.items()} == {42: (3, 128), 50: (70, 128)}
+  for d, n in ((42, 3), (50, 70)):
+    assert results[d][0] == np.mean(score(evaluate.prompts(0, d, n, 128)))
+  config, graphdef, params = restored
+  rows = evaluate.passkey_sweep(graphdef, params, reach=REACH, train_seq_len=SEQ_LEN,
+                                examples_per_distance=2, edge_examples_per_distance=5,
+                                distances=[42, 58, 60, 62, 63, 66, 100])
+  assert [r["n"] for r in rows] == [2, 2, 5, 5, 5, 2, 2]  # 5 within 5 % of the reach, 62
+
+
 # --- Summaries -----------------------------------------------------------------------------------
 
 def _rows(model, window, reach, accuracies, start=50, step=10):
