@@ -255,8 +255,11 @@ class Transformer(nnx.Module):
         raise ValueError(f"The cache has {len(cache)} layers, the model {len(self.blocks)}.")
       positions_BT = cache[0]["end"] + jnp.arange(T, dtype=jnp.int32)
       num_valid = jnp.asarray(T if num_valid is None else num_valid, jnp.int32)
-    elif positions_BT is None:
-      positions_BT = jnp.arange(T, dtype=jnp.int32)
+    else:
+      if num_valid is not None:
+        raise ValueError("num_valid is only meaningful with a cache (it marks chunk padding).")
+      if positions_BT is None:
+        positions_BT = jnp.arange(T, dtype=jnp.int32)
     positions_BT = jnp.broadcast_to(positions_BT, (B, T))
     new_cache = []
     for i, block in enumerate(self.blocks):

@@ -150,3 +150,5 @@ def test_forward_with_a_cache_rejects_positions_and_wrong_layers():
     model(tokens(1, 4), positions_BT=jnp.arange(4)[None], cache=cache)
   with pytest.raises(ValueError, match="The cache has 2 layers, the model 3"):
     model(tokens(1, 4), cache=cache[:2])
+  with pytest.raises(ValueError, match="num_valid is only meaningful with a cache"):
+    model(tokens(1, 4), num_valid=2)
