@@ -79,6 +79,7 @@ def test_a_failing_row_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
   assert _cells(text)[(8, "chunked", "C=64")][0] == "OOM"
 
 
+@pytest.mark.slow
 def test_check_only_times_nothing_and_exits_1_on_a_wrong_row(tmp_path, monkeypatch):
   _, rows = _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
   assert rows[0]["ok"] and rows[0]["fwd_ms"] is None and "fwd_tflops" not in rows[0]

@@ -25,14 +25,14 @@ def _out_and_grads(fn, q, k, v, dout):
 
 # (B, T, S, N, K, H, D, window, q_offset, k_offset, block_size, blocks_per_step): loops with a
 # padded last group, GQA, D != H, window 1, window >= T, full attention, a halo of earlier keys
-# (sequence parallelism), keys before position 0, fewer keys than queries.
+# (sequence parallelism), keys before position 0, fewer keys than queries. Slow ones: -m slow.
 CASES = [
   (1, 130, 130, 2, 2, 8, 8, 40, 0, None, 16, 3),
-  (2, 37, 37, 4, 2, 8, 16, 5, 0, None, None, 2),
+  pytest.param((2, 37, 37, 4, 2, 8, 16, 5, 0, None, None, 2), marks=pytest.mark.slow),
   (1, 64, 64, 2, 1, 8, 8, 1, 0, None, 8, 3),
-  (1, 50, 50, 2, 2, 8, 8, 300, 0, None, None, None),
-  (1, 33, 33, 4, 1, 8, 8, None, 0, None, 8, 2),
-  (1, 32, 40, 2, 2, 8, 8, 12, 16, 8, None, None),
+  pytest.param((1, 50, 50, 2, 2, 8, 8, 300, 0, None, None, None), marks=pytest.mark.slow),
+  pytest.param((1, 33, 33, 4, 1, 8, 8, None, 0, None, 8, 2), marks=pytest.mark.slow),
+  pytest.param((1, 32, 40, 2, 2, 8, 8, 12, 16, 8, None, None), marks=pytest.mark.slow),
   (1, 32, 40, 2, 2, 8, 8, 12, 4, -4, 8, 2),
   (1, 32, 24, 2, 1, 8, 8, 6, 10, None, 8, None),
 ]
