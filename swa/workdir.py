@@ -11,6 +11,7 @@ What this module promises (docs/reliability.md lists the test that holds each):
   * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again.
 """
 
+import glob
 import hashlib
 import json
 import math
@@ -170,13 +171,18 @@ def read_json(path):
 
 
 def write_json_atomic(path, obj):
-  """Writes obj as indented JSON to path through a temporary file and a rename."""
+  """Writes obj (a str is written as is) to path through a temporary file and a rename.
+
+  Temporary files that a killed earlier write left beside path are removed afterwards.
+  """
   tmp = f"{path}.tmp-{os.getpid()}"
   with open(tmp, "w") as f:
     f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
     f.flush()
     os.fsync(f.fileno())
   os.replace(tmp, path)
+  for stale in glob.glob(glob.escape(path) + ".tmp-*"):
+    os.remove(stale)
 
 
 def truncate_metrics(path, step, final_step):

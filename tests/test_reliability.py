@@ -135,6 +135,9 @@ def test_atomic_write_keeps_the_old_file_when_interrupted(tmp_path, monkeypatch)
   with pytest.raises(KeyboardInterrupt):
     workdir_lib.write_json_atomic(path, {"a": 2})
   assert json.load(open(path)) == {"a": 1}
+  monkeypatch.undo()
+  workdir_lib.write_json_atomic(path, {"a": 3})  # the next write clears the killed one's file
+  assert json.load(open(path)) == {"a": 3} and os.listdir(tmp_path) == ["config.json"]
 
 
 def test_metrics_are_cut_back_to_the_restored_step(tmp_path):
@@ -314,6 +317,7 @@ def test_kill_9_then_the_same_command_resumes_bit_exactly(straight, tmp_path, ki
     if "loss" in json.loads(x)
   ]
   assert steps == sorted(set(steps)), steps  # no step logged twice
+  assert not glob.glob(os.path.join(workdir, "*.tmp-*"))  # no temporary file left behind
   with (
     open(os.path.join(workdir, "eval.json")) as f,
     open(os.path.join(straight, "eval.json")) as g,
