@@ -226,6 +226,8 @@ class Flex:
       raise RuntimeError("torch sees no CUDA device")
     self.torch, self.fa = torch, fa
     self.attend = torch.compile(fa.flex_attention, dynamic=False)
+    # Compiled, so the mask is built block by block (eager would materialize n x n at 64k).
+    self.create_block_mask = torch.compile(fa.create_block_mask)
     # The window is a captured tensor, so a new w changes neither mask_mod nor the kernel: no
     # recompilation per window.
     self.window = torch.zeros((), dtype=torch.int32, device="cuda")
@@ -234,7 +236,7 @@ class Flex:
   def functions(self, q, k, v, dout, w):
     torch, n = self.torch, q.shape[1]
     self.window.fill_(w)
-    block_mask = self.fa.create_block_mask(
+    block_mask = self.create_block_mask(
       self.mask_mod,
       B=None,
       H=None,
