@@ -73,15 +73,7 @@ def error_message(error: BaseException) -> str:
   else:
     text = str(error)
   if isinstance(error, OSError) and error.filename is not None and error.strerror:
-    text = f"{error.strerror}: {error.filename}"
-  if (
-    isinstance(
-      error,
-      (FileNotFoundError, PermissionError, NotADirectoryError, IsADirectoryError, FileExistsError),
-    )
-    and not text
-  ):
-    text = type(error).__name__
+    text = f"{error.strerror}: {error.filename}"  # not "[Errno 2] No such file ...: 'x'"
   return one_line(text) or type(error).__name__
 
 
@@ -127,7 +119,11 @@ def _config_load_error(flag_values, error=None) -> "str | None":
 
 
 def _unknown_field_message(error: BaseException, argv) -> "str | None":
-  """'--config.model.windw_size=3: no such field; did you mean "window_size"?' for a typo."""
+  """For a misspelt config field, the override as given and config_dict's "Did you mean" hint.
+
+  E.g. '--config.model.windw_size=3: the config has no field 'windw_size'; Did you mean
+  "window_size" instead of "windw_size"?'. None if `error` is not a missing-field KeyError.
+  """
   inner = error
   while inner.args and isinstance(inner.args[0], BaseException):
     inner = inner.args[0]
