@@ -282,6 +282,9 @@ class Flex:
 
 def measure_config(s, n, w, jobs, state):
   """Checks and times the rows `jobs` [(impl, variant)] at one (n, w); returns their dicts."""
+  if s.deadline_minutes and time.perf_counter() - _START > 60 * s.deadline_minutes:
+    note = "skipped: past --deadline_minutes"
+    return [dict(n=n, w=w, impl=i, variant=v, note=note) for i, v in jobs]
   dtype = jnp.dtype(s.dtype)
   shape = (4 * INPUT_SETS, s.batch, n, s.heads, s.head_dim)
   arrays = list(jax.random.normal(jax.random.PRNGKey(s.seed + 7919 * n + w), shape, dtype))
@@ -541,16 +544,18 @@ def settings_from_flags(fv):
 
 
 def jobs_in_order(s):
-  """[(n, w, [(impl, variant)])]: every core row first, then the extra tile settings."""
+  """[(n, w, [(impl, variant)])] in three passes over the configurations: the core rows, then the
+  extra tile settings, then torch FlexAttention (its compilations are the slowest part: a run cut
+  short by --deadline_minutes loses peer rows first)."""
   core, extra = [], []
   for impl in s.impls:
     variants = {"pallas": s.pallas_blocks, "chunked": s.chunked_blocks}.get(impl, ["default"])
-    core.append((impl, variants[0]))
-    extra += [(impl, v) for v in variants[1:]]
+    (extra if impl == "flex" else core).append((impl, variants[0]))
+    if not s.check_only:
+      extra[:0] = [(impl, v) for v in variants[1:]]  # before flex
   configs = [(n, w) for n in s.lengths for w in s.windows]
-  return [(n, w, core) for n, w in configs] + (
-    [(n, w, extra) for n, w in configs] if extra and not s.check_only else []
-  )
+  passes = [core, [j for j in extra if j[0] != "flex"], [j for j in extra if j[0] == "flex"]]
+  return [(n, w, jobs) for jobs in passes if jobs for n, w in configs]
 
 
 def run(s, command):
