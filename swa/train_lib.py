@@ -26,18 +26,19 @@ from swa import workdir as workdir_lib
 from swa.model import ModelConfig, Transformer
 
 
-def model_config(config: ml_collections.ConfigDict, mesh=None) -> ModelConfig:
-  """The model's architecture from the `model` section of an experiment config.
-
-  A `mesh` whose "seq" axis is larger than 1 makes attention sequence-parallel.
-  """
-  return ModelConfig(**config.model.to_dict(),
-                     mesh=mesh if sharding.is_sequence_parallel(mesh) else None)
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+  """The model's architecture from the `model` section of an experiment config."""
+  return ModelConfig(**config.model.to_dict())
 
 
 def create_model(config: ml_collections.ConfigDict, mesh=None):
-  """Returns (graphdef, params): the model's structure and its float32 parameters."""
-  model = Transformer(model_config(config, mesh), rngs=nnx.Rngs(config.seed))
+  """Returns (graphdef, params): the model's structure and its float32 parameters.
+
+  A `mesh` whose "seq" axis is larger than 1 makes attention sequence-parallel (its per-shard
+  implementation is model.attention).
+  """
+  attention_fn = sharding.sequence_parallel(mesh, local_implementation=config.model.attention)
+  model = Transformer(model_config(config), rngs=nnx.Rngs(config.seed), attention_fn=attention_fn)
   graphdef, params = nnx.split(model, nnx.Param)
   return graphdef, params.to_pure_dict()
 
