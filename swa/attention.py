@@ -19,8 +19,8 @@ Implementations (one registry; `register` adds more, `implementations()` lists t
 the same function (tests/test_attention.py):
   reference  dense masked attention; O(T * S) memory; the ground truth; every feature.
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
-  cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window; GPU and 16-bit
-             dtypes only; plain self-attention only.
+  cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
+             GPU and 16-bit dtypes only; plain self-attention only.
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
              (swa/pallas_attention.py); self-attention only; interpret mode off GPU.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
@@ -42,8 +42,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swa import chunked, pallas_attention, splash
+from swa import chunked, cudnn, pallas_attention, splash
 from swa.chunked import default_block_size  # noqa: F401  (public: the chunked block rule)
+from swa.cudnn import cudnn_available  # noqa: F401  (public: is there a GPU for cudnn)
 from swa.mask import check_window_size, masked_softmax, visible
 
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see implementations()
@@ -116,41 +117,6 @@ def reference_attention(
   return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
 
 
-def cudnn_available():
-  """True when the default backend is a GPU (where cuDNN attention can run)."""
-  return jax.default_backend() == "gpu"
-
-
-def _cudnn_unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
-  """Why cuDNN's fused attention cannot take these inputs, or None if it can."""
-  del k_BSKH, window_size
-  if not cudnn_available():
-    return f"it needs a GPU backend, and JAX's default backend is {jax.default_backend()!r}"
-  if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
-    return f"it takes bfloat16 or float16 inputs, got {q_BTNH.dtype}"
-  if q_BTNH.shape[1] % 2:
-    # Seen on an H100 (JAX 0.11.2): its backward pass rejects odd lengths.
-    return f"it needs an even sequence length, got {q_BTNH.shape[1]}"
-  head_dims = (q_BTNH.shape[-1], v_BSKD.shape[-1])
-  if head_dims[0] != head_dims[1] or head_dims[0] % 8 or head_dims[0] > 256:
-    return f"it needs equal query and value head dims, a multiple of 8 and <= 256, got {head_dims}"
-  return None
-
-
-def cudnn_attention(q_BTNH, k_BSKH, v_BSKD, window_size, scale):
-  """cuDNN's fused causal attention with a (w - 1, 0) local window (self-attention only)."""
-  local_window = None if window_size is None else (window_size - 1, 0)
-  return jax.nn.dot_product_attention(
-    q_BTNH,
-    k_BSKH,
-    v_BSKD,
-    scale=scale,
-    is_causal=True,
-    local_window_size=local_window,
-    implementation="cudnn",
-  )
-
-
 # ------------------------------------------------------------------------------- registry
 
 
@@ -221,7 +187,7 @@ register(
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
-register("cudnn", cudnn_attention, check=_cudnn_unsupported_reason, auto_rank=10)
+register("cudnn", cudnn.cudnn_attention, check=cudnn.unsupported_reason, auto_rank=10)
 # Kernels (swa/pallas_attention.py, swa/splash.py): explicit requests run anywhere (interpret mode
 # off their device); auto picks splash on a TPU, pallas on a GPU where the benchmark showed it faster.
 register(

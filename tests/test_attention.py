@@ -477,7 +477,7 @@ def test_registered_implementation_is_called_with_its_features_only():
       q, k, v, window_size, scale, **{key: value for key, value in options.items() if key != "tag"}
     )
 
-  attention.register("spy", spy, features=("offsets", "tag"), auto_rank=0)
+  attention.register("spy", spy, features=("offsets", "tag"), auto_rank=-1)
   try:
     assert "spy" in attention.implementations()
     q, k, v = random_qkv(1, 10, 2, 1, 8, 8)
@@ -487,7 +487,7 @@ def test_registered_implementation_is_called_with_its_features_only():
       sliding_window_attention(q, k, v, 3, implementation="reference", q_offset=4, k_offset=2),
       atol=1e-6,
     )
-    sliding_window_attention(q, k, v, 3, block_size=8)  # auto: rank 0 wins; no block_size
+    sliding_window_attention(q, k, v, 3, block_size=8)  # auto: rank -1 wins; no block_size
     assert calls == [["k_offset", "q_offset", "tag"], []]
     with pytest.raises(ValueError, match=r"'spy' \(supports .*\) does not support \['sinks'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy", num_sinks=2)
