@@ -361,20 +361,22 @@ def sliding_window_attention(
       )
     features.add("key_positions")
     semantic.update(q_offset=0 if q_offset is None else q_offset, k_positions=k_positions)
-  elif placed:
+  sinks = window_size is not None and not (_static_int(num_sinks) and num_sinks == 0)
+  if sinks:
+    features.add("sinks")
+    semantic.update(num_sinks=num_sinks)
+  if placed and k_positions is None:
     q0 = 0 if q_offset is None else q_offset
+    # Positions matter only where the keys are shifted, may be padding, or meet absolute sinks.
     plain = (
       S == T
       and _static_int(q0)
-      and q0 >= 0
+      and (q0 == 0 if sinks else q0 >= 0)
       and (k_offset is None or (_static_int(k_offset) and k_offset == q0))
     )
-    if not plain:  # Positions matter only where the keys are shifted or may be padding.
+    if not plain:
       features.add("offsets")
       semantic.update(q_offset=q0, k_offset=k_offset)
-  if window_size is not None and not (_static_int(num_sinks) and num_sinks == 0):
-    features.add("sinks")
-    semantic.update(num_sinks=num_sinks)
 
   name = resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features)
   impl = _REGISTRY[name]

@@ -491,10 +491,20 @@ def test_registered_implementation_is_called_with_its_features_only():
     assert calls == [["k_offset", "q_offset", "tag"], []]
     with pytest.raises(ValueError, match=r"'spy' \(supports .*\) does not support \['sinks'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy", num_sinks=2)
+    # Sinks are absolute positions: with queries at 4.., the offsets must travel with them.
+    attention.register("spy_sinks", spy, features=("sinks",))
+    np.testing.assert_allclose(
+      sliding_window_attention(q, k, v, 3, implementation="spy_sinks", q_offset=0, num_sinks=2),
+      sliding_window_attention(q, k, v, 3, implementation="reference", num_sinks=2),
+      atol=1e-6,
+    )
+    with pytest.raises(ValueError, match=r"does not support \['offsets'\]"):
+      sliding_window_attention(q, k, v, 3, implementation="spy_sinks", q_offset=4, num_sinks=2)
     with pytest.raises(ValueError, match=r"does not support \['color'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy", color=1)
   finally:
     attention.unregister("spy")
+    attention.unregister("spy_sinks")
   assert "spy" not in attention.implementations()
   with pytest.raises(ValueError, match="other than 'auto'"):
     attention.register("auto", spy)
