@@ -8,6 +8,13 @@ import pytest
 from swa import attention, chunked
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+  """Exact float32 products on any backend (a GPU would use TF32), so 2e-5 tolerances hold."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def _qkv(B, T, S, N, K, H, D, seed=0, dtype=jnp.float32):
   kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(seed), 4)
   return (

@@ -11,6 +11,13 @@ from swa import attention, pallas_attention
 TINY = pallas_attention.BlockSizes.parse("16x16/16x16/16x16/w4s3/w4s2")
 
 
+@pytest.fixture(autouse=True)
+def _float32_matmuls():
+  """Exact float32 products on any backend (a GPU would use TF32), so 2e-5 tolerances hold."""
+  with jax.default_matmul_precision("highest"):
+    yield
+
+
 def _qkv(B, T, N, K, H, D, seed=0):
   kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(seed), 4)
   return (
@@ -43,7 +50,7 @@ def test_matches_reference_forward_and_gradients(case):
   B, T, N, K, H, D, window, blocks = case
   q, k, v, dout = _qkv(B, T, N, K, H, D, seed=T)
   fast = lambda q, k, v: attention.sliding_window_attention(
-    q, k, v, window, implementation="pallas", block_sizes=blocks
+    q, k, v, window, implementation="pallas", block_sizes=blocks, interpret=True
   )
   slow = jax.jit(
     lambda q, k, v: attention.sliding_window_attention(q, k, v, window, implementation="reference")
