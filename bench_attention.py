@@ -55,9 +55,9 @@ def define_flags(fv):
   flags.DEFINE_list("impls", list(CORE), f"Any of {', '.join(CORE)}.", flag_values=fv)
   flags.DEFINE_list(
     "pallas_blocks",
-    ["default", "128x128/64x64/64x64/w8s2/w4s2", "64x64/64x32/32x64/w4s3/w4s3"],
-    "pallas tile settings (BlockSizes strings); the first is a core row, the "
-    "others run after every core row.",
+    ["default", "64x64/64x32/32x64/w4s3/w4s3"],
+    "pallas tile settings (BlockSizes strings, e.g. 128x128/64x64/64x64/w8s2/w4s2); the first "
+    "is a core row, the others run after every core row (before FlexAttention).",
     flag_values=fv,
   )
   flags.DEFINE_list(
