@@ -51,16 +51,20 @@ def init_state(params, optimizer):
 def learning_rate_schedule(config: ml_collections.ConfigDict):
   o = config.optim
   return optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=o.learning_rate, warmup_steps=o.warmup_steps,
-      decay_steps=max(config.num_steps, o.warmup_steps + 1),
-      end_value=o.learning_rate * o.end_lr_fraction)
+    init_value=0.0,
+    peak_value=o.learning_rate,
+    warmup_steps=o.warmup_steps,
+    decay_steps=max(config.num_steps, o.warmup_steps + 1),
+    end_value=o.learning_rate * o.end_lr_fraction,
+  )
 
 
 def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   o = config.optim
   return optax.chain(
-      optax.clip_by_global_norm(o.grad_clip),
-      optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay))
+    optax.clip_by_global_norm(o.grad_clip),
+    optax.adamw(learning_rate_schedule(config), b1=o.b1, b2=o.b2, weight_decay=o.weight_decay),
+  )
 
 
 def passkey_loss(logits_BTV, batch, lm_weight):
@@ -77,17 +81,18 @@ def passkey_loss(logits_BTV, batch, lm_weight):
   correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
   exact_match_B = evaluate.exact_match(logits_BTV, batch)
   metrics = {
-      "answer_loss": answer_loss,
-      "lm_loss": lm_loss,
-      "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
-      "exact_match": jnp.mean(exact_match_B),
-      "example_exact_match": exact_match_B,
+    "answer_loss": answer_loss,
+    "lm_loss": lm_loss,
+    "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
+    "exact_match": jnp.mean(exact_match_B),
+    "example_exact_match": exact_match_B,
   }
   return answer_loss + lm_weight * lm_loss, metrics
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef", "optimizer", "lm_weight"),
-                   donate_argnames="state")
+@functools.partial(
+  jax.jit, static_argnames=("graphdef", "optimizer", "lm_weight"), donate_argnames="state"
+)
 def train_step(state, batch, *, graphdef, optimizer, lm_weight):
   """One optimiser step. Returns (new_state, metrics)."""
 
@@ -98,8 +103,12 @@ def train_step(state, batch, *, graphdef, optimizer, lm_weight):
   (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
   params = optax.apply_updates(state["params"], updates)
-  metrics.update(loss=loss, grad_norm=optax.global_norm(grads),
-                 param_norm=optax.global_norm(params), update_norm=optax.global_norm(updates))
+  metrics.update(
+    loss=loss,
+    grad_norm=optax.global_norm(grads),
+    param_norm=optax.global_norm(params),
+    update_norm=optax.global_norm(updates),
+  )
   return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
@@ -110,9 +119,11 @@ def training_max_distance(config):
   reach = evaluate.reach_of(model_config(config))
   if d.cap_at_reach and reach is not None and reach < top:
     if reach < data.MIN_DISTANCE:
-      raise ValueError(f"The model's receptive reach {reach} is below the shortest passkey distance "
-                       f"{data.MIN_DISTANCE}, so no training example can be answered; widen the "
-                       f"window, add layers or set data.cap_at_reach=False.")
+      raise ValueError(
+        f"The model's receptive reach {reach} is below the shortest passkey distance "
+        f"{data.MIN_DISTANCE}, so no training example can be answered; widen the "
+        f"window, add layers or set data.cap_at_reach=False."
+      )
     top = reach
   return top
 
@@ -124,6 +135,7 @@ class MetricWriter:
     self._jsonl = self._tb = None
     if enabled:  # Several processes: only the first writes.
       from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
+
       self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
       self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
@@ -167,12 +179,15 @@ def restore_params(workdir):
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
   graphdef, params = create_model(config)
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct,
-                        init_state(params, create_optimizer(config)))
+  target = jax.tree.map(
+    ocp.utils.to_shape_dtype_struct, init_state(params, create_optimizer(config))
+  )
   step, restored = workdir_lib.restore_newest(
-      _checkpoint_manager(workdir, config, read_only=True),
-      lambda step: ocp.args.Composite(state=ocp.args.StandardRestore(target)), workdir,
-      read_only=True)
+    _checkpoint_manager(workdir, config, read_only=True),
+    lambda step: ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+    workdir,
+    read_only=True,
+  )
   if step is None:
     raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
   return config, graphdef, restored["state"]["params"]
@@ -182,30 +197,39 @@ def validate_config(config: ml_collections.ConfigDict):
   """One-line ValueErrors, naming the value given, for config values a run cannot use."""
   d = config.data
   if d.seq_len < data.MIN_CONTEXT_LEN:
-    raise ValueError(f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
-                     f"{data.MIN_CONTEXT_LEN} tokens.")
-  positive = {"data.batch_size": d.batch_size, "log_every_steps": config.log_every_steps,
-              "checkpoint_every_steps": config.checkpoint_every_steps,
-              "keep_checkpoints": config.keep_checkpoints,
-              "eval.examples_per_distance": config.eval.examples_per_distance,
-              "eval.num_distances": config.eval.num_distances}
+    raise ValueError(
+      f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
+      f"{data.MIN_CONTEXT_LEN} tokens."
+    )
+  positive = {
+    "data.batch_size": d.batch_size,
+    "log_every_steps": config.log_every_steps,
+    "checkpoint_every_steps": config.checkpoint_every_steps,
+    "keep_checkpoints": config.keep_checkpoints,
+    "eval.examples_per_distance": config.eval.examples_per_distance,
+    "eval.num_distances": config.eval.num_distances,
+  }
   positive["num_steps"] = config.num_steps
   for name, value in positive.items():
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{name}={value!r} must be a positive integer.")
-  for name, value in {"eval.every_steps": config.eval.every_steps,
-                      "optim.warmup_steps": config.optim.warmup_steps}.items():
+  for name, value in {
+    "eval.every_steps": config.eval.every_steps,
+    "optim.warmup_steps": config.optim.warmup_steps,
+  }.items():
     if not isinstance(value, int) or value < 0:
       raise ValueError(f"{name}={value!r} must be an integer >= 0.")
   o = config.optim
   # A NaN learning rate passes on purpose: the NaN-stop test uses it.
-  checks = [("optim.learning_rate", o.learning_rate, not o.learning_rate < 0, ">= 0"),
-            ("optim.end_lr_fraction", o.end_lr_fraction, o.end_lr_fraction >= 0, ">= 0"),
-            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
-            ("optim.grad_clip", o.grad_clip, o.grad_clip > 0, "> 0"),
-            ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
-            ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
-            ("data.lm_weight", d.lm_weight, d.lm_weight >= 0, ">= 0")]
+  checks = [
+    ("optim.learning_rate", o.learning_rate, not o.learning_rate < 0, ">= 0"),
+    ("optim.end_lr_fraction", o.end_lr_fraction, o.end_lr_fraction >= 0, ">= 0"),
+    ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+    ("optim.grad_clip", o.grad_clip, o.grad_clip > 0, "> 0"),
+    ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
+    ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
+    ("data.lm_weight", d.lm_weight, d.lm_weight >= 0, ">= 0"),
+  ]
   for name, value, ok, allowed in checks:
     if not ok:
       raise ValueError(f"{name}={value!r} is not allowed; it must be {allowed}.")
@@ -228,16 +252,20 @@ def _check_workdir(workdir, config, allow_changes):
   path = os.path.join(workdir, "config.json")
   checkpoints = os.path.join(workdir, "checkpoints")
   if os.path.exists(path):
-    changes = workdir_lib.check_config(_config_fields(workdir_lib.read_json(path)),
-                                       _config_fields(record), workdir, allow_changes)
+    changes = workdir_lib.check_config(
+      _config_fields(workdir_lib.read_json(path)), _config_fields(record), workdir, allow_changes
+    )
     if changes:
       message = "Resuming with changed fields: " + "; ".join(
-          f"{k}: {a!r} -> {b!r}" for k, a, b in changes)
+        f"{k}: {a!r} -> {b!r}" for k, a, b in changes
+      )
       print(message, file=sys.stderr)
       workdir_lib.log_event(workdir, message)
   elif os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
-    raise ValueError(f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
-                     "to this config; use a new --workdir, or put the run's config.json back.")
+    raise ValueError(
+      f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
+      "to this config; use a new --workdir, or put the run's config.json back."
+    )
   return record
 
 
@@ -256,29 +284,45 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
   state = init_state(params, optimizer)
   d = config.data
   batches = data.PasskeyBatches(
-      seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps,
-      curriculum_start=d.curriculum_start, curriculum_fraction=d.curriculum_fraction,
-      max_distance=training_max_distance(config), uniform_fraction=d.uniform_fraction,
-      curriculum=d.curriculum, stage=d.curriculum_stage or None, target=d.curriculum_target,
-      stage_examples=d.curriculum_examples)
+    seq_len=d.seq_len,
+    batch_size=d.batch_size,
+    seed=config.seed,
+    total_steps=config.num_steps,
+    curriculum_start=d.curriculum_start,
+    curriculum_fraction=d.curriculum_fraction,
+    max_distance=training_max_distance(config),
+    uniform_fraction=d.uniform_fraction,
+    curriculum=d.curriculum,
+    stage=d.curriculum_stage or None,
+    target=d.curriculum_target,
+    stage_examples=d.curriculum_examples,
+  )
 
   if d.curriculum == "adaptive" and jax.process_count() > 1:
-    raise ValueError("data.curriculum='adaptive' runs in one process only (it reads every "
-                     "example's result on the host); use 'linear' with several processes.")
+    raise ValueError(
+      "data.curriculum='adaptive' runs in one process only (it reads every "
+      "example's result on the host); use 'linear' with several processes."
+    )
 
   record = _check_workdir(workdir, config, allow_changes)  # Nothing is written before this.
   manager = _checkpoint_manager(workdir, config)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  _, restored = workdir_lib.restore_newest(manager, lambda step: ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()), workdir)
+  _, restored = workdir_lib.restore_newest(
+    manager,
+    lambda step: ocp.args.Composite(
+      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
+    ),
+    workdir,
+  )
   if restored is not None:
     state = restored["state"]
     batches.set_state(restored["data"])
     print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
   start = int(state["step"])
   if start > config.num_steps:
-    raise ValueError(f"num_steps={config.num_steps} is below the step {start} that {workdir} "
-                     "already reached.")
+    raise ValueError(
+      f"num_steps={config.num_steps} is below the step {start} that {workdir} already reached."
+    )
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), record)
     workdir_lib.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start, config.num_steps)
@@ -287,12 +331,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     state = sharding.shard_train_state(state, mesh)
 
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  print(f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
-        f"mesh {dict(mesh.shape)} over {jax.devices()}", file=sys.stderr)
+  print(
+    f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
+    f"mesh {dict(mesh.shape)} over {jax.devices()}",
+    file=sys.stderr,
+  )
   writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
   schedule = learning_rate_schedule(config)
-  step_fn = functools.partial(train_step, graphdef=graphdef, optimizer=optimizer,
-                              lm_weight=float(d.lm_weight))
+  step_fn = functools.partial(
+    train_step, graphdef=graphdef, optimizer=optimizer, lm_weight=float(d.lm_weight)
+  )
   if mesh.size > 1:  # Split each host batch over the mesh before the jitted step.
     step_on_mesh = step_fn
     step_fn = lambda state, batch: step_on_mesh(state, sharding.shard_batch(batch, mesh))
@@ -302,16 +350,27 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped
     # by tokens, so a long trained context is evaluated one prompt at a time.
     accuracy = evaluate.passkey_accuracy(
-        graphdef, params, distances, train_seq_len=d.seq_len,
-        examples_per_distance=config.eval.examples_per_distance, seed=config.seed)
+      graphdef,
+      params,
+      distances,
+      train_seq_len=d.seq_len,
+      examples_per_distance=config.eval.examples_per_distance,
+      seed=config.seed,
+    )
     writer.write(step, {f"eval/exact_match_d{k:05d}": v for k, v in accuracy.items()})
     return accuracy
 
-  progress = tqdm.tqdm(range(start, config.num_steps), initial=start, total=config.num_steps,
-                       mininterval=1 if sys.stderr.isatty() else 30, file=sys.stderr)
+  progress = tqdm.tqdm(
+    range(start, config.num_steps),
+    initial=start,
+    total=config.num_steps,
+    mininterval=1 if sys.stderr.isatty() else 30,
+    file=sys.stderr,
+  )
   try:
-    state = _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config,
-                        run_eval)
+    state = _train_loop(
+      progress, state, batches, step_fn, writer, schedule, manager, config, run_eval
+    )
   except BaseException:
     writer.close()  # Before the error is shown: nothing of the writer's prints after it.
     raise
@@ -322,8 +381,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
 
   accuracy = run_eval(config.num_steps, state["params"])
   reach = evaluate.reach_of(model_config(config))
-  summary = {"step": config.num_steps, "receptive_reach": reach,
-             "exact_match_by_distance": accuracy}
+  summary = {
+    "step": config.num_steps,
+    "receptive_reach": reach,
+    "exact_match_by_distance": accuracy,
+  }
   if jax.process_index() == 0:
     workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), summary)
   writer.close()
@@ -357,20 +419,27 @@ def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, co
       jax.block_until_ready(metrics)
       elapsed = time.perf_counter() - window_start
       writer.write(step + 1, {"tokens_per_second": window_tokens / elapsed})
-      progress.set_postfix(loss=f"{float(metrics['loss']):.3f}",
-                           tok_s=f"{window_tokens / elapsed:,.0f}")
+      progress.set_postfix(
+        loss=f"{float(metrics['loss']):.3f}", tok_s=f"{window_tokens / elapsed:,.0f}"
+      )
       window_start, window_tokens = time.perf_counter(), 0
     last = step + 1 == config.num_steps
     if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
       accuracy = run_eval(step + 1, state["params"])
-      progress.write(f"step {step + 1}: exact match by distance "
-                     + " ".join(f"{k}:{v:.0%}" for k, v in accuracy.items()))
+      progress.write(
+        f"step {step + 1}: exact match by distance "
+        + " ".join(f"{k}:{v:.0%}" for k, v in accuracy.items())
+      )
     if (step + 1) % config.checkpoint_every_steps == 0 or last:
       # The saved data state must include this step's results, as a resumed run will.
       finish(*pending, force=last)
       pending = None
-      manager.save(step + 1, args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())))
+      manager.save(
+        step + 1,
+        args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())
+        ),
+      )
   return state
 
 
@@ -380,7 +449,8 @@ def _log_step(step, metrics, writer, progress, schedule, config, force=False):
   if not math.isfinite(loss):
     progress.close()
     raise FloatingPointError(
-        f"Loss became {loss} at step {step + 1}; stopping. Try a lower optim.learning_rate or "
-        "optim.grad_clip, or model.dtype=float32.")
+      f"Loss became {loss} at step {step + 1}; stopping. Try a lower optim.learning_rate or "
+      "optim.grad_clip, or model.dtype=float32."
+    )
   if force or (step + 1) % config.log_every_steps == 0:
     writer.write(step + 1, {**jax.device_get(metrics), "learning_rate": schedule(step)})
