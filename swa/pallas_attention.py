@@ -111,10 +111,6 @@ def _ceil_div(a, b):
   return lax.div(a + (b - 1), b)
 
 
-def _clamp(x, lo, hi):
-  return lax.min(lax.max(x, lo), hi)
-
-
 def _visible(q_start, k_start, block_q, block_k, window):
   """[block_q, block_k] bool: key k_start + s is inside query q_start + t's window."""
   q_pos = q_start + jnp.arange(block_q)[:, None]
@@ -124,8 +120,8 @@ def _visible(q_start, k_start, block_q, block_k, window):
 
 def _three_loops(lo, mid_lo, mid_hi, hi, body, carry):
   """Runs body(j, carry, masked) over [lo, hi): masked on both edges, unmasked inside."""
-  mid_lo = _clamp(mid_lo, lo, hi)
-  mid_hi = _clamp(mid_hi, mid_lo, hi)
+  mid_lo = lax.min(lax.max(mid_lo, lo), hi)
+  mid_hi = lax.min(lax.max(mid_hi, mid_lo), hi)
   carry = lax.fori_loop(lo, mid_lo, functools.partial(body, masked=True), carry)
   carry = lax.fori_loop(mid_lo, mid_hi, functools.partial(body, masked=False), carry)
   return lax.fori_loop(mid_hi, hi, functools.partial(body, masked=True), carry)
@@ -252,13 +248,9 @@ def _whole(seq_len, dim, groups=1):
   return pl.BlockSpec((None, seq_len, None, dim), lambda i, b, n: (b, 0, lax.div(n, groups), 0))
 
 
-def _stats(block):
-  """[B, N, T] float32 per-query statistics: `block` entries of head n."""
-  return pl.BlockSpec((None, None, block), lambda i, b, n: (b, n, i))
-
-
-def _whole_stats(seq_len):
-  return pl.BlockSpec((None, None, seq_len), lambda i, b, n: (b, n, 0))
+def _stats(block, whole=False):
+  """[B, N, T] float32 per-query statistics of head n: `block` entries (all of them if whole)."""
+  return pl.BlockSpec((None, None, block), lambda i, b, n: (b, n, 0 if whole else i))
 
 
 @functools.partial(jax.jit, static_argnums=3)
@@ -312,8 +304,8 @@ def _backward(q, k, v, o, lse, do, st):
       _rows(bk, H, G),
       _rows(bk, D, G),
       _whole(T, D),
-      _whole_stats(T),
-      _whole_stats(T),
+      _stats(T, whole=True),
+      _stats(T, whole=True),
     ],
     [_rows(bk, H), _rows(bk, D)],
   )
@@ -346,10 +338,16 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
 
 
 def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size):
-  """Where `auto` prefers these kernels to cuDNN: on a GPU, for w <= AUTO_MAX_WINDOW."""
-  del q_BTNH, k_BSKH, v_BSKD
+  """Where `auto` prefers these kernels to cuDNN: GPU, 16-bit inputs, w <= AUTO_MAX_WINDOW.
+
+  (Float32 inputs would run the kernels' dots in TF32: auto leaves them to chunked.)
+  """
+  del k_BSKH, v_BSKD
   return (
-    jax.default_backend() == "gpu" and window_size is not None and window_size <= AUTO_MAX_WINDOW
+    jax.default_backend() == "gpu"
+    and q_BTNH.dtype in (jnp.bfloat16, jnp.float16)
+    and window_size is not None
+    and window_size <= AUTO_MAX_WINDOW
   )
 
 
