@@ -332,7 +332,7 @@ def measure_config(s, n, w, jobs, state):
         continue
       timer = lambda fn: flex.time(s, fn)
       to_jax = flex.to_jax
-      row["tiles"] = "torch.compile(flex_attention), block mask"
+      row["tiles"] = f"torch {flex.torch.__version__}: compiled flex_attention, block mask"
     else:
       fwd, fwd_bwd, row["tiles"] = jax_row(s, impl, variant, w, sets)
       fns = (fwd, fwd_bwd)
