@@ -128,35 +128,6 @@ def training_max_distance(config):
   return top
 
 
-class MetricWriter:
-  """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
-
-  def __init__(self, workdir, enabled=True):
-    self._jsonl = self._tb = None
-    if enabled:  # Several processes: only the first writes.
-      from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
-
-      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
-
-  def write(self, step, metrics):
-    if self._jsonl is None:
-      return
-    metrics = {k: float(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
-    for name, value in metrics.items():
-      self._tb.add_scalar(name, value, step)
-    self._tb.flush()
-
-  def close(self):
-    """Flushes and closes the files; safe to call twice."""
-    if self._jsonl is not None:
-      self._jsonl.close()
-      self._tb.close()
-      self._jsonl = self._tb = None
-
-
 def _checkpoint_manager(workdir, config, read_only=False):
   directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
   if read_only:  # Reading a workdir creates nothing in it.
@@ -245,30 +216,6 @@ def _config_fields(record):
   return flat
 
 
-def _check_workdir(workdir, config, allow_changes):
-  """Refuses a workdir that holds a different run; returns the config record to save."""
-  workdir_lib.prepare(workdir)
-  record = json.loads(config.to_json())
-  path = os.path.join(workdir, "config.json")
-  checkpoints = os.path.join(workdir, "checkpoints")
-  if os.path.exists(path):
-    changes = workdir_lib.check_config(
-      _config_fields(workdir_lib.read_json(path)), _config_fields(record), workdir, allow_changes
-    )
-    if changes:
-      message = "Resuming with changed fields: " + "; ".join(
-        f"{k}: {a!r} -> {b!r}" for k, a, b in changes
-      )
-      print(message, file=sys.stderr)
-      workdir_lib.log_event(workdir, message)
-  elif os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
-    raise ValueError(
-      f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
-      "to this config; use a new --workdir, or put the run's config.json back."
-    )
-  return record
-
-
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes=()):
   """Trains (resuming from the newest checkpoint in workdir) and evaluates; returns final metrics.
 
@@ -304,7 +251,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
       "example's result on the host); use 'linear' with several processes."
     )
 
-  record = _check_workdir(workdir, config, allow_changes)  # Nothing is written before this.
+  # Refuses a workdir of another run; nothing is written in it before this.
+  record = workdir_lib.claim(workdir, json.loads(config.to_json()), _config_fields, allow_changes)
   manager = _checkpoint_manager(workdir, config)
   target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
   _, restored = workdir_lib.restore_newest(
@@ -336,7 +284,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     f"mesh {dict(mesh.shape)} over {jax.devices()}",
     file=sys.stderr,
   )
-  writer = MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = workdir_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
   schedule = learning_rate_schedule(config)
   step_fn = functools.partial(
     train_step, graphdef=graphdef, optimizer=optimizer, lm_weight=float(d.lm_weight)

@@ -8,7 +8,8 @@ What this module promises (docs/reliability.md lists the test that holds each):
     old file or the new one, never half of one.
   * `restore_newest` falls back from a checkpoint that cannot be restored to the newest one that
     can, says so in one line, and moves the unreadable one aside (it is never deleted).
-  * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again.
+  * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again;
+    `MetricWriter` appends them (one process writes).
 """
 
 import glob
@@ -158,6 +159,39 @@ def prepare(workdir):
     raise ValueError(f"--workdir={workdir} is not writable.")
 
 
+def claim(workdir, record, fields, allow_changes=()):
+  """Checks that workdir may hold the run of config `record`; returns record.
+
+  Creates workdir if needed (`prepare`). If it holds a config.json, `check_config` compares
+  `fields(saved)` with `fields(record)` (flat {field: value}) and the allowed differences are
+  printed and logged; checkpoints without a config.json are refused. Writes nothing else: the
+  caller writes config.json once the checkpoint is restored.
+
+  Args:
+    workdir: the run's folder.
+    record: the config as config.json holds it (a nested dict).
+    fields: record -> flat {field: value}, with equivalent spellings made equal.
+    allow_changes: fields of FLAG_FIELDS the user allowed to differ (--allow_change).
+  """
+  prepare(workdir)
+  path = os.path.join(workdir, "config.json")
+  checkpoints = os.path.join(workdir, "checkpoints")
+  if os.path.exists(path):
+    changes = check_config(fields(read_json(path)), fields(record), workdir, allow_changes)
+    if changes:
+      message = "Resuming with changed fields: " + "; ".join(
+        f"{k}: {a!r} -> {b!r}" for k, a, b in changes
+      )
+      print(message, file=sys.stderr)
+      log_event(workdir, message)
+  elif os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
+    raise ValueError(
+      f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
+      "to this config; use a new --workdir, or put the run's config.json back."
+    )
+  return record
+
+
 def read_json(path):
   """The JSON object at path; a one-line ValueError if it does not parse."""
   try:
@@ -183,6 +217,35 @@ def write_json_atomic(path, obj):
   os.replace(tmp, path)
   for stale in glob.glob(glob.escape(path) + ".tmp-*"):
     os.remove(stale)
+
+
+class MetricWriter:
+  """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
+
+  def __init__(self, workdir, enabled=True):
+    self._jsonl = self._tb = None
+    if enabled:  # Several processes: only the first writes.
+      from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
+
+      self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a")
+      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+  def write(self, step, metrics):
+    if self._jsonl is None:
+      return
+    metrics = {k: float(v) for k, v in metrics.items()}
+    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+    self._jsonl.flush()
+    for name, value in metrics.items():
+      self._tb.add_scalar(name, value, step)
+    self._tb.flush()
+
+  def close(self):
+    """Flushes and closes the files; safe to call twice."""
+    if self._jsonl is not None:
+      self._jsonl.close()
+      self._tb.close()
+      self._jsonl = self._tb = None
 
 
 def truncate_metrics(path, step, final_step):
