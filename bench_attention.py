@@ -12,13 +12,14 @@ FlexAttention as a peer where torch and a CUDA GPU are there -- is
     fwd+bwd 3.5x that) and as a time ratio to cuDNN in the same run.
 The card's bf16 matmul rate and copy bandwidth are measured first. A row that runs out of memory
 or fails is recorded and the run goes on; rows are skipped once --deadline_minutes have passed.
-The core rows of every (n, w) come first, then the extra tile settings. --out (markdown) and the
-same path with .json (every number) are rewritten after every configuration.
+Three passes over the (n, w): the core rows, the extra pallas tile settings, FlexAttention (its
+compilations are the slowest). --out (markdown) and the same path with .json (every number) are
+rewritten after every configuration.
 
   python bench_attention.py --out=results/attention_bench_h200/attention_bench.md   # one H200, < 8 min
   python bench_attention.py --check_only          # correctness only, n = 4096 (exit 1 if wrong)
-  python bench_attention.py --lengths=256 --windows=16,64 --heads=2 --head_dim=16 \
-      --dtype=float32 --repeats=1 --out=/tmp/bench.md    # CPU smoke run (pallas interpreted)
+  python bench_attention.py --lengths=256 --windows=16,64 --heads=2 --head_dim=16 --dtype=float32
+      --repeats=1 --out=/tmp/bench.md       # CPU smoke run (pallas interpreted), one command line
 """
 
 import dataclasses
