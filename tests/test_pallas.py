@@ -76,13 +76,15 @@ def test_block_sizes_round_trip_and_bad_values():
     pallas_attention.pallas_attention(q, k[:, :16], v[:, :16], 4, 0.25)
 
 
-def test_auto_picks_pallas_only_on_a_gpu_below_the_measured_window():
-  q, k, v, _ = _qkv(1, 64, 2, 2, 16, 16)
+def test_auto_picks_pallas_only_on_a_gpu_for_16_bit_inputs_below_the_measured_window():
+  q, k, v, _ = (x.astype(jnp.bfloat16) for x in _qkv(1, 64, 2, 2, 16, 16))
   chosen = attention.resolve_implementation("auto", q, k, v, 8)
   if jax.default_backend() != "gpu" or pallas_attention.AUTO_MAX_WINDOW < 8:
     assert chosen != "pallas"
   else:
     assert chosen == "pallas"
+  f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+  assert attention.resolve_implementation("auto", *f32, 8) != "pallas"
 
 
 def _lower_for_cuda(T, window, heads, kv_heads, blocks=None):
