@@ -29,32 +29,61 @@ def define_flags():
   (tests, other tools) adds nothing to absl's global flags."""
   flags.DEFINE_list("workdirs", None, "Training workdirs, comma-separated.")
   flags.DEFINE_list(
-      "from_csv", [], "Instead of --workdirs: passkey.csv files written by earlier runs of this "
-      "script (on any machine), merged into one table and the same figures; needs --out.")
-  flags.DEFINE_string("out", None, "Folder for the table, CSVs and figures; default "
-                      "<workdir>/eval for one workdir, required otherwise.")
+    "from_csv",
+    [],
+    "Instead of --workdirs: passkey.csv files written by earlier runs of this "
+    "script (on any machine), merged into one table and the same figures; needs --out.",
+  )
+  flags.DEFINE_string(
+    "out",
+    None,
+    "Folder for the table, CSVs and figures; default "
+    "<workdir>/eval for one workdir, required otherwise.",
+  )
   flags.DEFINE_integer("examples_per_distance", 100, "Fresh random passkeys per distance.")
-  flags.DEFINE_integer("edge_examples_per_distance", 0, "Passkeys at each distance within 5 % of "
-                       "a windowed run's reach (0: --examples_per_distance); ~600 certify "
-                       ">= 99.5 %.")
+  flags.DEFINE_integer(
+    "edge_examples_per_distance",
+    0,
+    "Passkeys at each distance within 5 % of "
+    "a windowed run's reach (0: --examples_per_distance); ~600 certify "
+    ">= 99.5 %.",
+  )
   flags.DEFINE_float("max_factor", 2.0, "Windowed runs are swept up to max_factor x their reach.")
   flags.DEFINE_float(
-      "full_max_factor", 1.0, "Full-attention runs are swept up to this many times the largest "
-      "distance of their trained length (> 1: beyond it, to measure where full attention "
-      "stops).")
-  flags.DEFINE_integer("step", None, "Distance step of the sweep; default reach / 16 (reach / 64 "
-                       "within 15 % of the reach, <= 8 tokens within 5 %).")
-  flags.DEFINE_list("distances", None, "Explicit distances for every run, instead of the sweep "
-                    "grid.")
-  flags.DEFINE_integer("seed", 0, "Seeds the evaluation prompts (train.py uses the run's "
-                       "config.seed).")
-  flags.DEFINE_integer("erf_examples", 32, "Prompts per distance for the effective receptive "
-                       "field at the key digits; 0 = none.")
-  flags.DEFINE_integer("max_batch_tokens", evaluate.MAX_BATCH_TOKENS,
-                       "Tokens per scored batch, at most (one prompt at least).")
+    "full_max_factor",
+    1.0,
+    "Full-attention runs are swept up to this many times the largest "
+    "distance of their trained length (> 1: beyond it, to measure where full attention "
+    "stops).",
+  )
+  flags.DEFINE_integer(
+    "step",
+    None,
+    "Distance step of the sweep; default reach / 16 (reach / 64 "
+    "within 15 % of the reach, <= 8 tokens within 5 %).",
+  )
   flags.DEFINE_list(
-      "cross_windows", [], "Optional windows (e.g. 128,256,512,1024 or full) to run every model "
-      "with, reusing its trained parameters (evaluate.test_passkey_retrieval).")
+    "distances", None, "Explicit distances for every run, instead of the sweep grid."
+  )
+  flags.DEFINE_integer(
+    "seed", 0, "Seeds the evaluation prompts (train.py uses the run's config.seed)."
+  )
+  flags.DEFINE_integer(
+    "erf_examples",
+    32,
+    "Prompts per distance for the effective receptive field at the key digits; 0 = none.",
+  )
+  flags.DEFINE_integer(
+    "max_batch_tokens",
+    evaluate.MAX_BATCH_TOKENS,
+    "Tokens per scored batch, at most (one prompt at least).",
+  )
+  flags.DEFINE_list(
+    "cross_windows",
+    [],
+    "Optional windows (e.g. 128,256,512,1024 or full) to run every model "
+    "with, reusing its trained parameters (evaluate.test_passkey_retrieval).",
+  )
 
 
 def _ints(flag, values, *, full_ok=False):
@@ -67,19 +96,34 @@ def _ints(flag, values, *, full_ok=False):
       out.append(int(text))
     else:
       allowed = "positive integers or full" if full_ok else "positive integers"
-      raise cli.UserError(f"--{flag}={','.join(map(str, values))}: {text!r} is not allowed; "
-                          f"give {allowed}.")
+      raise cli.UserError(
+        f"--{flag}={','.join(map(str, values))}: {text!r} is not allowed; give {allowed}."
+      )
   return out
 
 
-def run(*, workdirs=(), from_csv=(), out=None, examples_per_distance=100, max_factor=2.0,
-        full_max_factor=1.0, step=None, distances=None, seed=0, erf_examples=32,
-        max_batch_tokens=evaluate.MAX_BATCH_TOKENS, cross_windows=(),
-        edge_examples_per_distance=0):
+def run(
+  *,
+  workdirs=(),
+  from_csv=(),
+  out=None,
+  examples_per_distance=100,
+  max_factor=2.0,
+  full_max_factor=1.0,
+  step=None,
+  distances=None,
+  seed=0,
+  erf_examples=32,
+  max_batch_tokens=evaluate.MAX_BATCH_TOKENS,
+  cross_windows=(),
+  edge_examples_per_distance=0,
+):
   """What the command does, from the flags' values (module docstring); returns the summaries."""
   if bool(workdirs) == bool(from_csv):
-    raise cli.UserError("Pass exactly one of --workdirs (evaluate trained runs) and --from_csv "
-                        "(merge earlier results).")
+    raise cli.UserError(
+      "Pass exactly one of --workdirs (evaluate trained runs) and --from_csv "
+      "(merge earlier results)."
+    )
   if from_csv:
     if not out:
       raise cli.UserError("--from_csv needs --out=<folder> for the merged files.")
@@ -92,10 +136,19 @@ def run(*, workdirs=(), from_csv=(), out=None, examples_per_distance=100, max_fa
   cross_windows = _ints("cross_windows", cross_windows or (), full_ok=True)
   runs = passkey_report.load_runs(list(workdirs))
   return passkey_report.evaluate_runs(
-      runs, out=out, examples_per_distance=examples_per_distance, max_factor=max_factor,
-      step=step, full_max_factor=full_max_factor, distances=distances, seed=seed,
-      erf_examples=erf_examples, cross_windows=cross_windows, max_batch_tokens=max_batch_tokens,
-      edge_examples_per_distance=edge_examples_per_distance or None)
+    runs,
+    out=out,
+    examples_per_distance=examples_per_distance,
+    max_factor=max_factor,
+    step=step,
+    full_max_factor=full_max_factor,
+    distances=distances,
+    seed=seed,
+    erf_examples=erf_examples,
+    cross_windows=cross_windows,
+    max_batch_tokens=max_batch_tokens,
+    edge_examples_per_distance=edge_examples_per_distance or None,
+  )
 
 
 def main(argv):
@@ -103,11 +156,21 @@ def main(argv):
     raise cli.UserError(f"Unexpected arguments: {argv[1:]}")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   f = flags.FLAGS
-  run(workdirs=f.workdirs or (), from_csv=f.from_csv, out=f.out,
-      examples_per_distance=f.examples_per_distance, max_factor=f.max_factor,
-      full_max_factor=f.full_max_factor, step=f.step, distances=f.distances, seed=f.seed,
-      erf_examples=f.erf_examples, max_batch_tokens=f.max_batch_tokens,
-      cross_windows=f.cross_windows, edge_examples_per_distance=f.edge_examples_per_distance)
+  run(
+    workdirs=f.workdirs or (),
+    from_csv=f.from_csv,
+    out=f.out,
+    examples_per_distance=f.examples_per_distance,
+    max_factor=f.max_factor,
+    full_max_factor=f.full_max_factor,
+    step=f.step,
+    distances=f.distances,
+    seed=f.seed,
+    erf_examples=f.erf_examples,
+    max_batch_tokens=f.max_batch_tokens,
+    cross_windows=f.cross_windows,
+    edge_examples_per_distance=f.edge_examples_per_distance,
+  )
 
 
 if __name__ == "__main__":

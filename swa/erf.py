@@ -51,10 +51,17 @@ def key_digit_gradients(params, batch, first_key_digit_B, *, graphdef):
   return jax.vmap(digit_gradient_norms, out_axes=1)(jnp.arange(data.ANSWER_LEN))
 
 
-def effective_receptive_field(graphdef, params, distances, *, train_seq_len: int,
-                              examples_per_distance: int = 64, seed: int = 0,
-                              max_batch_tokens: int = evaluate.MAX_BATCH_TOKENS,
-                              label: str = "") -> dict:
+def effective_receptive_field(
+  graphdef,
+  params,
+  distances,
+  *,
+  train_seq_len: int,
+  examples_per_distance: int = 64,
+  seed: int = 0,
+  max_batch_tokens: int = evaluate.MAX_BATCH_TOKENS,
+  label: str = "",
+) -> dict:
   """Mean gradient of the answer at the key digits, for keys at each distance.
 
   Args:
@@ -91,13 +98,24 @@ def effective_receptive_field(graphdef, params, distances, *, train_seq_len: int
     batch_size = min(total, evaluate.batch_size_for(T, max(1, max_batch_tokens // data.ANSWER_LEN)))
     padded = -(-total // batch_size) * batch_size
     rows = np.arange(padded) % total  # padding repeats the first rows; they are dropped
-    norms = np.concatenate([
-        np.asarray(key_digit_gradients(params, {k: v[rows[i:i + batch_size]]
-                                                for k, v in arrays.items()},
-                                       first_digit[rows[i:i + batch_size]], graphdef=graphdef))
-        for i in range(0, padded, batch_size)])[:total]
+    norms = np.concatenate(
+      [
+        np.asarray(
+          key_digit_gradients(
+            params,
+            {k: v[rows[i : i + batch_size]] for k, v in arrays.items()},
+            first_digit[rows[i : i + batch_size]],
+            graphdef=graphdef,
+          )
+        )
+        for i in range(0, padded, batch_size)
+      ]
+    )[:total]
     for d, value in zip(ds, norms.astype(np.float64).reshape(len(ds), -1).mean(axis=1)):
       out[d] = float(value)
-    print(f"[{label} ERF] T={T}: {len(ds)} distances x {n} prompts, "
-          f"{time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+    print(
+      f"[{label} ERF] T={T}: {len(ds)} distances x {n} prompts, {time.perf_counter() - start:.1f}s",
+      file=sys.stderr,
+      flush=True,
+    )
   return out

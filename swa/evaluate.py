@@ -49,17 +49,18 @@ from flax import nnx
 from swa import data
 from swa.model import ModelConfig, Transformer, config_of
 
-LENGTH_MULTIPLE = 64          # beyond the trained length, prompts are rounded up to this many tokens
-PROMPT_STREAM = 7_919         # prompts of distance d come from default_rng([seed, PROMPT_STREAM, d])
-PROMPT_CHUNK = 64             # ... drawn this many at a time (data.passkey_batch)
-MAX_BATCH_TOKENS = 1 << 18    # default cap on the tokens of one scored batch
+LENGTH_MULTIPLE = 64  # beyond the trained length, prompts are rounded up to this many tokens
+PROMPT_STREAM = 7_919  # prompts of distance d come from default_rng([seed, PROMPT_STREAM, d])
+PROMPT_CHUNK = 64  # ... drawn this many at a time (data.passkey_batch)
+MAX_BATCH_TOKENS = 1 << 18  # default cap on the tokens of one scored batch
 FINE_FRACTION, FINE_STEP = 0.05, 8  # sweeps: every <= 8 tokens within +-5 % of the reach
 
 
 # --- What a model can reach ----------------------------------------------------------------------
 
+
 def window_label(model_config: ModelConfig) -> str:
-  """"128" when every layer has window 128, "full" for full attention, else "128,full,..."."""
+  """ "128" when every layer has window 128, "full" for full attention, else "128,full,..."."""
   names = ["full" if w is None else str(w) for w in model_config.layer_windows]
   return names[0] if len(set(names)) == 1 else ",".join(names)
 
@@ -84,6 +85,7 @@ def graphdef_for(model_config: ModelConfig, **changes):
 
 # --- Distances and prompt lengths ---------------------------------------------------------------
 
+
 def context_len(distance: int, train_seq_len: int, multiple: int = LENGTH_MULTIPLE) -> int:
   """Context length T at which `distance` is evaluated (module docstring)."""
   shortest = distance + data.ANSWER_LEN + len(data.KEY_PREFIX)  # key sentence at position 0
@@ -96,8 +98,9 @@ def even_distances(seq_len: int, num: int) -> list:
   return sorted(set(np.linspace(data.MIN_DISTANCE, top, num).round().astype(int).tolist()))
 
 
-def sweep_distances(reach, train_seq_len: int, *, max_factor: float = 2.0, step=None,
-                    full_max_factor: float = 1.0) -> list:
+def sweep_distances(
+  reach, train_seq_len: int, *, max_factor: float = 2.0, step=None, full_max_factor: float = 1.0
+) -> list:
   """Distances to evaluate, from data.MIN_DISTANCE on.
 
   Windowed models (reach an int): up to ceil(max_factor * reach), every `step` tokens
@@ -124,12 +127,16 @@ def sweep_distances(reach, train_seq_len: int, *, max_factor: float = 2.0, step=
     points = set(range(data.MIN_DISTANCE, top + 1, coarse)) | {top, reach, reach + 1}
     points |= set(range(math.floor(0.85 * reach), math.ceil(1.15 * reach) + 1, fine))
     finest = min(fine, FINE_STEP)
-    points |= set(range(math.floor((1 - FINE_FRACTION) * reach),
-                        math.ceil((1 + FINE_FRACTION) * reach) + 1, finest))
+    points |= set(
+      range(
+        math.floor((1 - FINE_FRACTION) * reach), math.ceil((1 + FINE_FRACTION) * reach) + 1, finest
+      )
+    )
   return sorted(d for d in points if data.MIN_DISTANCE <= d <= top)
 
 
 # --- The prompts and the exact-match rule --------------------------------------------------------
+
 
 def prompts(seed: int, distance: int, num: int, seq_len: int) -> dict:
   """The first `num` evaluation prompts of one distance: THE prompt stream (module docstring).
@@ -167,10 +174,19 @@ def batch_size_for(seq_len: int, max_batch_tokens: int = MAX_BATCH_TOKENS) -> in
 
 # --- Scoring -------------------------------------------------------------------------------------
 
-def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
-                         examples_per_distance, seed: int = 0,
-                         max_batch_tokens: int = MAX_BATCH_TOKENS, label: str = "",
-                         progress=None, verbose: bool = True):
+
+def accuracy_by_distance(
+  exact_match_fn,
+  distances,
+  *,
+  train_seq_len: int,
+  examples_per_distance,
+  seed: int = 0,
+  max_batch_tokens: int = MAX_BATCH_TOKENS,
+  label: str = "",
+  progress=None,
+  verbose: bool = True,
+):
   """Exact-match accuracy at each distance on the stream's prompts.
 
   Distances sharing a context length are scored together in batches of one fixed shape
@@ -197,8 +213,9 @@ def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
   for d in sorted(set(int(d) for d in distances)):
     if d < data.MIN_DISTANCE:
       raise ValueError(f"distance {d} is below data.MIN_DISTANCE={data.MIN_DISTANCE}.")
-    counts[d] = int(examples_per_distance[d] if isinstance(examples_per_distance, dict)
-                    else examples_per_distance)
+    counts[d] = int(
+      examples_per_distance[d] if isinstance(examples_per_distance, dict) else examples_per_distance
+    )
     if counts[d] < 1:
       raise ValueError(f"examples_per_distance must be >= 1, got {counts[d]} at distance {d}.")
     groups[context_len(d, train_seq_len)].append(d)
@@ -206,31 +223,46 @@ def accuracy_by_distance(exact_match_fn, distances, *, train_seq_len: int,
   for T, ds in sorted(groups.items()):
     start = time.perf_counter()
     batches = [prompts(seed, d, counts[d], T) for d in ds]
-    arrays = {k: np.concatenate([b[k] for b in batches])
-              for k in ("inputs", "targets", "answer_mask")}
+    arrays = {
+      k: np.concatenate([b[k] for b in batches]) for k in ("inputs", "targets", "answer_mask")
+    }
     total = sum(counts[d] for d in ds)
     batch_size = min(total, batch_size_for(T, max_batch_tokens))
     padded = -(-total // batch_size) * batch_size
     rows = np.arange(padded) % total  # padding repeats the first rows; their scores are dropped
     hits = []
     for i in range(0, padded, batch_size):
-      hits.append(np.asarray(exact_match_fn({k: v[rows[i:i + batch_size]]
-                                             for k, v in arrays.items()})))
+      hits.append(
+        np.asarray(exact_match_fn({k: v[rows[i : i + batch_size]] for k, v in arrays.items()}))
+      )
       if progress is not None:
         progress(min(batch_size, total - i))
     hits = np.split(np.concatenate(hits)[:total], np.cumsum([counts[d] for d in ds])[:-1])
     for d, h in zip(ds, hits):
       results[d] = (float(h.mean()), counts[d], T)
     if verbose:
-      print(f"[{label}] T={T}: {len(ds)} distances {ds[0]}..{ds[-1]}, {total} prompts, batches of "
-            f"{batch_size}, {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+      print(
+        f"[{label}] T={T}: {len(ds)} distances {ds[0]}..{ds[-1]}, {total} prompts, batches of "
+        f"{batch_size}, {time.perf_counter() - start:.1f}s",
+        file=sys.stderr,
+        flush=True,
+      )
   return results
 
 
-def passkey_accuracy(graphdef, params, distances, *, train_seq_len: int,
-                     examples_per_distance: int, seed: int = 0,
-                     max_batch_tokens: int = MAX_BATCH_TOKENS, exact_match_fn=None,
-                     progress=None, verbose: bool = False) -> dict:
+def passkey_accuracy(
+  graphdef,
+  params,
+  distances,
+  *,
+  train_seq_len: int,
+  examples_per_distance: int,
+  seed: int = 0,
+  max_batch_tokens: int = MAX_BATCH_TOKENS,
+  exact_match_fn=None,
+  progress=None,
+  verbose: bool = False,
+) -> dict:
   """{distance: exact-match accuracy} of one model: what train.py logs and prints.
 
   Args:
@@ -243,10 +275,16 @@ def passkey_accuracy(graphdef, params, distances, *, train_seq_len: int,
   """
   if exact_match_fn is None:
     exact_match_fn = lambda batch: exact_match_step(params, batch, graphdef=graphdef)
-  results = accuracy_by_distance(exact_match_fn, distances, train_seq_len=train_seq_len,
-                                 examples_per_distance=examples_per_distance, seed=seed,
-                                 max_batch_tokens=max_batch_tokens, progress=progress,
-                                 verbose=verbose)
+  results = accuracy_by_distance(
+    exact_match_fn,
+    distances,
+    train_seq_len=train_seq_len,
+    examples_per_distance=examples_per_distance,
+    seed=seed,
+    max_batch_tokens=max_batch_tokens,
+    progress=progress,
+    verbose=verbose,
+  )
   return {d: acc for d, (acc, _, _) in results.items()}
 
 
@@ -260,15 +298,40 @@ def format_accuracy_table(accuracy, reach) -> str:
 
 
 def _rows(results, *, model, window, layers, reach, train_seq_len):
-  return [{"model": model, "window": window, "layers": layers, "reach": reach,
-           "distance": d, "inside": reach is None or d <= reach, "accuracy": acc, "n": n,
-           "seq_len": T, "train_seq_len": train_seq_len, "beyond_train_len": T > train_seq_len}
-          for d, (acc, n, T) in sorted(results.items())]
+  return [
+    {
+      "model": model,
+      "window": window,
+      "layers": layers,
+      "reach": reach,
+      "distance": d,
+      "inside": reach is None or d <= reach,
+      "accuracy": acc,
+      "n": n,
+      "seq_len": T,
+      "train_seq_len": train_seq_len,
+      "beyond_train_len": T > train_seq_len,
+    }
+    for d, (acc, n, T) in sorted(results.items())
+  ]
 
 
-def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distance=100, step=None,
-                  max_factor=2.0, full_max_factor=1.0, seed=0, distances=None, label=None,
-                  max_batch_tokens=MAX_BATCH_TOKENS, edge_examples_per_distance=None):
+def passkey_sweep(
+  graphdef,
+  params,
+  *,
+  reach,
+  train_seq_len,
+  examples_per_distance=100,
+  step=None,
+  max_factor=2.0,
+  full_max_factor=1.0,
+  seed=0,
+  distances=None,
+  label=None,
+  max_batch_tokens=MAX_BATCH_TOKENS,
+  edge_examples_per_distance=None,
+):
   """Exact-match accuracy of one model over a sweep of distances, as rows (passkey.csv).
 
   Args:
@@ -291,28 +354,46 @@ def passkey_sweep(graphdef, params, *, reach, train_seq_len, examples_per_distan
   """
   config = config_of(graphdef, params)
   if distances is None:
-    distances = sweep_distances(reach, train_seq_len, max_factor=max_factor, step=step,
-                                full_max_factor=full_max_factor)
+    distances = sweep_distances(
+      reach, train_seq_len, max_factor=max_factor, step=step, full_max_factor=full_max_factor
+    )
   label = label or window_label(config)
   counts = examples_per_distance
   if edge_examples_per_distance and reach is not None:
-    counts = {d: edge_examples_per_distance if abs(d - reach) <= FINE_FRACTION * reach
-              else examples_per_distance for d in distances}
+    counts = {
+      d: edge_examples_per_distance
+      if abs(d - reach) <= FINE_FRACTION * reach
+      else examples_per_distance
+      for d in distances
+    }
   em_fn = lambda batch: exact_match_step(params, batch, graphdef=graphdef)
-  results = accuracy_by_distance(em_fn, distances, train_seq_len=train_seq_len,
-                                 examples_per_distance=counts, seed=seed,
-                                 max_batch_tokens=max_batch_tokens, label=label)
-  return _rows(results, model=label, window=window_label(config), layers=config.num_layers,
-               reach=reach, train_seq_len=train_seq_len)
+  results = accuracy_by_distance(
+    em_fn,
+    distances,
+    train_seq_len=train_seq_len,
+    examples_per_distance=counts,
+    seed=seed,
+    max_batch_tokens=max_batch_tokens,
+    label=label,
+  )
+  return _rows(
+    results,
+    model=label,
+    window=window_label(config),
+    layers=config.num_layers,
+    reach=reach,
+    train_seq_len=train_seq_len,
+  )
 
 
 def window_name(w) -> str:
-  """"full" for None, else str(w)."""
+  """ "full" for None, else str(w)."""
   return "full" if w is None else str(w)
 
 
-def cross_window_sweep(graphdef, params, window_sizes, *, train_seq_len, label=None,
-                       **sweep_kwargs):
+def cross_window_sweep(
+  graphdef, params, window_sizes, *, train_seq_len, label=None, **sweep_kwargs
+):
   """passkey_sweep rows of one set of trained params run with each window in window_sizes.
 
   Every layer gets window w (None = full attention); the rows' `model` field is
@@ -324,15 +405,28 @@ def cross_window_sweep(graphdef, params, window_sizes, *, train_seq_len, label=N
   rows = []
   for w in window_sizes:
     config = dataclasses.replace(model_config, window_size=w)
-    rows += passkey_sweep(graphdef_for(config), params, reach=reach_of(config),
-                          train_seq_len=train_seq_len, label=f"{label} @ w={window_name(w)}",
-                          **sweep_kwargs)
+    rows += passkey_sweep(
+      graphdef_for(config),
+      params,
+      reach=reach_of(config),
+      train_seq_len=train_seq_len,
+      label=f"{label} @ w={window_name(w)}",
+      **sweep_kwargs,
+    )
   return rows
 
 
-def test_passkey_retrieval(graphdef, params, window_sizes=(128, 256, 512, 1024), *,
-                           train_seq_len, distances=None, examples_per_distance=100,
-                           max_factor=2.0, seed=0):
+def test_passkey_retrieval(
+  graphdef,
+  params,
+  window_sizes=(128, 256, 512, 1024),
+  *,
+  train_seq_len,
+  distances=None,
+  examples_per_distance=100,
+  max_factor=2.0,
+  seed=0,
+):
   """Passkey accuracy of one model run with each of several attention windows.
 
   The window of every layer is set to w and the parameters are reused unchanged (no
@@ -359,8 +453,18 @@ def test_passkey_retrieval(graphdef, params, window_sizes=(128, 256, 512, 1024),
   Returns:
     {window: {distance: exact-match accuracy in [0, 1]}}.
   """
-  rows = cross_window_sweep(graphdef, params, window_sizes, train_seq_len=train_seq_len,
-                            examples_per_distance=examples_per_distance, max_factor=max_factor,
-                            seed=seed, distances=distances, label="model")
-  return {w: {r["distance"]: r["accuracy"] for r in rows
-              if r["model"] == f"model @ w={window_name(w)}"} for w in window_sizes}
+  rows = cross_window_sweep(
+    graphdef,
+    params,
+    window_sizes,
+    train_seq_len=train_seq_len,
+    examples_per_distance=examples_per_distance,
+    max_factor=max_factor,
+    seed=seed,
+    distances=distances,
+    label="model",
+  )
+  return {
+    w: {r["distance"]: r["accuracy"] for r in rows if r["model"] == f"model @ w={window_name(w)}"}
+    for w in window_sizes
+  }

@@ -53,8 +53,11 @@ def heatmap_cells(rows, width, first, num_buckets):
   cells = []
   for lo, hi in zip(edges[:-1], edges[1:]):
     cell = [r for r in rows if lo <= r["distance"] < hi]
-    acc = (sum(r["accuracy"] * r["n"] for r in cell) / sum(r["n"] for r in cell) if cell
-           else float("nan"))
+    acc = (
+      sum(r["accuracy"] * r["n"] for r in cell) / sum(r["n"] for r in cell)
+      if cell
+      else float("nan")
+    )
     cells.append((lo, hi, acc))
   return cells
 
@@ -69,7 +72,7 @@ def plot_accuracy_heatmap(rows, path=None):
   groups = _by_model(rows)
   distances = [r["distance"] for r in rows]
   width = _bucket_width(max(distances) - min(distances))
-  first = min(distances) // width                      # buckets [b * width, (b + 1) * width)
+  first = min(distances) // width  # buckets [b * width, (b + 1) * width)
   num_buckets = max(distances) // width + 1 - first
   fig, ax = plt.subplots(figsize=(max(8, 0.42 * num_buckets + 3), 0.7 * len(groups) + 2.2))
   cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
@@ -81,17 +84,26 @@ def plot_accuracy_heatmap(rows, path=None):
     mesh = ax.pcolormesh(edges, [i, i + 1], acc, cmap=cmap, vmin=0, vmax=1)
     for lo, hi, a in cells:
       if not np.isnan(a) and hi - lo >= width / 2:  # a sliver left of a split has no room
-        ax.text((lo + hi) / 2, i + 0.5, f"{100 * a:.0f}", ha="center", va="center",
-                fontsize=7, color="black" if a > 0.5 else "white")
+        ax.text(
+          (lo + hi) / 2,
+          i + 0.5,
+          f"{100 * a:.0f}",
+          ha="center",
+          va="center",
+          fontsize=7,
+          color="black" if a > 0.5 else "white",
+        )
     if rs[0]["reach"] is not None:
       ax.plot([rs[0]["reach"] + 1] * 2, [i, i + 1], "--", color="red", linewidth=1.8)
   ax.set_xlim(first * width, (first + num_buckets) * width)
   ax.set_ylim(len(groups), 0)
-  labels = [f"{m} (L={rs[0]['layers']}, reach {_reach_text(rs[0]['reach'])})"
-            for m, rs in groups.items()]
+  labels = [
+    f"{m} (L={rs[0]['layers']}, reach {_reach_text(rs[0]['reach'])})" for m, rs in groups.items()
+  ]
   ax.set_yticks(np.arange(len(groups)) + 0.5, labels)
-  ax.set_xlabel(f"distance d (buckets of {width} tokens, split at each reach; red dashes: "
-                "reach Σ(w−1))")
+  ax.set_xlabel(
+    f"distance d (buckets of {width} tokens, split at each reach; red dashes: reach Σ(w−1))"
+  )
   ax.set_title("Passkey exact match (%) by distance")
   fig.colorbar(mesh, ax=ax, label="exact match", fraction=0.03, pad=0.01)
   fig.tight_layout()
@@ -112,8 +124,9 @@ def plot_accuracy_curves(rows, path=None, threshold=summary.THRESHOLD):
     acc = np.array([r["accuracy"] for r in rs])
     beyond = np.array([r["beyond_train_len"] for r in rs])
     reach = rs[0]["reach"]
-    line, = ax.plot(d, acc, "-", linewidth=1.2,
-                    label=f"{model} (L={rs[0]['layers']}, reach {_reach_text(reach)})")
+    (line,) = ax.plot(
+      d, acc, "-", linewidth=1.2, label=f"{model} (L={rs[0]['layers']}, reach {_reach_text(reach)})"
+    )
     color = line.get_color()
     ax.plot(d[~beyond], acc[~beyond], "o", color=color, markersize=3.5)
     ax.plot(d[beyond], acc[beyond], "o", markerfacecolor="white", color=color, markersize=3.5)
@@ -125,8 +138,10 @@ def plot_accuracy_curves(rows, path=None, threshold=summary.THRESHOLD):
   ax.set_xlabel("distance d = p_last − first key digit (tokens)")
   ax.set_ylabel("exact match (5 digits, greedy)")
   note = "; hollow: prompts longer than trained" if any_beyond else ""
-  ax.set_title(f"Passkey retrieval vs distance (dashed: reach Σ(w−1); dotted: "
-               f"{100 * threshold:g} %{note})", fontsize=10)
+  ax.set_title(
+    f"Passkey retrieval vs distance (dashed: reach Σ(w−1); dotted: {100 * threshold:g} %{note})",
+    fontsize=10,
+  )
   ax.legend(fontsize=8, loc="lower left")
   ax.grid(alpha=0.3)
   fig.tight_layout()
@@ -158,8 +173,14 @@ def plot_erf_curves(erfs, reaches, path=None):
     if nonzero.size and nonzero[-1] < d.size - 1:
       zero_from = f"; 0 beyond d={d[nonzero[-1]]}"
     style = "-" if d.size > 200 else ".-"  # sparse grids (key-digit ERF) show their points
-    line, = ax.plot(d, np.where(values > 0, values, np.nan), style, linewidth=1, markersize=3,
-                    label=f"{label}{zero_from}")
+    (line,) = ax.plot(
+      d,
+      np.where(values > 0, values, np.nan),
+      style,
+      linewidth=1,
+      markersize=3,
+      label=f"{label}{zero_from}",
+    )
     longest = max(longest, int(d[-1]) if d.size else 0)
     if reaches.get(label) is not None:
       ax.axvline(reaches[label], color=line.get_color(), linestyle="--", linewidth=1)
@@ -190,8 +211,9 @@ def plot_training_curves(metrics, path=None, smooth=5):
   """
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for name, rows in metrics.items():
-    rows = sorted({r["step"]: r for r in rows if "answer_loss" in r}.values(),
-                  key=lambda r: r["step"])  # A resumed run logs a few steps twice: keep the last.
+    rows = sorted(
+      {r["step"]: r for r in rows if "answer_loss" in r}.values(), key=lambda r: r["step"]
+    )  # A resumed run logs a few steps twice: keep the last.
     if not rows:
       raise ValueError(f"run {name!r} has no training rows (no 'answer_loss' in its metrics).")
     width = min(smooth, len(rows))

@@ -93,8 +93,10 @@ def receptive_field_table(window_size=128, layers=(1, 2, 4, 8)):
 
 def format_receptive_field_table(window_size=128, layers=(1, 2, 4, 8)):
   """The receptive_field_table rows as a markdown table (str)."""
-  lines = [f"| Layers | Nominal L·w (seed table) | Exact receptive field L·(w−1)+1 (w={window_size}) |",
-           "|---:|---:|---:|"]
+  lines = [
+    f"| Layers | Nominal L·w (seed table) | Exact receptive field L·(w−1)+1 (w={window_size}) |",
+    "|---:|---:|---:|",
+  ]
   for L, nominal, exact in receptive_field_table(window_size, layers):
     lines.append(f"| {L} | {nominal} | {exact} |")
   return "\n".join(lines) + "\n"
@@ -147,8 +149,9 @@ def plot_receptive_field(window_size=128, seq_len=512, num_layers=4, path=None):
   """
   _check_int("window_size", window_size)
   reach = reachability(seq_len, window_size, num_layers)
-  rows = [(l + 1, int(reach[l, -1].sum()), receptive_field(window_size, l + 1))
-          for l in range(num_layers)]
+  rows = [
+    (l + 1, int(reach[l, -1].sum()), receptive_field(window_size, l + 1)) for l in range(num_layers)
+  ]
 
   fig = plt.figure(figsize=(3.2 * num_layers + 0.5, 7.5))
   grid = fig.add_gridspec(2, num_layers, height_ratios=(1.3, 1.0))
@@ -162,15 +165,25 @@ def plot_receptive_field(window_size=128, seq_len=512, num_layers=4, path=None):
 
   layers = np.arange(1, num_layers + 1)
   ax = fig.add_subplot(grid[1, :])
-  ax.plot(layers, [r[1] for r in rows], "o", markersize=9,
-          label=f"measured: inputs reaching query {seq_len - 1}")
+  ax.plot(
+    layers,
+    [r[1] for r in rows],
+    "o",
+    markersize=9,
+    label=f"measured: inputs reaching query {seq_len - 1}",
+  )
   ax.plot(layers, [r[2] for r in rows], "--", label="exact L·(w−1)+1")
   ax.plot(layers, layers * window_size, ":", label="nominal L·w (seed table)")
   ax.axhline(seq_len, color="grey", linewidth=0.8, label=f"sequence length T={seq_len}")
   # The exact and nominal lines differ by only L-1 tokens, so print the numbers.
   for L, measured, exact in rows:
-    ax.annotate(f"measured {measured}\nexact {exact}, nominal {L * window_size}", (L, measured),
-                textcoords="offset points", xytext=(8, -28), fontsize=9)
+    ax.annotate(
+      f"measured {measured}\nexact {exact}, nominal {L * window_size}",
+      (L, measured),
+      textcoords="offset points",
+      xytext=(8, -28),
+      fontsize=9,
+    )
   ax.set_xticks(layers)
   ax.set_xlim(0.7, num_layers + 0.9)  # room for the last annotation
   ax.set_ylim(0, 1.1 * max(seq_len, rows[-1][2]))
@@ -178,8 +191,10 @@ def plot_receptive_field(window_size=128, seq_len=512, num_layers=4, path=None):
   ax.set_ylabel("receptive field (tokens)")
   ax.legend(loc="upper left")
   ax.grid(alpha=0.3)
-  fig.suptitle(f"Receptive field of stacked sliding-window attention (w={window_size}, "
-               f"T={seq_len}): blue = input j can influence output i")
+  fig.suptitle(
+    f"Receptive field of stacked sliding-window attention (w={window_size}, "
+    f"T={seq_len}): blue = input j can influence output i"
+  )
   fig.tight_layout()
   if path is not None:
     fig.savefig(path, dpi=110)
@@ -217,8 +232,12 @@ def effective_receptive_field(fn, x, position, target_index=None):
   if target_index is not None:
     target_index = np.asarray(target_index)
     V = out_shape[2]
-    if (target_index.shape != (B,) or not np.issubdtype(target_index.dtype, np.integer)
-        or target_index.min() < 0 or target_index.max() >= V):
+    if (
+      target_index.shape != (B,)
+      or not np.issubdtype(target_index.dtype, np.integer)
+      or target_index.min() < 0
+      or target_index.max() >= V
+    ):
       raise ValueError(f"target_index must be {B} integers in [0, {V}), got {target_index!r}.")
 
   def scalar(x):
@@ -254,16 +273,23 @@ def write_figures_and_table(out, command=None):
     raise AssertionError(f"reachability gives {measured}, closed form {exact}.")
 
   command = command or f"python -m swa.receptive_field --out {out}"
-  text = (reports.markdown_header("Receptive field of stacked sliding-window attention", [
-              f"Command: `{command}`", "Hardware: CPU (numpy; no accelerator needed)",
-              f"Date: {reports.utc_date()}"])
-          + "Query i attends keys i−w+1 … i (w keys, itself included), w = 128.\n\n"
-          + format_receptive_field_table(128, layers)
-          + f"\nThe seed table's L·w over-counts by L−1: consecutive hops share an endpoint, "
-          f"so L layers reach back L·(w−1) tokens (max distance {max_reach(128, 8)} at L=8).\n\n"
-          f"Checked against `reachability(1024, 128, 8)` (inputs reaching the last query): "
-          f"{measured}, equal to the exact column.\n"
-          f"`receptive_field.png` (T=512, L=1..4) measures {[r[1] for r in plot_rows]}.\n")
+  text = (
+    reports.markdown_header(
+      "Receptive field of stacked sliding-window attention",
+      [
+        f"Command: `{command}`",
+        "Hardware: CPU (numpy; no accelerator needed)",
+        f"Date: {reports.utc_date()}",
+      ],
+    )
+    + "Query i attends keys i−w+1 … i (w keys, itself included), w = 128.\n\n"
+    + format_receptive_field_table(128, layers)
+    + f"\nThe seed table's L·w over-counts by L−1: consecutive hops share an endpoint, "
+    f"so L layers reach back L·(w−1) tokens (max distance {max_reach(128, 8)} at L=8).\n\n"
+    f"Checked against `reachability(1024, 128, 8)` (inputs reaching the last query): "
+    f"{measured}, equal to the exact column.\n"
+    f"`receptive_field.png` (T=512, L=1..4) measures {[r[1] for r in plot_rows]}.\n"
+  )
   with open(os.path.join(out, "receptive_field.md"), "w") as f:
     f.write(text)
   return text
@@ -275,8 +301,9 @@ if __name__ == "__main__":
   from swa import cli  # pylint: disable=g-import-not-at-top
 
   # Flags are defined only when this runs as a command: importing the module defines none.
-  _OUT = flags.DEFINE_string("out", None, "Folder for the figures and receptive_field.md.",
-                             required=True)
+  _OUT = flags.DEFINE_string(
+    "out", None, "Folder for the figures and receptive_field.md.", required=True
+  )
 
   def _main(argv):
     if len(argv) > 1:

@@ -42,8 +42,10 @@ def command_line(argv=None, program=None) -> str:
 def device_description() -> str:
   """The default device, e.g. "NVIDIA H200 (gpu, 1 device(s)); JAX 0.12.0"."""
   device = jax.devices()[0]
-  return (f"{device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); "
-          f"JAX {jax.__version__}")
+  return (
+    f"{device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); "
+    f"JAX {jax.__version__}"
+  )
 
 
 def utc_date(with_time=False) -> str:
@@ -72,7 +74,7 @@ def header_lines(command=None, *, device=True, extra=()) -> list:
 
 
 def markdown_header(title: str, lines) -> str:
-  """"# title", a blank line, one "- line" per line, a blank line."""
+  """ "# title", a blank line, one "- line" per line, a blank line."""
   return f"# {title}\n\n" + "".join(f"- {line}\n" for line in lines) + "\n"
 
 
@@ -143,6 +145,7 @@ class Timing:
     first_output: the first call's output (None unless time_fn was asked to keep it).
     last_args: the arguments the next call would take (see time_fn's thread_output).
   """
+
   median_ms: float
   times_ms: list
   first_s: float
@@ -150,8 +153,17 @@ class Timing:
   last_args: tuple
 
 
-def time_fn(fn, args, *, repeats=5, warmup=1, time_budget_s=None, arg_sets=None,
-            thread_output=None, keep_first_output=False) -> Timing:
+def time_fn(
+  fn,
+  args,
+  *,
+  repeats=5,
+  warmup=1,
+  time_budget_s=None,
+  arg_sets=None,
+  thread_output=None,
+  keep_first_output=False,
+) -> Timing:
   """Median wall time of fn(*args), each call ended by jax.block_until_ready.
 
   The first call (it compiles) and `warmup - 1` more are not timed. Then up to `repeats` calls
@@ -193,8 +205,9 @@ def time_fn(fn, args, *, repeats=5, warmup=1, time_budget_s=None, arg_sets=None,
   for _ in range(warmup - 1):
     args = next_args(args, jax.block_until_ready(fn(*args)))
   times_ms = []
-  while len(times_ms) < repeats and (time_budget_s is None or not times_ms
-                                     or sum(times_ms) < 1e3 * time_budget_s):
+  while len(times_ms) < repeats and (
+    time_budget_s is None or not times_ms or sum(times_ms) < 1e3 * time_budget_s
+  ):
     start = time.perf_counter()
     out = jax.block_until_ready(fn(*args))
     times_ms.append(1e3 * (time.perf_counter() - start))

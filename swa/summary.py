@@ -13,13 +13,14 @@ import numpy as np
 
 from swa import reports
 
-THRESHOLD = 0.95          # "max distance with >= 95 %"
+THRESHOLD = 0.95  # "max distance with >= 95 %"
 # The seed table's expectations for the 4-layer models: window -> (distance, accuracy);
 # None = no limit.
 REFERENCE = {"128": (512, 0.95), "256": (1024, 0.90), "512": (2048, 0.85), "full": (None, 1.00)}
 
 
 # --- Summary -------------------------------------------------------------------------------------
+
 
 def _span_weights(distances):
   """Weight of each sorted sampled distance: the span of distances it stands for.
@@ -88,24 +89,41 @@ def summarize(rows, threshold=THRESHOLD):
     if reference is not None:
       ref_rows = [r for r in rs if reference[0] is None or r["distance"] <= reference[0]]
       at_reference = mean_over_distances(ref_rows)
-    out.append({
-        "model": model, "window": first["window"], "layers": first["layers"], "reach": reach,
+    out.append(
+      {
+        "model": model,
+        "window": first["window"],
+        "layers": first["layers"],
+        "reach": reach,
         "theoretical_rf": None if reach is None else reach + 1,
-        "threshold": threshold, "max_distance_at_threshold": best,
-        "min_tested": rs[0]["distance"], "max_tested": rs[-1]["distance"],
+        "threshold": threshold,
+        "max_distance_at_threshold": best,
+        "min_tested": rs[0]["distance"],
+        "max_tested": rs[-1]["distance"],
         "all_pass": best == rs[-1]["distance"],
         "success_inside": mean_over_distances(inside),
         "success_beyond": mean_over_distances(beyond),
         "train_seq_len": first.get("train_seq_len"),
         "max_seq_len": max(r["seq_len"] for r in rs),
-        "reference": reference, "at_reference": at_reference,
-    })
+        "reference": reference,
+        "at_reference": at_reference,
+      }
+    )
   return out
 
 
-SUMMARY_COLUMNS = ("Model", "Window", "Layers", "Theoretical RF", "Max distance with ≥ 95 %",
-                   "Success inside the RF", "Success beyond the RF", "Reference (seed table)",
-                   "Measured up to the reference distance", "Tested distances")
+SUMMARY_COLUMNS = (
+  "Model",
+  "Window",
+  "Layers",
+  "Theoretical RF",
+  "Max distance with ≥ 95 %",
+  "Success inside the RF",
+  "Success beyond the RF",
+  "Reference (seed table)",
+  "Measured up to the reference distance",
+  "Tested distances",
+)
 
 
 def _pct(x):
@@ -131,16 +149,27 @@ def format_summary_table(summary) -> str:
       ref_cell, at_ref = "—", "—"
     else:
       distance, accuracy = s["reference"]
-      ref_cell = (f"{'unlimited' if distance is None else f'~{distance} tokens'} at "
-                  f"{100 * accuracy:g} %")
+      ref_cell = (
+        f"{'unlimited' if distance is None else f'~{distance} tokens'} at {100 * accuracy:g} %"
+      )
       at_ref = _pct(s["at_reference"])
     tested = f"{s['min_tested']}–{s['max_tested']}"
     if s["train_seq_len"] and s["max_seq_len"] > s["train_seq_len"]:
       tested += f" (prompts up to T={s['max_seq_len']}, trained T={s['train_seq_len']})"
     elif s["train_seq_len"]:
       tested += f" (trained T={s['train_seq_len']})"
-    cells = [s["model"], s["window"], str(s["layers"]), rf_cell, best_cell,
-             _pct(s["success_inside"]), beyond, ref_cell, at_ref, tested]
+    cells = [
+      s["model"],
+      s["window"],
+      str(s["layers"]),
+      rf_cell,
+      best_cell,
+      _pct(s["success_inside"]),
+      beyond,
+      ref_cell,
+      at_ref,
+      tested,
+    ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
@@ -149,10 +178,19 @@ def format_summary_table(summary) -> str:
 
 # The columns of passkey.csv (eval_passkey.py), one per key of a _rows() row, and how
 # read_rows() turns each text cell back into its value.
-_CSV_TYPES = {"model": str, "window": str, "layers": int,
-              "reach": lambda text: int(text) if text else None, "distance": int,
-              "inside": lambda text: text == "True", "accuracy": float, "n": int, "seq_len": int,
-              "train_seq_len": int, "beyond_train_len": lambda text: text == "True"}
+_CSV_TYPES = {
+  "model": str,
+  "window": str,
+  "layers": int,
+  "reach": lambda text: int(text) if text else None,
+  "distance": int,
+  "inside": lambda text: text == "True",
+  "accuracy": float,
+  "n": int,
+  "seq_len": int,
+  "train_seq_len": int,
+  "beyond_train_len": lambda text: text == "True",
+}
 CSV_FIELDS = tuple(_CSV_TYPES)
 ERF_FIELDS = ("model", "distance", "erf", "erf_normalized")  # effective_receptive_field.csv
 
@@ -180,9 +218,15 @@ def write_erf(path, erfs):
   rows = []
   for model, by_d in erfs.items():
     top = max(by_d.values(), default=0.0)
-    rows += [{"model": model, "distance": d, "erf": float(v),
-              "erf_normalized": float(v / top) if top > 0 else 0.0}
-             for d, v in sorted(by_d.items())]
+    rows += [
+      {
+        "model": model,
+        "distance": d,
+        "erf": float(v),
+        "erf_normalized": float(v / top) if top > 0 else 0.0,
+      }
+      for d, v in sorted(by_d.items())
+    ]
   reports.write_csv(path, rows, ERF_FIELDS)
 
 

@@ -54,6 +54,7 @@ def restored(workdir):
 
 # --- The grid ------------------------------------------------------------------------------------
 
+
 def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
   distances = evaluate.sweep_distances(508, 1024, max_factor=2.0)
   assert distances[0] == data.MIN_DISTANCE and distances[-1] == 1016
@@ -82,9 +83,18 @@ def test_full_attention_sweeps_to_the_trained_length_or_beyond():
   assert evaluate.context_len(beyond[-1], 1024) > 1024  # longer prompts than trained
 
 
-@pytest.mark.parametrize("distance, train_seq_len, expected", [
-    (42, 128, 128), (108, 128, 128), (109, 128, 192), (124, 128, 192), (300, 0, 320),
-    (44, 0, 64), (45, 0, 128)])
+@pytest.mark.parametrize(
+  "distance, train_seq_len, expected",
+  [
+    (42, 128, 128),
+    (108, 128, 128),
+    (109, 128, 192),
+    (124, 128, 192),
+    (300, 0, 320),
+    (44, 0, 64),
+    (45, 0, 128),
+  ],
+)
 def test_context_len(distance, train_seq_len, expected):
   T = evaluate.context_len(distance, train_seq_len)
   assert T == expected
@@ -93,6 +103,7 @@ def test_context_len(distance, train_seq_len, expected):
 
 # --- The prompt stream and bounded memory --------------------------------------------------------
 
+
 def test_prompts_are_one_stream_drawn_in_fixed_chunks():
   seq_len, d = 128, 60
   a = evaluate.prompts(3, d, 70, seq_len)
@@ -100,10 +111,10 @@ def test_prompts_are_one_stream_drawn_in_fixed_chunks():
   np.testing.assert_array_equal(evaluate.prompts(3, d, 70, seq_len)["inputs"], a["inputs"])
   # Whole chunks do not depend on how many more are drawn after them.
   chunk = evaluate.prompts(3, d, evaluate.PROMPT_CHUNK, seq_len)["inputs"]
-  np.testing.assert_array_equal(chunk, a["inputs"][:evaluate.PROMPT_CHUNK])
+  np.testing.assert_array_equal(chunk, a["inputs"][: evaluate.PROMPT_CHUNK])
   rng = np.random.default_rng([3, evaluate.PROMPT_STREAM, d])
   first = data.passkey_batch(rng, evaluate.PROMPT_CHUNK, seq_len, d)
-  np.testing.assert_array_equal(first["inputs"], a["inputs"][:evaluate.PROMPT_CHUNK])
+  np.testing.assert_array_equal(first["inputs"], a["inputs"][: evaluate.PROMPT_CHUNK])
   assert not np.array_equal(evaluate.prompts(4, d, 5, seq_len)["passkey"], a["passkey"][:5])
 
 
@@ -118,13 +129,15 @@ def test_long_contexts_are_scored_one_prompt_at_a_time():
     shapes.append(batch["inputs"].shape)
     return batch["inputs"][:, -4] % 2 == 0  # depends on the passkey's first digits
 
-  results = evaluate.accuracy_by_distance(score, [42, 1000], train_seq_len=T,
-                                          examples_per_distance=3, seed=0)
+  results = evaluate.accuracy_by_distance(
+    score, [42, 1000], train_seq_len=T, examples_per_distance=3, seed=0
+  )
   assert shapes == [(1, T)] * 6
   assert {d: (n, t) for d, (_, n, t) in results.items()} == {42: (3, T), 1000: (3, T)}
   shapes.clear()
-  evaluate.accuracy_by_distance(score, [42, 50, 60], train_seq_len=128, examples_per_distance=5,
-                                max_batch_tokens=128 * 4)
+  evaluate.accuracy_by_distance(
+    score, [42, 50, 60], train_seq_len=128, examples_per_distance=5, max_batch_tokens=128 * 4
+  )
   assert shapes == [(4, 128)] * 4  # 15 prompts in batches of 4, the last one padded
 
 
@@ -136,43 +149,74 @@ def test_a_real_model_at_a_long_context_never_sees_a_batch_over_the_cap(restored
     shapes.append(batch["inputs"].shape)
     return evaluate.exact_match_step(params, batch, graphdef=graphdef)
 
-  accuracy = evaluate.passkey_accuracy(graphdef, params, [42, 3000], train_seq_len=4096,
-                                       examples_per_distance=2, max_batch_tokens=4096,
-                                       exact_match_fn=score)
+  accuracy = evaluate.passkey_accuracy(
+    graphdef,
+    params,
+    [42, 3000],
+    train_seq_len=4096,
+    examples_per_distance=2,
+    max_batch_tokens=4096,
+    exact_match_fn=score,
+  )
   assert set(accuracy) == {42, 3000} and shapes == [(1, 4096)] * 4
 
 
 def test_distances_may_have_their_own_number_of_prompts(restored):
   score = lambda batch: batch["inputs"][:, -4] % 2 == 0  # depends on the passkey's first digit
-  results = evaluate.accuracy_by_distance(score, [42, 50], train_seq_len=128,
-                                          examples_per_distance={42: 3, 50: 70},
-                                          max_batch_tokens=128 * 16)
+  results = evaluate.accuracy_by_distance(
+    score,
+    [42, 50],
+    train_seq_len=128,
+    examples_per_distance={42: 3, 50: 70},
+    max_batch_tokens=128 * 16,
+  )
   assert {d: (n, t) for d, (_, n, t) in results.items()} == {42: (3, 128), 50: (70, 128)}
   for d, n in ((42, 3), (50, 70)):
     assert results[d][0] == np.mean(score(evaluate.prompts(0, d, n, 128)))
   config, graphdef, params = restored
-  rows = evaluate.passkey_sweep(graphdef, params, reach=REACH, train_seq_len=SEQ_LEN,
-                                examples_per_distance=2, edge_examples_per_distance=5,
-                                distances=[42, 58, 60, 62, 63, 66, 100])
+  rows = evaluate.passkey_sweep(
+    graphdef,
+    params,
+    reach=REACH,
+    train_seq_len=SEQ_LEN,
+    examples_per_distance=2,
+    edge_examples_per_distance=5,
+    distances=[42, 58, 60, 62, 63, 66, 100],
+  )
   assert [r["n"] for r in rows] == [2, 2, 5, 5, 5, 2, 2]  # 5 within 5 % of the reach, 62
 
 
 # --- Summaries -----------------------------------------------------------------------------------
 
+
 def _rows(model, window, reach, accuracies, start=50, step=10):
-  return [{"model": model, "window": window, "layers": 4, "reach": reach, "distance": d,
-           "inside": reach is None or d <= reach, "accuracy": a, "n": 100, "seq_len": 256,
-           "train_seq_len": 256, "beyond_train_len": False}
-          for d, a in zip(range(start, start + step * len(accuracies), step), accuracies)]
+  return [
+    {
+      "model": model,
+      "window": window,
+      "layers": 4,
+      "reach": reach,
+      "distance": d,
+      "inside": reach is None or d <= reach,
+      "accuracy": a,
+      "n": 100,
+      "seq_len": 256,
+      "train_seq_len": 256,
+      "beyond_train_len": False,
+    }
+    for d, a in zip(range(start, start + step * len(accuracies), step), accuracies)
+  ]
 
 
 def test_summarize_hand_made_rows():
-  rows = (_rows("a", "8", 80, [1.0, 0.97, 0.95, 0.9, 0.96, 0.2])   # 50..100; 80 fails, 90 passes
-          + _rows("full", "full", None, [1.0, 1.0, 0.99])
-          + _rows("c", "128", 60, [0.5, 0.99, 0.99]))
+  rows = (
+    _rows("a", "8", 80, [1.0, 0.97, 0.95, 0.9, 0.96, 0.2])  # 50..100; 80 fails, 90 passes
+    + _rows("full", "full", None, [1.0, 1.0, 0.99])
+    + _rows("c", "128", 60, [0.5, 0.99, 0.99])
+  )
   a, full, c = summary.summarize(rows)
   assert a["model"] == "a" and a["theoretical_rf"] == 81
-  assert a["max_distance_at_threshold"] == 70      # 0.95 counts; the first failure (80) stops it
+  assert a["max_distance_at_threshold"] == 70  # 0.95 counts; the first failure (80) stops it
   assert not a["all_pass"]
   np.testing.assert_allclose(a["success_inside"], np.mean([1.0, 0.97, 0.95, 0.9]))
   np.testing.assert_allclose(a["success_beyond"], np.mean([0.96, 0.2]))
@@ -181,7 +225,7 @@ def test_summarize_hand_made_rows():
   assert full["max_distance_at_threshold"] == 70 and full["all_pass"]
   assert full["reference"] == (None, 1.0)
   np.testing.assert_allclose(full["at_reference"], np.mean([1.0, 1.0, 0.99]))
-  assert c["max_distance_at_threshold"] is None    # fails at the shortest distance
+  assert c["max_distance_at_threshold"] is None  # fails at the shortest distance
   assert c["reference"] == (512, 0.95)
   table = summary.format_summary_table([a, full, c])
   lines = table.splitlines()
@@ -201,20 +245,31 @@ def test_mean_over_distances_does_not_overweight_a_dense_cluster():
 
 def test_format_accuracy_table():
   table = evaluate.format_accuracy_table({100: 0.0, 42: 0.96875}, 93).splitlines()
-  assert table == ["| distance | exact match | inside RF (distance <= 93) |", "|---:|---:|:---:|",
-                   "| 42 | 96.9% | yes |", "| 100 | 0.0% | no |"]
+  assert table == [
+    "| distance | exact match | inside RF (distance <= 93) |",
+    "|---:|---:|:---:|",
+    "| 42 | 96.9% | yes |",
+    "| 100 | 0.0% | no |",
+  ]
 
 
 # --- The trained tiny model ----------------------------------------------------------------------
+
 
 def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
   config, graphdef, params = restored
   model_config = train_lib.model_config(config)
   assert evaluate.reach_of(model_config) == REACH
   distances = [42, 50, REACH - 1, REACH, REACH + 1, REACH + 5, 100]
-  values = erf.effective_receptive_field(evaluate.graphdef_for(model_config, dtype="float32"),
-                                         params, distances, train_seq_len=SEQ_LEN,
-                                         examples_per_distance=3, seed=0, max_batch_tokens=256)
+  values = erf.effective_receptive_field(
+    evaluate.graphdef_for(model_config, dtype="float32"),
+    params,
+    distances,
+    train_seq_len=SEQ_LEN,
+    examples_per_distance=3,
+    seed=0,
+    max_batch_tokens=256,
+  )
   assert sorted(values) == distances
   assert all(values[d] > 0 for d in distances if d <= REACH)
   assert all(values[d] == 0.0 for d in distances if d > REACH)
@@ -222,18 +277,21 @@ def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
 
 def test_passkey_retrieval_per_window(restored):
   config, graphdef, params = restored
-  result = evaluate.test_passkey_retrieval(graphdef, params, [8, 32], train_seq_len=SEQ_LEN,
-                                           distances=[42, 70], examples_per_distance=4)
+  result = evaluate.test_passkey_retrieval(
+    graphdef, params, [8, 32], train_seq_len=SEQ_LEN, distances=[42, 70], examples_per_distance=4
+  )
   assert set(result) == {8, 32}
   for accuracy in result.values():
     assert set(accuracy) == {42, 70}
     assert all(0.0 <= a <= 1.0 for a in accuracy.values())
   # At the trained window it is the model's own accuracy, on the same prompts.
-  assert result[32] == evaluate.passkey_accuracy(graphdef, params, [42, 70],
-                                                 train_seq_len=SEQ_LEN, examples_per_distance=4)
+  assert result[32] == evaluate.passkey_accuracy(
+    graphdef, params, [42, 70], train_seq_len=SEQ_LEN, examples_per_distance=4
+  )
 
 
 # --- train.py and eval_passkey.py agree ----------------------------------------------------------
+
 
 def _csv_accuracy(path):
   return {r["distance"]: r["accuracy"] for r in summary.read_rows(path)}
@@ -246,9 +304,14 @@ def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_pat
   distances = evaluate.even_distances(SEQ_LEN, config.eval.num_distances)
   assert sorted(trained) == distances
   before = _tree(workdir)
-  eval_passkey.run(workdirs=[workdir], out=str(tmp_path), seed=config.seed,
-                   examples_per_distance=config.eval.examples_per_distance, distances=distances,
-                   erf_examples=0)
+  eval_passkey.run(
+    workdirs=[workdir],
+    out=str(tmp_path),
+    seed=config.seed,
+    examples_per_distance=config.eval.examples_per_distance,
+    distances=distances,
+    erf_examples=0,
+  )
   assert _csv_accuracy(tmp_path / "passkey.csv") == trained
   assert _tree(workdir) == before  # read only: nothing created or changed in the workdir
 
@@ -266,30 +329,50 @@ def _tree(path):
 def test_train_and_eval_passkey_score_the_same_prompts(tmp_path, monkeypatch):
   # A random model scores 0 everywhere, whatever the prompts. A scorer that passes about half of
   # the passkeys makes the numbers depend on which prompts each path drew.
-  monkeypatch.setattr(evaluate, "exact_match_step",
-                      lambda params, batch, graphdef: batch["inputs"][:, -4] % 2 == 0)
+  monkeypatch.setattr(
+    evaluate, "exact_match_step", lambda params, batch, graphdef: batch["inputs"][:, -4] % 2 == 0
+  )
   config = tiny_config()
   config.num_steps = config.log_every_steps = config.checkpoint_every_steps = 1
   config.eval.examples_per_distance, config.eval.num_distances = 40, 3
   run = tmp_path / "run"
   trained = train_lib.train_and_evaluate(config, str(run))["exact_match_by_distance"]
   assert len(set(trained.values())) > 1 or 0 < min(trained.values()) < 1
-  eval_passkey.run(workdirs=[str(run)], seed=config.seed, examples_per_distance=40,
-                   distances=list(trained), erf_examples=0)
+  eval_passkey.run(
+    workdirs=[str(run)],
+    seed=config.seed,
+    examples_per_distance=40,
+    distances=list(trained),
+    erf_examples=0,
+  )
   assert _csv_accuracy(run / "eval" / "passkey.csv") == trained  # default out: <workdir>/eval
-  eval_passkey.run(workdirs=[str(run)], seed=config.seed + 1, out=str(tmp_path / "b"),
-                   examples_per_distance=40, distances=list(trained), erf_examples=0)
+  eval_passkey.run(
+    workdirs=[str(run)],
+    seed=config.seed + 1,
+    out=str(tmp_path / "b"),
+    examples_per_distance=40,
+    distances=list(trained),
+    erf_examples=0,
+  )
   assert _csv_accuracy(tmp_path / "b" / "passkey.csv") != trained  # another seed, other prompts
 
 
 # --- eval_passkey.py -----------------------------------------------------------------------------
 
+
 def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   out = tmp_path / "results"
-  eval_passkey.run(workdirs=[workdir], out=str(out), examples_per_distance=4, erf_examples=2,
-                   step=16)
-  for name in ("passkey.md", "passkey.csv", "passkey_heatmap.png", "passkey_curves.png",
-               "effective_receptive_field.png", "effective_receptive_field.csv"):
+  eval_passkey.run(
+    workdirs=[workdir], out=str(out), examples_per_distance=4, erf_examples=2, step=16
+  )
+  for name in (
+    "passkey.md",
+    "passkey.csv",
+    "passkey_heatmap.png",
+    "passkey_curves.png",
+    "effective_receptive_field.png",
+    "effective_receptive_field.csv",
+  ):
     assert os.path.getsize(out / name) > 0, name
 
   with open(out / "passkey.csv") as f:
@@ -322,16 +405,19 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
   runs = passkey_report.load_runs([workdir])
-  summaries = passkey_report.evaluate_runs(runs, out=str(first), examples_per_distance=4, step=16,
-                                           erf_examples=2)
+  summaries = passkey_report.evaluate_runs(
+    runs, out=str(first), examples_per_distance=4, step=16, erf_examples=2
+  )
   rows = summary.read_rows(first / "passkey.csv")
   assert summary.summarize(rows) == summaries  # the CSV round trip keeps every value and type
   shutil.copytree(first, tmp_path / "run_b")  # the same model name in two files
 
   merged = tmp_path / "merged"
   combined = passkey_report.merge_csvs(
-      [str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")], out=str(merged),
-      command="python eval_passkey.py --from_csv=...")
+    [str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")],
+    out=str(merged),
+    command="python eval_passkey.py --from_csv=...",
+  )
   assert [s["model"] for s in combined] == ["run_a", "run_b"]  # renamed to their folders
   assert [{**s, "model": "w32"} for s in combined] == summaries * 2
   merged_rows = summary.read_rows(merged / "passkey.csv")
@@ -347,8 +433,7 @@ def test_from_csv_merges_earlier_results(workdir, tmp_path):
 
 def test_old_dense_erf_files_still_load(tmp_path):
   path = tmp_path / "effective_receptive_field.csv"
-  path.write_text("model,distance,erf,erf_normalized\nw8,0,0.5,1.0\nw8,1,0.25,0.5\n"
-                  "w8,2,0.0,0.0\n")
+  path.write_text("model,distance,erf,erf_normalized\nw8,0,0.5,1.0\nw8,1,0.25,0.5\nw8,2,0.0,0.0\n")
   assert summary.read_erf(path) == {"w8": {0: 0.5, 1: 0.25, 2: 0.0}}
   summary.write_erf(tmp_path / "again.csv", summary.read_erf(path))
   assert (tmp_path / "again.csv").read_text().replace("\r", "") == path.read_text()
@@ -360,24 +445,30 @@ def test_from_csv_errors(tmp_path):
     summary.read_rows(tmp_path / "other.csv")
   with pytest.raises(ValueError, match="names no file"):
     passkey_report.merge_csvs([], out=str(tmp_path))
-  row = dict(zip(summary.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128",
-                                      "128", "False"]))
+  row = dict(
+    zip(summary.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128", "128", "False"])
+  )
   for folder in ("x/same", "y/same"):  # same model, same folder name: no way to tell them apart
     (tmp_path / folder).mkdir(parents=True)
     summary.write_rows(tmp_path / folder / "passkey.csv", [row])
   with pytest.raises(ValueError, match="clash"):
-    passkey_report.merge_csvs([str(tmp_path / "x/same/passkey.csv"),
-                               str(tmp_path / "y/same/passkey.csv")], out=str(tmp_path / "out"))
+    passkey_report.merge_csvs(
+      [str(tmp_path / "x/same/passkey.csv"), str(tmp_path / "y/same/passkey.csv")],
+      out=str(tmp_path / "out"),
+    )
 
 
-@pytest.mark.parametrize("kwargs, message", [
+@pytest.mark.parametrize(
+  "kwargs, message",
+  [
     ({}, "exactly one of"),
     ({"workdirs": ["a"], "from_csv": ["b/passkey.csv"]}, "exactly one of"),
     ({"from_csv": ["b/passkey.csv"]}, "needs --out"),
     ({"workdirs": ["a", "b"]}, "need --out"),
     ({"workdirs": ["a"], "distances": ["42", "x"]}, "'x' is not allowed"),
     ({"workdirs": ["a"], "cross_windows": ["8", "-1"]}, "'-1' is not allowed; give positive"),
-])
+  ],
+)
 def test_eval_passkey_refuses_unclear_requests(kwargs, message):
   with pytest.raises(cli.UserError, match=message):
     eval_passkey.run(**kwargs)
@@ -398,16 +489,27 @@ def test_eval_passkey_command_line_smoke(tmp_path):
   summary.write_rows(tmp_path / "a" / "passkey.csv", rows)
   command = [sys.executable, "eval_passkey.py", f"--from_csv={tmp_path / 'a' / 'passkey.csv'}"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  done = subprocess.run(command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
-                        text=True, check=True)
+  done = subprocess.run(
+    command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True, check=True
+  )
   assert "| m | 8 | 4 |" in done.stdout and (tmp_path / "out" / "passkey.md").exists()
   failed = subprocess.run(command, cwd=root, capture_output=True, text=True)
   assert failed.returncode == 1
   assert failed.stderr.strip() == "error: --from_csv needs --out=<folder> for the merged files."
   missing = tmp_path / "no_run"
-  failed = subprocess.run([sys.executable, "eval_passkey.py", f"--workdirs={missing}",
-                           "--examples_per_distance=3", "--distances=42,50"], cwd=root,
-                          capture_output=True, text=True)
+  failed = subprocess.run(
+    [
+      sys.executable,
+      "eval_passkey.py",
+      f"--workdirs={missing}",
+      "--examples_per_distance=3",
+      "--distances=42,50",
+    ],
+    cwd=root,
+    capture_output=True,
+    text=True,
+  )
   assert failed.returncode == 1 and not missing.exists()
-  assert failed.stderr.strip() == (f"error: {missing} is not a training workdir: it has no "
-                                   "config.json.")
+  assert failed.stderr.strip() == (
+    f"error: {missing} is not a training workdir: it has no config.json."
+  )

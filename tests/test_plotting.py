@@ -11,11 +11,12 @@ def _rows(steps, loss):
 
 
 def test_training_curves_keep_the_last_of_repeated_steps(tmp_path):
-  resumed = _rows(range(1, 7), 2.0) + _rows(range(4, 10), 1.0)   # steps 4-6 logged twice
-  resumed.append({"step": 9, "tokens_per_second": 1e5})          # not a training row
+  resumed = _rows(range(1, 7), 2.0) + _rows(range(4, 10), 1.0)  # steps 4-6 logged twice
+  resumed.append({"step": 9, "tokens_per_second": 1e5})  # not a training row
   path = tmp_path / "curves.png"
-  fig = plotting.plot_training_curves({"a": resumed, "b": _rows(range(1, 10), 0.5)},
-                                      path=str(path), smooth=1)
+  fig = plotting.plot_training_curves(
+    {"a": resumed, "b": _rows(range(1, 10), 0.5)}, path=str(path), smooth=1
+  )
   loss_axes, match_axes = fig.axes
   (steps, losses), _ = [line.get_data() for line in loss_axes.lines]
   assert list(steps) == list(range(1, 10))
@@ -30,8 +31,19 @@ def test_training_curves_need_training_rows():
 
 
 def _eval_rows(model, reach, distances, accuracy):
-  return [{"model": model, "window": "8", "layers": 2, "reach": reach, "distance": d,
-           "accuracy": accuracy(d), "n": 10, "beyond_train_len": False} for d in distances]
+  return [
+    {
+      "model": model,
+      "window": "8",
+      "layers": 2,
+      "reach": reach,
+      "distance": d,
+      "accuracy": accuracy(d),
+      "n": 10,
+      "beyond_train_len": False,
+    }
+    for d in distances
+  ]
 
 
 def test_heatmap_cells_never_straddle_the_reach(tmp_path):

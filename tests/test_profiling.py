@@ -13,12 +13,13 @@ from configs import base, tiny
 from swa import reports
 from swa.profiling import measure, report, rows, sweep
 
-SMALL = dict(heads=2, head_dim=16)   # Small heads: the n^2 or n*w terms dominate from n = 512.
+SMALL = dict(heads=2, head_dim=16)  # Small heads: the n^2 or n*w terms dominate from n = 512.
 
 
 def compiled_bytes(kind, impl, lengths, window=256):
-  rows = [measure.measure(kind, impl, n, window, method="compiled", repeats=0, **SMALL)
-          for n in lengths]
+  rows = [
+    measure.measure(kind, impl, n, window, method="compiled", repeats=0, **SMALL) for n in lengths
+  ]
   assert all(r["status"] == "ok" and r["method"] == "compiled" for r in rows), rows
   return [r["memory_bytes"] for r in rows]
 
@@ -41,23 +42,27 @@ def test_compiled_memory_is_quadratic_for_full_and_linear_for_sliding(kind):
 
 def test_blocks_per_step_bounds_chunked_attention_memory():
   n, w = 4096, 256
-  plain = measure.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
-                            **SMALL)
-  looped = measure.measure("attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0,
-                             blocks_per_step=2, **SMALL)
+  plain = measure.measure(
+    "attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0, **SMALL
+  )
+  looped = measure.measure(
+    "attention_fwdbwd", "chunked", n, w, method="compiled", repeats=0, blocks_per_step=2, **SMALL
+  )
   assert looped["memory_bytes"] < plain["memory_bytes"]
 
 
 def test_train_step_measures_memory_and_time():
   # Recomputation and the query-block loop (how a 1M-token step fits) shrink the plan.
   config = base.get_config()
-  lean = measure.measure("train_step", "chunked", 2048, 256, repeats=1, remat=True,
-                         blocks_per_step=4, base_config=config)
+  lean = measure.measure(
+    "train_step", "chunked", 2048, 256, repeats=1, remat=True, blocks_per_step=4, base_config=config
+  )
   assert lean["status"] == "ok", lean
   assert lean["memory_bytes"] > 0 and lean["time_ms"] > 0 and len(lean["times_ms"]) == 1
   assert lean["num_params"] > 0 and lean["remat"] is True
-  plain = measure.measure("train_step", "chunked", 2048, 256, repeats=0,
-                          base_config=config.to_dict())
+  plain = measure.measure(
+    "train_step", "chunked", 2048, 256, repeats=0, base_config=config.to_dict()
+  )
   assert plain["status"] == "ok" and plain["remat"] is False and "time_ms" not in plain
   # Compiled plans: lean / plain = 0.26 on JAX 0.12, 0.53 on 0.10.2 (whose CPU plan gains
   # nothing from remat alone; the flash-style chunked attention already shrank `plain`).
@@ -72,11 +77,18 @@ def test_unavailable_cudnn_is_reported_not_raised():
 
 
 def test_profile_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
-  monkeypatch.setenv("JAX_PLATFORMS", "cpu")   # the subprocesses inherit it
+  monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the subprocesses inherit it
   out, text = report.profile(
-      str(tmp_path), base_config=None, window=32, seq_lengths=[128, 256],
-      kinds=("attention_fwd",), variants=("full_reference", "sliding_chunked", "sliding_cudnn"),
-      repeats=1, command="test", **SMALL)
+    str(tmp_path),
+    base_config=None,
+    window=32,
+    seq_lengths=[128, 256],
+    kinds=("attention_fwd",),
+    variants=("full_reference", "sliding_chunked", "sliding_cudnn"),
+    repeats=1,
+    command="test",
+    **SMALL,
+  )
   assert out == str(tmp_path)
   back = report.read_csv(tmp_path / "memory.csv")
   ran = [r for r in back if not r["status"].startswith("n/a")]
@@ -96,8 +108,15 @@ def test_profile_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_a_train_step_config_travels_to_the_worker(monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")
-  spec = dict(kind="train_step", impl="chunked", seq_len=128, window=32, method="compiled",
-              repeats=0, base_config=tiny.get_config().to_dict())
+  spec = dict(
+    kind="train_step",
+    impl="chunked",
+    seq_len=128,
+    window=32,
+    method="compiled",
+    repeats=0,
+    base_config=tiny.get_config().to_dict(),
+  )
   row = sweep.run_in_subprocess(spec, timeout_s=300)
   assert row["status"] == "ok" and row["memory_bytes"] > 0, row
   assert row["num_params"] > 0
@@ -118,14 +137,25 @@ def test_default_out_is_never_results():
 def test_profile_memory_command_line_smoke(tmp_path):
   """The real command: a rebuild from a CSV, then a user mistake in one line."""
   gib = 2**30
-  row = dict(kind="attention_fwd", variant="sliding_chunked", impl="chunked", seq_len=4096,
-             window=512, status="ok", method="compiled", memory_bytes=gib, device="cpu",
-             backend="cpu", jax_version="x")
+  row = dict(
+    kind="attention_fwd",
+    variant="sliding_chunked",
+    impl="chunked",
+    seq_len=4096,
+    window=512,
+    status="ok",
+    method="compiled",
+    memory_bytes=gib,
+    device="cpu",
+    backend="cpu",
+    jax_version="x",
+  )
   report.write_csv(tmp_path / "a" / "memory.csv", [row])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   command = [sys.executable, "profile_memory.py", f"--from_csv={tmp_path / 'a' / 'memory.csv'}"]
-  done = subprocess.run(command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True,
-                        text=True, check=True)
+  done = subprocess.run(
+    command + [f"--out={tmp_path / 'out'}"], cwd=root, capture_output=True, text=True, check=True
+  )
   assert "| 4,096 | 1 GiB ᶜ |" in done.stdout or "| 4,096 | 1 GiB |" in done.stdout
   assert (tmp_path / "out" / "memory.png").exists()
   failed = subprocess.run(command, cwd=root, capture_output=True, text=True)
@@ -151,15 +181,25 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
     if spec["impl"] == "reference" and spec["seq_len"] >= 4096:
       return dict(spec, status="OOM", process_s=1.0)
     ms = spec["seq_len"] * (10.0 if spec["impl"] == "reference" else 0.01)
-    return dict(spec, status="ok", memory_bytes=spec["seq_len"], process_s=1.0,
-                time_ms=ms if spec["repeats"] else None)
+    return dict(
+      spec,
+      status="ok",
+      memory_bytes=spec["seq_len"],
+      process_s=1.0,
+      time_ms=ms if spec["repeats"] else None,
+    )
 
   monkeypatch.setattr(sweep, "run_in_subprocess", fake_run)
   monkeypatch.setattr(sweep, "start_worker", lambda mem_fraction: _FakeWorker())
   rows = sweep.compare_memory_usage(
-      [1024, 2048, 4096, 8192], window_size=512, kinds=("attention_fwd",),
-      variants=("full_reference", "sliding_chunked"), max_run_seconds=15.0, long_from=4096,
-      gpu=False)
+    [1024, 2048, 4096, 8192],
+    window_size=512,
+    kinds=("attention_fwd",),
+    variants=("full_reference", "sliding_chunked"),
+    max_run_seconds=15.0,
+    long_from=4096,
+    gpu=False,
+  )
   status = {(r["variant"], r["seq_len"]): r["status"] for r in rows}
   assert status[("full_reference", 4096)] == "OOM"
   assert status[("full_reference", 8192)].startswith("skipped")
@@ -170,8 +210,12 @@ def test_sweep_stops_a_variant_after_oom_and_plans_slow_runs_only(monkeypatch):
   assert ref[2048]["method"] == "compiled" and ref[2048]["repeats"] == 0
   # Coarse to fine: every other n and the largest first, the n between them after.
   assert [c["seq_len"] for c in calls if c["impl"] == "chunked"] == [1024, 4096, 8192, 2048]
-  assert [r["seq_len"] for r in rows if r["variant"] == "sliding_chunked"] == [1024, 2048, 4096,
-                                                                                8192]
+  assert [r["seq_len"] for r in rows if r["variant"] == "sliding_chunked"] == [
+    1024,
+    2048,
+    4096,
+    8192,
+  ]
   chunked = {c["seq_len"]: c for c in calls if c["impl"] == "chunked"}
   assert chunked[2048].get("blocks_per_step") is None
   assert chunked[4096]["blocks_per_step"] == 32768 // 256
@@ -185,21 +229,67 @@ def test_oom_messages_are_recognised():
 
 def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
   gib = 2**30
-  base = dict(kind="attention_fwdbwd", batch=1, heads=16, head_dim=128, dtype="bfloat16",
-              bytes_limit=76 * gib)
+  base = dict(
+    kind="attention_fwdbwd", batch=1, heads=16, head_dim=128, dtype="bfloat16", bytes_limit=76 * gib
+  )
   rows = [
-      dict(base, variant="full_reference", impl="reference", seq_len=8192, status="ok",
-           method="peak", memory_bytes=8 * gib, compiled_bytes=8 * gib, time_ms=50.0),
-      dict(base, variant="full_reference", impl="reference", seq_len=16384, status="OOM",
-           stage="run"),
-      dict(base, variant="full_cudnn", impl="cudnn", seq_len=8192, status="ok", method="peak",
-           memory_bytes=gib // 4, compiled_bytes=gib // 4, time_ms=5.0),
-      dict(base, variant="full_cudnn", impl="cudnn", seq_len=16384, status="ok",
-           method="compiled", memory_bytes=gib // 2, time_skipped="~9 s a run predicted"),
-      dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=8192,
-           status="ok", method="peak", memory_bytes=gib, compiled_bytes=gib, time_ms=2.0),
-      dict(base, variant="sliding_chunked", impl="chunked", window=512, seq_len=16384,
-           status="failed: XlaRuntimeError", stage="run", error="INTERNAL: boom\nmore"),
+    dict(
+      base,
+      variant="full_reference",
+      impl="reference",
+      seq_len=8192,
+      status="ok",
+      method="peak",
+      memory_bytes=8 * gib,
+      compiled_bytes=8 * gib,
+      time_ms=50.0,
+    ),
+    dict(
+      base, variant="full_reference", impl="reference", seq_len=16384, status="OOM", stage="run"
+    ),
+    dict(
+      base,
+      variant="full_cudnn",
+      impl="cudnn",
+      seq_len=8192,
+      status="ok",
+      method="peak",
+      memory_bytes=gib // 4,
+      compiled_bytes=gib // 4,
+      time_ms=5.0,
+    ),
+    dict(
+      base,
+      variant="full_cudnn",
+      impl="cudnn",
+      seq_len=16384,
+      status="ok",
+      method="compiled",
+      memory_bytes=gib // 2,
+      time_skipped="~9 s a run predicted",
+    ),
+    dict(
+      base,
+      variant="sliding_chunked",
+      impl="chunked",
+      window=512,
+      seq_len=8192,
+      status="ok",
+      method="peak",
+      memory_bytes=gib,
+      compiled_bytes=gib,
+      time_ms=2.0,
+    ),
+    dict(
+      base,
+      variant="sliding_chunked",
+      impl="chunked",
+      window=512,
+      seq_len=16384,
+      status="failed: XlaRuntimeError",
+      stage="run",
+      error="INTERNAL: boom\nmore",
+    ),
   ]
   text = report.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
   assert "| 8,192 | 8 GiB | 256 MiB | 1 GiB | 8× |" in text
@@ -217,19 +307,25 @@ def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
 
 
 def test_merge_rows_fills_what_earlier_sweeps_skipped():
-  row = lambda variant, n, status, **kw: dict(kind="attention_fwd", variant=variant, seq_len=n,
-                                              status=status, device="H200", **kw)
-  first = [row("sliding_cudnn", 4096, "skipped: sweep deadline passed"),
-           row("sliding_cudnn", 1024, "ok", memory_bytes=1),
-           row("full_reference", 1024, "OOM")]
-  second = [row("sliding_cudnn", 4096, "ok", memory_bytes=4),
-            row("sliding_cudnn", 1024, "ok", memory_bytes=99),   # already measured: not taken
-            row("full_reference", 4096, "skipped: sweep deadline passed")]
+  row = lambda variant, n, status, **kw: dict(
+    kind="attention_fwd", variant=variant, seq_len=n, status=status, device="H200", **kw
+  )
+  first = [
+    row("sliding_cudnn", 4096, "skipped: sweep deadline passed"),
+    row("sliding_cudnn", 1024, "ok", memory_bytes=1),
+    row("full_reference", 1024, "OOM"),
+  ]
+  second = [
+    row("sliding_cudnn", 4096, "ok", memory_bytes=4),
+    row("sliding_cudnn", 1024, "ok", memory_bytes=99),  # already measured: not taken
+    row("full_reference", 4096, "skipped: sweep deadline passed"),
+  ]
   merged = report.merge_rows([first, second])
   assert [(r["variant"], r["seq_len"], r["status"], r.get("memory_bytes")) for r in merged] == [
-      ("full_reference", 1024, "OOM", None),
-      ("full_reference", 4096, "skipped: sweep deadline passed", None),
-      ("sliding_cudnn", 1024, "ok", 1),
-      ("sliding_cudnn", 4096, "ok", 4)]
+    ("full_reference", 1024, "OOM", None),
+    ("full_reference", 4096, "skipped: sweep deadline passed", None),
+    ("sliding_cudnn", 1024, "ok", 1),
+    ("sliding_cudnn", 4096, "ok", 4),
+  ]
   with pytest.raises(ValueError, match="different devices"):
     report.merge_rows([first, [dict(second[0], device="H100")]])

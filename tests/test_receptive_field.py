@@ -12,16 +12,29 @@ import pytest
 from swa import receptive_field as rf
 from swa.attention import create_sliding_window_mask
 
-SEED_MASK_6x3 = np.array([[1, 0, 0, 0, 0, 0],
-                          [1, 1, 0, 0, 0, 0],
-                          [1, 1, 1, 0, 0, 0],
-                          [0, 1, 1, 1, 0, 0],
-                          [0, 0, 1, 1, 1, 0],
-                          [0, 0, 0, 1, 1, 1]], dtype=bool)
+SEED_MASK_6x3 = np.array(
+  [
+    [1, 0, 0, 0, 0, 0],
+    [1, 1, 0, 0, 0, 0],
+    [1, 1, 1, 0, 0, 0],
+    [0, 1, 1, 1, 0, 0],
+    [0, 0, 1, 1, 1, 0],
+    [0, 0, 0, 1, 1, 1],
+  ],
+  dtype=bool,
+)
 
 # (seq_len, window_size, num_layers): odd lengths, w=1, w == T, w > T, deep stacks.
-CASES = [(9, 1, 3), (10, 3, 1), (17, 4, 3), (33, 5, 4), (31, 8, 6), (12, 12, 2), (7, 20, 3),
-         (64, 16, 8)]
+CASES = [
+  (9, 1, 3),
+  (10, 3, 1),
+  (17, 4, 3),
+  (33, 5, 4),
+  (31, 8, 6),
+  (12, 12, 2),
+  (7, 20, 3),
+  (64, 16, 8),
+]
 
 
 def _distance_band(seq_len, reach):
@@ -37,7 +50,9 @@ def test_first_layer_is_the_seed_mask():
 @pytest.mark.parametrize("seq_len,window_size,num_layers", CASES)
 def test_first_layer_is_band_mask(seq_len, window_size, num_layers):
   reach = rf.reachability(seq_len, window_size, num_layers)
-  np.testing.assert_array_equal(reach[0], np.asarray(create_sliding_window_mask(seq_len, window_size)))
+  np.testing.assert_array_equal(
+    reach[0], np.asarray(create_sliding_window_mask(seq_len, window_size))
+  )
 
 
 @pytest.mark.parametrize("seq_len,window_size,num_layers", CASES)
@@ -46,7 +61,8 @@ def test_reachability_matches_closed_form(seq_len, window_size, num_layers):
   assert reach.shape == (num_layers, seq_len, seq_len) and reach.dtype == bool
   for l in range(num_layers):
     np.testing.assert_array_equal(
-        reach[l], _distance_band(seq_len, rf.max_reach(window_size, l + 1)), err_msg=f"layer {l + 1}")
+      reach[l], _distance_band(seq_len, rf.max_reach(window_size, l + 1)), err_msg=f"layer {l + 1}"
+    )
     # The last query sees the full field unless the sequence start clips it.
     assert reach[l, -1].sum() == min(seq_len, rf.receptive_field(window_size, l + 1))
 
@@ -78,7 +94,9 @@ def test_receptive_field_table_w128():
   assert "| 8 | 1024 | 1017 |" in text
 
 
-@pytest.mark.parametrize("call", [
+@pytest.mark.parametrize(
+  "call",
+  [
     lambda: rf.reachability(8, 0, 2),
     lambda: rf.reachability(8, 3, 0),
     lambda: rf.reachability(0, 3, 2),
@@ -92,7 +110,8 @@ def test_receptive_field_table_w128():
     lambda: rf.receptive_field_table(128, ()),
     lambda: rf.receptive_field_table(128, (1, 0)),
     lambda: rf.plot_receptive_field(0, 16, 2),
-])
+  ],
+)
 def test_bad_inputs_raise(call):
   with pytest.raises(ValueError):
     call()
@@ -112,8 +131,9 @@ def _local_mixer(window_size, num_layers, seq_len, dim, vocab, key):
   return fn
 
 
-@pytest.mark.parametrize("window_size,num_layers,position", [(3, 2, 12), (4, 3, 19), (1, 2, 7),
-                                                             (5, 2, 3), (2, 4, 19)])
+@pytest.mark.parametrize(
+  "window_size,num_layers,position", [(3, 2, 12), (4, 3, 19), (1, 2, 7), (5, 2, 3), (2, 4, 19)]
+)
 @pytest.mark.parametrize("use_target,use_jit", [(False, False), (True, True)])
 def test_erf_is_zero_exactly_beyond_reach(window_size, num_layers, position, use_target, use_jit):
   B, T, D, V = 3, 20, 5, 7
@@ -135,9 +155,13 @@ def test_erf_is_zero_exactly_beyond_reach(window_size, num_layers, position, use
 def test_erf_bad_inputs_raise():
   fn = _local_mixer(3, 1, 6, 4, 5, jax.random.PRNGKey(0))
   x = jnp.ones((2, 6, 4))
-  for kwargs in [dict(position=6), dict(position=-1), dict(position=1.0),
-                 dict(position=2, target_index=np.array([0, 5])),
-                 dict(position=2, target_index=np.array([0]))]:
+  for kwargs in [
+    dict(position=6),
+    dict(position=-1),
+    dict(position=1.0),
+    dict(position=2, target_index=np.array([0, 5])),
+    dict(position=2, target_index=np.array([0])),
+  ]:
     with pytest.raises(ValueError):
       rf.effective_receptive_field(fn, x, **kwargs)
   with pytest.raises(ValueError):
@@ -159,13 +183,19 @@ def test_plots_save_and_report_measured_field(tmp_path):
 
 def test_the_command_writes_figures_and_table(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  done = subprocess.run([sys.executable, "-m", "swa.receptive_field", f"--out={tmp_path}"],
-                        cwd=root, capture_output=True, text=True, check=True)
+  done = subprocess.run(
+    [sys.executable, "-m", "swa.receptive_field", f"--out={tmp_path}"],
+    cwd=root,
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   text = (tmp_path / "receptive_field.md").read_text()
   assert done.stdout.strip() == text.strip()
   assert "| 4 | 512 | 509 |" in text and "- Command: `python -m swa.receptive_field" in text
   for name in ("window_mask.png", "window_mask_6x3.png", "receptive_field.png"):
     assert (tmp_path / name).stat().st_size > 0
-  failed = subprocess.run([sys.executable, "-m", "swa.receptive_field"], cwd=root,
-                          capture_output=True, text=True)
+  failed = subprocess.run(
+    [sys.executable, "-m", "swa.receptive_field"], cwd=root, capture_output=True, text=True
+  )
   assert failed.returncode == 1 and failed.stderr.count("\n") == 1 and "--out" in failed.stderr

@@ -1,10 +1,10 @@
 """Device memory and time of full against sliding-window attention, alone and in a training step.
 
-  rows.py     what one measurement is: kinds, variants, the CSV columns, report order, a cell's
-              text, the log-log slope fit
-  measure.py  one configuration in this process (`measure`); `python -m swa.profiling.measure`
-              is the worker that the sweep starts, one fresh process per configuration
-  sweep.py    `compare_memory_usage`: a sweep of configurations, each in its own subprocess
-  report.py   memory.md, memory.csv, memory.png from a sweep's rows; the whole job behind
-              profile_memory.py (`profile`, `rebuild`)
+rows.py     what one measurement is: kinds, variants, the CSV columns, report order, a cell's
+            text, the log-log slope fit
+measure.py  one configuration in this process (`measure`); `python -m swa.profiling.measure`
+            is the worker that the sweep starts, one fresh process per configuration
+sweep.py    `compare_memory_usage`: a sweep of configurations, each in its own subprocess
+report.py   memory.md, memory.csv, memory.png from a sweep's rows; the whole job behind
+            profile_memory.py (`profile`, `rebuild`)
 """

@@ -32,8 +32,18 @@ from swa import attention, data, reports, train_lib
 from swa.profiling.rows import KINDS, METHODS, RESULT_MARKER
 
 
-def train_config(base_config, seq_len, window_size, implementation, *, dtype="bfloat16",
-                 remat=False, blocks_per_step=None, block_size=None, batch_size=1):
+def train_config(
+  base_config,
+  seq_len,
+  window_size,
+  implementation,
+  *,
+  dtype="bfloat16",
+  remat=False,
+  blocks_per_step=None,
+  block_size=None,
+  batch_size=1,
+):
   """An experiment config with the LM's window, attention, size and batch overridden.
 
   Args:
@@ -46,8 +56,8 @@ def train_config(base_config, seq_len, window_size, implementation, *, dtype="bf
     a new ConfigDict; base_config is not changed.
   """
   config = ml_collections.ConfigDict(
-      base_config.to_dict() if isinstance(base_config, ml_collections.ConfigDict)
-      else base_config)
+    base_config.to_dict() if isinstance(base_config, ml_collections.ConfigDict) else base_config
+  )
   config.model.window_size = window_size
   config.model.attention = implementation
   config.model.dtype = dtype
@@ -66,9 +76,11 @@ def _random_normal(key, shape, dtype, chunk=1 << 16):
   if shape[1] <= chunk:
     return jax.random.normal(key, shape, dtype)
   fill = jax.jit(
-      lambda x, key, start: jax.lax.dynamic_update_slice_in_dim(
-          x, jax.random.normal(key, (shape[0], chunk) + tuple(shape[2:]), dtype), start, axis=1),
-      donate_argnums=0)
+    lambda x, key, start: jax.lax.dynamic_update_slice_in_dim(
+      x, jax.random.normal(key, (shape[0], chunk) + tuple(shape[2:]), dtype), start, axis=1
+    ),
+    donate_argnums=0,
+  )
   x = jnp.zeros(shape, dtype)
   for i, start in enumerate(range(0, shape[1], chunk)):
     x = fill(x, jax.random.fold_in(key, i), min(start, shape[1] - chunk))
@@ -79,13 +91,18 @@ def _attention_program(kind, implementation, window_size, block_size, blocks_per
   """(function, number of [B, n, N, H] inputs) for an attention kind."""
 
   attend = functools.partial(
-      attention.sliding_window_attention, window_size=window_size, implementation=implementation,
-      block_size=block_size, blocks_per_step=blocks_per_step)
+    attention.sliding_window_attention,
+    window_size=window_size,
+    implementation=implementation,
+    block_size=block_size,
+    blocks_per_step=blocks_per_step,
+  )
   if kind == "attention_fwd":
     return attend, 3
 
   def loss(q, k, v, dout):
     return jnp.sum(attend(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32))
+
   return jax.grad(loss, argnums=(0, 1, 2)), 4
 
 
@@ -95,20 +112,37 @@ def _compiled_memory(compiled):
   if analysis is None:
     return {}
   out = {
-      "compiled_temp_bytes": int(analysis.temp_size_in_bytes),
-      "compiled_output_bytes": int(analysis.output_size_in_bytes),
-      "compiled_argument_bytes": int(analysis.argument_size_in_bytes),
-      "compiled_alias_bytes": int(analysis.alias_size_in_bytes),
+    "compiled_temp_bytes": int(analysis.temp_size_in_bytes),
+    "compiled_output_bytes": int(analysis.output_size_in_bytes),
+    "compiled_argument_bytes": int(analysis.argument_size_in_bytes),
+    "compiled_alias_bytes": int(analysis.alias_size_in_bytes),
   }
   # Net of the inputs: scratch space plus outputs that do not overwrite a donated input.
-  out["compiled_bytes"] = (out["compiled_temp_bytes"] + out["compiled_output_bytes"]
-                           - out["compiled_alias_bytes"])
+  out["compiled_bytes"] = (
+    out["compiled_temp_bytes"] + out["compiled_output_bytes"] - out["compiled_alias_bytes"]
+  )
   return out
 
 
-def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, heads=16,
-            head_dim=128, block_size=None, blocks_per_step=None, remat=False, repeats=5,
-            time_budget_s=1.0, seed=0, base_config=None):
+def measure(
+  kind,
+  impl,
+  seq_len,
+  window,
+  *,
+  method="auto",
+  dtype=None,
+  batch=1,
+  heads=16,
+  head_dim=128,
+  block_size=None,
+  blocks_per_step=None,
+  remat=False,
+  repeats=5,
+  time_budget_s=1.0,
+  seed=0,
+  base_config=None,
+):
   """Memory and time of one configuration in this process.
 
   Args:
@@ -140,22 +174,36 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
   if method not in METHODS:
     raise ValueError(f"method must be one of {METHODS}, got {method!r}.")
   if kind == "train_step" and base_config is None:
-    raise ValueError("kind='train_step' needs base_config, the experiment config to step "
-                     "(e.g. configs/base.py's get_config()).")
+    raise ValueError(
+      "kind='train_step' needs base_config, the experiment config to step "
+      "(e.g. configs/base.py's get_config())."
+    )
   device = jax.devices()[0]
   stats = device.memory_stats() or {}
   has_peak = "peak_bytes_in_use" in stats
   if method == "auto":
     method = "peak" if has_peak else "compiled"
   if method == "peak" and not has_peak:
-    raise ValueError(f"method='peak' needs a device that reports peak_bytes_in_use; "
-                     f"{device.device_kind} ({jax.default_backend()}) does not.")
+    raise ValueError(
+      f"method='peak' needs a device that reports peak_bytes_in_use; "
+      f"{device.device_kind} ({jax.default_backend()}) does not."
+    )
   dtype = dtype or ("bfloat16" if jax.default_backend() == "gpu" else "float32")
-  row = dict(kind=kind, impl=impl, seq_len=int(seq_len), window=window, method=method,
-             dtype=str(dtype), batch=batch, block_size=block_size,
-             blocks_per_step=blocks_per_step, device=device.device_kind,
-             backend=jax.default_backend(), jax_version=jax.__version__,
-             bytes_limit=stats.get("bytes_limit"))
+  row = dict(
+    kind=kind,
+    impl=impl,
+    seq_len=int(seq_len),
+    window=window,
+    method=method,
+    dtype=str(dtype),
+    batch=batch,
+    block_size=block_size,
+    blocks_per_step=blocks_per_step,
+    device=device.device_kind,
+    backend=jax.default_backend(),
+    jax_version=jax.__version__,
+    bytes_limit=stats.get("bytes_limit"),
+  )
   if kind == "train_step":
     row["remat"] = bool(remat)
   else:
@@ -168,35 +216,54 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
     # before the inputs exist and shows up apart from the run (compile_peak_bytes).
     stage = "compile"
     if kind == "train_step":
-      config = train_config(base_config, seq_len, window, impl, dtype=str(dtype), remat=remat,
-                            blocks_per_step=blocks_per_step, block_size=block_size,
-                            batch_size=batch)
+      config = train_config(
+        base_config,
+        seq_len,
+        window,
+        impl,
+        dtype=str(dtype),
+        remat=remat,
+        blocks_per_step=blocks_per_step,
+        block_size=block_size,
+        batch_size=batch,
+      )
       graphdef, params = train_lib.create_model(config)
       optimizer = train_lib.create_optimizer(config)
       state = train_lib.init_state(params, optimizer)
       token_shape = jax.ShapeDtypeStruct((batch, seq_len), jnp.int32)
-      batch_shapes = {"inputs": token_shape, "targets": token_shape,
-                      "answer_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32)}
+      batch_shapes = {
+        "inputs": token_shape,
+        "targets": token_shape,
+        "answer_mask": jax.ShapeDtypeStruct((batch, seq_len), jnp.float32),
+      }
       compiled = train_lib.train_step.lower(
-          state, batch_shapes, graphdef=graphdef, optimizer=optimizer,
-          lm_weight=float(config.data.lm_weight)).compile()
+        state,
+        batch_shapes,
+        graphdef=graphdef,
+        optimizer=optimizer,
+        lm_weight=float(config.data.lm_weight),
+      ).compile()
       row["num_params"] = int(sum(x.size for x in jax.tree.leaves(params)))
 
       def make_args():
         k_in, k_out = jax.random.split(key)
         tokens = lambda k: jax.random.randint(k, (batch, seq_len), 1, config.model.vocab_size)
-        mask = jnp.zeros((batch, seq_len), jnp.float32).at[:, -data.ANSWER_LEN:].set(1.0)
+        mask = jnp.zeros((batch, seq_len), jnp.float32).at[:, -data.ANSWER_LEN :].set(1.0)
         return state, {"inputs": tokens(k_in), "targets": tokens(k_out), "answer_mask": mask}
+
       thread_output = lambda args, out: (out[0], args[1])
     else:
       fn, num_inputs = _attention_program(kind, impl, window, block_size, blocks_per_step)
       shape = (batch, seq_len, heads, head_dim)
-      compiled = jax.jit(fn).lower(
-          *[jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))] * num_inputs).compile()
+      compiled = (
+        jax.jit(fn).lower(*[jax.ShapeDtypeStruct(shape, jnp.dtype(dtype))] * num_inputs).compile()
+      )
 
       def make_args():
-        return tuple(_random_normal(k, shape, jnp.dtype(dtype))
-                     for k in jax.random.split(key, num_inputs))
+        return tuple(
+          _random_normal(k, shape, jnp.dtype(dtype)) for k in jax.random.split(key, num_inputs)
+        )
+
       thread_output = lambda args, out: args
     row.update(_compiled_memory(compiled))
     if method == "peak":
@@ -210,8 +277,13 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
         row["baseline_bytes"] = int(before["bytes_in_use"])
         row["peak_before_bytes"] = int(before["peak_bytes_in_use"])
       stage = "run"
-      timing = reports.time_fn(compiled, args, repeats=run_repeats, time_budget_s=time_budget_s,
-                               thread_output=thread_output)
+      timing = reports.time_fn(
+        compiled,
+        args,
+        repeats=run_repeats,
+        time_budget_s=time_budget_s,
+        thread_output=thread_output,
+      )
       del args
       row.update(time_ms=timing.median_ms, times_ms=timing.times_ms)
       if method == "peak":
@@ -220,8 +292,9 @@ def measure(kind, impl, seq_len, window, *, method="auto", dtype=None, batch=1, 
         # the number is then only an upper bound, and says so.
         row["peak_hidden"] = row["peak_bytes"] <= row["peak_before_bytes"]
       del timing
-    row["memory_bytes"] = (row["peak_bytes"] - row["baseline_bytes"] if method == "peak"
-                           else row.get("compiled_bytes"))
+    row["memory_bytes"] = (
+      row["peak_bytes"] - row["baseline_bytes"] if method == "peak" else row.get("compiled_bytes")
+    )
     row["status"] = "ok"
   except Exception as e:  # pylint: disable=broad-except
     if reports.is_oom(e):

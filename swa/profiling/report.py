@@ -60,8 +60,11 @@ def _ratio(rows, num, den):
 
 def slopes(rows, kind, variant, what="memory_bytes"):
   """Fitted log-log slope of memory (or time_ms) over n for one kind and variant."""
-  ok = [r for r in rows if r["kind"] == kind and r.get("variant") == variant
-        and r.get("status") == "ok" and r.get(what)]
+  ok = [
+    r
+    for r in rows
+    if r["kind"] == kind and r.get("variant") == variant and r.get("status") == "ok" and r.get(what)
+  ]
   return fit_slope([r["seq_len"] for r in ok], [r[what] for r in ok])
 
 
@@ -82,21 +85,28 @@ def write_markdown(path, rows, header, train_model="configs/base.py"):
   lines += [f"- {h}" for h in header]
   method = main_method(rows)
   explain = {
-      "peak": "**peak**: the device allocator's `peak_bytes_in_use` after the call minus its "
-              "`bytes_in_use` just before (inputs, parameters, optimiser state already there); "
-              "one fresh process per configuration, preallocation off",
-      "compiled": "**compiled**: XLA's plan for the compiled program, `memory_analysis()`: "
-                  "temp + outputs − outputs aliased to donated inputs; not a measurement"}
+    "peak": "**peak**: the device allocator's `peak_bytes_in_use` after the call minus its "
+    "`bytes_in_use` just before (inputs, parameters, optimiser state already there); "
+    "one fresh process per configuration, preallocation off",
+    "compiled": "**compiled**: XLA's plan for the compiled program, `memory_analysis()`: "
+    "temp + outputs − outputs aliased to donated inputs; not a measurement",
+  }
   others = sorted({r["method"] for r in rows if r.get("status") == "ok"} - {method})
-  lines += [f"- Memory (net of the inputs) by {explain[method]}."
-            + "".join(f" Cells marked {'ᶜ' if m == 'compiled' else 'ᵖ'}: {explain[m]}"
-                      + (" (too slow to time there)." if m == "compiled" else ".")
-                      for m in others)]
-  lines += ["- Cells: OOM = out of device memory; timeout = process killed after "
-            "--timeout_per_config; skip = not run (after an OOM, timeout or failure of the same "
-            "variant at a smaller n), or, in a time column, too slow to time (more than "
-            "--max_run_seconds a run, extrapolated); n/a = cuDNN needs a GPU; ≤ = the run did "
-            "not raise the peak above its setup's, so only an upper bound."]
+  lines += [
+    f"- Memory (net of the inputs) by {explain[method]}."
+    + "".join(
+      f" Cells marked {'ᶜ' if m == 'compiled' else 'ᵖ'}: {explain[m]}"
+      + (" (too slow to time there)." if m == "compiled" else ".")
+      for m in others
+    )
+  ]
+  lines += [
+    "- Cells: OOM = out of device memory; timeout = process killed after "
+    "--timeout_per_config; skip = not run (after an OOM, timeout or failure of the same "
+    "variant at a smaller n), or, in a time column, too slow to time (more than "
+    "--max_run_seconds a run, extrapolated); n/a = cuDNN needs a GPU; ≤ = the run did "
+    "not raise the peak above its setup's, so only an upper bound."
+  ]
   variants = [v for v in VARIANTS if any(r.get("variant") == v for r in rows)]
   for kind in KINDS:
     krows = [r for r in rows if r["kind"] == kind]
@@ -105,18 +115,24 @@ def write_markdown(path, rows, header, train_model="configs/base.py"):
     by_n = {}
     for r in krows:
       by_n.setdefault(r["seq_len"], {})[r["variant"]] = r
-    title = {"attention_fwd": "attention forward",
-             "attention_fwdbwd": "attention forward + backward (grad w.r.t. q, k, v)",
-             "train_step": "one LM training step"}[kind]
+    title = {
+      "attention_fwd": "attention forward",
+      "attention_fwdbwd": "attention forward + backward (grad w.r.t. q, k, v)",
+      "train_step": "one LM training step",
+    }[kind]
     ex = krows[0]
     if kind == "train_step":
-      shape = (f"{train_model} model, batch {ex.get('batch')}, dtype {ex.get('dtype')}; "
-               "full = window None, sliding = window " + str(next(
-                   (r["window"] for r in krows if r.get("window")), "—")))
+      shape = (
+        f"{train_model} model, batch {ex.get('batch')}, dtype {ex.get('dtype')}; "
+        "full = window None, sliding = window "
+        + str(next((r["window"] for r in krows if r.get("window")), "—"))
+      )
     else:
-      shape = (f"q, k, v [B={ex.get('batch')}, n, N={ex.get('heads')}, H={ex.get('head_dim')}] "
-               f"{ex.get('dtype')}; sliding window " + str(next(
-                   (r["window"] for r in krows if r.get("window")), "—")))
+      shape = (
+        f"q, k, v [B={ex.get('batch')}, n, N={ex.get('heads')}, H={ex.get('head_dim')}] "
+        f"{ex.get('dtype')}; sliding window "
+        + str(next((r["window"] for r in krows if r.get("window")), "—"))
+      )
     lines += ["", f"## {title}", "", shape, ""]
     head = ["n"] + [f"{VARIANT_LABELS[v]}" for v in variants]
     head += ["reference / chunked", "cuDNN full / window"]
@@ -125,8 +141,10 @@ def write_markdown(path, rows, header, train_model="configs/base.py"):
     for n in sorted(by_n):
       cells = by_n[n]
       row = [f"{n:,}"] + [_cell(cells.get(v), "memory", method) for v in variants]
-      row += [_ratio(cells, "full_reference", "sliding_chunked"),
-              _ratio(cells, "full_cudnn", "sliding_cudnn")]
+      row += [
+        _ratio(cells, "full_reference", "sliding_chunked"),
+        _ratio(cells, "full_cudnn", "sliding_cudnn"),
+      ]
       row += [_cell(cells.get(v), "time", method) for v in variants]
       row += ["; ".join(sorted({_settings(r) for r in cells.values() if _settings(r)}))]
       lines.append("| " + " | ".join(row) + " |")
@@ -142,27 +160,40 @@ def write_markdown(path, rows, header, train_model="configs/base.py"):
       ok = [r for r in vrows if r.get("status") == "ok"]
       ran = [r["seq_len"] for r in ok if not r.get("time_skipped")]
       planned = [r["seq_len"] for r in ok if r.get("time_skipped")]
-      oom = min((r for r in vrows if r.get("status") == "OOM"), key=lambda r: r["seq_len"],
-                default=None)
+      oom = min(
+        (r for r in vrows if r.get("status") == "OOM"), key=lambda r: r["seq_len"], default=None
+      )
       if ran or planned or oom:
-        reach.append(f"{VARIANT_LABELS[v]} " + (f"ran up to n={max(ran):,}" if ran else "never ran")
-                     + (f" (compiled memory plan, not run, up to n={max(planned):,})" if planned
-                        else "")
-                     + (f", out of memory at n={oom['seq_len']:,}"
-                        + (" (in compilation)" if oom.get("stage") == "compile" else "")
-                        if oom else ""))
+        reach.append(
+          f"{VARIANT_LABELS[v]} "
+          + (f"ran up to n={max(ran):,}" if ran else "never ran")
+          + (f" (compiled memory plan, not run, up to n={max(planned):,})" if planned else "")
+          + (
+            f", out of memory at n={oom['seq_len']:,}"
+            + (" (in compilation)" if oom.get("stage") == "compile" else "")
+            if oom
+            else ""
+          )
+        )
     lines.append("Reach: " + "; ".join(reach) + ".")
-    both = [r["memory_bytes"] / r["compiled_bytes"] for r in krows if r.get("status") == "ok"
-            and r.get("method") == "peak" and r.get("compiled_bytes")]
+    both = [
+      r["memory_bytes"] / r["compiled_bytes"]
+      for r in krows
+      if r.get("status") == "ok" and r.get("method") == "peak" and r.get("compiled_bytes")
+    ]
     if both:
-      lines.append(f"Cross-check: measured peak / compiled plan = {np.median(both):.2f} (median), "
-                   f"{min(both):.2f} ... {max(both):.2f} over {len(both)} configurations.")
+      lines.append(
+        f"Cross-check: measured peak / compiled plan = {np.median(both):.2f} (median), "
+        f"{min(both):.2f} ... {max(both):.2f} over {len(both)} configurations."
+      )
     for r in krows:
       if r.get("status", "").startswith(("failed", "timeout", "unsupported")):
         why = (r.get("error") or "").strip().splitlines()
-        lines.append(f"- {VARIANT_LABELS[r['variant']]}, n={r['seq_len']:,}: {r['status']}"
-                     + (f" ({r.get('stage')})" if r.get("stage") else "")
-                     + (f": `{why[0][:200]}`" if why else ""))
+        lines.append(
+          f"- {VARIANT_LABELS[r['variant']]}, n={r['seq_len']:,}: {r['status']}"
+          + (f" ({r.get('stage')})" if r.get("stage") else "")
+          + (f": `{why[0][:200]}`" if why else "")
+        )
   text = "\n".join(lines) + "\n"
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
@@ -193,6 +224,7 @@ def _format_n(n, _=None):
 
 def read_csv(path):
   """Rows back from write_csv (numbers as numbers, empty cells dropped)."""
+
   def parse(key, value):
     if key == "times_ms":
       return [float(t) for t in value.split()]
@@ -204,6 +236,7 @@ def read_csv(path):
       except ValueError:
         pass
     return value
+
   with open(path, newline="") as f:
     return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
 
@@ -233,43 +266,83 @@ def plot_memory(path, rows, title=""):
   with its fitted slope in the legend. Out-of-memory points are red crosses on the device's
   limit; hollow markers are compiled memory plans of configurations too slow to run."""
   kinds = [k for k in KINDS if any(r["kind"] == k for r in rows)]
-  styles = {"full_reference": ("tab:red", "o", "-"), "full_cudnn": ("tab:orange", "s", "-"),
-            "sliding_chunked": ("tab:blue", "o", "--"), "sliding_cudnn": ("tab:cyan", "s", "--")}
+  styles = {
+    "full_reference": ("tab:red", "o", "-"),
+    "full_cudnn": ("tab:orange", "s", "-"),
+    "sliding_chunked": ("tab:blue", "o", "--"),
+    "sliding_cudnn": ("tab:cyan", "s", "--"),
+  }
   method = main_method(rows)
   fig, axes = plt.subplots(2, len(kinds), figsize=(5.2 * len(kinds), 8.4), squeeze=False)
   limit = next((r["bytes_limit"] for r in rows if r.get("bytes_limit")), None)
   for col, kind in enumerate(kinds):
     mem_ax, time_ax = axes[0, col], axes[1, col]
     for v in VARIANTS:
-      vrows = sorted((r for r in rows if r["kind"] == kind and r.get("variant") == v),
-                     key=lambda r: r["seq_len"])
+      vrows = sorted(
+        (r for r in rows if r["kind"] == kind and r.get("variant") == v), key=lambda r: r["seq_len"]
+      )
       ok = [r for r in vrows if r.get("status") == "ok" and r.get("memory_bytes")]
       color, marker, ls = styles[v]
       if ok:
         ns, mem = [r["seq_len"] for r in ok], [r["memory_bytes"] for r in ok]
-        mem_ax.loglog(ns, mem, marker=marker, ls=ls, color=color, base=2,
-                      label=f"{VARIANT_LABELS[v]}: slope {fit_slope(ns, mem):.2f}")
+        mem_ax.loglog(
+          ns,
+          mem,
+          marker=marker,
+          ls=ls,
+          color=color,
+          base=2,
+          label=f"{VARIANT_LABELS[v]}: slope {fit_slope(ns, mem):.2f}",
+        )
         planned = [r for r in ok if r.get("method") != method]
-        mem_ax.plot([r["seq_len"] for r in planned], [r["memory_bytes"] for r in planned],
-                    marker=marker, color=color, mfc="white", ls="")
+        mem_ax.plot(
+          [r["seq_len"] for r in planned],
+          [r["memory_bytes"] for r in planned],
+          marker=marker,
+          color=color,
+          mfc="white",
+          ls="",
+        )
         timed = [r for r in ok if r.get("time_ms")]
         if timed:
           tn, ts = [r["seq_len"] for r in timed], [r["time_ms"] for r in timed]
-          time_ax.plot(tn, ts, marker=marker, ls=ls, color=color,
-                         label=f"{VARIANT_LABELS[v]}: slope {fit_slope(tn, ts):.2f}")
+          time_ax.plot(
+            tn,
+            ts,
+            marker=marker,
+            ls=ls,
+            color=color,
+            label=f"{VARIANT_LABELS[v]}: slope {fit_slope(tn, ts):.2f}",
+          )
       for r in vrows:
         if r.get("status") == "OOM":
           y = limit or (2 * ok[-1]["memory_bytes"] if ok else 2**30)
           mem_ax.plot([r["seq_len"]], [y], marker="x", color="red", ms=11, mew=2.5, ls="")
-          mem_ax.annotate(f"OOM: {VARIANT_LABELS[v]}", (r["seq_len"], y), fontsize=7,
-                          color=color, textcoords="offset points", xytext=(8, -16), ha="right")
+          mem_ax.annotate(
+            f"OOM: {VARIANT_LABELS[v]}",
+            (r["seq_len"], y),
+            fontsize=7,
+            color=color,
+            textcoords="offset points",
+            xytext=(8, -16),
+            ha="right",
+          )
     if limit:
       mem_ax.axhline(limit, color="gray", lw=0.8, ls=":")
-      mem_ax.annotate(f"allocator limit {format_bytes(limit)}", (0.02, limit),
-                      xycoords=("axes fraction", "data"), fontsize=7, color="gray",
-                      textcoords="offset points", xytext=(0, 3))
-    name = {"attention_fwd": "attention fwd", "attention_fwdbwd": "attention fwd+bwd",
-            "train_step": "LM train step"}[kind]
+      mem_ax.annotate(
+        f"allocator limit {format_bytes(limit)}",
+        (0.02, limit),
+        xycoords=("axes fraction", "data"),
+        fontsize=7,
+        color="gray",
+        textcoords="offset points",
+        xytext=(0, 3),
+      )
+    name = {
+      "attention_fwd": "attention fwd",
+      "attention_fwdbwd": "attention fwd+bwd",
+      "train_step": "LM train step",
+    }[kind]
     mem_ax.set_title(f"{name}: memory, net of the inputs ({method})", fontsize=10)
     time_ax.set_title(f"{name}: time per call", fontsize=10)
     time_ax.set_xscale("log", base=2)
@@ -290,10 +363,9 @@ def plot_memory(path, rows, title=""):
   plt.close(fig)
 
 
-
 # --- The jobs of profile_memory.py -----------------------------------------------------------------
 
-GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]          # 1,024 ... 1,048,576
+GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]  # 1,024 ... 1,048,576
 GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
 CPU_SEQ_LENGTHS = [512, 1024, 2048, 4096]
 
@@ -304,11 +376,16 @@ def write_reports(out, rows, header, window, final=True, train_model="configs/ba
   write_csv(path("csv"), rows)
   if final:
     device = next((r for r in rows if r.get("device")), {})
-    plot_memory(path("png"), rows, title=f"Memory and time against n, window {window}, "
-                f"on {device.get('device', '?')} ({device.get('backend', '?')})")
+    plot_memory(
+      path("png"),
+      rows,
+      title=f"Memory and time against n, window {window}, "
+      f"on {device.get('device', '?')} ({device.get('backend', '?')})",
+    )
   else:
-    header = header + [f"Partial: {len(rows)} configurations so far; the sweep is still running "
-                       "or was stopped."]
+    header = header + [
+      f"Partial: {len(rows)} configurations so far; the sweep is still running or was stopped."
+    ]
   return write_markdown(path("md"), rows, header, train_model)
 
 
@@ -322,13 +399,14 @@ def rebuild(csv_paths, out, *, window=512, command=None):
   rows = merge_rows([read_csv(p) for p in csv_paths])
   device = next((r for r in rows if r.get("device")), {})
   window = next((r["window"] for r in rows if r.get("window")), window)
-  header = [f"Command: `{command or reports.command_line()}` (rebuilt from "
-            f"{', '.join(csv_paths)}; the measurements' own commands and dates are in the "
-            "markdown that came with each)",
-            f"Device: {device.get('device')} ({device.get('backend')}); "
-            f"JAX {device.get('jax_version')}",
-            f"Date: rebuilt {reports.utc_date().split()[0]}; measured on the dates in the "
-            "markdown of each source"]
+  header = [
+    f"Command: `{command or reports.command_line()}` (rebuilt from "
+    f"{', '.join(csv_paths)}; the measurements' own commands and dates are in the "
+    "markdown that came with each)",
+    f"Device: {device.get('device')} ({device.get('backend')}); JAX {device.get('jax_version')}",
+    f"Date: rebuilt {reports.utc_date().split()[0]}; measured on the dates in the "
+    "markdown of each source",
+  ]
   return write_reports(out, rows, header, window)
 
 
@@ -338,10 +416,24 @@ def default_out(device):
   return os.path.join("profiles", name or device["backend"])
 
 
-def profile(out=None, *, base_config, window=512, seq_lengths=None, train_seq_lengths=None,
-            long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
-            mem_fraction=0.95, deadline_minutes=6.0, command=None, log=None,
-            config_name="configs/base.py", **sweep_kwargs):
+def profile(
+  out=None,
+  *,
+  base_config,
+  window=512,
+  seq_lengths=None,
+  train_seq_lengths=None,
+  long_from=131072,
+  group_queries=32768,
+  repeats=5,
+  time_budget_s=1.0,
+  mem_fraction=0.95,
+  deadline_minutes=6.0,
+  command=None,
+  log=None,
+  config_name="configs/base.py",
+  **sweep_kwargs,
+):
   """The memory sweep of profile_memory.py: runs it, writes memory.{md,csv,png} under out.
 
   Args:
@@ -365,29 +457,43 @@ def profile(out=None, *, base_config, window=512, seq_lengths=None, train_seq_le
   gpu = device["backend"] == "gpu"
   out = out or default_out(device)
   seq_lengths = [int(n) for n in seq_lengths or (GPU_SEQ_LENGTHS if gpu else CPU_SEQ_LENGTHS)]
-  train_seq_lengths = [int(n) for n in train_seq_lengths
-                       or (GPU_TRAIN_SEQ_LENGTHS if gpu else seq_lengths)]
+  train_seq_lengths = [
+    int(n) for n in train_seq_lengths or (GPU_TRAIN_SEQ_LENGTHS if gpu else seq_lengths)
+  ]
   limit = device.get("bytes_limit")
   header = [
-      f"Command: `{command or reports.command_line()}`",
-      f"Device: {device['device']} ({device['backend']}); JAX {device['jax_version']}"
-      + (f"; allocator limit {format_bytes(limit)} per process" if limit else ""),
-      f"Date: {reports.utc_date()}",
-      f"Times: median of up to {repeats} runs after a warm-up (compilation excluded; timing "
-      f"stops once the runs add up to {time_budget_s:g} s), each ended by `block_until_ready`; "
-      "one set of random inputs.",
-      f"Long sequences: from n = {long_from:,} chunked attention runs {group_queries:,} queries "
-      "a loop step (`blocks_per_step`, recomputed in the backward pass) and train steps "
-      "recompute each block (`model.remat`); the settings column says where.",
+    f"Command: `{command or reports.command_line()}`",
+    f"Device: {device['device']} ({device['backend']}); JAX {device['jax_version']}"
+    + (f"; allocator limit {format_bytes(limit)} per process" if limit else ""),
+    f"Date: {reports.utc_date()}",
+    f"Times: median of up to {repeats} runs after a warm-up (compilation excluded; timing "
+    f"stops once the runs add up to {time_budget_s:g} s), each ended by `block_until_ready`; "
+    "one set of random inputs.",
+    f"Long sequences: from n = {long_from:,} chunked attention runs {group_queries:,} queries "
+    "a loop step (`blocks_per_step`, recomputed in the backward pass) and train steps "
+    "recompute each block (`model.remat`); the settings column says where.",
   ]
   rows = sweep.compare_memory_usage(
-      seq_lengths, window, train_seq_lengths=train_seq_lengths, long_from=long_from,
-      group_queries=group_queries, repeats=repeats, time_budget_s=time_budget_s,
-      mem_fraction=mem_fraction, deadline_s=60 * deadline_minutes if deadline_minutes else None,
-      gpu=gpu, log=log, base_config=base_config,
-      on_row=lambda rows: write_reports(out, rows, header, window, final=False,
-                                        train_model=config_name), **sweep_kwargs)
-  header[2] = (f"Date: {reports.utc_date()}; sweep wall time "
-               f"{(time.perf_counter() - start) / 60:.1f} min, "
-               f"{sum(r.get('process_s') is not None for r in rows)} processes")
+    seq_lengths,
+    window,
+    train_seq_lengths=train_seq_lengths,
+    long_from=long_from,
+    group_queries=group_queries,
+    repeats=repeats,
+    time_budget_s=time_budget_s,
+    mem_fraction=mem_fraction,
+    deadline_s=60 * deadline_minutes if deadline_minutes else None,
+    gpu=gpu,
+    log=log,
+    base_config=base_config,
+    on_row=lambda rows: write_reports(
+      out, rows, header, window, final=False, train_model=config_name
+    ),
+    **sweep_kwargs,
+  )
+  header[2] = (
+    f"Date: {reports.utc_date()}; sweep wall time "
+    f"{(time.perf_counter() - start) / 60:.1f} min, "
+    f"{sum(r.get('process_s') is not None for r in rows)} processes"
+  )
   return out, write_reports(out, rows, header, window, train_model=config_name)

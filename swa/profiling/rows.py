@@ -16,28 +16,58 @@ METHODS = ("auto", "peak", "compiled")
 
 # Variant name -> (implementation, windowed?). Full attention is window None.
 VARIANTS = {
-    "full_reference": ("reference", False),
-    "full_cudnn": ("cudnn", False),
-    "sliding_chunked": ("chunked", True),
-    "sliding_cudnn": ("cudnn", True),
+  "full_reference": ("reference", False),
+  "full_cudnn": ("cudnn", False),
+  "sliding_chunked": ("chunked", True),
+  "sliding_cudnn": ("cudnn", True),
 }
 VARIANT_LABELS = {
-    "full_reference": "full (reference)",
-    "full_cudnn": "full (cuDNN)",
-    "sliding_chunked": "sliding (chunked)",
-    "sliding_cudnn": "sliding (cuDNN)",
+  "full_reference": "full (reference)",
+  "full_cudnn": "full (cuDNN)",
+  "sliding_chunked": "sliding (chunked)",
+  "sliding_cudnn": "sliding (cuDNN)",
 }
 # Prefix of the one stdout line that carries a worker's result (measure.main, sweep).
 RESULT_MARKER = "SWA_PROFILE_RESULT "
 
-CSV_FIELDS = ("kind", "variant", "impl", "seq_len", "window", "status", "method", "memory_bytes",
-              "time_ms", "time_skipped", "peak_bytes", "baseline_bytes", "peak_before_bytes",
-              "peak_hidden",
-              "compile_peak_bytes", "compiled_bytes", "compiled_temp_bytes",
-              "compiled_output_bytes", "compiled_argument_bytes", "compiled_alias_bytes",
-              "bytes_limit", "dtype", "batch", "heads", "head_dim", "block_size",
-              "blocks_per_step", "remat", "num_params", "times_ms", "process_s", "device",
-              "backend", "jax_version", "stage", "error")
+CSV_FIELDS = (
+  "kind",
+  "variant",
+  "impl",
+  "seq_len",
+  "window",
+  "status",
+  "method",
+  "memory_bytes",
+  "time_ms",
+  "time_skipped",
+  "peak_bytes",
+  "baseline_bytes",
+  "peak_before_bytes",
+  "peak_hidden",
+  "compile_peak_bytes",
+  "compiled_bytes",
+  "compiled_temp_bytes",
+  "compiled_output_bytes",
+  "compiled_argument_bytes",
+  "compiled_alias_bytes",
+  "bytes_limit",
+  "dtype",
+  "batch",
+  "heads",
+  "head_dim",
+  "block_size",
+  "blocks_per_step",
+  "remat",
+  "num_params",
+  "times_ms",
+  "process_s",
+  "device",
+  "backend",
+  "jax_version",
+  "stage",
+  "error",
+)
 
 
 def sort_rows(rows):
@@ -61,8 +91,11 @@ def describe(row):
 
 def fit_slope(ns, values):
   """Least-squares slope of log(values) against log(ns); nan with fewer than two points."""
-  pairs = [(n, v) for n, v in zip(ns, values)
-           if v is not None and v > 0 and not (isinstance(v, float) and math.isnan(v))]
+  pairs = [
+    (n, v)
+    for n, v in zip(ns, values)
+    if v is not None and v > 0 and not (isinstance(v, float) and math.isnan(v))
+  ]
   if len(set(n for n, _ in pairs)) < 2:
     return float("nan")
   x, y = np.log([n for n, _ in pairs]), np.log([v for _, v in pairs])

@@ -38,12 +38,19 @@ def probe_device(mem_fraction=0.95):
   """{backend, device, jax_version, bytes_limit} of JAX's default device, read in a subprocess
   so that this process never opens the accelerator (a context here would hold device memory
   for the whole sweep)."""
-  code = ("import json, jax; d = jax.devices()[0]; s = d.memory_stats() or {}; "
-          "print(json.dumps(dict(backend=jax.default_backend(), device=d.device_kind, "
-          "jax_version=jax.__version__, bytes_limit=s.get('bytes_limit'))))")
-  proc = subprocess.run([sys.executable, "-c", code], cwd=_SWA_PARENT,
-                        env=_subprocess_env(mem_fraction), capture_output=True, text=True,
-                        check=True)
+  code = (
+    "import json, jax; d = jax.devices()[0]; s = d.memory_stats() or {}; "
+    "print(json.dumps(dict(backend=jax.default_backend(), device=d.device_kind, "
+    "jax_version=jax.__version__, bytes_limit=s.get('bytes_limit'))))"
+  )
+  proc = subprocess.run(
+    [sys.executable, "-c", code],
+    cwd=_SWA_PARENT,
+    env=_subprocess_env(mem_fraction),
+    capture_output=True,
+    text=True,
+    check=True,
+  )
   return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
@@ -52,9 +59,14 @@ def start_worker(mem_fraction=0.95):
   stdin. Starting the next worker while the current one measures hides the import time; the
   accelerator is opened only once the configuration arrives."""
   return subprocess.Popen(
-      [sys.executable, "-m", "swa.profiling.measure"], cwd=_SWA_PARENT,
-      env=_subprocess_env(mem_fraction), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-      stderr=subprocess.PIPE, text=True)
+    [sys.executable, "-m", "swa.profiling.measure"],
+    cwd=_SWA_PARENT,
+    env=_subprocess_env(mem_fraction),
+    stdin=subprocess.PIPE,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def run_in_subprocess(spec, *, timeout_s=600, mem_fraction=0.95, worker=None):
@@ -74,7 +86,7 @@ def run_in_subprocess(spec, *, timeout_s=600, mem_fraction=0.95, worker=None):
   process_s = time.perf_counter() - start
   for line in reversed(stdout.splitlines()):
     if line.startswith(RESULT_MARKER):
-      return dict(json.loads(line[len(RESULT_MARKER):]), process_s=process_s)
+      return dict(json.loads(line[len(RESULT_MARKER) :]), process_s=process_s)
   # No result line: the process died (a crash in the runtime, the host out of memory, ...).
   tail = (stderr or stdout)[-2000:]
   status = "OOM" if reports.is_oom(tail) else f"failed: exit code {worker.returncode}"
@@ -92,12 +104,31 @@ def _predicted_seconds(points, seq_len, windowed):
   return ms / 1e3 * (seq_len / n) ** slope
 
 
-def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *,
-                         kinds=KINDS, variants=tuple(VARIANTS), train_seq_lengths=None,
-                         method="auto", dtype=None, batch=1, heads=16, head_dim=128,
-                         long_from=131072, group_queries=32768, repeats=5, time_budget_s=1.0,
-                         max_run_seconds=5.0, timeout_per_config=180, mem_fraction=0.95,
-                         deadline_s=None, gpu=None, log=None, on_row=None, base_config=None):
+def compare_memory_usage(
+  seq_lengths=(512, 1024, 2048, 4096),
+  window_size=512,
+  *,
+  kinds=KINDS,
+  variants=tuple(VARIANTS),
+  train_seq_lengths=None,
+  method="auto",
+  dtype=None,
+  batch=1,
+  heads=16,
+  head_dim=128,
+  long_from=131072,
+  group_queries=32768,
+  repeats=5,
+  time_budget_s=1.0,
+  max_run_seconds=5.0,
+  timeout_per_config=180,
+  mem_fraction=0.95,
+  deadline_s=None,
+  gpu=None,
+  log=None,
+  on_row=None,
+  base_config=None,
+):
   """Memory and time of full against sliding attention over n, each configuration in a fresh
   process.
 
@@ -156,20 +187,30 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
   # Coarse to fine: every other n (and the largest) for every kind and variant first, then the
   # n between, so a sweep cut short by its deadline still spans the whole range.
   rows, start = [], time.perf_counter()
-  stops, timed = {}, {}     # (kind, variant) -> (first stopping n, why); -> [(n, ms)]
+  stops, timed = {}, {}  # (kind, variant) -> (first stopping n, why); -> [(n, ms)]
   try:
     for fine in (False, True):
       for kind in kinds:
-        lengths = sorted(train_seq_lengths if kind == "train_step" and train_seq_lengths
-                         else seq_lengths)
+        lengths = sorted(
+          train_seq_lengths if kind == "train_step" and train_seq_lengths else seq_lengths
+        )
         coarse = set(lengths[::2] + lengths[-1:])
         for name in variants:
           impl, windowed = VARIANTS[name]
           window = window_size if windowed else None
           for n in (n for n in lengths if (n in coarse) != fine):
             long = bool(long_from) and n >= long_from
-            spec = dict(kind=kind, impl=impl, seq_len=int(n), window=window, method=method,
-                        dtype=dtype, batch=batch, repeats=repeats, time_budget_s=time_budget_s)
+            spec = dict(
+              kind=kind,
+              impl=impl,
+              seq_len=int(n),
+              window=window,
+              method=method,
+              dtype=dtype,
+              batch=batch,
+              repeats=repeats,
+              time_budget_s=time_budget_s,
+            )
             if kind == "train_step":
               spec["remat"] = long
             else:
@@ -200,8 +241,10 @@ def compare_memory_usage(seq_lengths=(512, 1024, 2048, 4096), window_size=512, *
             if note:
               row["time_skipped"] = note
             rows.append(row)
-            log(f"  {describe(row)}, {reports.format_ms(row.get('time_ms'))}, process "
-                f"{row.get('process_s', 0):.1f} s")
+            log(
+              f"  {describe(row)}, {reports.format_ms(row.get('time_ms'))}, process "
+              f"{row.get('process_s', 0):.1f} s"
+            )
             if row["status"] == "ok" and row.get("time_ms"):
               timed.setdefault((kind, name), []).append((n, row["time_ms"]))
             status = row["status"].split(":")[0]
