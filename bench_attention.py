@@ -56,7 +56,7 @@ def define_flags(fv):
   flags.DEFINE_list("impls", list(CORE), f"Any of {', '.join(CORE)}.", flag_values=fv)
   flags.DEFINE_list(
     "pallas_blocks",
-    ["default", "64x64/64x32/32x64/w4s3/w4s3"],
+    ["default", "128x64/128x32/32x128/w4s3/w8s2"],
     "pallas tile settings (BlockSizes strings, e.g. 128x128/64x64/64x64/w8s2/w4s2); the first "
     "is a core row, the others run after every core row (before FlexAttention).",
     flag_values=fv,

@@ -32,7 +32,8 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _LOG2E = math.log2(math.e)
 _MIN_BLOCK = 16  # Triton's smallest dot operand dimension
 # `auto` picks these kernels over cuDNN on a GPU for windows up to this (0: never), the rule
-# bench_attention.py's GPU run decides (results/attention_bench.md).
+# bench_attention.py's GPU run decides. results/attention_bench_h200/ gives 0: these kernels' fwd+bwd
+# beat cuDNN only at w = 128 (1.19x at 16k, 1.01x at 64k), and their forward alone never did.
 AUTO_MAX_WINDOW = 0
 
 
@@ -84,15 +85,16 @@ class BlockSizes:
 
 
 def default_block_sizes(window_size):
-  """Tiles per window: 128x64 forward tiles up to w = 512, 128x128 beyond.
+  """Tiles for every window: 64x64 forward, 64x32 dQ, 32x64 dK/dV, 4 warps, 3 stages.
 
-  A query tile of Cq queries with key tiles of Ck reads about w + Cq + Ck keys, of which each
-  query uses w: large tiles pay off only once w is large. The backward tiles follow Triton's
-  fused-attention tutorial (dQ: 128 queries x 32 keys; dK/dV: 128 keys x 32 queries).
+  On one H200 (results/attention_bench_h200/, bf16, 16 heads of 128) these small tiles beat the
+  earlier 128-query tiles in every measured (n, w), forward and fwd+bwd: n = 16k and 64k,
+  w = 128, 512, 4096. A query tile of Cq queries with key tiles of Ck reads about w + Cq + Ck keys,
+  of which each query uses w, so small tiles waste less of the band's edges. `window_size` is
+  kept for per-window rules once measurements call for them.
   """
-  if window_size is None or window_size > 512:
-    return BlockSizes(block_k=128, num_warps=8, num_stages=2)
-  return BlockSizes()
+  del window_size
+  return BlockSizes(64, 64, 64, 32, 32, 64, 4, 3, 4, 3)
 
 
 @dataclasses.dataclass(frozen=True)
