@@ -38,7 +38,7 @@ def get_config():
   d.batch_size = 32  # Sequences per step.
   d.curriculum = "linear"  # How the largest training distance grows: "linear" with the
   # step; "adaptive" by curriculum_stage tokens each time the
-  # model solves the newest stage (swa/data.py, PasskeyBatches).
+  # model solves the newest stage (swa/curriculum.py, PasskeyBatches).
   d.curriculum_start = data.MIN_DISTANCE  # Largest key-to-question distance at step 0.
   d.curriculum_fraction = 0.7  # linear: share of training over which the largest distance
   # grows to max_distance; afterwards it stays there.

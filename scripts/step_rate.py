@@ -15,7 +15,7 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from swa import data, train_lib
+from swa import curriculum, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
@@ -31,7 +31,7 @@ def main(argv):
   graphdef, params = train_lib.create_model(config)
   optimizer = train_lib.create_optimizer(config)
   state = train_lib.init_state(params, optimizer)
-  batches = data.PasskeyBatches(
+  batches = curriculum.PasskeyBatches(
     seq_len=d.seq_len, batch_size=d.batch_size, seed=config.seed, total_steps=config.num_steps
   )
 

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 
-from swa import data, evaluate, sharding
+from swa import curriculum, data, evaluate, sharding
 from swa import workdir as workdir_lib
 from swa.model import ModelConfig, Transformer
 
@@ -230,7 +230,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
   optimizer = create_optimizer(config)
   state = init_state(params, optimizer)
   d = config.data
-  batches = data.PasskeyBatches(
+  batches = curriculum.PasskeyBatches(
     seq_len=d.seq_len,
     batch_size=d.batch_size,
     seed=config.seed,

@@ -265,10 +265,10 @@ die = lambda: os.kill(os.getpid(), signal.SIGKILL)
 from absl import flags
 import orbax.checkpoint as ocp
 import train
-from swa import cli, data
+from swa import cli, curriculum
 if point == "step":            # while step 5 runs (after the step-3 checkpoint)
-  next_batch = data.PasskeyBatches.__next__
-  data.PasskeyBatches.__next__ = lambda self: die() if self.get_state()["step"] == 4 else next_batch(self)
+  next_batch = curriculum.PasskeyBatches.__next__
+  curriculum.PasskeyBatches.__next__ = lambda self: die() if self.get_state()["step"] == 4 else next_batch(self)
 elif point == "save":          # while the step-6 checkpoint is being written
   save = ocp.CheckpointManager.save
   def save_then_die(self, step, *args, **kwargs):

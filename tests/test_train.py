@@ -12,6 +12,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from configs import tiny
+from swa import curriculum as curriculum_lib
 from swa import data, evaluate, train_lib
 from swa import workdir as workdir_lib
 
@@ -94,17 +95,17 @@ def test_resume_reaches_the_same_loss(tmp_path, monkeypatch, curriculum):
   train_lib.train_and_evaluate(config(), str(straight))
 
   # Kill the same run while it fetches the batch of step 5 (after the step-3 checkpoint).
-  original_next = data.PasskeyBatches.__next__
+  original_next = curriculum_lib.PasskeyBatches.__next__
 
   def killed_at_step_5(batches):
     if batches.get_state()["step"] == 4:
       raise KeyboardInterrupt("simulated kill")
     return original_next(batches)
 
-  monkeypatch.setattr(data.PasskeyBatches, "__next__", killed_at_step_5)
+  monkeypatch.setattr(curriculum_lib.PasskeyBatches, "__next__", killed_at_step_5)
   with pytest.raises(KeyboardInterrupt):
     train_lib.train_and_evaluate(config(), str(resumed))
-  monkeypatch.setattr(data.PasskeyBatches, "__next__", original_next)
+  monkeypatch.setattr(curriculum_lib.PasskeyBatches, "__next__", original_next)
   train_lib.train_and_evaluate(config(), str(resumed))  # same command again
   a, b = read_metrics(straight), read_metrics(resumed)
   with open(resumed / "metrics.jsonl") as f:  # Step 4 ran twice but is logged once.
