@@ -1,6 +1,6 @@
-"""bench_attention.py on CPU at tiny sizes: every row is checked and written, a failing row is
-recorded without stopping the run, --check_only exits 1 on a wrong row, and the float32
-reference's tail slice is exact."""
+"""bench_attention.py and swa/bench/ on CPU at tiny sizes: every row is checked and written, a
+failing row is recorded without stopping the run, --check_only exits 1 on a wrong row, the float32
+reference's tail slice is exact, and the library runs from plain arguments."""
 
 import json
 
@@ -12,6 +12,7 @@ from absl import flags
 
 import bench_attention
 from swa import attention
+from swa.bench import check, measure, report
 
 TINY = [
   "--lengths=64",
@@ -83,7 +84,7 @@ def test_a_failing_row_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
 def test_check_only_times_nothing_and_exits_1_on_a_wrong_row(tmp_path, monkeypatch):
   _, rows = _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
   assert rows[0]["ok"] and rows[0]["fwd_ms"] is None and "fwd_tflops" not in rows[0]
-  monkeypatch.setitem(bench_attention.TOLERANCE, "float32", (0.0, 0.0))
+  monkeypatch.setitem(check.TOLERANCE, "float32", (0.0, 0.0))
   with pytest.raises(SystemExit) as stop:
     _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
   assert stop.value.code == 1
@@ -103,8 +104,8 @@ def test_tail_reference_is_the_dense_reference_on_its_rows():
   q, k, v, dout = (
     jax.random.normal(key, (1, n, 2, 8)) for key in jax.random.split(jax.random.PRNGKey(3), 4)
   )
-  dense = bench_attention.reference_f32(q, k, v, dout, w)
-  tail = bench_attention.reference_f32(q, k, v, dout, w, t0, t0 - w + 1)
+  dense = check.reference_f32(q, k, v, dout, w)
+  tail = check.reference_f32(q, k, v, dout, w, t0, t0 - w + 1)
   for got, want in zip(tail, dense):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want[:, t0:]), atol=1e-5, rtol=1e-5)
 
@@ -112,4 +113,46 @@ def test_tail_reference_is_the_dense_reference_on_its_rows():
 def test_band_pairs_counts_the_mask():
   for n, w in ((40, 7), (16, 16), (10, 30), (12, None)):
     mask = attention.create_sliding_window_mask(n, w)
-    assert bench_attention.band_pairs(n, w) == int(jnp.sum(mask))
+    assert check.band_pairs(n, w) == int(jnp.sum(mask))
+
+
+def test_the_library_runs_from_plain_arguments(tmp_path):
+  out = str(tmp_path / "lib.md")
+  s = measure.Settings(
+    lengths=[64],
+    windows=[8],
+    impls=["chunked"],
+    heads=1,
+    head_dim=8,
+    dtype="float32",
+    repeats=1,
+    warmup=1,
+    out=out,
+  )
+  rows = report.run(s, command="python bench_attention.py --x")
+  assert [(r["impl"], r["ok"]) for r in rows] == [("chunked", True)]
+  text = open(out).read()
+  assert "Command: `python bench_attention.py --x`" in text and "| 8 | chunked | C=" in text
+  with pytest.raises(ValueError, match="--impls: unknown"):
+    measure.Settings(lengths=[64], windows=[8], impls=["fast"], out=out)
+
+
+def test_summary_targets_and_auto_rule():
+  def row(w, impl, ms, variant="default", ok=True):
+    return dict(n=64, w=w, impl=impl, variant=variant, tiles=f"{impl} tiles", fwd_bwd_ms=ms, ok=ok)
+
+  rows = [
+    row(8, "cudnn", 2.0),
+    row(8, "pallas", 1.0),
+    row(8, "chunked", 4.0),
+    row(512, "cudnn", 2.0),
+    row(512, "pallas", 2.5),
+    row(512, "pallas", 1.0, "1x1", ok=False),
+  ]
+  lines = report.summary_lines(rows, [64], [8, 512])
+  assert lines[0] == (
+    "- n=64, w=8: best pallas (pallas tiles) fwd+bwd at 2.00× cuDNN's speed (meets ≥ 1.3×); "
+    "chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every checked row within tolerance."
+  )
+  assert "at 0.80× cuDNN's speed (misses ≥ 1.3×)" in lines[1] and "WRONG: pallas 1x1" in lines[1]
+  assert "AUTO_MAX_WINDOW = 8 " in lines[2]

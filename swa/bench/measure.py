@@ -1,0 +1,272 @@
+"""One (n, w) of the attention benchmark: its inputs, its reference, every row checked and timed.
+
+A row is one implementation (and tile setting) at one (n, w): a dict with n, w, impl, variant,
+tiles, reference, fwd_ms / fwd_bwd_ms (median), their times and TFLOP/s, the errors and "ok"
+(swa/bench/check.py), or a "note" (skipped) or "<key>_note" (OOM or failed).
+"""
+
+import dataclasses
+import functools
+import gc
+import os
+import sys
+import time
+import traceback
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from swa import attention, cli, pallas_attention, reports
+from swa.bench import check as check_lib
+from swa.bench.flex import Flex
+
+CORE = ("cudnn", "pallas", "chunked", "flex", "reference")
+INPUT_SETS = 2  # timed calls alternate between this many random input sets
+_CLOCK = [time.perf_counter()]  # the run's start: log times and --deadline_minutes count from it
+
+
+@dataclasses.dataclass
+class Settings:
+  """The benchmark's options as plain values (bench_attention.py's flags, which describe each).
+
+  Raises ValueError (one line) for an unknown implementation or an unparsable tile setting.
+  """
+
+  lengths: list
+  windows: list
+  impls: list = CORE
+  pallas_blocks: list = ("default",)
+  chunked_blocks: list = ("default",)
+  batch: int = 1
+  heads: int = 16
+  head_dim: int = 128
+  dtype: str = "bfloat16"
+  repeats: int = 20
+  warmup: int = 3
+  reference_max_gb: float = 20.0
+  tail_rows: int = 4096
+  check_only: bool = False
+  deadline_minutes: float = 6.5
+  seed: int = 0
+  out: Optional[str] = None  # None: default_out_path()
+
+  def __post_init__(self):
+    unknown = sorted(set(self.impls) - set(CORE))
+    if unknown:
+      raise ValueError(f"--impls: unknown {unknown}; choose from {list(CORE)}.")
+    for text in self.pallas_blocks:
+      if text != "default":
+        pallas_attention.BlockSizes.parse(text)
+    if self.dtype not in check_lib.TOLERANCE:
+      raise ValueError(f"dtype={self.dtype!r}: choose from {list(check_lib.TOLERANCE)}.")
+    if self.out is None:
+      self.out = default_out_path()
+
+
+def default_out_path():
+  """profiles/<device kind>/attention_bench.md, e.g. profiles/nvidia_h200/attention_bench.md."""
+  device = jax.devices()[0].device_kind.lower()
+  folder = "".join(c if c.isalnum() else "_" for c in device).strip("_")
+  return os.path.join("profiles", folder, "attention_bench.md")
+
+
+def restart_clock():
+  """Starts the run's clock (log times, --deadline_minutes) now."""
+  _CLOCK[0] = time.perf_counter()
+
+
+def past_deadline(s):
+  """Whether s.deadline_minutes (0: no limit) have passed since restart_clock()."""
+  return bool(s.deadline_minutes) and time.perf_counter() - _CLOCK[0] > 60 * s.deadline_minutes
+
+
+def log(msg):
+  """msg on stderr, after the seconds since the run started."""
+  print(f"[{time.perf_counter() - _CLOCK[0]:6.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def fmt(x, spec):
+  """format(x, spec), or "—" for None."""
+  return "—" if x is None else format(x, spec)
+
+
+def guarded(row, key, thunk):
+  """Runs thunk(); on an exception records 'OOM' or the error under row[key + '_note']."""
+  try:
+    return thunk()
+  except Exception as e:  # pylint: disable=broad-except
+    if reports.is_oom(e):
+      row[f"{key}_note"] = "OOM"
+    else:
+      traceback.print_exc()
+      row[f"{key}_note"] = f"failed: {type(e).__name__}: {cli.one_line(str(e))[:120]}"
+    log(f"  {key}: {row[f'{key}_note']}")
+    return None
+
+
+def jax_row(impl, variant, w, n):
+  """(fwd, fwd_bwd) jitted functions of one JAX implementation row, and its tile description.
+
+  Args:
+    impl: "cudnn", "pallas", "chunked" or "reference".
+    variant: "default", or the tile setting (pallas: a BlockSizes string; chunked: C).
+    w: the window.
+    n: the sequence length.
+  """
+  options, tiles = {}, {"cudnn": "local_window_size=(w-1, 0)", "reference": "dense"}.get(impl)
+  if impl == "chunked":
+    block = attention.default_block_size(w, n) if variant == "default" else int(variant)
+    options, tiles = dict(block_size=block), f"C={block}"
+  elif impl == "pallas":
+    blocks = (
+      pallas_attention.default_block_sizes(w)
+      if variant == "default"
+      else pallas_attention.BlockSizes.parse(variant)
+    )
+    options, tiles = dict(block_sizes=blocks), str(blocks)
+  attend = functools.partial(
+    attention.sliding_window_attention, window_size=w, implementation=impl, **options
+  )
+  loss = lambda q, k, v, dout: jnp.sum(
+    attend(q, k, v).astype(jnp.float32) * dout.astype(jnp.float32)
+  )
+  return (
+    jax.jit(lambda q, k, v, dout: attend(q, k, v)),
+    jax.jit(jax.grad(loss, argnums=(0, 1, 2))),
+    tiles,
+  )
+
+
+def time_jax(s, fn, sets):
+  """(median ms, all ms, first call s, first output); one untimed call in check_only mode."""
+  if s.check_only:
+    start = time.perf_counter()
+    out = jax.block_until_ready(fn(*sets[0]))
+    return None, [], time.perf_counter() - start, out
+  t = reports.time_fn(
+    fn, sets[0], repeats=s.repeats, warmup=s.warmup, arg_sets=sets, keep_first_output=True
+  )
+  return t.median_ms, t.times_ms, t.first_s, t.first_output
+
+
+def _flex(state):
+  """The run's Flex (made once, in state), or None with state["flex_note"] saying why."""
+  if "flex" not in state:
+    try:
+      state["flex"] = Flex()
+    except Exception as e:  # pylint: disable=broad-except
+      state["flex"] = None
+      state["flex_note"] = f"{type(e).__name__}: {cli.one_line(str(e))[:80]}"
+  return state["flex"]
+
+
+def measure_config(s, n, w, jobs, state):
+  """Checks and times the rows `jobs` at one (n, w).
+
+  Args:
+    s: the Settings.
+    n: the sequence length.
+    w: the window.
+    jobs: [(impl, variant)], in the order to run them.
+    state: a dict kept across calls (the torch FlexAttention peer, made once).
+
+  Returns:
+    the rows' dicts, in the order of jobs.
+  """
+  if past_deadline(s):
+    note = "skipped: past --deadline_minutes"
+    return [dict(n=n, w=w, impl=i, variant=v, note=note) for i, v in jobs]
+  dtype = jnp.dtype(s.dtype)
+  shape = (4 * INPUT_SETS, s.batch, n, s.heads, s.head_dim)
+  arrays = list(jax.random.normal(jax.random.PRNGKey(s.seed + 7919 * n + w), shape, dtype))
+  sets = [tuple(arrays[i : i + 4]) for i in range(0, len(arrays), 4)]
+  del arrays
+  dense = s.batch * s.heads * n * n * 4 / 1e9 <= s.reference_max_gb
+  t0 = 0 if dense else max(0, n - max(s.tail_rows, 2 * w))
+  s0 = max(0, t0 - w + 1) if t0 else 0
+  with jax.default_matmul_precision(check_lib.reference_precision()):
+    failure = {}
+    ref = guarded(
+      failure,
+      "reference",
+      lambda: jax.block_until_ready(check_lib.reference_f32(*sets[0], w, t0, s0)),
+    )
+  ref_name = "dense float32" if dense else f"float32, last {n - t0} query rows"
+  if ref is None:  # time the rows anyway; they go unchecked
+    ref_name = f"none ({ref_name} reference: {failure['reference_note']})"
+  log(f"n={n} w={w}: reference {ref_name}")
+  flops = 2 * check_lib.band_pairs(n, w) * s.batch * s.heads * 2 * s.head_dim
+  rows = []
+  for impl, variant in jobs:
+    row = dict(n=n, w=w, impl=impl, variant=variant, reference=ref_name)
+    rows.append(row)
+    if past_deadline(s):
+      row["note"] = "skipped: past --deadline_minutes"
+      continue
+    if impl == "cudnn" and not attention.cudnn_available():
+      row["note"] = f"skipped: no cuDNN on {jax.default_backend()}"
+      continue
+    if impl == "reference" and not dense:
+      row["note"] = f"skipped: n² scores {s.batch * s.heads * n * n * 4 / 1e9:.3g} GB"
+      continue
+    if impl == "flex":
+      flex = _flex(state)
+      if flex is None:
+        row["note"] = f"skipped: no torch FlexAttention ({state['flex_note']})"
+        continue
+      fns = guarded(row, "fwd", lambda: flex.functions(*sets[0], w))
+      if fns is None:
+        continue
+      timer = lambda fn: flex.time(fn, repeats=s.repeats, warmup=s.warmup, check_only=s.check_only)
+      to_jax = flex.to_jax
+      row["tiles"] = f"torch {flex.torch.__version__}: compiled flex_attention, block mask"
+    else:
+      fwd, fwd_bwd, row["tiles"] = jax_row(impl, variant, w, n)
+      fns = (fwd, fwd_bwd)
+      timer = lambda fn: time_jax(s, fn, sets)
+      to_jax = lambda x: x
+    for key, fn, mult in (("fwd", fns[0], 1.0), ("fwd_bwd", fns[1], 3.5)):
+      log(f"n={n} w={w}: {impl} {variant} {key}")
+      result = guarded(row, key, lambda: timer(fn))
+      if result is None:
+        break  # fwd+bwd would fail the same way
+      ms, times, first_s, out = result
+      row.update({f"{key}_ms": ms, f"{key}_times_ms": times, f"{key}_first_s": first_s})
+      if ms:
+        row[f"{key}_tflops"] = mult * flops / (ms * 1e9)
+      if ref is not None:
+        pair = lambda: (to_jax(out), None) if key == "fwd" else (None, [to_jax(g) for g in out])
+        guarded(row, f"{key}_check", lambda: check_lib.check(row, *pair(), ref, t0, s.dtype))
+      out = result = None  # free the outputs before the next row
+      log(f"  {fmt(ms, '.3f')} ms, first call {first_s:.1f} s, ok={row.get('ok')}")
+  gc.collect()
+  if state.get("flex") is not None:
+    state["flex"].torch.cuda.empty_cache()
+  return rows
+
+
+def machine_rates(s):
+  """(bf16 matmul FLOP/s, copy bytes/s) of this card; (None, None) off GPU or in check_only."""
+  if jax.default_backend() != "gpu" or s.check_only:
+    return None, None
+  a, b = jax.random.normal(jax.random.PRNGKey(1), (2, 8192, 8192), jnp.bfloat16)
+  matmul = reports.time_fn(jax.jit(jnp.matmul), (a, b), repeats=30, warmup=3)
+  x = jax.random.normal(jax.random.PRNGKey(2), (2**29,), jnp.bfloat16)  # 1 GiB
+  copy = reports.time_fn(jax.jit(lambda x: x + 1), (x,), repeats=30, warmup=3)
+  return 2 * 8192**3 / (matmul.median_ms / 1e3), 2 * x.nbytes / (copy.median_ms / 1e3)
+
+
+def jobs_in_order(s):
+  """[(n, w, [(impl, variant)])] in three passes over the configurations: the core rows, then the
+  extra tile settings, then torch FlexAttention (its compilations are the slowest part: a run cut
+  short by --deadline_minutes loses peer rows first)."""
+  core, extra = [], []
+  for impl in s.impls:
+    variants = {"pallas": s.pallas_blocks, "chunked": s.chunked_blocks}.get(impl, ["default"])
+    (extra if impl == "flex" else core).append((impl, variants[0]))
+    if not s.check_only:
+      extra[:0] = [(impl, v) for v in variants[1:]]  # before flex
+  configs = [(n, w) for n in s.lengths for w in s.windows]
+  passes = [core, [j for j in extra if j[0] != "flex"], [j for j in extra if j[0] == "flex"]]
+  return [(n, w, jobs) for jobs in passes if jobs for n, w in configs]

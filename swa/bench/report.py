@@ -1,0 +1,206 @@
+"""The attention benchmark's report (markdown tables, summary, .json) and the whole run (`run`)."""
+
+import json
+import os
+
+import jax
+
+from swa import reports
+from swa.bench import check as check_lib
+from swa.bench import measure
+from swa.bench.measure import fmt
+
+COLUMNS = [
+  "w",
+  "impl",
+  "tiles",
+  "fwd ms",
+  "fwd TFLOP/s",
+  "fwd+bwd ms",
+  "fwd+bwd TFLOP/s",
+  "fwd ÷ cuDNN",
+  "fwd+bwd ÷ cuDNN",
+  "out rel err",
+  "grad rel err",
+  "check",
+]
+
+
+def _cell(row, key, spec):
+  return row.get(f"{key}_note") or fmt(row.get(f"{key}_ms"), spec)
+
+
+def _ratio(row, cudnn, key):
+  have = cudnn and row.get(f"{key}_ms") and cudnn.get(f"{key}_ms")
+  return row[f"{key}_ms"] / cudnn[f"{key}_ms"] if have else None
+
+
+def _speed_of_pallas(rows, n, w, default_only=False):
+  """The fastest correct pallas row at (n, w) and cuDNN's; (None, cudnn) if none."""
+  at = [r for r in rows if r["n"] == n and r["w"] == w]
+  cudnn = next((r for r in at if r["impl"] == "cudnn" and r.get("fwd_bwd_ms")), None)
+  pallas = [
+    r
+    for r in at
+    if r["impl"] == "pallas"
+    and r.get("fwd_bwd_ms")
+    and r.get("ok")
+    and (r["variant"] == "default" or not default_only)
+  ]
+  return min(pallas, key=lambda r: r["fwd_bwd_ms"], default=None), cudnn
+
+
+def summary_lines(rows, lengths, windows):
+  """Per (n, w): targets met or missed; then the auto rule the run supports.
+
+  Args:
+    rows: the run's row dicts (swa/bench/measure.py).
+    lengths: the sequence lengths n of the run.
+    windows: the windows w of the run.
+
+  Returns:
+    list of str, markdown list items.
+  """
+  lines = []
+  for n in lengths:
+    for w in windows:
+      at = [r for r in rows if r["n"] == n and r["w"] == w]
+      wrong = [f"{r['impl']} {r['variant']}" for r in at if r.get("ok") is False]
+      best, cudnn = _speed_of_pallas(rows, n, w)
+      chunked = next((r for r in at if r["impl"] == "chunked" and r.get("fwd_bwd_ms")), None)
+      parts = []
+      if best and cudnn:
+        speed, goal = cudnn["fwd_bwd_ms"] / best["fwd_bwd_ms"], 1.3 if w <= 512 else 1.0
+        parts.append(
+          f"best pallas ({best['tiles']}) fwd+bwd at {speed:.2f}× cuDNN's speed "
+          f"({'meets' if speed >= goal else 'misses'} ≥ {goal:g}×)"
+        )
+      if chunked and cudnn:
+        ratio = chunked["fwd_bwd_ms"] / cudnn["fwd_bwd_ms"]
+        parts.append(
+          f"chunked fwd+bwd {ratio:.2f}× cuDNN's time ({'meets' if ratio <= 3 else 'misses'} ≤ 3×)"
+        )
+      parts.append(
+        "every checked row within tolerance" if not wrong else f"WRONG: {', '.join(wrong)}"
+      )
+      lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
+  auto_max = 0
+  for w in sorted(windows):
+    if all(
+      (lambda b, c: b and c and b["fwd_bwd_ms"] <= c["fwd_bwd_ms"])(
+        *_speed_of_pallas(rows, n, w, default_only=True)
+      )
+      for n in lengths
+    ):
+      auto_max = w
+    else:
+      break
+  lines.append(
+    f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = {auto_max} "
+    "(the largest w up to which pallas with its default tiles beat cuDNN's fwd+bwd "
+    "at every n measured; 0 = keep cuDNN)."
+  )
+  return lines
+
+
+def _table_row(r, cudnn):
+  """The cells of one row; cudnn is cuDNN's row at the same (n, w), or None."""
+  if "note" in r:
+    return [r["w"], r["impl"], r["variant"], r["note"]] + ["—"] * 8
+  check = "—" if "ok" not in r else ("ok" if r["ok"] else "**WRONG**")
+  return [
+    r["w"],
+    r["impl"],
+    r.get("tiles", r["variant"]),
+    _cell(r, "fwd", ".3f"),
+    fmt(r.get("fwd_tflops"), ".3g"),
+    _cell(r, "fwd_bwd", ".3f"),
+    fmt(r.get("fwd_bwd_tflops"), ".3g"),
+    fmt(_ratio(r, cudnn, "fwd"), ".2f"),
+    fmt(_ratio(r, cudnn, "fwd_bwd"), ".2f"),
+    fmt(r.get("out_rel_err"), ".2e"),
+    fmt(r.get("grad_rel_err"), ".2e"),
+    check,
+  ]
+
+
+def write_report(path, header, rows, lengths, windows):
+  """Writes the markdown report and its .json (header and rows); returns the markdown.
+
+  Args:
+    path: the markdown file; the .json goes beside it (same name, .json).
+    header: the provenance lines (reports.header_lines).
+    rows: the row dicts, sorted by (n, w).
+    lengths: the run's sequence lengths (for the summary).
+    windows: the run's windows (for the summary).
+  """
+  text = reports.markdown_header("Sliding-window attention benchmark", header)
+  for n in sorted({r["n"] for r in rows}):
+    table = []
+    for r in (r for r in rows if r["n"] == n):
+      cudnn = next(
+        (c for c in rows if c["n"] == n and c["w"] == r["w"] and c["impl"] == "cudnn"), None
+      )
+      table.append(_table_row(r, cudnn))
+    text += f"## n = {n}\n\n" + reports.markdown_table(COLUMNS, table, align="rll" + "r" * 9) + "\n"
+  text += "## Summary\n\n" + "\n".join(summary_lines(rows, lengths, windows)) + "\n"
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  with open(path, "w") as f:
+    f.write(text)
+  with open(os.path.splitext(path)[0] + ".json", "w") as f:
+    json.dump(dict(header=header, rows=rows), f, indent=1)
+  return text
+
+
+def header(s, command, flop_s=None, byte_s=None):
+  """The report's provenance lines: command, device, date, shapes, timing, FLOPs, check, card."""
+  rates = (
+    "Card: not measured (check_only or not a GPU)."
+    if flop_s is None
+    else f"Card: {flop_s / 1e12:.0f} TFLOP/s (8192³ bf16 matmul), {byte_s / 1e12:.2f} TB/s "
+    "(1 GiB copy, read + write), measured at the start of this run."
+  )
+  return reports.header_lines(
+    command,
+    extra=[
+      f"Shapes: B={s.batch}, N={s.heads} heads, H=D={s.head_dim}, {s.dtype}. "
+      + (
+        "Check only: one call each, nothing timed."
+        if s.check_only
+        else f"Times: median of {s.repeats} runs after {s.warmup} untimed (compiling) ones, each "
+        f"ended by block_until_ready (torch: CUDA events), inputs alternating between "
+        f"{measure.INPUT_SETS} random sets; fwd+bwd = grads of sum(out · dout) w.r.t. q, k, v."
+      ),
+      "TFLOP/s: band FLOPs (fwd 2·P·N·(H + D), P = query-key pairs in the window; fwd+bwd "
+      "3.5× that) over the time. ÷ cuDNN: time ratio to cuDNN in this run (< 1 = faster).",
+      f"Check: out rel err = ‖out − ref‖/‖ref‖, grad rel err = max over dq, dk, dv, against the "
+      f"float32 reference (matmul precision {check_lib.reference_precision()}) on the inputs "
+      f"upcast; ok within {check_lib.TOLERANCE[s.dtype]} (out, grads).",
+      rates,
+    ],
+  )
+
+
+def run(s, command=None):
+  """The whole benchmark: every row checked and timed, the report rewritten after each (n, w).
+
+  Args:
+    s: a measure.Settings.
+    command: the command line for the report's header (default reports.command_line()).
+
+  Returns:
+    the row dicts (also in s.out and the .json beside it); a row with "ok" False is wrong.
+  """
+  measure.restart_clock()
+  measure.log(reports.device_description())
+  head = header(s, command, *measure.machine_rates(s))
+  rows, state = [], {}
+  for n, w, jobs in measure.jobs_in_order(s):
+    rows += measure.measure_config(s, n, w, jobs, state)
+    rows.sort(key=lambda r: (r["n"], r["w"]))
+    write_report(s.out, head, rows, s.lengths, s.windows)
+    jax.clear_caches()
+  text = write_report(s.out, head, rows, s.lengths, s.windows)
+  print(text, flush=True)
+  measure.log(f"wrote {s.out} and its .json")
+  return rows
