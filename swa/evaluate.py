@@ -1,9 +1,7 @@
 """The one evaluation path: passkey exact match by distance, for the trainer and eval_passkey.py.
 
-Distance (swa/data.py) is d = p_last - k0: from the first key digit k0 to the last prompt
-token p_last, whose logits predict the first answer digit. A model whose layers have
-windows w_l moves information at most reach = sum_l (w_l - 1) positions (`reach_of`), so it
-can retrieve only if d <= reach; its theoretical receptive field is reach + 1 positions.
+swa/eval_grid.py says what a model can reach (`reach_of`), which distances a sweep tests and at
+which prompt length T each distance is evaluated (`context_len`).
 
 One prompt stream. The prompts of distance d are drawn from default_rng([seed, PROMPT_STREAM,
 d]), PROMPT_CHUNK at a time (`prompts`), apart from the training batches (default_rng([seed,
@@ -19,17 +17,6 @@ writes all five digits right iff each teacher-forced argmax is right.
 Bounded memory. Prompts are scored in batches of at most max_batch_tokens tokens (at least one
 prompt), so a model trained at T = 262,144 is evaluated one prompt at a time.
 
-Prompt length. With RoPE, attention depends only on relative positions, so a windowed model
-gives the same answer logits (up to float rounding) on any prompt of at least reach +
-ANSWER_LEN tokens that ends with the same reach + 1 tokens. Each distance is evaluated at
-
-    T = max(train_seq_len, round_up(d + ANSWER_LEN + len(KEY_PREFIX), LENGTH_MULTIPLE)),
-
-the trained length while d fits (exactly the training distribution), else the shortest prompt
-holding d, rounded up so that few shapes are compiled; such rows carry beyond_train_len=True.
-A full-attention model's output depends on the whole prefix: beyond its trained length it
-extrapolates RoPE, which is what `sweep_distances(full_max_factor > 1)` measures.
-
 swa/summary.py summarizes and reads back the rows, swa/erf.py measures the effective
 receptive field, swa/plotting.py draws the figures; eval_passkey.py runs them on workdirs.
 """
@@ -37,7 +24,6 @@ receptive field, swa/plotting.py draws the figures; eval_passkey.py runs them on
 import collections
 import dataclasses
 import functools
-import math
 import sys
 import time
 
@@ -46,29 +32,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swa import data
+from swa import data, eval_grid
 from swa.model import ModelConfig, Transformer, config_of
 
-LENGTH_MULTIPLE = 64  # beyond the trained length, prompts are rounded up to this many tokens
 PROMPT_STREAM = 7_919  # prompts of distance d come from default_rng([seed, PROMPT_STREAM, d])
 PROMPT_CHUNK = 64  # ... drawn this many at a time (data.passkey_batch)
 MAX_BATCH_TOKENS = 1 << 18  # default cap on the tokens of one scored batch
-FINE_FRACTION, FINE_STEP = 0.05, 8  # sweeps: every <= 8 tokens within +-5 % of the reach
 
 
-# --- What a model can reach ----------------------------------------------------------------------
-
-
-def window_label(model_config: ModelConfig) -> str:
-  """ "128" when every layer has window 128, "full" for full attention, else "128,full,..."."""
-  names = ["full" if w is None else str(w) for w in model_config.layer_windows]
-  return names[0] if len(set(names)) == 1 else ",".join(names)
-
-
-def reach_of(model_config: ModelConfig):
-  """Largest retrievable distance sum_l (w_l - 1); None if any layer has full attention."""
-  windows = model_config.layer_windows
-  return None if None in windows else sum(w - 1 for w in windows)
+# --- The model, the prompts and the exact-match rule ----------------------------------------------
 
 
 def graphdef_for(model_config: ModelConfig, **changes):
@@ -81,61 +53,6 @@ def graphdef_for(model_config: ModelConfig, **changes):
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   graphdef, _ = nnx.split(abstract, nnx.Param)
   return graphdef
-
-
-# --- Distances and prompt lengths ---------------------------------------------------------------
-
-
-def context_len(distance: int, train_seq_len: int, multiple: int = LENGTH_MULTIPLE) -> int:
-  """Context length T at which `distance` is evaluated (module docstring)."""
-  shortest = distance + data.ANSWER_LEN + len(data.KEY_PREFIX)  # key sentence at position 0
-  return max(train_seq_len, -(-shortest // multiple) * multiple)
-
-
-def even_distances(seq_len: int, num: int) -> list:
-  """`num` distances evenly spaced over all that a prompt of context seq_len allows (train.py)."""
-  top = data.context_max_distance(seq_len)
-  return sorted(set(np.linspace(data.MIN_DISTANCE, top, num).round().astype(int).tolist()))
-
-
-def sweep_distances(
-  reach, train_seq_len: int, *, max_factor: float = 2.0, step=None, full_max_factor: float = 1.0
-) -> list:
-  """Distances to evaluate, from data.MIN_DISTANCE on.
-
-  Windowed models (reach an int): up to ceil(max_factor * reach), every `step` tokens
-  (default reach / 16), every step / 4 (default reach / 64) within +-15 % of the reach, every
-  min(that, FINE_STEP) within +-FINE_FRACTION of it, and reach and reach + 1 themselves. Full
-  attention (reach None): up to full_max_factor times the trained length's largest distance
-  (> 1: prompts longer than trained, to find where full attention stops), every `step`
-  (default 1/32 of the range within the trained length).
-
-  Returns:
-    sorted list of distinct ints.
-  """
-  if reach is None:
-    if full_max_factor < 1:
-      raise ValueError(f"full_max_factor={full_max_factor} must be >= 1.")
-    trained_top = data.context_max_distance(train_seq_len)
-    top = math.ceil(full_max_factor * trained_top)
-    coarse = step or max(1, round((trained_top - data.MIN_DISTANCE) / 32))
-    points = set(range(data.MIN_DISTANCE, top + 1, coarse)) | {trained_top, top}
-  else:
-    top = max(data.MIN_DISTANCE, math.ceil(max_factor * reach))
-    coarse = step or max(1, round(reach / 16))
-    fine = max(1, coarse // 4) if step else max(1, round(reach / 64))
-    points = set(range(data.MIN_DISTANCE, top + 1, coarse)) | {top, reach, reach + 1}
-    points |= set(range(math.floor(0.85 * reach), math.ceil(1.15 * reach) + 1, fine))
-    finest = min(fine, FINE_STEP)
-    points |= set(
-      range(
-        math.floor((1 - FINE_FRACTION) * reach), math.ceil((1 + FINE_FRACTION) * reach) + 1, finest
-      )
-    )
-  return sorted(d for d in points if data.MIN_DISTANCE <= d <= top)
-
-
-# --- The prompts and the exact-match rule --------------------------------------------------------
 
 
 def prompts(seed: int, distance: int, num: int, seq_len: int) -> dict:
@@ -218,7 +135,7 @@ def accuracy_by_distance(
     )
     if counts[d] < 1:
       raise ValueError(f"examples_per_distance must be >= 1, got {counts[d]} at distance {d}.")
-    groups[context_len(d, train_seq_len)].append(d)
+    groups[eval_grid.context_len(d, train_seq_len)].append(d)
   results = {}
   for T, ds in sorted(groups.items()):
     start = time.perf_counter()
@@ -336,7 +253,7 @@ def passkey_sweep(
 
   Args:
     graphdef, params: the model.
-    reach: sum of (window - 1) over layers, None for full attention (reach_of(config)).
+    reach: sum of (window - 1) over layers, None for full attention (eval_grid.reach_of(config)).
     train_seq_len: the context length T the model was trained at (config.data.seq_len).
     examples_per_distance: fresh random passkeys per distance.
     step, max_factor, full_max_factor: the grid of sweep_distances; ignored with `distances`.
@@ -345,7 +262,7 @@ def passkey_sweep(
     label: the `model` field of the rows; default the window label.
     max_batch_tokens: see accuracy_by_distance.
     edge_examples_per_distance: optional, more passkeys at the distances within
-      +-FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
+      +-eval_grid.FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
 
   Returns:
     list of dict rows sorted by distance: model, window (label), layers, reach, distance,
@@ -354,15 +271,15 @@ def passkey_sweep(
   """
   config = config_of(graphdef, params)
   if distances is None:
-    distances = sweep_distances(
+    distances = eval_grid.sweep_distances(
       reach, train_seq_len, max_factor=max_factor, step=step, full_max_factor=full_max_factor
     )
-  label = label or window_label(config)
+  label = label or eval_grid.window_label(config)
   counts = examples_per_distance
   if edge_examples_per_distance and reach is not None:
     counts = {
       d: edge_examples_per_distance
-      if abs(d - reach) <= FINE_FRACTION * reach
+      if abs(d - reach) <= eval_grid.FINE_FRACTION * reach
       else examples_per_distance
       for d in distances
     }
@@ -379,16 +296,11 @@ def passkey_sweep(
   return _rows(
     results,
     model=label,
-    window=window_label(config),
+    window=eval_grid.window_label(config),
     layers=config.num_layers,
     reach=reach,
     train_seq_len=train_seq_len,
   )
-
-
-def window_name(w) -> str:
-  """ "full" for None, else str(w)."""
-  return "full" if w is None else str(w)
 
 
 def cross_window_sweep(
@@ -401,16 +313,16 @@ def cross_window_sweep(
   passkey_sweep (examples_per_distance, step, max_factor, seed, distances, ...).
   """
   model_config = config_of(graphdef, params)
-  label = label or window_label(model_config)
+  label = label or eval_grid.window_label(model_config)
   rows = []
   for w in window_sizes:
     config = dataclasses.replace(model_config, window_size=w)
     rows += passkey_sweep(
       graphdef_for(config),
       params,
-      reach=reach_of(config),
+      reach=eval_grid.reach_of(config),
       train_seq_len=train_seq_len,
-      label=f"{label} @ w={window_name(w)}",
+      label=f"{label} @ w={eval_grid.window_name(w)}",
       **sweep_kwargs,
     )
   return rows
@@ -445,7 +357,7 @@ def test_passkey_retrieval(
     train_seq_len: the trained context length (config.data.seq_len): prompts have it while
       the distance fits.
     distances: distances to evaluate for every window; by default each window gets its
-      own sweep_distances(L * (w - 1)) (full attention: up to the trained length).
+      own eval_grid.sweep_distances(L * (w - 1)) (full attention: up to the trained length).
     examples_per_distance: fresh random passkeys per distance.
     max_factor: the default sweep goes to max_factor * L * (w - 1).
     seed: seeds the prompts: the same passkeys for every window.
@@ -465,6 +377,10 @@ def test_passkey_retrieval(
     label="model",
   )
   return {
-    w: {r["distance"]: r["accuracy"] for r in rows if r["model"] == f"model @ w={window_name(w)}"}
+    w: {
+      r["distance"]: r["accuracy"]
+      for r in rows
+      if r["model"] == f"model @ w={eval_grid.window_name(w)}"
+    }
     for w in window_sizes
   }

@@ -1,4 +1,4 @@
-"""The one evaluation path: grid, prompt stream, token-capped batches, summaries, ERF, and
+"""The one evaluation path: prompt stream, token-capped batches, summaries, ERF, and
 eval_passkey.py end to end (its numbers equal train.py's on the same checkpoint)."""
 
 import csv
@@ -13,7 +13,7 @@ import pytest
 
 import eval_passkey
 from configs import tiny
-from swa import cli, data, erf, evaluate, passkey_report, summary, train_lib
+from swa import cli, data, erf, eval_grid, evaluate, passkey_report, summary, train_lib
 
 WINDOW, LAYERS = 32, 2
 REACH = LAYERS * (WINDOW - 1)  # 62: above data.MIN_DISTANCE, so some distances are inside
@@ -50,55 +50,6 @@ def workdir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def restored(workdir):
   return train_lib.restore_params(workdir)  # (config, graphdef, params)
-
-
-# --- The grid ------------------------------------------------------------------------------------
-
-
-def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
-  distances = evaluate.sweep_distances(508, 1024, max_factor=2.0)
-  assert distances[0] == data.MIN_DISTANCE and distances[-1] == 1016
-  assert {508, 509} <= set(distances)
-  gaps = np.diff(distances)
-  near = [g for d, g in zip(distances, gaps) if 0.85 * 508 <= d < 1.15 * 508]
-  far = [g for d, g in zip(distances[:-2], gaps) if d > 1.2 * 508]  # the last gap is a remainder
-  assert max(near) <= 8 and min(far) >= 30
-
-
-@pytest.mark.parametrize("reach", [508, 2044, 4092])
-def test_sweep_is_at_most_8_apart_within_5_percent_of_the_reach(reach):
-  distances = np.array(evaluate.sweep_distances(reach, 2 * reach))
-  near = distances[(distances >= 0.95 * reach) & (distances <= 1.05 * reach)]
-  assert near[0] - 0.95 * reach <= 8 and 1.05 * reach - near[-1] <= 8
-  assert np.diff(near).max() <= 8 and {reach, reach + 1} <= set(near.tolist())
-
-
-def test_full_attention_sweeps_to_the_trained_length_or_beyond():
-  distances = evaluate.sweep_distances(None, 1024)
-  assert distances[0] == data.MIN_DISTANCE
-  assert distances[-1] == data.context_max_distance(1024) == 1004
-  assert len(distances) >= 30
-  beyond = evaluate.sweep_distances(None, 1024, full_max_factor=3.0)
-  assert beyond[-1] == 3 * 1004 and set(distances) <= set(beyond)
-  assert evaluate.context_len(beyond[-1], 1024) > 1024  # longer prompts than trained
-
-
-@pytest.mark.parametrize(
-  "distance, train_seq_len, expected",
-  [
-    (42, 128, 128),
-    (108, 128, 128),
-    (109, 128, 192),
-    (124, 128, 192),
-    (300, 0, 320),
-    (44, 0, 64),
-    (45, 0, 128),
-  ],
-)
-def test_context_len(distance, train_seq_len, expected):
-  T = evaluate.context_len(distance, train_seq_len)
-  assert T == expected
-  assert distance <= data.max_distance(T + 1 - data.ANSWER_LEN)  # the distance fits
 
 
 # --- The prompt stream and bounded memory --------------------------------------------------------
@@ -259,7 +210,7 @@ def test_format_accuracy_table():
 def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
   config, graphdef, params = restored
   model_config = train_lib.model_config(config)
-  assert evaluate.reach_of(model_config) == REACH
+  assert eval_grid.reach_of(model_config) == REACH
   distances = [42, 50, REACH - 1, REACH, REACH + 1, REACH + 5, 100]
   values = erf.effective_receptive_field(
     evaluate.graphdef_for(model_config, dtype="float32"),
@@ -301,7 +252,7 @@ def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_pat
   config, _, _ = train_lib.restore_params(workdir)
   with open(os.path.join(workdir, "eval.json")) as f:
     trained = {int(d): a for d, a in json.load(f)["exact_match_by_distance"].items()}
-  distances = evaluate.even_distances(SEQ_LEN, config.eval.num_distances)
+  distances = eval_grid.even_distances(SEQ_LEN, config.eval.num_distances)
   assert sorted(trained) == distances
   before = _tree(workdir)
   eval_passkey.run(
