@@ -11,7 +11,7 @@ import pytest
 
 from configs import base, tiny
 from swa import reports
-from swa.profiling import measure, report, rows, sweep
+from swa.profiling import measure, plot, report, rows, sweep, tables
 
 SMALL = dict(heads=2, head_dim=16)  # Small heads: the n^2 or n*w terms dominate from n = 512.
 
@@ -90,7 +90,7 @@ def test_profile_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
     **SMALL,
   )
   assert out == str(tmp_path)
-  back = report.read_csv(tmp_path / "memory.csv")
+  back = tables.read_csv(tmp_path / "memory.csv")
   ran = [r for r in back if not r["status"].startswith("n/a")]
   assert sorted(r["seq_len"] for r in ran) == [128, 128, 256, 256]
   for r in ran:
@@ -150,7 +150,7 @@ def test_profile_memory_command_line_smoke(tmp_path):
     backend="cpu",
     jax_version="x",
   )
-  report.write_csv(tmp_path / "a" / "memory.csv", [row])
+  tables.write_csv(tmp_path / "a" / "memory.csv", [row])
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   command = [sys.executable, "profile_memory.py", f"--from_csv={tmp_path / 'a' / 'memory.csv'}"]
   done = subprocess.run(
@@ -291,18 +291,18 @@ def test_report_marks_ooms_compiled_plans_and_reach(tmp_path):
       error="INTERNAL: boom\nmore",
     ),
   ]
-  text = report.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
+  text = tables.write_markdown(tmp_path / "memory.md", rows, ["Command: `x`"])
   assert "| 8,192 | 8 GiB | 256 MiB | 1 GiB | 8× |" in text
   assert "| 16,384 | OOM | 512 MiB ᶜ | failed |" in text
   assert "full (reference) ran up to n=8,192, out of memory at n=16,384" in text
   assert "compiled memory plan, not run, up to n=16,384" in text
   assert "failed: XlaRuntimeError (run): `INTERNAL: boom`" in text
   assert "measured peak / compiled plan = 1.00" in text
-  report.write_csv(tmp_path / "memory.csv", rows)
-  back = report.read_csv(tmp_path / "memory.csv")
+  tables.write_csv(tmp_path / "memory.csv", rows)
+  back = tables.read_csv(tmp_path / "memory.csv")
   assert [r["status"] for r in back] == [r["status"] for r in rows]
   assert back[0]["memory_bytes"] == 8 * gib and back[0]["time_ms"] == 50.0
-  report.plot_memory(tmp_path / "memory.png", back)
+  plot.plot_memory(tmp_path / "memory.png", back)
   assert (tmp_path / "memory.png").stat().st_size > 10_000
 
 
@@ -320,7 +320,7 @@ def test_merge_rows_fills_what_earlier_sweeps_skipped():
     row("sliding_cudnn", 1024, "ok", memory_bytes=99),  # already measured: not taken
     row("full_reference", 4096, "skipped: sweep deadline passed"),
   ]
-  merged = report.merge_rows([first, second])
+  merged = tables.merge_rows([first, second])
   assert [(r["variant"], r["seq_len"], r["status"], r.get("memory_bytes")) for r in merged] == [
     ("full_reference", 1024, "OOM", None),
     ("full_reference", 4096, "skipped: sweep deadline passed", None),
@@ -328,4 +328,4 @@ def test_merge_rows_fills_what_earlier_sweeps_skipped():
     ("sliding_cudnn", 4096, "ok", 4),
   ]
   with pytest.raises(ValueError, match="different devices"):
-    report.merge_rows([first, [dict(second[0], device="H100")]])
+    tables.merge_rows([first, [dict(second[0], device="H100")]])

@@ -6,8 +6,8 @@ worker is started, and does its imports, while the current one measures; every w
 XLA_PYTHON_CLIENT_PREALLOCATE=false, because a process's peak memory can never be reset. A variant
 stops after its first out-of-memory, timeout or failure; full attention predicted too slow to time
 gets only its compiled memory plan; every other n runs first so that a deadline cuts detail, not
-range. profile_memory.py is the command line; swa/profiling/report.py turns the rows into
-memory.md, memory.csv and memory.png.
+range. profile_memory.py is the command line; swa/profiling/tables.py and plot.py turn the rows
+into memory.md, memory.csv and memory.png.
 """
 
 import json
