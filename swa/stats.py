@@ -12,7 +12,7 @@ Intervals (95 %, z = 1.96):
     from one recall value: it measures how well these seeds' models were measured, not how much a
     new seed would differ, which the per-seed values (always reported beside it) show.
   - Over a distance range (e.g. inside the reach): the mean over seeds of each seed's mean over
-    distances, each distance weighted by the span of distances it stands for (span_weights: the
+    distances, each distance weighted by the span of distances it stands for (summary.span_weights: the
     same rule as summary.mean_over_distances, so the denser grid near the reach does not outweigh
     the rest). Its interval is Wilson's with Kish's effective number of keys
     n_eff = (sum_i u_i)^2 / sum_i u_i^2 for the per-key weights u_i of that mean; with one
@@ -81,19 +81,6 @@ def keys_to_certify(recall, z=Z95):
   return math.ceil(z * z * recall / (1 - recall) - 1e-9)
 
 
-def span_weights(distances):
-  """Weight of each sorted distance: the span it stands for (half the gap to each neighbour).
-
-  The outer ends mirror the inner gap, so evenly spaced points weigh the same; the rule of
-  summary.mean_over_distances.
-  """
-  d = np.asarray(distances, dtype=np.float64)
-  if d.size == 1:
-    return np.ones(1)
-  padded = np.concatenate([[2 * d[0] - d[1]], d, [2 * d[-1] - d[-2]]])
-  return (padded[2:] - padded[:-2]) / 2
-
-
 def pooled_mean(rows_by_seed):
   """Mean over seeds of each seed's span-weighted mean over its rows, with a Wilson interval.
 
@@ -109,7 +96,7 @@ def pooled_mean(rows_by_seed):
     rows = sorted(rows, key=lambda r: r["distance"])
     if not rows:
       continue
-    w = span_weights([r["distance"] for r in rows])
+    w = summary.span_weights([r["distance"] for r in rows])
     w = w / w.sum()
     acc = np.array([r["accuracy"] for r in rows])
     n = np.array([r["n"] for r in rows], dtype=np.float64)

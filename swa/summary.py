@@ -22,7 +22,7 @@ REFERENCE = {"128": (512, 0.95), "256": (1024, 0.90), "512": (2048, 0.85), "full
 # --- Summary -------------------------------------------------------------------------------------
 
 
-def _span_weights(distances):
+def span_weights(distances):
   """Weight of each sorted sampled distance: the span of distances it stands for.
 
   Each point covers half the gap to each neighbour (the outer ends mirror the inner
@@ -41,7 +41,7 @@ def mean_over_distances(rows):
   rows = sorted(rows, key=lambda r: r["distance"])
   if not rows:
     return None
-  weights = _span_weights([r["distance"] for r in rows])
+  weights = span_weights([r["distance"] for r in rows])
   return float(np.average([r["accuracy"] for r in rows], weights=weights))
 
 

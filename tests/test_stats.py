@@ -63,11 +63,11 @@ def test_keys_to_certify():
 
 
 def test_span_weights_match_the_mean_over_distances_of_summary():
-  assert stats.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
+  assert summary.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
   rng = np.random.default_rng(0)
   distances = sorted(rng.choice(np.arange(42, 900), size=17, replace=False).tolist())
   rows = rows_of("m", 0, dict(zip(distances, rng.random(17).tolist())))
-  mean = np.average([r["accuracy"] for r in rows], weights=stats.span_weights(distances))
+  mean = np.average([r["accuracy"] for r in rows], weights=summary.span_weights(distances))
   assert mean == pytest.approx(summary.mean_over_distances(rows))
 
 
