@@ -10,7 +10,7 @@ import os
 
 from absl import app, flags
 
-from swa import plotting
+from swa import cli, plotting
 
 _OUT = flags.DEFINE_string("out", "training_curves.png", "Where the PNG goes.")
 _SMOOTH = flags.DEFINE_integer("smooth", 5, "Logged values averaged per point.")
@@ -30,4 +30,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  cli.run(main)
