@@ -14,9 +14,11 @@ import os
 import re
 import sys
 
-# Forced host devices must be set before JAX starts (the flag is read again below, for --help).
-_FORCED = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "2")
-os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_FORCED}")
+# Forced host devices must be set before JAX starts (the flag is read again below, for --help);
+# only when run as a program, so importing count_collectives leaves the environment alone.
+if __name__ == "__main__":
+  _FORCED = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "2")
+  os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_FORCED}")
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402
