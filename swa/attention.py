@@ -20,9 +20,9 @@ the same function (tests/test_attention.py):
   reference  dense masked attention; O(T * S) memory; the ground truth; every feature.
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
-             GPU and 16-bit dtypes only; plain self-attention only.
+             GPU and 16-bit dtypes only; self-attention, and tail offsets (`tail_aligned`).
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
-             (swa/pallas_attention.py); self-attention only; interpret mode off GPU.
+             (swa/pallas_attention.py); self-attention and tail offsets; interpret mode off GPU.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
@@ -51,13 +51,16 @@ IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see imp
 
 # Features an implementation may declare, and the keyword options it then receives:
 #   offsets        q_offset, k_offset (k_offset None: the keys end where the queries end)
+#   tail_offsets   q_offset (may be traced), k_offset None, S >= T: the queries are the last T of
+#                  the key positions, as for a sequence shard over its halo. Implied by "offsets";
+#                  self-attention kernels get it from `tail_aligned` (cudnn, pallas).
 #   key_positions  q_offset, k_positions ([S] or [B, S] ints, -1 = empty slot)
 #   sinks          num_sinks
 #   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
 # Any other declared name is a keyword option of that name, passed through **options. A call that
 # needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
 # implementation then computes plain self-attention from position 0.
-SEMANTIC_FEATURES = ("offsets", "key_positions", "sinks")
+SEMANTIC_FEATURES = ("offsets", "tail_offsets", "key_positions", "sinks")
 
 
 def create_sliding_window_mask(seq_len, window_size):
@@ -153,7 +156,52 @@ def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=Non
   """
   if name == "auto" or not isinstance(name, str):
     raise ValueError(f"An implementation needs a name other than 'auto', got {name!r}.")
-  _REGISTRY[name] = Implementation(name, fn, frozenset(features), check, auto_rank, auto_when)
+  features = frozenset(features) | ({"tail_offsets"} if "offsets" in features else set())
+  _REGISTRY[name] = Implementation(name, fn, features, check, auto_rank, auto_when)
+
+
+def tail_aligned(fn, *, even_length=False):
+  """Extends a self-attention-only `fn` to the feature "tail_offsets" (and to odd lengths).
+
+  The T queries are the last T of the S key positions, query 0 at q_offset (traced or not). The
+  queries are front-padded with zeros to S slots (one slot more on all three arrays for an odd S
+  when even_length, as cuDNN's backward needs), then all three are rolled left by the number of
+  slots that hold no real key (that extra slot, and keys at negative positions), so that the first
+  real key sits in slot 0. Causal windowed self-attention over the slots is then the window over
+  the positions: the rolled-away slots land after every real query, where causality hides them,
+  and the padded queries' outputs are dropped (their zero cotangents add nothing to dk, dv).
+
+  Args:
+    fn: `fn(q_BTNH, k_BTKH, v_BTKD, window_size, scale, **options)`, self-attention from 0.
+    even_length: also pad odd lengths to even ones (plain self-attention included).
+
+  Returns:
+    `call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=None, k_offset=None, **options)`.
+  """
+
+  def call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=None, k_offset=None, **options):
+    if k_offset is not None:
+      raise ValueError("tail_aligned takes keys that end where the queries end (k_offset=None).")
+    T, S = q_BTNH.shape[1], k_BSKH.shape[1]
+    extra = S % 2 if even_length else 0
+    q0 = 0 if q_offset is None else q_offset
+    if _static_int(q0):
+      rolled = extra + min(max(S - T - int(q0), 0), S)
+    else:  # Keys at negative positions, counted at run time (a shard's index is traced).
+      rolled = extra + jnp.clip(S - T - q0, 0, S)
+    front = lambda x, n: jnp.pad(x, ((0, 0), (n, 0), (0, 0), (0, 0))) if n else x
+    q_BSNH, k_BSKH, v_BSKD = (
+      front(q_BTNH, S - T + extra),
+      front(k_BSKH, extra),
+      front(v_BSKD, extra),
+    )
+    roll = (lambda x, shift, axis: x) if _static_int(rolled) and rolled == 0 else jnp.roll
+    out_BSND = fn(
+      *(roll(x, -rolled, axis=1) for x in (q_BSNH, k_BSKH, v_BSKD)), window_size, scale, **options
+    )
+    return roll(out_BSND, rolled, axis=1)[:, S + extra - T :]
+
+  return call
 
 
 def unregister(name):
@@ -187,14 +235,19 @@ register(
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
-register("cudnn", cudnn.cudnn_attention, check=cudnn.unsupported_reason, auto_rank=10)
+register(
+  "cudnn",
+  tail_aligned(cudnn.cudnn_attention, even_length=True),
+  features=("tail_offsets",),
+  check=cudnn.unsupported_reason,
+  auto_rank=10,
+)
 # Kernels (swa/pallas_attention.py, swa/splash.py): explicit requests run anywhere (interpret mode
 # off their device); auto picks splash on a TPU, pallas on a GPU where the benchmark showed it faster.
 register(
   "pallas",
-  pallas_attention.pallas_attention,
-  features=("block_sizes", "interpret"),
-  check=pallas_attention.unsupported_reason,
+  tail_aligned(pallas_attention.pallas_attention),
+  features=("tail_offsets", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )
@@ -375,7 +428,7 @@ def sliding_window_attention(
       and (k_offset is None or (_static_int(k_offset) and k_offset == q0))
     )
     if not plain:
-      features.add("offsets")
+      features.add("tail_offsets" if k_offset is None and S >= T else "offsets")
       semantic.update(q_offset=q0, k_offset=k_offset)
 
   name = resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features)

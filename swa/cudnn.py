@@ -1,7 +1,8 @@
 """The `cudnn` implementation: jax.nn.dot_product_attention's fused cuDNN kernel, local window.
 
-Registered in swa/attention.py as "cudnn" (plain self-attention, no optional features); "auto"
-picks it on a GPU for 16-bit inputs it takes.
+Registered in swa/attention.py as "cudnn" through `attention.tail_aligned(..., even_length=True)`,
+which adds tail offsets (a sequence shard over its halo) and pads odd lengths (seen on an H100,
+JAX 0.11.2: cuDNN's backward pass rejects them); "auto" picks it on a GPU for 16-bit inputs.
 """
 
 import jax
@@ -20,9 +21,6 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
     return f"it needs a GPU backend, and JAX's default backend is {jax.default_backend()!r}"
   if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16):
     return f"it takes bfloat16 or float16 inputs, got {q_BTNH.dtype}"
-  if q_BTNH.shape[1] % 2:
-    # Seen on an H100 (JAX 0.11.2): its backward pass rejects odd lengths.
-    return f"it needs an even sequence length, got {q_BTNH.shape[1]}"
   head_dims = (q_BTNH.shape[-1], v_BSKD.shape[-1])
   if head_dims[0] != head_dims[1] or head_dims[0] % 8 or head_dims[0] > 256:
     return f"it needs equal query and value head dims, a multiple of 8 and <= 256, got {head_dims}"

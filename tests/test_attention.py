@@ -498,7 +498,7 @@ def test_registered_implementation_is_called_with_its_features_only():
       sliding_window_attention(q, k, v, 3, implementation="reference", num_sinks=2),
       atol=1e-6,
     )
-    with pytest.raises(ValueError, match=r"does not support \['offsets'\]"):
+    with pytest.raises(ValueError, match=r"does not support \['tail_offsets'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy_sinks", q_offset=4, num_sinks=2)
     with pytest.raises(ValueError, match=r"does not support \['color'\]"):
       sliding_window_attention(q, k, v, 3, implementation="spy", color=1)

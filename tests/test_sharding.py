@@ -30,6 +30,7 @@ ATTENTION_CASES = [
   ("seq8_w8_equal_shard", "seq:8", 8, "chunked", {}),
   ("seq8_w20_three_hops", "seq:8", 20, "chunked", {}),
   ("seq8_w20_three_hops_reference", "seq:8", 20, "reference", {}),
+  ("seq8_w20_three_hops_pallas", "seq:8", 20, "pallas", {}),  # tail_aligned kernel
   ("seq8_full_attention", "seq:8", None, "chunked", {}),
   ("seq8_w11_3d_inputs", "seq:8", 11, "chunked", {"rank3": True}),
   ("data2_seq4_w1", "data:2,seq:4", 1, "chunked", {}),
@@ -47,6 +48,7 @@ ATTENTION_CASES = [
   ("data4_seq2_w32_equal_shard", "data:4,seq:2", 32, "chunked", {}),
   ("data4_seq2_w45_whole_prefix", "data:4,seq:2", 45, "chunked", {}),
   ("data4_seq2_w20_reference", "data:4,seq:2", 20, "reference", {}),
+  ("data4_seq2_w13_pallas", "data:4,seq:2", 13, "pallas", {}),
 ]
 # (name, mesh, per-layer windows): two train steps with plain data parallelism, and with
 # sequence parallelism where one layer's window fits a shard and the other spans 2-3.
@@ -394,8 +396,8 @@ def test_bad_arguments_are_refused():
   attend = functools.partial(
     attention.sliding_window_attention, implementation="sequence_parallel", mesh=mesh
   )
-  with pytest.raises(ValueError, match="'chunked'"):
-    attend(x, x, x, 3, local_implementation="cudnn")
+  with pytest.raises(ValueError, match="with tail offsets, .* got 'splash'"):
+    attend(x, x, x, 3, local_implementation="splash")
   with pytest.raises(ValueError, match="not an axis of the mesh"):
     attend(x, x, x, 3, seq_axis="sequence")
   with pytest.raises(ValueError, match="window_size must be >= 1"):
