@@ -36,7 +36,7 @@ def key_digit_gradients(params, batch, first_key_digit_B, *, graphdef):
   """
   model = nnx.merge(graphdef, params)
   p_last = batch["inputs"].shape[1] - data.ANSWER_LEN
-  x_BTD = model.embed(batch["inputs"])
+  x_BTD = model.embed_tokens(batch["inputs"])
 
   def digit_gradient_norms(j):
     def answer_logit(x_BTD):

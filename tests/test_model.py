@@ -152,3 +152,19 @@ def test_forward_with_a_cache_rejects_positions_and_wrong_layers():
     model(tokens(1, 4), cache=cache[:2])
   with pytest.raises(ValueError, match="num_valid is only meaningful with a cache"):
     model(tokens(1, 4), num_valid=2)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_embedding_is_the_table_row_and_its_gradient_is_no_scatter(dtype):
+  """embed_tokens equals indexing the table, but its gradient is a matmul, not a scatter-add
+  (which serialises on a GPU's atomics over a 72-row table)."""
+  model = make(dataclasses.replace(CONFIG, dtype=dtype))
+  x = tokens(2, 9, seed=3)
+  table = model.embed.embedding[...]
+  np.testing.assert_array_equal(model.embed_tokens(x), table[x].astype(dtype))
+  graphdef, params = nnx.split(model, nnx.Param)
+  loss = lambda p: nnx.merge(graphdef, p).embed_tokens(x).astype(jnp.float32).sum()
+  assert "scatter" not in str(jax.make_jaxpr(jax.grad(loss))(params))
+  # Each row's gradient counts the row's tokens (d_model ones per use).
+  grad = jax.grad(loss)(params)["embed"]["embedding"][...]
+  np.testing.assert_array_equal(grad[:, 0], np.bincount(np.ravel(x), minlength=grad.shape[0]))
