@@ -17,6 +17,7 @@ import csv
 import glob
 import math
 import os
+import re
 
 import numpy as np
 
@@ -129,7 +130,8 @@ def collect(paths):
 
   Where several files hold the same model and seed (a continued run evaluated again, say), each
   of them is named after its file's folder (folder/model if the file holds several models), as
-  eval_passkey.py --from_csv does.
+  eval_passkey.py --from_csv does; a sweep run's file (its folder ends in seed=N) is named after
+  its sweep's folder instead, sweep/model, so that the seeds of one sweep stay together.
   """
   tables = [(path, read_seed_rows(path)) for path in csv_paths(paths)]
   files_of = {}
@@ -138,8 +140,11 @@ def collect(paths):
       files_of.setdefault(key, set()).add(path)
   out = []
   for path, rows in tables:
-    folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+    folder = os.path.dirname(os.path.abspath(path))
     several = len({r["model"] for r in rows}) > 1
+    if re.search(r"(^|,)seed=\d+$", os.path.basename(folder)):  # A sweep's run.
+      folder, several = os.path.dirname(folder), True
+    folder = os.path.basename(folder)
     for r in rows:
       if len(files_of[r["model"], r["seed"]]) > 1:
         r = {**r, "model": f"{folder}/{r['model']}" if several else folder}
@@ -155,7 +160,7 @@ HEADLINE_COLUMNS = (
   "Layers",
   "Reach",
   "Seeds",
-  "Inside the reach: mean [95 % interval]",
+  "Inside the reach (full: the trained length): mean [95 % interval]",
   "Per seed",
   "Seed table expects",
   "Measured up to that distance",
@@ -223,7 +228,12 @@ def format_headline_table(summaries):
       str(s["layers"]),
       reach,
       seeds,
-      _interval(s["inside"]),
+      _interval(s["inside"])
+      + (
+        f"; beyond the trained length {100 * s['beyond']['mean']:.1f} %"
+        if s["reach"] is None and s["beyond"]
+        else ""
+      ),
       per_seed,
       ref_cell,
       at_ref,

@@ -225,8 +225,9 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=summary.THRESH
     threshold: the recall level of max_distance (0.95).
 
   Returns:
-    dict: model, window, layers, reach, seeds, inside (pooled_mean over d <= reach; all
-    distances without a reach), beyond (the same over d > reach, None without), reference,
+    dict: model, window, layers, reach, seeds, inside (pooled_mean over d <= reach; without a
+    reach, over the distances inside the trained length), beyond (the same over d > reach;
+    without a reach, over the distances beyond the trained length; None if none), reference,
     at_reference (pooled_mean over d <= the reference distance), max_distance (every tested
     d up to it has mean recall >= threshold), max_distance_every_seed (the same for the lowest
     seed at each distance), crossing (of the mean, crossing()), crossing_per_seed {seed:
@@ -238,8 +239,15 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=summary.THRESH
   curve = by_distance(rows_by_seed)
   ds = [c["distance"] for c in curve]
 
-  def subset(keep):
-    return {s: [r for r in rs if keep(r["distance"])] for s, rs in rows_by_seed.items()}
+  def subset(keep, row=lambda r: True):
+    return {s: [r for r in rs if keep(r["distance"]) and row(r)] for s, rs in rows_by_seed.items()}
+
+  if reach is None:  # Full attention: inside and beyond its trained length.
+    inside = pooled_mean(subset(lambda d: True, lambda r: not r.get("beyond_train_len")))
+    beyond = pooled_mean(subset(lambda d: True, lambda r: bool(r.get("beyond_train_len"))))
+  else:
+    inside = pooled_mean(subset(lambda d: d <= reach))
+    beyond = pooled_mean(subset(lambda d: d > reach))
 
   cross = crossing(ds, [c["accuracy"] for c in curve])
   at_reference = None
@@ -252,8 +260,8 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=summary.THRESH
     "reach": reach,
     "seeds": sorted(rows_by_seed),
     "threshold": threshold,
-    "inside": pooled_mean(subset(lambda d: reach is None or d <= reach)),
-    "beyond": None if reach is None else pooled_mean(subset(lambda d: d > reach)),
+    "inside": inside,
+    "beyond": beyond,
     "reference": reference,
     "at_reference": at_reference,
     "max_distance": summary.max_distance_at(curve, threshold),

@@ -192,6 +192,18 @@ def test_headline_table_full_attention_and_edge_cases():
   assert "| < 42 / < 42 | < 42 | — |" in aggregate.format_headline_table([s])
 
 
+def test_full_attention_inside_is_its_trained_length_and_beyond_is_extrapolation():
+  rows = rows_of("full", 0, {100: 1.0, 1004: 1.0, 1500: 0.5, 2000: 0.0}, reach=None, window="full")
+  for r in rows:
+    r["beyond_train_len"] = r["distance"] > 1004
+  s = stats.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
+  assert s["inside"]["mean"] == 1.0
+  assert s["beyond"]["mean"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.0)  # d = 1500, 2000
+  assert s["at_reference"]["mean"] < 1.0  # "unlimited at 100 %" is judged on every distance
+  row = aggregate.format_headline_table([s]).splitlines()[2]
+  assert "| 100.0 % [98.1, 100.0]; beyond the trained length 25.0 % |" in row
+
+
 def test_headline_notes_state_the_construction_and_the_bound():
   text = aggregate.headline_notes(100)
   assert "Recall beyond the reach is 0 by construction" in text

@@ -315,6 +315,24 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
     aggregate.collect([str(tmp_path / "nothing")])
 
 
+def test_two_sweeps_of_one_model_keep_their_seeds_apart_by_sweep(tmp_path):
+  """Full attention trained at two lengths is "full" in both sweeps: each gets its sweep's name."""
+  for sweep_name, accuracy in (("full2176", 1.0), ("full1024", 0.5)):
+    for seed in (0, 1):
+      write_csv(
+        str(tmp_path / sweep_name / f"seed={seed}" / "passkey.csv"),
+        synthetic("full", seed, {100: accuracy}, None, "full"),
+        with_seed=True,
+      )
+  rows = aggregate.collect([str(tmp_path / "full2176"), str(tmp_path / "full1024")])
+  assert [(r["model"], r["seed"]) for r in rows] == [
+    ("full2176/full", 0),
+    ("full2176/full", 1),
+    ("full1024/full", 0),
+    ("full1024/full", 1),
+  ]
+
+
 def test_pooled_rows_pool_the_keys_of_every_seed():
   rows = synthetic("w_s0", 0, {100: 1.0, 600: 0.0}) + synthetic("w_s1", 1, {100: 0.5})
   rows[2]["n"] = 50
