@@ -2,9 +2,10 @@
 
   python train.py --config=configs/w128.py
 
-Measured (results/training_h100/, one H100 shared with three other runs, 2026-11-25): ~221k tokens/s
-shared (18 steps/s alone), 3,000 steps in 669 s. Exact match >= 99 % at every tested distance up to
-479, 95 % at 487, 59 % at 503; 98.1 % averaged inside the reach; 0 % at every distance beyond 508.
+Measured (results/passkey_campaign_h200/, 2 x H200, 2026-11-30, seeds 0, 1, 2): >= 95 % at every
+tested distance up to 471-482 per seed, 50 % crossing at 495-501 (reach 508), 97.1 % [96.6, 97.5]
+inside the reach; 0 % beyond it is the mask's guarantee. ~4.4M tokens/s alone on an H200.
+With --config.model.num_layers=1, 2, 8 (8: --config.data.seq_len=1152) the wall follows L * 127.
 """
 
 from configs import base
