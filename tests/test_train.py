@@ -35,6 +35,7 @@ def small_config(num_steps=6):
   config.eval.examples_per_distance = 4
   config.eval.num_distances = 2
   config.optim.warmup_steps = 2
+  config.optim.learning_rate = 1e-3  # The pinned losses below were taken at this rate.
   return config
 
 
@@ -160,12 +161,12 @@ def test_nan_loss_stops_with_a_clear_message(tmp_path):
 @pytest.mark.parametrize(
   "text, windows",
   [
-    ("64", (64, 64, 64)),
-    ("None", (None, None, None)),
-    ("full", (None, None, None)),
-    ("8,32,32", (8, 32, 32)),
-    ("32,none,32", (32, None, 32)),
-    ("'16,16,16'", (16, 16, 16)),
+    ("64", (64, 64, 64, 64)),  # configs/tiny.py has 4 layers
+    ("None", (None, None, None, None)),
+    ("full", (None, None, None, None)),
+    ("8,32,32,32", (8, 32, 32, 32)),
+    ("32,none,32,32", (32, None, 32, 32)),
+    ("'16,16,16,16'", (16, 16, 16, 16)),
   ],
 )
 def test_window_size_from_the_command_line(text, windows):
