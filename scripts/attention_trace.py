@@ -8,17 +8,14 @@ the kernels that took the most time per call: for pallas its forward, dQ and dK/
 cudnn its fused forward and backward.
 """
 
-import glob
-import gzip
-import json
 import tempfile
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 
-from scripts.step_rate import summarize_trace
 from swa import attention, cli
+from swa.profiling import trace
 
 _N = flags.DEFINE_integer("n", 16384, "Sequence length.")
 _WINDOW = flags.DEFINE_integer("window", 512, "Window w.")
@@ -41,14 +38,9 @@ def main(argv):
     step = jax.jit(jax.value_and_grad(loss, argnums=(0, 1, 2)))
     jax.block_until_ready(step(q, k, v))  # Compile outside the trace.
     with tempfile.TemporaryDirectory() as folder:
-      with jax.profiler.trace(folder, create_perfetto_trace=True):
-        for _ in range(_STEPS.value):
-          jax.block_until_ready(step(q, k, v))
-      (path,) = glob.glob(f"{folder}/**/perfetto_trace.json.gz", recursive=True)[:1]
-      with gzip.open(path) as f:
-        trace = json.load(f)
+      recorded = trace.trace(lambda: jax.block_until_ready(step(q, k, v)), _STEPS.value, folder)
     print(f"== {impl}: n={_N.value} w={_WINDOW.value} {shape} bf16, fwd+bwd", flush=True)
-    print("\n".join(summarize_trace(trace, _STEPS.value, top=8)), flush=True)
+    print("\n".join(trace.summarize_trace(recorded, _STEPS.value, top=8)), flush=True)
 
 
 if __name__ == "__main__":

@@ -17,10 +17,6 @@ under that folder, for ui.perfetto.dev) and prints, per device, the share of the
 streams were busy and the kernels that took the most time per step.
 """
 
-import collections
-import glob
-import gzip
-import json
 import time
 
 import jax
@@ -28,6 +24,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from swa import cli, curriculum, sharding, train_lib
+from swa.profiling import trace
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
@@ -37,56 +34,6 @@ _START_AT = flags.DEFINE_float("start_at", 0.0, "Unix time at which timing start
 _PROFILE_DIR = flags.DEFINE_string("profile_dir", None, "Trace some steps into this folder.")
 _PROFILE_STEPS = flags.DEFINE_integer("profile_steps", 5, "Steps in the trace.")
 _TOP = flags.DEFINE_integer("top", 12, "Kernels listed per device.")
-
-
-def _busy_us(intervals):
-  """Length of the union of (start, end) intervals."""
-  total, end = 0.0, float("-inf")
-  for s, e in sorted(intervals):
-    if e > end:
-      total += e - max(s, end)
-      end = e
-  return total
-
-
-def summarize_trace(trace: dict, num_steps: int, top: int = 12) -> list[str]:
-  """Lines describing a Perfetto trace of num_steps steps: per device (a process named
-  "/device:..."), the busy share of the traced wall time and the longest kernels per step.
-
-  Only threads named "Stream ..." hold kernels (XLA's op and module lines above them overlap
-  them); a device without such threads counts all its threads.
-  """
-  events = trace["traceEvents"]
-  processes = {e["pid"]: e["args"]["name"] for e in events if e.get("name") == "process_name"}
-  threads = {
-    (e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"
-  }
-  spans = [e for e in events if e.get("ph") == "X" and "dur" in e]
-  if not spans:
-    return ["the trace holds no timed events"]
-  wall = max(e["ts"] + e["dur"] for e in spans) - min(e["ts"] for e in spans)
-  lines = [
-    f"traced {num_steps} steps in {wall / 1e3:.1f} ms ({wall / 1e3 / num_steps:.2f} ms/step)"
-  ]
-  for pid, name in sorted(processes.items(), key=lambda kv: kv[1]):
-    if not name.startswith("/device:"):
-      continue
-    mine = [e for e in spans if e["pid"] == pid]
-    streams = [e for e in mine if threads.get((pid, e.get("tid")), "").startswith("Stream")]
-    kernels = streams or mine
-    if not kernels:
-      continue
-    busy = _busy_us([(e["ts"], e["ts"] + e["dur"]) for e in kernels])
-    lines.append(
-      f"{name}: busy {busy / 1e3 / num_steps:.2f} ms/step ({busy / wall:.0%} of the wall time), "
-      f"{len(kernels) / num_steps:.0f} kernels/step"
-    )
-    by_name = collections.Counter()
-    for e in kernels:
-      by_name[e["name"][:90]] += e["dur"]
-    for kernel, dur in by_name.most_common(top):
-      lines.append(f"  {dur / 1e3 / num_steps:8.3f} ms/step {dur / busy:5.1%}  {kernel}")
-  return lines
 
 
 def main(argv):
@@ -132,17 +79,15 @@ def main(argv):
     flush=True,
   )
   if _PROFILE_DIR.value:
-    with jax.profiler.trace(_PROFILE_DIR.value, create_perfetto_trace=True):
-      for _ in range(_PROFILE_STEPS.value):
-        state, metrics = step(state)
-        float(metrics["loss"])
-    (path,) = sorted(glob.glob(f"{_PROFILE_DIR.value}/**/perfetto_trace.json.gz", recursive=True))[
-      -1:
-    ]
-    with gzip.open(path) as f:
-      trace = json.load(f)
-    print("\n".join(summarize_trace(trace, _PROFILE_STEPS.value, _TOP.value)), flush=True)
-    print(f"trace: {path}", flush=True)
+
+    def traced_step():
+      nonlocal state
+      state, metrics = step(state)
+      float(metrics["loss"])
+
+    recorded = trace.trace(traced_step, _PROFILE_STEPS.value, _PROFILE_DIR.value)
+    lines = trace.summarize_trace(recorded, _PROFILE_STEPS.value, _TOP.value)
+    print("\n".join(lines) + f"\ntrace: {_PROFILE_DIR.value}", flush=True)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ import pytest
 
 from configs import base, tiny
 from swa import reports
-from swa.profiling import measure, plot, report, rows, sweep, tables
+from swa.profiling import measure, plot, report, rows, sweep, tables, trace
 
 SMALL = dict(heads=2, head_dim=16)  # Small heads: the n^2 or n*w terms dominate from n = 512.
 
@@ -329,3 +329,26 @@ def test_merge_rows_fills_what_earlier_sweeps_skipped():
   ]
   with pytest.raises(ValueError, match="different devices"):
     tables.merge_rows([first, [dict(second[0], device="H100")]])
+
+
+def test_trace_summary_counts_stream_kernels_once():
+  meta = [
+    {"ph": "M", "pid": 1, "name": "process_name", "args": {"name": "/device:GPU:0"}},
+    {"ph": "M", "pid": 2, "name": "process_name", "args": {"name": "/host:CPU"}},
+    {"ph": "M", "pid": 1, "tid": 7, "name": "thread_name", "args": {"name": "Stream #7(Compute)"}},
+    {"ph": "M", "pid": 1, "tid": 8, "name": "thread_name", "args": {"name": "XLA Ops"}},
+  ]
+  spans = [
+    {"ph": "X", "pid": 1, "tid": 7, "ts": 0.0, "dur": 300.0, "name": "gemm"},
+    {"ph": "X", "pid": 1, "tid": 7, "ts": 200.0, "dur": 200.0, "name": "fusion"},  # Overlaps.
+    {"ph": "X", "pid": 1, "tid": 7, "ts": 600.0, "dur": 100.0, "name": "gemm"},
+    {"ph": "X", "pid": 1, "tid": 8, "ts": 0.0, "dur": 700.0, "name": "op line, not a kernel"},
+    {"ph": "X", "pid": 2, "tid": 1, "ts": 0.0, "dur": 1000.0, "name": "host"},
+  ]
+  lines = trace.summarize_trace({"traceEvents": meta + spans}, num_steps=2)
+  assert lines[0] == "traced 2 steps in 1.0 ms (0.50 ms/step)"
+  # Busy: the union [0, 400] + [600, 700] = 500 us of 1000; gemm 400 us, fusion 200 us.
+  assert lines[1] == "/device:GPU:0: busy 0.25 ms/step (50% of the wall time), 2 kernels/step"
+  assert lines[2].split() == ["0.200", "ms/step", "80.0%", "gemm"]
+  assert lines[3].split() == ["0.100", "ms/step", "40.0%", "fusion"]
+  assert len(lines) == 4

@@ -8,4 +8,5 @@ sweep.py    `compare_memory_usage`: a sweep of configurations, each in its own s
 tables.py   memory.md and memory.csv from a sweep's rows, and the rows back from memory.csv
 plot.py     memory.png from a sweep's rows
 report.py   the two jobs behind profile_memory.py: `profile` (sweep, then report), `rebuild`
+trace.py    a jax.profiler trace, summarised per device (busy share, longest kernels)
 """
