@@ -48,5 +48,5 @@ def test_a_sequence_parallel_step_moves_only_halos_and_the_gradient_sum():
   lines = {
     line.split(":")[0].strip(): line for line in out.stdout.splitlines() if line.startswith("  ")
   }
-  assert lines["collective-permute"].split(":")[1].split(",")[0].strip() == "6"  # 3 layers x 2
+  assert lines["collective-permute"].split(":")[1].split(",")[0].strip() == "8"  # 4 layers x 2
   assert "all-gather" not in lines and "all-to-all" not in lines

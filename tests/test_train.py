@@ -206,6 +206,8 @@ def _train_cli(workdir_args, *overrides, cwd=REPO):
     "--config.eval.num_distances=2",
     *overrides,
   ]
+  if not any(o.startswith("--config.model.window_size=") for o in overrides):
+    args.append("--config.model.window_size=32")  # For every layer (tiny.py lists four windows).
   return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=300)
 
 

@@ -20,6 +20,7 @@ excluded), each ended by `block_until_ready`.
 measure's keyword arguments as one JSON line on stdin and prints one result line.
 """
 
+import copy
 import functools
 import json
 import sys
@@ -55,10 +56,13 @@ def train_config(
   Returns:
     a new ConfigDict; base_config is not changed.
   """
-  config = ml_collections.ConfigDict(
+  raw = copy.deepcopy(
     base_config.to_dict() if isinstance(base_config, ml_collections.ConfigDict) else base_config
   )
-  config.model.window_size = window_size
+  # Set before building the ConfigDict: it fixes each field's type from its first value, and a
+  # per-layer base window (a tuple, as configs/tiny.py's) would refuse an int.
+  raw["model"]["window_size"] = window_size
+  config = ml_collections.ConfigDict(raw)
   config.model.attention = implementation
   config.model.dtype = dtype
   config.model.remat = bool(remat)
