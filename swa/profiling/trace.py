@@ -1,4 +1,4 @@
-"""A jax.profiler trace, summarised: per device, its busy share of the wall time and its longest kernels.
+"""A jax.profiler trace, summarised per device: busy share of the wall time, longest kernels.
 
 `trace(fn, steps, folder)` runs fn `steps` times under `jax.profiler.trace` with a Perfetto trace
 and returns that trace (a dict); `summarize_trace` turns it into lines. Used by scripts/step_rate.py

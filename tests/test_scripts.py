@@ -1,0 +1,60 @@
+"""scripts/longest_context.py and scripts/attention_trace.py on CPU (step_rate: test_train.py)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scripts import longest_context
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def test_lengths_parse_with_binary_units():
+  assert [longest_context.parse_length(t) for t in ("4M", "256k", "1000", " 2m ")] == [
+    4 * 2**20,
+    256 * 2**10,
+    1000,
+    2 * 2**20,
+  ]
+  with pytest.raises(ValueError, match="is not a length"):
+    longest_context.parse_length("4 MB")
+
+
+def _run(*args):
+  done = subprocess.run(
+    [sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  return done.stdout.splitlines()
+
+
+@pytest.mark.slow
+def test_longest_context_names_the_longest_length_that_trained():
+  lines = _run(
+    "scripts.longest_context",
+    "--config=configs/tiny.py",
+    "--config.model.d_model=32",
+    "--config.data.batch_size=1",
+    "--lengths=1k,256",
+  )
+  assert lines[0].startswith("T=256: trained (") and lines[1].startswith("T=1,024: trained (")
+  assert lines[-1] == "longest trained T: 1,024 on 1 x cpu (mesh {'data': 1, 'seq': 1})"
+
+
+@pytest.mark.slow
+def test_attention_trace_runs_each_implementation():
+  lines = _run(
+    "scripts.attention_trace",
+    "--n=128",
+    "--window=16",
+    "--impls=chunked,reference",
+    "--heads=2",
+    "--head_dim=16",
+    "--steps=1",
+  )
+  assert [line for line in lines if line.startswith("== ")] == [
+    "== chunked: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
+    "== reference: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
+  ]
