@@ -1,4 +1,4 @@
-"""scripts/longest_context.py and scripts/attention_trace.py on CPU (step_rate: test_train.py)."""
+"""scripts/longest_context.py, attention_trace.py and step_rate.py --vmap_seeds on CPU."""
 
 import os
 import subprocess
@@ -58,3 +58,17 @@ def test_attention_trace_runs_each_implementation():
     "== chunked: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
     "== reference: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
   ]
+
+
+@pytest.mark.slow
+def test_step_rate_trains_vmapped_seeds():
+  lines = _run(
+    "scripts.step_rate",
+    "--config=configs/tiny.py",
+    "--seconds=0.5",
+    "--config.data.seq_len=64",
+    "--config.data.batch_size=2",
+    "--config.model.d_model=32",
+    "--vmap_seeds=2",
+  )
+  assert "seeds=2 (vmapped):" in lines[-1] and " tokens/s (" in lines[-1]

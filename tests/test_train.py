@@ -1,11 +1,14 @@
 """Training: one step, resume equivalence, NaN stop, and the command line."""
 
+import functools
 import json
 import os
 import re
 import subprocess
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from absl import flags
@@ -80,6 +83,27 @@ def test_train_step_pinned_loss():
     losses.append(float(metrics["loss"]))
   np.testing.assert_allclose(losses, [9.443102, 9.443102, 9.184101], rtol=1e-6)
   np.testing.assert_allclose(float(metrics["grad_norm"]), 6.081457, rtol=1e-6)
+
+
+def test_seeds_trained_in_one_vmapped_step_equal_their_own_runs():
+  """scripts/step_rate.py --vmap_seeds: one program over stacked seeds changes no seed's numbers."""
+  config = small_config()
+  optimizer = train_lib.create_optimizer(config)
+  step = functools.partial(train_lib.train_step, optimizer=optimizer, lm_weight=1.0)
+  states, batches = [], []
+  for seed in (0, 1):
+    graphdef, params = train_lib.create_model(config.copy_and_resolve_references({"seed": seed}))
+    states.append(train_lib.init_state(params, optimizer))
+    batch = data.passkey_batch(np.random.default_rng(seed), 4, 64, np.full(4, 42))
+    batches.append({k: batch[k] for k in ("inputs", "targets", "answer_mask")})
+  stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+  both = jax.tree.map(lambda *xs: np.stack(xs), *batches)
+  stacked, metrics = jax.jit(jax.vmap(functools.partial(step, graphdef=graphdef)))(stacked, both)
+  for i, (state, batch) in enumerate(zip(states, batches)):
+    state, alone = step(state, batch, graphdef=graphdef)
+    np.testing.assert_allclose(metrics["loss"][i], alone["loss"], rtol=1e-5)
+    for a, b in zip(jax.tree.leaves(state["params"]), jax.tree.leaves(stacked["params"])):
+      np.testing.assert_allclose(b[i], a, rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("curriculum", ["linear", "adaptive"])
