@@ -24,16 +24,6 @@ _CONFIG = config_flags.DEFINE_config_file(
 _LENGTHS = flags.DEFINE_list("lengths", ["1M", "2M", "4M"], "Context lengths, e.g. 262144 or 4M.")
 
 
-def parse_length(text: str) -> int:
-  """'4M' -> 4 * 2**20, '256k' -> 256 * 2**10, '1000' -> 1000."""
-  units = {"k": 2**10, "m": 2**20, "g": 2**30}
-  text = text.strip().lower()
-  try:
-    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
-  except (ValueError, IndexError):
-    raise ValueError(f"length={text!r} is not a length; use e.g. 262144, 256k or 4M.") from None
-
-
 def _out_of_memory(error: Exception) -> bool:
   text = str(error)
   return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
@@ -42,7 +32,7 @@ def _out_of_memory(error: Exception) -> bool:
 def main(argv):
   del argv
   config = _CONFIG.value
-  lengths = sorted(parse_length(t) for t in _LENGTHS.value)
+  lengths = sorted(cli.parse_length(t) for t in _LENGTHS.value)
   mesh = sharding.make_mesh(config.mesh)
   graphdef, params = train_lib.create_model(config, mesh)
   optimizer = train_lib.create_optimizer(config)

@@ -45,6 +45,16 @@ ONE_LINE_ERRORS = (
 )
 
 
+def parse_length(text: str) -> int:
+  """'4M' -> 4 * 2**20, '256k' -> 256 * 2**10, '1000' -> 1000."""
+  units = {"k": 2**10, "m": 2**20, "g": 2**30}
+  text = text.strip().lower()
+  try:
+    return int(text[:-1]) * units[text[-1]] if text[-1] in units else int(text)
+  except (ValueError, IndexError):
+    raise ValueError(f"length={text!r} is not a length; use e.g. 262144, 256k or 4M.") from None
+
+
 def debug_requested(argv=None) -> bool:
   """True if the user asked for full tracebacks: --debug, or SWA_DEBUG set to 1/true/yes."""
   if os.environ.get("SWA_DEBUG", "").strip().lower() in ("1", "true", "yes"):

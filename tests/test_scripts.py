@@ -6,20 +6,20 @@ import sys
 
 import pytest
 
-from scripts import longest_context
+from swa import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_lengths_parse_with_binary_units():
-  assert [longest_context.parse_length(t) for t in ("4M", "256k", "1000", " 2m ")] == [
+  assert [cli.parse_length(t) for t in ("4M", "256k", "1000", " 2m ")] == [
     4 * 2**20,
     256 * 2**10,
     1000,
     2 * 2**20,
   ]
   with pytest.raises(ValueError, match="is not a length"):
-    longest_context.parse_length("4 MB")
+    cli.parse_length("4 MB")
 
 
 def _run(*args):
