@@ -258,9 +258,12 @@ def headline_notes(keys_per_point):
     "Inside the reach: the mean over seeds of each seed's recall averaged uniformly over the "
     "tested distances d ≤ reach (each distance weighted by the span it stands for), with a 95 % "
     "Wilson interval on the pooled keys (Kish's effective count for the weights; swa/stats.py); "
-    "the per-seed values show the spread between seeds, which the interval does not. "
+    "the per-seed values show the spread between seeds, which the interval does not. Full "
+    "attention has no reach: its mean is over the distances inside its trained length, with the "
+    "mean over those beyond it beside. "
     '"Seed table expects": the brief\'s row for this window (4 layers; full attention '
-    "unlimited), and the same mean over d up to that distance (✓ when it reaches the "
+    "unlimited, judged on every tested distance), and the same mean over d up to that distance "
+    "(✓ when it reaches the "
     'expected recall). "≥ 95 % up to d": the largest tested d such that recall is ≥ 95 % at '
     "every tested distance up to it, for the mean over seeds and for the lowest seed. "
     "50 % crossing: where the mean over seeds first falls below 50 %, linearly interpolated "
