@@ -58,9 +58,9 @@ def main(argv):
   optimizer = train_lib.create_optimizer(config)
   states, batches = [], []
   for seed in range(config.seed, config.seed + seeds):
-    graphdef, params = train_lib.create_model(
-      config.copy_and_resolve_references({"seed": seed}), mesh
-    )
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    graphdef, params = train_lib.create_model(seeded, mesh)
     states.append(train_lib.init_state(params, optimizer))
     batches.append(
       curriculum.PasskeyBatches(

@@ -92,10 +92,13 @@ def test_seeds_trained_in_one_vmapped_step_equal_their_own_runs():
   step = functools.partial(train_lib.train_step, optimizer=optimizer, lm_weight=1.0)
   states, batches = [], []
   for seed in (0, 1):
-    graphdef, params = train_lib.create_model(config.copy_and_resolve_references({"seed": seed}))
+    config.seed = seed
+    graphdef, params = train_lib.create_model(config)
     states.append(train_lib.init_state(params, optimizer))
     batch = data.passkey_batch(np.random.default_rng(seed), 4, 64, np.full(4, 42))
     batches.append({k: batch[k] for k in ("inputs", "targets", "answer_mask")})
+  first, second = (jax.tree.leaves(s["params"])[0] for s in states)
+  assert not np.allclose(first, second)  # Two seeds, two models.
   stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
   both = jax.tree.map(lambda *xs: np.stack(xs), *batches)
   stacked, metrics = jax.jit(jax.vmap(functools.partial(step, graphdef=graphdef)))(stacked, both)
