@@ -16,17 +16,12 @@ import jax.numpy as jnp
 from absl import flags
 from ml_collections import config_flags
 
-from swa import cli, curriculum, sharding, train_lib
+from swa import cli, curriculum, reports, sharding, train_lib
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config", None, "Experiment config file.", lock_config=True
 )
 _LENGTHS = flags.DEFINE_list("lengths", ["1M", "2M", "4M"], "Context lengths, e.g. 262144 or 4M.")
-
-
-def _out_of_memory(error: Exception) -> bool:
-  text = str(error)
-  return "RESOURCE_EXHAUSTED" in text or "Out of memory" in text or "out of memory" in text
 
 
 def main(argv):
@@ -74,7 +69,7 @@ def main(argv):
       )
       longest = T
     except Exception as error:  # noqa: BLE001  (any failure ends the search, named)
-      what = "out of memory" if _out_of_memory(error) else f"failed: {type(error).__name__}"
+      what = "out of memory" if reports.is_oom(error) else f"failed: {type(error).__name__}"
       print(f"T={T:,}: {what} ({str(error).splitlines()[0][:300]})", flush=True)
       break
     finally:

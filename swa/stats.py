@@ -239,20 +239,22 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=summary.THRESH
   curve = by_distance(rows_by_seed)
   ds = [c["distance"] for c in curve]
 
-  def subset(keep, row=lambda r: True):
-    return {s: [r for r in rs if keep(r["distance"]) and row(r)] for s, rs in rows_by_seed.items()}
+  def subset(keep):
+    return {s: [r for r in rs if keep(r)] for s, rs in rows_by_seed.items()}
 
   if reach is None:  # Full attention: inside and beyond its trained length.
-    inside = pooled_mean(subset(lambda d: True, lambda r: not r.get("beyond_train_len")))
-    beyond = pooled_mean(subset(lambda d: True, lambda r: bool(r.get("beyond_train_len"))))
+    inside = pooled_mean(subset(lambda r: not r.get("beyond_train_len")))
+    beyond = pooled_mean(subset(lambda r: bool(r.get("beyond_train_len"))))
   else:
-    inside = pooled_mean(subset(lambda d: d <= reach))
-    beyond = pooled_mean(subset(lambda d: d > reach))
+    inside = pooled_mean(subset(lambda r: r["distance"] <= reach))
+    beyond = pooled_mean(subset(lambda r: r["distance"] > reach))
 
   cross = crossing(ds, [c["accuracy"] for c in curve])
   at_reference = None
   if reference is not None:
-    at_reference = pooled_mean(subset(lambda d: reference[0] is None or d <= reference[0]))
+    at_reference = pooled_mean(
+      subset(lambda r: reference[0] is None or r["distance"] <= reference[0])
+    )
   return {
     "model": name,
     "window": first["window"],
