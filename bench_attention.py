@@ -6,8 +6,10 @@ jax.nn.dot_product_attention with local_window_size=(w - 1, 0), is_causal=True),
 FlexAttention as a peer where torch and a CUDA GPU are there -- is
   - checked: output and gradients against a float32 reference at the benchmark's own shapes (the
     dense one where its scores fit, else the exact slice of the last --tail_rows query rows);
-  - timed: fwd and fwd+bwd, the median of --repeats runs after compilation and warm-ups, each run
-    ended by block_until_ready (torch: CUDA events); inputs alternate between two random sets;
+  - timed: fwd and fwd+bwd, the median of --repeats samples after compilation and warm-ups, each
+    sample --calls_per_sample calls dispatched back to back and ended by one block_until_ready
+    (torch: between two CUDA events), its time divided by that count; inputs alternate between
+    two random sets;
   - reported in TFLOP/s of band FLOPs (forward 2·P·N·(H + D), P = the band's query-key pairs;
     fwd+bwd 3.5x that) and as a time ratio to cuDNN in the same run.
 The card's bf16 matmul rate and copy bandwidth are measured first. A row that runs out of memory
@@ -61,7 +63,15 @@ def define_flags(fv):
   flags.DEFINE_integer("heads", 16, "Heads N (query and key/value).", flag_values=fv)
   flags.DEFINE_integer("head_dim", 128, "Head dim H = D.", flag_values=fv)
   flags.DEFINE_enum("dtype", "bfloat16", list(check.TOLERANCE), "Input dtype.", flag_values=fv)
-  flags.DEFINE_integer("repeats", 20, "Timed runs; the median is reported.", flag_values=fv)
+  flags.DEFINE_integer("repeats", 20, "Timed samples; the median is reported.", flag_values=fv)
+  flags.DEFINE_integer(
+    "calls_per_sample",
+    10,
+    "Calls dispatched back to back per timed sample, ended by one block_until_ready (torch: "
+    "between two CUDA events); the sample's time is divided by it. 1 adds one dispatch latency "
+    "to every time.",
+    flag_values=fv,
+  )
   flags.DEFINE_integer("warmup", 3, "Untimed runs, the compiling one included.", flag_values=fv)
   flags.DEFINE_float(
     "reference_max_gb",
@@ -105,6 +115,7 @@ def settings_from_flags(fv):
     lengths=[4096] if fv.check_only and not fv["lengths"].present else ints("lengths"),
     windows=ints("windows"),
     repeats=max(1, fv.repeats),
+    calls_per_sample=max(1, fv.calls_per_sample),
     warmup=max(1, fv.warmup),
   )
   return measure.Settings(**values)

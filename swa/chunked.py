@@ -158,12 +158,16 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
     unnorm_BqKGCs = jnp.where(mask_qCs, jnp.exp(logits_BqKGCs - max_BqKGC[..., None]), 0.0)
     sum_BqKGC = jnp.sum(unnorm_BqKGCs, axis=-1)
     empty = sum_BqKGC == 0.0  # a query with no visible key: output 0
-    probs_BqKGCs = unnorm_BqKGCs / jnp.where(empty, 1.0, sum_BqKGC)[..., None]
-    out = jnp.einsum(
-      "BqKGCs,BqsKD->BqCKGD",
-      probs_BqKGCs.astype(v_BSpKD.dtype),
+    # Normalized after the product, on [C, D] rows rather than [C, span] scores: the float32
+    # scores are read once fewer (the exponentials go straight to the product's dtype).
+    unnorm_out_BqKGCD = jnp.einsum(
+      "BqKGCs,BqsKD->BqKGCD",
+      unnorm_BqKGCs.astype(v_BSpKD.dtype),
       _windows(band, v_BSpKD, b0),
       preferred_element_type=jnp.float32,
+    )
+    out = jnp.einsum(
+      "BqKGCD->BqCKGD", unnorm_out_BqKGCD / jnp.where(empty, 1.0, sum_BqKGC)[..., None]
     )
     lse = jnp.where(empty, 0.0, max_BqKGC + jnp.log(jnp.where(empty, 1.0, sum_BqKGC)))
     out_BqCKGD = jax.lax.dynamic_update_slice_in_dim(

@@ -6,8 +6,11 @@ Three kernels, each over a grid of (block, batch, query head):
   dQ       a query block, the same key blocks, recomputing the scores.
   dK/dV    a key block loops over the query blocks that see it, and only those.
 Each loop has three parts: lower edge blocks (the window's start cuts them), interior blocks (all
-pairs visible: no mask is built) and upper edge blocks (the causal diagonal). Softmax statistics
-are float32; scores use exp2 with log2(e) folded into the scale.
+pairs visible: no mask is built) and upper edge blocks (the causal diagonal); or, with
+`BlockSizes.one_loop` (the default for w <= 512), one loop that masks every block, which Triton
+pipelines better when each part would hold a block or two. The dK/dV kernel works on transposed
+scores [keys, queries] so that no computed tile is ever transposed. Softmax statistics are
+float32; scores use exp2 with log2(e) folded into the scale.
 
 Any length and head dim: the sequence is padded at the end to whole blocks (padded keys come after
 every real query, so causality hides them); head dims are zero-padded to a power of two >= 16
@@ -39,10 +42,11 @@ AUTO_MAX_WINDOW = 0
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tiles (powers of two >= 16) and Triton launch parameters of the three kernels.
+  """Tiles (powers of two >= 16), loop form and Triton launch parameters of the three kernels.
 
   Written "fwd_q x fwd_k / dq_q x dq_k / dkv_q x dkv_k / w warps s stages / bwd w warps s stages",
-  e.g. "128x64/128x32/32x128/w4s3/w8s2" (`parse` reads it back).
+  e.g. "128x64/128x32/32x128/w4s3/w8s2", with "/1loop" appended for one_loop (`parse` reads it
+  back).
   """
 
   block_q: int = 128  # forward: queries per program
@@ -55,6 +59,7 @@ class BlockSizes:
   num_stages: int = 3
   num_warps_bwd: int = 8
   num_stages_bwd: int = 2
+  one_loop: bool = False  # one masked loop per program instead of edges + unmasked interior
 
   def blocks(self):
     return (
@@ -70,31 +75,36 @@ class BlockSizes:
     b = self.blocks()
     return (
       f"{b[0]}x{b[1]}/{b[2]}x{b[3]}/{b[4]}x{b[5]}/w{self.num_warps}s{self.num_stages}/"
-      f"w{self.num_warps_bwd}s{self.num_stages_bwd}"
+      f"w{self.num_warps_bwd}s{self.num_stages_bwd}" + ("/1loop" if self.one_loop else "")
     )
 
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
-    numbers = re.split(r"x|/w|/|s", text)
+    body, one_loop = (text[: -len("/1loop")], True) if text.endswith("/1loop") else (text, False)
+    numbers = re.split(r"x|/w|/|s", body)
     if len(numbers) != 10 or not all(n.strip().isdigit() for n in numbers):
       raise ValueError(
-        f"pallas block sizes look like '128x64/128x32/32x128/w4s3/w8s2', got {text!r}."
+        "pallas block sizes look like '128x64/128x32/32x128/w4s3/w8s2' (optionally + '/1loop'), "
+        f"got {text!r}."
       )
-    return cls(*map(int, numbers))
+    return cls(*map(int, numbers), one_loop=one_loop)
 
 
 def default_block_sizes(window_size):
-  """Tiles for every window: 64x64 forward, 64x32 dQ, 32x64 dK/dV, 4 warps, 3 stages.
+  """Tiles for every window: 64x64 forward, 64x32 dQ, 32x64 dK/dV, 4 warps, 3 stages; one masked
+  loop per program for w <= 512 (window None: full attention, split loops).
 
-  On one H200 (results/attention_bench_h200/, bf16, 16 heads of 128) these small tiles beat the
-  earlier 128-query tiles in every measured (n, w), forward and fwd+bwd: n = 16k and 64k,
-  w = 128, 512, 4096. A query tile of Cq queries with key tiles of Ck reads about w + Cq + Ck keys,
-  of which each query uses w, so small tiles waste less of the band's edges. `window_size` is
-  kept for per-window rules once measurements call for them.
+  On one H200 (results/attention_bench_h200/, bf16, 16 heads of 128) these small tiles beat
+  128-query tiles, more stages and 8 warps in every measured (n, w), n = 16k and 64k, w = 128, 512,
+  4096. A query tile of Cq queries with key tiles of Ck reads about w + Cq + Ck keys, of which
+  each query uses w, so small tiles waste less of the band's edges. One loop (kernel_traces/)
+  took the three kernels' device time from 0.57 to 0.51 ms at 16k/128 and 2.16 to 1.92 ms at
+  64k/128, was even at w = 512 (0.99 / 0.98 ms, 3.86 / 3.80 ms) and lost at w = 4096 (4.48 / 4.85
+  ms, 19.6 / 20.8 ms), where the unmasked interior is most of the band.
   """
-  del window_size
-  return BlockSizes(64, 64, 64, 32, 32, 64, 4, 3, 4, 3)
+  one_loop = window_size is not None and window_size <= 512
+  return BlockSizes(64, 64, 64, 32, 32, 64, 4, 3, 4, 3, one_loop=one_loop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,8 +130,15 @@ def _visible(q_start, k_start, block_q, block_k, window):
   return (k_pos <= q_pos) & (k_pos > q_pos - window)
 
 
-def _three_loops(lo, mid_lo, mid_hi, hi, body, carry):
-  """Runs body(j, carry, masked) over [lo, hi): masked on both edges, unmasked inside."""
+def _loops(st, lo, mid_lo, mid_hi, hi, body, carry):
+  """Runs body(j, carry, masked) over the blocks [lo, hi).
+
+  Three loops by default: masked on both edges, unmasked over the interior [mid_lo, mid_hi).
+  With st.blocks.one_loop, a single loop masks every block: more mask work, but one loop that
+  Triton can software-pipeline even when the edges leave each of the three a block or two.
+  """
+  if st.blocks.one_loop:
+    return lax.fori_loop(lo, hi, functools.partial(body, masked=True), carry)
   mid_lo = lax.min(lax.max(mid_lo, lo), hi)
   mid_hi = lax.min(lax.max(mid_hi, mid_lo), hi)
   carry = lax.fori_loop(lo, mid_lo, functools.partial(body, masked=True), carry)
@@ -151,18 +168,19 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, st, block_q, block_k):
     if masked:
       visible = _visible(q_start, j * block_k, block_q, block_k, st.window)
       s = jnp.where(visible, s, _MASK_VALUE)
+    # A row with no visible key in this block yet (m_new still the mask value) gets p = 1 on
+    # masked keys; its first visible key later sets alpha = exp2(mask - real) = 0, which wipes
+    # them. Every query sees itself, so every row gets there.
     m_new = jnp.maximum(m, jnp.max(s, axis=1))
     alpha = jnp.exp2(m - m_new)
     p = jnp.exp2(s - m_new[:, None])
-    if masked:
-      p = jnp.where(visible, p, 0.0)
     l = alpha * l + jnp.sum(p, axis=1)
     acc = acc * alpha[:, None] + plgpu.dot(p.astype(v.dtype), v)
     return acc, m_new, l
 
   rows = jnp.zeros((block_q,), jnp.float32)
   carry = (jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32), rows + _MASK_VALUE, rows)
-  acc, m, l = _three_loops(*_key_block_range(q_start, block_q, block_k, st.window), body, carry)
+  acc, m, l = _loops(st, *_key_block_range(q_start, block_q, block_k, st.window), body, carry)
   # Every query sees itself, so l > 0 (padded queries too).
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log2(l)
@@ -184,13 +202,16 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, st, b
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
   dq = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
-  dq = _three_loops(*_key_block_range(q_start, block_q, block_k, st.window), body, dq)
+  dq = _loops(st, *_key_block_range(q_start, block_q, block_k, st.window), body, dq)
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
 
 
 def _dkv_kernel(
   q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, *, st, block_q, block_k
 ):
+  # Transposed scores [keys, queries]: every product's left operand is a [block_k, .] tile
+  # (block_k rows for the matrix units, which want >= 64 on Hopper) and only loaded tiles are
+  # transposed, never a computed one (that would cost a round trip through shared memory).
   k_start = pl.program_id(0) * block_k
   k, v = k_ref[...], v_ref[...]
   qk_scale = st.scale * _LOG2E
@@ -200,12 +221,13 @@ def _dkv_kernel(
     rows = pl.ds(i * block_q, block_q)
     q, do = q_ref[rows, :], do_ref[rows, :]
     lse, delta = lse_ref[rows], delta_ref[rows]
-    p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * qk_scale - lse[:, None])
+    p_T = jnp.exp2(plgpu.dot(k, q, trans_b=True) * qk_scale - lse[None, :])
     if masked:
-      p = jnp.where(_visible(i * block_q, k_start, block_q, block_k, st.window), p, 0.0)
-    dv = dv + plgpu.dot(p.astype(do.dtype), do, trans_a=True)
-    ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
-    dk = dk + plgpu.dot(ds.astype(q.dtype), q, trans_a=True)
+      visible = _visible(i * block_q, k_start, block_q, block_k, st.window)
+      p_T = jnp.where(visible.T, p_T, 0.0)
+    dv = dv + plgpu.dot(p_T.astype(do.dtype), do)
+    ds_T = p_T * (plgpu.dot(v, do, trans_b=True) - delta[None, :])
+    dk = dk + plgpu.dot(ds_T.astype(q.dtype), q)
     return dk, dv
 
   # Queries that see keys k_start ... k_start + block_k - 1: k_start ... k_start + block_k + w - 2.
@@ -218,7 +240,7 @@ def _dkv_kernel(
     jnp.zeros((block_k, q_ref.shape[-1]), jnp.float32),
     jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
   )
-  dk, dv = _three_loops(lo, mid_lo, mid_hi, hi, body, carry)
+  dk, dv = _loops(st, lo, mid_lo, mid_hi, hi, body, carry)
   dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 

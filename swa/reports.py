@@ -163,11 +163,16 @@ def time_fn(
   arg_sets=None,
   thread_output=None,
   keep_first_output=False,
+  calls_per_sample=1,
 ) -> Timing:
-  """Median wall time of fn(*args), each call ended by jax.block_until_ready.
+  """Median wall time of fn(*args) per call, each sample ended by jax.block_until_ready.
 
-  The first call (it compiles) and `warmup - 1` more are not timed. Then up to `repeats` calls
-  are timed, fewer once they add up to time_budget_s (at least one is always timed).
+  The first call (it compiles) and `warmup - 1` more are not timed. Then up to `repeats` samples
+  are timed, fewer once they add up to time_budget_s (at least one is always timed). A sample is
+  `calls_per_sample` calls dispatched back to back and one block_until_ready on the last; its
+  time is divided by that count. With more than one call the host dispatches the next call while
+  the device runs the last one, as in a training loop, so the per-call time is the device's (plus
+  what dispatch cannot hide) rather than device time plus one dispatch latency.
 
   Args:
     fn: the function (usually jitted).
@@ -181,12 +186,16 @@ def time_fn(
       whose new state replaces its donated old one).
     keep_first_output: return the first call's output (e.g. to check it); by default it is
       dropped before the timed calls, so it does not add to their memory.
+    calls_per_sample: calls per timed sample, >= 1.
 
   Returns:
     a Timing.
   """
-  if repeats < 1 or warmup < 1:
-    raise ValueError(f"repeats={repeats} and warmup={warmup} must both be >= 1.")
+  if repeats < 1 or warmup < 1 or calls_per_sample < 1:
+    raise ValueError(
+      f"repeats={repeats}, warmup={warmup} and calls_per_sample={calls_per_sample} must all be "
+      ">= 1."
+    )
   args = tuple(args)
   thread = thread_output or (lambda a, out: a)
   call = 0
@@ -209,8 +218,12 @@ def time_fn(
     time_budget_s is None or not times_ms or sum(times_ms) < 1e3 * time_budget_s
   ):
     start = time.perf_counter()
-    out = jax.block_until_ready(fn(*args))
-    times_ms.append(1e3 * (time.perf_counter() - start))
+    for i in range(calls_per_sample):
+      out = fn(*args)
+      if i + 1 < calls_per_sample:
+        args = next_args(args, out)
+    jax.block_until_ready(out)
+    times_ms.append(1e3 * (time.perf_counter() - start) / calls_per_sample)
     args = next_args(args, out)
     del out
   return Timing(statistics.median(times_ms), times_ms, first_s, first, args)

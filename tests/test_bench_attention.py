@@ -21,6 +21,7 @@ TINY = [
   "--head_dim=16",
   "--dtype=float32",
   "--repeats=1",
+  "--calls_per_sample=2",
   "--warmup=1",
   "--pallas_blocks=default,32x16/16x16/16x32/w4s3/w4s2",
 ]
@@ -47,6 +48,7 @@ def _cells(text):
 def test_cpu_run_checks_and_writes_every_row(tmp_path):
   text, rows = _run(tmp_path)
   assert "Command: `python bench_attention.py --lengths=64" in text
+  assert "a sample is 2 calls dispatched back to back" in text
   assert "## Summary" in text and "AUTO_MAX_WINDOW = 0" in text
   # Per (n, w): the core rows, then the second pallas tile setting, then FlexAttention.
   assert [(r["w"], r["impl"]) for r in rows] == [
@@ -138,8 +140,17 @@ def test_the_library_runs_from_plain_arguments(tmp_path):
 
 
 def test_summary_targets_and_auto_rule():
-  def row(w, impl, ms, variant="default", ok=True):
-    return dict(n=64, w=w, impl=impl, variant=variant, tiles=f"{impl} tiles", fwd_bwd_ms=ms, ok=ok)
+  def row(w, impl, ms, variant="default", ok=True, fwd_ms=1.0):
+    return dict(
+      n=64,
+      w=w,
+      impl=impl,
+      variant=variant,
+      tiles=f"{impl} tiles",
+      fwd_ms=fwd_ms,
+      fwd_bwd_ms=ms,
+      ok=ok,
+    )
 
   rows = [
     row(8, "cudnn", 2.0),
@@ -156,3 +167,5 @@ def test_summary_targets_and_auto_rule():
   )
   assert "at 0.80× cuDNN's speed (misses ≥ 1.3×)" in lines[1] and "WRONG: pallas 1x1" in lines[1]
   assert "AUTO_MAX_WINDOW = 8 " in lines[2]
+  rows[1]["fwd_ms"] = 1.5  # faster fwd+bwd, slower forward: auto keeps cuDNN
+  assert "AUTO_MAX_WINDOW = 0 " in report.summary_lines(rows, [64], [8, 512])[2]

@@ -35,12 +35,14 @@ def _out_and_grads(fn, q, k, v, dout):
 
 # (B, T, N, K, H, D, window, blocks): 16-blocks so that every loop part runs (lower edge, interior,
 # diagonal); GQA with an odd length and D != H (padded head dims); window 1; full attention;
-# unequal forward/backward tiles with the window >= T; the default tiles shrunk to a short T.
+# unequal forward/backward tiles with the window >= T; one masked loop per program (GQA); the
+# default tiles shrunk to a short T.
 CASES = [
   (1, 100, 4, 2, 8, 24, 40, TINY),
   (2, 48, 2, 2, 16, 16, 1, TINY),
   pytest.param((1, 40, 2, 1, 16, 16, None, TINY), marks=pytest.mark.slow),
   (1, 64, 2, 2, 16, 16, 70, pallas_attention.BlockSizes.parse("32x16/16x32/32x16/w4s3/w4s2")),
+  (1, 80, 2, 1, 16, 16, 21, pallas_attention.BlockSizes.parse("16x16/16x16/16x32/w4s3/w4s2/1loop")),
   pytest.param((1, 37, 2, 2, 16, 16, 9, None), marks=pytest.mark.slow),
 ]
 

@@ -36,6 +36,17 @@ def test_time_fn_threads_outputs_or_rotates_argument_sets():
   assert seen == [10, 20, 10, 20, 10]
 
 
+def test_time_fn_samples_several_calls_and_divides():
+  seen = []
+  slow = lambda x: (seen.append(int(x)), time.sleep(0.01), x + 1)[2]
+  sets = [(jnp.int32(10),), (jnp.int32(20),), (jnp.int32(30),)]
+  timing = reports.time_fn(slow, sets[0], repeats=2, arg_sets=sets, calls_per_sample=4)
+  assert seen == [10] + [20, 30, 10, 20] + [30, 10, 20, 30]  # the sets keep rotating
+  assert len(timing.times_ms) == 2 and all(10 <= t < 20 for t in timing.times_ms)  # per call
+  with pytest.raises(ValueError, match="calls_per_sample=0"):
+    reports.time_fn(slow, sets[0], calls_per_sample=0)
+
+
 def test_time_fn_stops_at_its_budget_but_times_once():
   slow = lambda x: (time.sleep(0.02), x)[1]
   timing = reports.time_fn(slow, (jnp.float32(0),), repeats=50, time_budget_s=0.03)

@@ -49,14 +49,16 @@ def test_attention_trace_runs_each_implementation():
     "scripts.attention_trace",
     "--n=128",
     "--window=16",
-    "--impls=chunked,reference",
+    "--impls=chunked,pallas",
+    "--pallas_blocks=default,16x16/16x16/16x16/w4s3/w4s3/1loop",
     "--heads=2",
     "--head_dim=16",
     "--steps=1",
   )
   assert [line for line in lines if line.startswith("== ")] == [
     "== chunked: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
-    "== reference: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
+    "== pallas 64x64/64x32/32x64/w4s3/w4s3/1loop: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
+    "== pallas 16x16/16x16/16x16/w4s3/w4s3/1loop: n=128 w=16 (1, 128, 2, 16) bf16, fwd+bwd",
   ]
 
 

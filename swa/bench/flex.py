@@ -1,10 +1,16 @@
 """torch FlexAttention on the same card as the benchmark's JAX rows: the peer row."""
 
 import math
+import os
 import statistics
 import time
 
 import jax.numpy as jnp
+
+# Compile in this process, not in a pool of worker processes. On the H200 machine
+# (results/attention_bench_h200/) the first FlexAttention compile took about 3 minutes this way;
+# two runs with the pool had not finished it after 135 s and 170 s.
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
 class Flex:
@@ -52,13 +58,15 @@ class Flex:
 
     return fwd, fwd_bwd
 
-  def time(self, fn, *, repeats, warmup, check_only=False):
+  def time(self, fn, *, repeats, warmup, calls_per_sample=1, check_only=False):
     """(median ms, all ms, first call s, first output) of fn(), timed with CUDA events.
 
     Args:
       fn: a thunk of `functions`.
-      repeats: timed calls.
+      repeats: timed samples.
       warmup: untimed calls, the first (compiling) one included.
+      calls_per_sample: calls between a sample's two events (the time is per call), as the JAX
+        rows' reports.time_fn samples them.
       check_only: one call, nothing timed (median None, no times).
     """
     torch = self.torch
@@ -74,10 +82,11 @@ class Flex:
     for _ in range(repeats):
       begin, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
       begin.record()
-      fn()
+      for _ in range(calls_per_sample):
+        fn()
       end.record()
       end.synchronize()
-      times.append(begin.elapsed_time(end))
+      times.append(begin.elapsed_time(end) / calls_per_sample)
     return statistics.median(times), times, first_s, out
 
   def to_jax(self, x):

@@ -44,6 +44,7 @@ class Settings:
   dtype: str = "bfloat16"
   repeats: int = 20
   warmup: int = 3
+  calls_per_sample: int = 10
   reference_max_gb: float = 20.0
   tail_rows: int = 4096
   check_only: bool = False
@@ -145,7 +146,13 @@ def time_jax(s, fn, sets):
     out = jax.block_until_ready(fn(*sets[0]))
     return None, [], time.perf_counter() - start, out
   t = reports.time_fn(
-    fn, sets[0], repeats=s.repeats, warmup=s.warmup, arg_sets=sets, keep_first_output=True
+    fn,
+    sets[0],
+    repeats=s.repeats,
+    warmup=s.warmup,
+    arg_sets=sets,
+    keep_first_output=True,
+    calls_per_sample=s.calls_per_sample,
   )
   return t.median_ms, t.times_ms, t.first_s, t.first_output
 
@@ -218,7 +225,13 @@ def measure_config(s, n, w, jobs, state):
       fns = guarded(row, "fwd", lambda: flex.functions(*sets[0], w))
       if fns is None:
         continue
-      timer = lambda fn: flex.time(fn, repeats=s.repeats, warmup=s.warmup, check_only=s.check_only)
+      timer = lambda fn: flex.time(
+        fn,
+        repeats=s.repeats,
+        warmup=s.warmup,
+        calls_per_sample=s.calls_per_sample,
+        check_only=s.check_only,
+      )
       to_jax = flex.to_jax
       row["tiles"] = f"torch {flex.torch.__version__}: compiled flex_attention, block mask"
     else:

@@ -50,6 +50,14 @@ def _speed_of_pallas(rows, n, w, default_only=False):
   return min(pallas, key=lambda r: r["fwd_bwd_ms"], default=None), cudnn
 
 
+def _pallas_wins(pallas, cudnn):
+  """Whether the pallas row is at least as fast as cuDNN's, forward and fwd+bwd."""
+  keys = ("fwd_ms", "fwd_bwd_ms")
+  return bool(
+    pallas and cudnn and all(pallas.get(k) and cudnn.get(k) and pallas[k] <= cudnn[k] for k in keys)
+  )
+
+
 def summary_lines(rows, lengths, windows):
   """Per (n, w): targets met or missed; then the auto rule the run supports.
 
@@ -86,19 +94,15 @@ def summary_lines(rows, lengths, windows):
       lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
   auto_max = 0
   for w in sorted(windows):
-    if all(
-      (lambda b, c: b and c and b["fwd_bwd_ms"] <= c["fwd_bwd_ms"])(
-        *_speed_of_pallas(rows, n, w, default_only=True)
-      )
-      for n in lengths
-    ):
+    if all(_pallas_wins(*_speed_of_pallas(rows, n, w, default_only=True)) for n in lengths):
       auto_max = w
     else:
       break
   lines.append(
     f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = {auto_max} "
-    "(the largest w up to which pallas with its default tiles beat cuDNN's fwd+bwd "
-    "at every n measured; 0 = keep cuDNN)."
+    "(the largest w up to which pallas with its default tiles beat cuDNN in the forward and in "
+    "fwd+bwd at every n measured; auto cannot tell whether a call will be differentiated; "
+    "0 = keep cuDNN)."
   )
   return lines
 
@@ -167,9 +171,11 @@ def header(s, command, flop_s=None, byte_s=None):
       + (
         "Check only: one call each, nothing timed."
         if s.check_only
-        else f"Times: median of {s.repeats} runs after {s.warmup} untimed (compiling) ones, each "
-        f"ended by block_until_ready (torch: CUDA events), inputs alternating between "
-        f"{measure.INPUT_SETS} random sets; fwd+bwd = grads of sum(out · dout) w.r.t. q, k, v."
+        else f"Times: per call, the median of {s.repeats} samples after {s.warmup} untimed "
+        f"(compiling) calls; a sample is {s.calls_per_sample} calls dispatched back to back and "
+        "ended by one block_until_ready (torch: between two CUDA events), inputs alternating "
+        f"between {measure.INPUT_SETS} random sets; fwd+bwd = grads of sum(out · dout) w.r.t. "
+        "q, k, v."
       ),
       "TFLOP/s: band FLOPs (fwd 2·P·N·(H + D), P = query-key pairs in the window; fwd+bwd "
       "3.5× that) over the time. ÷ cuDNN: time ratio to cuDNN in this run (< 1 = faster).",
