@@ -35,8 +35,9 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 _LOG2E = math.log2(math.e)
 _MIN_BLOCK = 16  # Triton's smallest dot operand dimension
 # `auto` picks these kernels over cuDNN on a GPU for windows up to this (0: never), the rule
-# bench_attention.py's GPU run decides. results/attention_bench_h200/ gives 0: these kernels' fwd+bwd
-# beat cuDNN only at w = 128 (1.19x at 16k, 1.01x at 64k), and their forward alone never did.
+# bench_attention.py's GPU run decides: the largest w at which they beat cuDNN forward and fwd+bwd at
+# every measured n. results/attention_bench_h200/ gives 0: their fwd+bwd beats cuDNN only at w = 128
+# (1.28x cuDNN's speed at 16k, 1.18x at 64k), and their forward loses at 64k/128 (1.03x the time).
 AUTO_MAX_WINDOW = 0
 
 

@@ -8,8 +8,8 @@ import time
 import jax.numpy as jnp
 
 # Compile in this process, not in a pool of worker processes. On the H200 machine
-# (results/attention_bench_h200/) the first FlexAttention compile took about 3 minutes this way;
-# two runs with the pool had not finished it after 135 s and 170 s.
+# (results/attention_bench_h200/) the first FlexAttention compile took 3-4 minutes this way; two
+# runs with the pool had not finished it after 135 s and 170 s (slow or stuck: not known).
 os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
 
 
