@@ -22,7 +22,8 @@ the same function (tests/test_attention.py):
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
              GPU and 16-bit dtypes only; self-attention, and tail offsets (`tail_aligned`).
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
-             (swa/pallas_attention.py); self-attention and tail offsets; interpret mode off GPU.
+             (swa/pallas_attention.py); self-attention, tail offsets and sinks (Python ints);
+             interpret mode off GPU.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
@@ -171,6 +172,10 @@ def tail_aligned(fn, *, even_length=False):
   the positions: the rolled-away slots land after every real query, where causality hides them,
   and the padded queries' outputs are dropped (their zero cotangents add nothing to dk, dv).
 
+  Sinks (an option num_sinks, for an fn that declares "sinks") are absolute positions: they are
+  passed on as the number of slots that hold a position below num_sinks, which needs num_sinks and
+  q_offset known at trace time.
+
   Args:
     fn: `fn(q_BTNH, k_BTKH, v_BTKD, window_size, scale, **options)`, self-attention from 0.
     even_length: also pad odd lengths to even ones (plain self-attention included).
@@ -185,6 +190,13 @@ def tail_aligned(fn, *, even_length=False):
     T, S = q_BTNH.shape[1], k_BSKH.shape[1]
     extra = S % 2 if even_length else 0
     q0 = 0 if q_offset is None else q_offset
+    if "num_sinks" in options:
+      if not (_static_int(options["num_sinks"]) and _static_int(q0)):
+        raise ValueError(
+          "Sinks with a self-attention kernel need num_sinks and q_offset as Python ints."
+        )
+      first = max(int(q0) + T - S, 0)  # the position of the first real key
+      options["num_sinks"] = max(0, options["num_sinks"] - first)
     if _static_int(q0):
       rolled = extra + min(max(S - T - int(q0), 0), S)
     else:  # Keys at negative positions, counted at run time (a shard's index is traced).
@@ -247,7 +259,7 @@ register(
 register(
   "pallas",
   tail_aligned(pallas_attention.pallas_attention),
-  features=("tail_offsets", "block_sizes", "interpret"),
+  features=("tail_offsets", "sinks", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )

@@ -113,6 +113,7 @@ class _Static:
   """Everything the kernels need that is not an array (hashable: a custom_vjp static)."""
 
   window: int  # >= 1; the padded length for full causal attention
+  num_sinks: int  # keys 0 ... num_sinks - 1 stay visible to every later query
   scale: float
   groups: int  # G = N // K
   blocks: BlockSizes
@@ -124,11 +125,22 @@ def _ceil_div(a, b):
   return lax.div(a + (b - 1), b)
 
 
-def _visible(q_start, k_start, block_q, block_k, window):
-  """[block_q, block_k] bool: key k_start + s is inside query q_start + t's window."""
+def _visible(q_start, k_start, block_q, block_k, st):
+  """[block_q, block_k] bool: query q_start + t sees key k_start + s (mask.visible's rule)."""
   q_pos = q_start + jnp.arange(block_q)[:, None]
   k_pos = k_start + jnp.arange(block_k)[None, :]
-  return (k_pos <= q_pos) & (k_pos > q_pos - window)
+  inside = k_pos > q_pos - st.window
+  if st.num_sinks:
+    inside |= k_pos < st.num_sinks
+  return (k_pos <= q_pos) & inside
+
+
+def _sink_blocks(st, lo, block_k, body, carry):
+  """Masked steps over the key blocks with sinks that come before the window's first block lo."""
+  if not st.num_sinks:
+    return carry
+  sink_blocks = lax.min(-(-st.num_sinks // block_k), lo)
+  return lax.fori_loop(0, sink_blocks, functools.partial(body, masked=True), carry)
 
 
 def _loops(st, lo, mid_lo, mid_hi, hi, body, carry):
@@ -167,8 +179,7 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, st, block_q, block_k):
     v = v_ref[pl.ds(j * block_k, block_k), :]
     s = plgpu.dot(q, k, trans_b=True) * qk_scale
     if masked:
-      visible = _visible(q_start, j * block_k, block_q, block_k, st.window)
-      s = jnp.where(visible, s, _MASK_VALUE)
+      s = jnp.where(_visible(q_start, j * block_k, block_q, block_k, st), s, _MASK_VALUE)
     # A row with no visible key in this block yet (m_new still the mask value) gets p = 1 on
     # masked keys; its first visible key later sets alpha = exp2(mask - real) = 0, which wipes
     # them. Every query sees itself, so every row gets there.
@@ -181,7 +192,9 @@ def _fwd_kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, *, st, block_q, block_k):
 
   rows = jnp.zeros((block_q,), jnp.float32)
   carry = (jnp.zeros((block_q, v_ref.shape[-1]), jnp.float32), rows + _MASK_VALUE, rows)
-  acc, m, l = _loops(st, *_key_block_range(q_start, block_q, block_k, st.window), body, carry)
+  blocks = _key_block_range(q_start, block_q, block_k, st.window)
+  carry = _sink_blocks(st, blocks[0], block_k, body, carry)
+  acc, m, l = _loops(st, *blocks, body, carry)
   # Every query sees itself, so l > 0 (padded queries too).
   o_ref[...] = (acc / l[:, None]).astype(o_ref.dtype)
   lse_ref[...] = m + jnp.log2(l)
@@ -198,12 +211,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, *, st, b
     v = v_ref[pl.ds(j * block_k, block_k), :]
     p = jnp.exp2(plgpu.dot(q, k, trans_b=True) * qk_scale - lse[:, None])
     if masked:
-      p = jnp.where(_visible(q_start, j * block_k, block_q, block_k, st.window), p, 0.0)
+      p = jnp.where(_visible(q_start, j * block_k, block_q, block_k, st), p, 0.0)
     ds = p * (plgpu.dot(do, v, trans_b=True) - delta[:, None])
     return dq + plgpu.dot(ds.astype(k.dtype), k)
 
   dq = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
-  dq = _loops(st, *_key_block_range(q_start, block_q, block_k, st.window), body, dq)
+  blocks = _key_block_range(q_start, block_q, block_k, st.window)
+  dq = _loops(st, *blocks, body, _sink_blocks(st, blocks[0], block_k, body, dq))
   dq_ref[...] = (dq * st.scale).astype(dq_ref.dtype)
 
 
@@ -224,8 +238,7 @@ def _dkv_kernel(
     lse, delta = lse_ref[rows], delta_ref[rows]
     p_T = jnp.exp2(plgpu.dot(k, q, trans_b=True) * qk_scale - lse[None, :])
     if masked:
-      visible = _visible(i * block_q, k_start, block_q, block_k, st.window)
-      p_T = jnp.where(visible.T, p_T, 0.0)
+      p_T = jnp.where(_visible(i * block_q, k_start, block_q, block_k, st).T, p_T, 0.0)
     dv = dv + plgpu.dot(p_T.astype(do.dtype), do)
     ds_T = p_T * (plgpu.dot(v, do, trans_b=True) - delta[None, :])
     dk = dk + plgpu.dot(ds_T.astype(q.dtype), q)
@@ -242,6 +255,9 @@ def _dkv_kernel(
     jnp.zeros((block_k, v_ref.shape[-1]), jnp.float32),
   )
   dk, dv = _loops(st, lo, mid_lo, mid_hi, hi, body, carry)
+  if st.num_sinks:  # a block with sinks: every later query block sees it
+    last = jnp.where(k_start < st.num_sinks, q_ref.shape[0] // block_q, hi)
+    dk, dv = lax.fori_loop(hi, last, functools.partial(body, masked=True), (dk, dv))
   dk_ref[...] = (dk * st.scale).astype(dk_ref.dtype)
   dv_ref[...] = dv.astype(dv_ref.dtype)
 
@@ -377,9 +393,9 @@ def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size):
 
 
 def pallas_attention(
-  q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, block_sizes=None, interpret=None
+  q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, num_sinks=0, block_sizes=None, interpret=None
 ):
-  """Sliding-window causal attention: query t sees keys t - w + 1 ... t.
+  """Sliding-window causal attention: query t sees keys t - w + 1 ... t (and 0 ... num_sinks - 1).
 
   Args:
     q_BTNH: [B, T, N, H] queries.
@@ -387,6 +403,10 @@ def pallas_attention(
     v_BSKD: [B, T, K, D] values.
     window_size: w >= 1, or None for full causal attention.
     scale: logit scale (a Python number).
+    num_sinks: attention sinks, a Python int >= 0: keys 0 ... num_sinks - 1 stay visible to every
+      later query. The query blocks past a window still visit the sinks' key blocks (the forward
+      and dQ kernels loop over them first), and the dK/dV programs of those blocks visit every
+      later query block.
     block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
       Tiles longer than the (power-of-two-rounded) sequence are shrunk to it.
     interpret: run the kernels in Pallas interpret mode; default: off GPU.
@@ -398,6 +418,11 @@ def pallas_attention(
   reason = unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size)
   if reason:
     raise ValueError(f"implementation='pallas' is not available: {reason}.")
+  if not isinstance(num_sinks, (int, np.integer)) or isinstance(num_sinks, bool) or num_sinks < 0:
+    raise ValueError(
+      f"implementation='pallas' takes num_sinks as a Python int >= 0 (its loops are laid out at "
+      f"trace time), got {num_sinks!r}."
+    )
   if isinstance(block_sizes, str):
     block_sizes = BlockSizes.parse(block_sizes)
   blocks = block_sizes or default_block_sizes(window_size)
@@ -418,7 +443,12 @@ def pallas_attention(
   window = T_pad if window_size is None else min(window_size, T_pad)
   interpret = jax.default_backend() != "gpu" if interpret is None else interpret
   st = _Static(
-    window=int(window), scale=float(scale), groups=N // K, blocks=blocks, interpret=bool(interpret)
+    window=int(window),
+    num_sinks=0 if window_size is None else int(min(num_sinks, T_pad)),
+    scale=float(scale),
+    groups=N // K,
+    blocks=blocks,
+    interpret=bool(interpret),
   )
   out = _attend(pad(q_BTNH, H, H_pad), pad(k_BSKH, H, H_pad), pad(v_BSKD, D, D_pad), st)
   return out[:, :T, :, :D]

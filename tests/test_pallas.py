@@ -61,6 +61,69 @@ def test_matches_reference_forward_and_gradients(case):
     np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
 
 
+# (B, T, N, K, window, num_sinks, q_offset, S, blocks): sinks in one block and across three (with
+# the window's first block among them), GQA, one loop, a window wider than the sequence, and two
+# shards' calls (S - T halo keys, static offsets): halo keys at negative positions, and a first key at
+# position 4, past four of the ten sinks.
+SINK_CASES = [
+  (1, 70, 2, 2, 9, 3, None, None, TINY),
+  pytest.param((1, 96, 4, 2, 20, 40, None, None, TINY), marks=pytest.mark.slow),
+  (
+    1,
+    64,
+    2,
+    1,
+    12,
+    5,
+    None,
+    None,
+    pallas_attention.BlockSizes.parse("16x16/16x16/16x16/w4s3/w4s2/1loop"),
+  ),
+  (1, 20, 2, 2, 30, 4, None, None, TINY),
+  (1, 40, 2, 2, 10, 6, 3, 47, TINY),
+  (1, 24, 2, 2, 6, 10, 10, 30, TINY),
+]
+
+
+@pytest.mark.parametrize("case", SINK_CASES)
+def test_sinks_match_reference_forward_and_gradients(case):
+  B, T, N, K, window, sinks, q_offset, S, blocks = case
+  S = S or T
+  q = _qkv(B, T, N, K, 16, 16, seed=T)[0]
+  _, k, v, _ = _qkv(B, S, N, K, 16, 16, seed=S + 1)
+  dout = _qkv(B, T, N, K, 16, 16, seed=2)[3]
+  where = {} if q_offset is None else dict(q_offset=q_offset)
+  fast = lambda q, k, v: attention.sliding_window_attention(
+    q,
+    k,
+    v,
+    window,
+    implementation="pallas",
+    num_sinks=sinks,
+    block_sizes=blocks,
+    interpret=True,
+    **where,
+  )
+  slow = lambda q, k, v: attention.sliding_window_attention(
+    q, k, v, window, implementation="reference", num_sinks=sinks, **where
+  )
+  for got, want in zip(_out_and_grads(fast, q, k, v, dout), _out_and_grads(slow, q, k, v, dout)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=2e-5, rtol=2e-5)
+
+
+def test_sinks_need_python_ints():
+  q, k, v, _ = _qkv(1, 32, 1, 1, 16, 16)
+  with pytest.raises(ValueError, match="num_sinks as a Python int"):
+    pallas_attention.pallas_attention(q, k, v, 4, 0.25, num_sinks=jnp.int32(2))
+  traced = jax.jit(
+    lambda q, k, v, s: attention.sliding_window_attention(
+      q, k, v, 4, implementation="pallas", num_sinks=s, interpret=True
+    )
+  )
+  with pytest.raises(ValueError, match="need num_sinks and q_offset as Python ints"):
+    traced(q, k, v, 2)
+
+
 def test_block_sizes_round_trip_and_bad_values():
   blocks = pallas_attention.BlockSizes.parse("128x64/128x32/32x128/w4s3/w8s2")
   assert blocks == pallas_attention.BlockSizes()
@@ -89,12 +152,12 @@ def test_auto_picks_pallas_only_on_a_gpu_for_16_bit_inputs_below_the_measured_wi
   assert attention.resolve_implementation("auto", *f32, 8) != "pallas"
 
 
-def _lower_for_cuda(T, window, heads, kv_heads, blocks=None):
+def _lower_for_cuda(T, window, heads, kv_heads, blocks=None, num_sinks=0):
   """The fwd+bwd program lowered for an H200 (Triton IR built in Python; no GPU needed)."""
   q = jax.ShapeDtypeStruct((1, T, heads, 128), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, T, kv_heads, 128), jnp.bfloat16)
   attend = lambda q, k, v: pallas_attention.pallas_attention(
-    q, k, v, window, 128**-0.5, block_sizes=blocks, interpret=False
+    q, k, v, window, 128**-0.5, num_sinks=num_sinks, block_sizes=blocks, interpret=False
   )
   loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -102,17 +165,45 @@ def _lower_for_cuda(T, window, heads, kv_heads, blocks=None):
 
 
 @pytest.mark.parametrize(
-  "T, window, kv_heads, blocks",
+  "T, window, kv_heads, blocks, sinks",
   [
-    (16384, 128, 16, None),
-    (16384, 4096, 16, None),
-    (1000, 100, 4, "64x64/64x64/64x64/w4s3/w4s3"),
+    (16384, 128, 16, None, 0),
+    (16384, 4096, 16, None, 0),
+    (1000, 100, 4, "64x64/64x64/64x64/w4s3/w4s3", 0),
+    (4096, 512, 16, None, 4),
   ],
 )
-def test_kernels_lower_to_triton_for_a_cuda_gpu(monkeypatch, T, window, kv_heads, blocks):
+def test_kernels_lower_to_triton_for_a_cuda_gpu(monkeypatch, T, window, kv_heads, blocks, sinks):
   gpu_info = pytest.importorskip("jax._src.pallas.triton.gpu_info")  # JAX >= 0.11
   monkeypatch.setattr(
     gpu_info, "get_gpu_info", lambda: gpu_info.get_gpu_info_from_version(gpu_info.GpuVersion.H200)
   )
-  text = _lower_for_cuda(T, window, 16, kv_heads, blocks)
+  text = _lower_for_cuda(T, window, 16, kv_heads, blocks, sinks)
   assert text.count("__gpu$xla.gpu.triton") == 3  # forward, dQ, dK/dV
+
+
+@pytest.mark.skipif(
+  jax.default_backend() != "gpu", reason="compiles the Triton kernels: needs a GPU"
+)
+@pytest.mark.parametrize(
+  "T, window, sinks, blocks",
+  [(4096, 512, 0, None), (4096, 128, 4, None), (3000, 1000, 0, None), (4096, 512, 0, "split")],
+)
+def test_compiled_kernels_match_the_reference_on_a_gpu(T, window, sinks, blocks):
+  """bf16 kernels as the GPU compiles them (GQA, an odd length, sinks, both loop forms) against
+  the float32 reference, with the benchmark's tolerances."""
+  if blocks == "split":
+    blocks = pallas_attention.BlockSizes.parse("64x64/64x32/32x64/w4s3/w4s3")
+  q, k, v, dout = _qkv(1, T, 4, 2, 128, 128)
+  fast = lambda q, k, v: attention.sliding_window_attention(
+    q, k, v, window, implementation="pallas", num_sinks=sinks, block_sizes=blocks
+  )
+  slow = lambda q, k, v: attention.sliding_window_attention(
+    q, k, v, window, implementation="reference", num_sinks=sinks
+  )
+  bf16 = [x.astype(jnp.bfloat16) for x in (q, k, v, dout)]
+  got = _out_and_grads(jax.jit(fast), *bf16)
+  want = _out_and_grads(slow, *(x.astype(jnp.float32) for x in bf16))
+  for i, (g, w) in enumerate(zip(got, want)):
+    err = jnp.linalg.norm(g.astype(jnp.float32) - w) / jnp.linalg.norm(w)
+    assert err < (2e-2 if i == 0 else 5e-2), (i, float(err))
