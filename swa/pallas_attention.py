@@ -12,6 +12,10 @@ pipelines better when each part would hold a block or two. The dK/dV kernel work
 scores [keys, queries] so that no computed tile is ever transposed. Softmax statistics are
 float32; scores use exp2 with log2(e) folded into the scale.
 
+Attention sinks (keys 0 ... num_sinks - 1 visible to every later query): the forward and dQ
+programs first visit the sinks' key blocks that lie before their window, masked; the dK/dV programs
+of those blocks go on over every later query block.
+
 Any length and head dim: the sequence is padded at the end to whole blocks (padded keys come after
 every real query, so causality hides them); head dims are zero-padded to a power of two >= 16
 (Triton's smallest dot). GQA: query head n reads key/value head n // G; the dK/dV pass writes one

@@ -7,11 +7,6 @@ import time
 
 import jax.numpy as jnp
 
-# Compile in this process, not in a pool of worker processes. On the H200 machine
-# (results/attention_bench_h200/) the first FlexAttention compile took 3-4 minutes this way; two
-# runs with the pool had not finished it after 135 s and 170 s (slow or stuck: not known).
-os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
-
 
 class Flex:
   """torch FlexAttention on the same card, inputs shared with JAX through DLPack.
@@ -20,6 +15,10 @@ class Flex:
   """
 
   def __init__(self):
+    # Compile in this process, not in a pool of worker processes. On the H200 machine
+    # (results/attention_bench_h200/) the first FlexAttention compile took 3-4 minutes this way;
+    # two runs with the pool had not finished it after 135 s and 170 s (slow or stuck: not known).
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     import torch  # pylint: disable=g-import-not-at-top
     from torch.nn.attention import flex_attention as fa  # pylint: disable=g-import-not-at-top
 
