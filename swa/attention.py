@@ -24,11 +24,14 @@ the same function (tests/test_attention.py):
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
              (swa/pallas_attention.py); self-attention, tail offsets and sinks (Python ints);
              interpret mode off GPU.
+  cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
+             backward) where it is (`forward_and_training`); where cudnn applies.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
              inputs: splash on a TPU; on a GPU pallas for w <= pallas_attention.AUTO_MAX_WINDOW
-             (set from bench_attention.py's run: where its fwd+bwd beat cuDNN's), else cudnn
+             (where bench_attention.py's run found its forward and fwd+bwd faster than cuDNN's),
+             cudnn_pallas for w <= AUTO_TRAIN_MAX_WINDOW (its fwd+bwd faster), else cudnn
              where it applies; elsewhere (CPU, 32-bit inputs, offsets) chunked when the window is
              shorter than the keys, else reference.
 swa/sharding.py registers "sequence_parallel" (options mesh, seq_axis, data_axis,
@@ -216,6 +219,39 @@ def tail_aligned(fn, *, even_length=False):
   return call
 
 
+def forward_and_training(forward_fn, training_fn):
+  """One attention function from two: forward_fn's output where the call is not differentiated,
+  training_fn's forward and backward where it is.
+
+  A `jax.custom_vjp` whose plain call is forward_fn and whose forward rule is training_fn's VJP:
+  under jax.grad (or value_and_grad, vjp) both passes are training_fn's, output included. Both
+  must compute the same function; they differ in speed (e.g. cuDNN's forward is faster, the Pallas
+  kernels' fwd+bwd at small windows).
+
+  Args:
+    forward_fn, training_fn: `fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options)`; the
+      options must be static (Python values), as the VJP closes over them.
+
+  Returns:
+    `call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options)`.
+  """
+
+  def call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options):
+    args = (window_size, scale)
+
+    @jax.custom_vjp
+    def attend(q, k, v):
+      return forward_fn(q, k, v, *args, **options)
+
+    def attend_fwd(q, k, v):
+      return jax.vjp(lambda q, k, v: training_fn(q, k, v, *args, **options), q, k, v)
+
+    attend.defvjp(attend_fwd, lambda vjp, dout: vjp(dout))
+    return attend(q_BTNH, k_BSKH, v_BSKD)
+
+  return call
+
+
 def unregister(name):
   """Removes a registered implementation (e.g. one a test added); unknown names are ignored."""
   _REGISTRY.pop(name, None)
@@ -262,6 +298,19 @@ register(
   features=("tail_offsets", "sinks", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
+)
+# cuDNN's forward and the Pallas kernels' fwd+bwd, each where it is faster: auto takes it for
+# training-sized calls at small windows (pallas_attention.AUTO_TRAIN_MAX_WINDOW).
+register(
+  "cudnn_pallas",
+  tail_aligned(
+    forward_and_training(cudnn.cudnn_attention, pallas_attention.pallas_attention),
+    even_length=True,
+  ),
+  features=("tail_offsets",),
+  check=cudnn.unsupported_reason,
+  auto_rank=7,
+  auto_when=pallas_attention.auto_train_when,
 )
 register(
   "splash",

@@ -43,6 +43,11 @@ _MIN_BLOCK = 16  # Triton's smallest dot operand dimension
 # every measured n. results/attention_bench_h200/ gives 0: their fwd+bwd beats cuDNN only at w = 128
 # (1.28x cuDNN's speed at 16k, 1.18x at 64k), and their forward loses at 64k/128 (1.03x the time).
 AUTO_MAX_WINDOW = 0
+# Where `auto` runs "cudnn_pallas" instead (cuDNN's forward when a call is not differentiated, these
+# kernels' forward and backward when it is), for windows up to this: the largest w at which their
+# fwd+bwd beat cuDNN's at every measured n. results/attention_bench_h200/ gives 128 (1.28x cuDNN's
+# speed at 16k, 1.18x at 64k; at w = 512 0.93x and 0.89x).
+AUTO_TRAIN_MAX_WINDOW = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -382,18 +387,24 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
   return None
 
 
-def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size):
+def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=None):
   """Where `auto` prefers these kernels to cuDNN: GPU, 16-bit inputs, w <= AUTO_MAX_WINDOW.
 
   (Float32 inputs would run the kernels' dots in TF32: auto leaves them to chunked.)
+  max_window replaces AUTO_MAX_WINDOW (auto_train_when passes AUTO_TRAIN_MAX_WINDOW).
   """
   del k_BSKH, v_BSKD
   return (
     jax.default_backend() == "gpu"
     and q_BTNH.dtype in (jnp.bfloat16, jnp.float16)
     and window_size is not None
-    and window_size <= AUTO_MAX_WINDOW
+    and window_size <= (AUTO_MAX_WINDOW if max_window is None else max_window)
   )
+
+
+def auto_train_when(q_BTNH, k_BSKH, v_BSKD, window_size):
+  """Where `auto` prefers "cudnn_pallas" to cuDNN: as auto_when, w <= AUTO_TRAIN_MAX_WINDOW."""
+  return auto_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_MAX_WINDOW)
 
 
 def pallas_attention(

@@ -166,6 +166,7 @@ def test_summary_targets_and_auto_rule():
     "chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every checked row within tolerance."
   )
   assert "at 0.80× cuDNN's speed (misses ≥ 1.3×)" in lines[1] and "WRONG: pallas 1x1" in lines[1]
-  assert "AUTO_MAX_WINDOW = 8 " in lines[2]
-  rows[1]["fwd_ms"] = 1.5  # faster fwd+bwd, slower forward: auto keeps cuDNN
-  assert "AUTO_MAX_WINDOW = 0 " in report.summary_lines(rows, [64], [8, 512])[2]
+  assert "AUTO_MAX_WINDOW = 8 " in lines[2] and "AUTO_TRAIN_MAX_WINDOW = 8 " in lines[2]
+  rows[1]["fwd_ms"] = 1.5  # faster fwd+bwd, slower forward: cuDNN unless differentiated
+  line = report.summary_lines(rows, [64], [8, 512])[2]
+  assert "AUTO_MAX_WINDOW = 0 " in line and "AUTO_TRAIN_MAX_WINDOW = 8 " in line

@@ -152,6 +152,31 @@ def test_auto_picks_pallas_only_on_a_gpu_for_16_bit_inputs_below_the_measured_wi
   assert attention.resolve_implementation("auto", *f32, 8) != "pallas"
 
 
+def test_forward_and_training_runs_each_functions_pass():
+  ref = attention.reference_attention
+  marked = lambda *args: ref(*args) + 1.0  # a forward that can be told apart
+  both = attention.forward_and_training(marked, ref)
+  q, k, v, _ = _qkv(1, 16, 2, 1, 8, 8)
+  np.testing.assert_allclose(both(q, k, v, 4, 0.3), marked(q, k, v, 4, 0.3), atol=1e-6)
+  loss = lambda fn: lambda q, k, v: jnp.sum(jnp.sin(fn(q, k, v, 4, 0.3)))
+  got = jax.jit(jax.value_and_grad(loss(both), argnums=(0, 1, 2)))(q, k, v)
+  want = jax.value_and_grad(loss(ref), argnums=(0, 1, 2))(q, k, v)
+  for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    np.testing.assert_allclose(g, w, atol=1e-6)
+
+
+def test_auto_takes_cudnn_pallas_for_gpu_training_windows(monkeypatch):
+  q, k, v, _ = (x.astype(jnp.bfloat16) for x in _qkv(1, 64, 2, 2, 16, 16))
+  if jax.default_backend() != "gpu":
+    assert attention.resolve_implementation("auto", q, k, v, 8) != "cudnn_pallas"
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  w = pallas_attention.AUTO_TRAIN_MAX_WINDOW
+  assert pallas_attention.auto_train_when(q, k, v, w) == (w > 0)
+  assert not pallas_attention.auto_train_when(q, k, v, w + 1)
+  assert not pallas_attention.auto_train_when(q.astype(jnp.float32), k, v, w)
+  assert "cudnn_pallas" in attention.implementations()
+
+
 def _lower_for_cuda(T, window, heads, kv_heads, blocks=None, num_sinks=0):
   """The fwd+bwd program lowered for an H200 (Triton IR built in Python; no GPU needed)."""
   q = jax.ShapeDtypeStruct((1, T, heads, 128), jnp.bfloat16)
@@ -207,3 +232,18 @@ def test_compiled_kernels_match_the_reference_on_a_gpu(T, window, sinks, blocks)
   for i, (g, w) in enumerate(zip(got, want)):
     err = jnp.linalg.norm(g.astype(jnp.float32) - w) / jnp.linalg.norm(w)
     assert err < (2e-2 if i == 0 else 5e-2), (i, float(err))
+
+
+@pytest.mark.skipif(
+  jax.default_backend() != "gpu", reason="cuDNN and compiled kernels: needs a GPU"
+)
+def test_cudnn_pallas_is_cudnn_forward_and_pallas_gradients_on_a_gpu():
+  q, k, v, dout = (x.astype(jnp.bfloat16) for x in _qkv(1, 2048, 4, 2, 128, 128))
+  call = lambda impl: (
+    lambda q, k, v: attention.sliding_window_attention(q, k, v, 128, implementation=impl)
+  )
+  np.testing.assert_array_equal(jax.jit(call("cudnn_pallas"))(q, k, v), call("cudnn")(q, k, v))
+  got = _out_and_grads(jax.jit(call("cudnn_pallas")), q, k, v, dout)
+  want = _out_and_grads(jax.jit(call("pallas")), q, k, v, dout)
+  for g, w in zip(got, want):
+    np.testing.assert_array_equal(g, w)

@@ -92,17 +92,23 @@ def summary_lines(rows, lengths, windows):
         "every checked row within tolerance" if not wrong else f"WRONG: {', '.join(wrong)}"
       )
       lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
-  auto_max = 0
-  for w in sorted(windows):
-    if all(_pallas_wins(*_speed_of_pallas(rows, n, w, default_only=True)) for n in lengths):
-      auto_max = w
-    else:
-      break
+
+  def largest_window(wins):
+    """The largest w up to which pallas (default tiles) wins at every n, by `wins`."""
+    best = 0
+    for w in sorted(windows):
+      if not all(wins(*_speed_of_pallas(rows, n, w, default_only=True)) for n in lengths):
+        break
+      best = w
+    return best
+
+  train_wins = lambda p, c: bool(p and c and p["fwd_bwd_ms"] <= c["fwd_bwd_ms"])
   lines.append(
-    f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = {auto_max} "
-    "(the largest w up to which pallas with its default tiles beat cuDNN in the forward and in "
-    "fwd+bwd at every n measured; auto cannot tell whether a call will be differentiated; "
-    "0 = keep cuDNN)."
+    f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = "
+    f"{largest_window(_pallas_wins)} (the largest w up to which pallas with its default tiles beat "
+    "cuDNN in the forward and in fwd+bwd at every n measured; 0 = keep cuDNN) and "
+    f"AUTO_TRAIN_MAX_WINDOW = {largest_window(train_wins)} (the same for fwd+bwd alone: "
+    "cudnn_pallas, cuDNN's forward where a call is not differentiated)."
   )
   return lines
 
