@@ -25,7 +25,8 @@ def get_config():
   # attention, or one value per layer. The field takes any type, so the command line can give
   # 256, none, full, 8,32,32,32 or 128,128,none,128 (checked by swa/model.py layer_windows).
   model.window_size = ml_collections.FieldReference(128, field_type=object)
-  model.attention = "auto"  # auto | reference | chunked | cudnn (swa/attention.py).
+  model.attention = "auto"  # auto | reference | chunked | cudnn | pallas | cudnn_pallas | ...
+  # (attention.implementations(); swa/attention.py says what each is and what auto picks).
   model.block_size = None  # chunked: query block size; None = default_block_size.
   model.blocks_per_step = None  # chunked: None = all blocks at once; k = loop k at a time.
   model.dtype = "bfloat16"  # Activation dtype; parameters are always float32.
