@@ -1,6 +1,7 @@
-"""scripts/longest_context.py, attention_trace.py and step_rate.py --vmap_seeds on CPU."""
+"""scripts/longest_context.py, attention_trace.py and step_rate.py (one model, vmapped seeds) on CPU."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -62,15 +63,28 @@ def test_attention_trace_runs_each_implementation():
   ]
 
 
+# A step of the tiny model small enough for a test.
+_TINY_STEP_RATE = (
+  "scripts.step_rate",
+  "--config=configs/tiny.py",
+  "--seconds=0.5",
+  "--config.data.seq_len=64",
+  "--config.data.batch_size=2",
+  "--config.model.d_model=32",
+)
+
+
+@pytest.mark.slow
+def test_step_rate_script_prints_the_rates():
+  lines = _run(*_TINY_STEP_RATE)
+  assert re.search(
+    r"configs/tiny.py window=\(8, 32, 32, 32\) B=2 T=64 mesh=\{'data': 1, 'seq': 1\}: [\d.]+ steps/s, "
+    r"[\d,]+ examples/s",
+    lines[-1],
+  )
+
+
 @pytest.mark.slow
 def test_step_rate_trains_vmapped_seeds():
-  lines = _run(
-    "scripts.step_rate",
-    "--config=configs/tiny.py",
-    "--seconds=0.5",
-    "--config.data.seq_len=64",
-    "--config.data.batch_size=2",
-    "--config.model.d_model=32",
-    "--vmap_seeds=2",
-  )
+  lines = _run(*_TINY_STEP_RATE, "--vmap_seeds=2")
   assert "seeds=2 (vmapped):" in lines[-1] and " tokens/s (" in lines[-1]

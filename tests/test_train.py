@@ -260,29 +260,3 @@ def test_default_workdir_is_named_after_the_config(tmp_path):
   assert (tmp_path / "workdirs" / workdir / "config.json").exists()
   # Without overrides (or with only FREE_FIELDS ones) the name is the plain workdirs/tiny.
   assert workdir_lib.override_suffix({"log_every_steps": 1, "mesh": "data:1"}) == ""
-
-
-@pytest.mark.slow
-def test_step_rate_script_prints_the_rates():
-  done = subprocess.run(
-    [
-      sys.executable,
-      "-m",
-      "scripts.step_rate",
-      "--config=configs/tiny.py",
-      "--seconds=0.5",
-      "--config.data.seq_len=64",
-      "--config.data.batch_size=2",
-      "--config.model.d_model=32",
-    ],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert done.returncode == 0, done.stderr[-2000:]
-  assert re.search(
-    r"configs/tiny.py window=\(8, 32, 32, 32\) B=2 T=64 mesh=\{'data': 1, 'seq': 1\}: [\d.]+ steps/s, "
-    r"[\d,]+ examples/s",
-    done.stdout.splitlines()[-1],
-  )
