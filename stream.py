@@ -27,7 +27,7 @@ import sys
 from absl import flags, logging
 from ml_collections import config_flags
 
-from swa import cli, data, eval_grid, reports, stream_bench, stream_lib, train_lib
+from swa import cli, data, reports, stream_bench, stream_lib, train_lib
 from swa.model import config_of
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -127,7 +127,7 @@ def write(path, text):
 
 
 def run_stream(graphdef, params, model_config, source):
-  reach = eval_grid.reach_of(model_config)
+  reach = model_config.reach
   key_distance, answer = None, None
   if _TEXT_FILE.value:
     if not os.path.isfile(_TEXT_FILE.value):
@@ -170,7 +170,7 @@ def run_passkey(config, graphdef, params, model_config, source):
   distances = (
     _ints(_PASSKEY_DISTANCES.value, "passkey_distances")
     if _PASSKEY_DISTANCES.value
-    else eval_grid.even_distances(seq_len, config.eval.num_distances)
+    else data.even_distances(seq_len, config.eval.num_distances)
   )
   sinks_list = _ints(_PASSKEY_SINKS.value, "passkey_sinks")
   path = os.path.join(out_dir(), "streaming_sinks.md")
@@ -194,9 +194,7 @@ def run_passkey(config, graphdef, params, model_config, source):
       "windowed layer (swa/cache.py).",
     ]
   )
-  text = stream_lib.passkey_markdown(
-    columns, distances, reach=eval_grid.reach_of(model_config), header=header
-  )
+  text = stream_lib.passkey_markdown(columns, distances, reach=model_config.reach, header=header)
   print(text)
   write(path, text)
 

@@ -70,7 +70,7 @@ _FULL_MAX_FACTOR = flags.DEFINE_float(
   "(> 1: beyond the trained length).",
 )
 _EVAL_STEP = flags.DEFINE_integer(
-  "eval_step", None, "Distance step of the evaluation (default: eval_grid.sweep_distances' grid)."
+  "eval_step", None, "Distance step of the evaluation (default: data.sweep_distances' grid)."
 )
 _AGGREGATE = flags.DEFINE_list(
   "aggregate",

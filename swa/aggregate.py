@@ -60,7 +60,7 @@ def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
   Returns:
     the rows written.
   """
-  from swa import eval_grid, evaluate, train_lib  # Only here: reading CSVs back needs no JAX model.
+  from swa import evaluate, train_lib  # Only here: reading CSVs back needs no JAX model.
 
   if not os.path.exists(os.path.join(run_dir, "config.json")):
     raise ValueError(f"{run_dir} is not a training workdir: it has no config.json.")
@@ -71,7 +71,7 @@ def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
   rows = evaluate.passkey_sweep(
     graphdef,
     params,
-    reach=eval_grid.reach_of(model_config),
+    reach=model_config.reach,
     train_seq_len=int(config.data.seq_len),
     seed=seed,
     label=name,

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swa import data, eval_grid, evaluate
+from swa import data, evaluate
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
@@ -68,7 +68,7 @@ def effective_receptive_field(
     graphdef, params: the model (evaluate.graphdef_for(config, dtype="float32") gives float32
       gradients for a bfloat16-trained model).
     distances: key distances d (>= data.MIN_DISTANCE), e.g. the accuracy sweep's.
-    train_seq_len: prompt length while d fits (eval_grid.context_len, as in the accuracy sweep).
+    train_seq_len: prompt length while d fits (data.context_len, as in the accuracy sweep).
     examples_per_distance: prompts averaged per distance (evaluate.prompts: the same prompts
       the accuracy is scored on).
     seed: seeds the prompts.
@@ -85,7 +85,7 @@ def effective_receptive_field(
   for d in sorted(set(int(d) for d in distances)):
     if d < data.MIN_DISTANCE:
       raise ValueError(f"distance {d} is below data.MIN_DISTANCE={data.MIN_DISTANCE}.")
-    groups[eval_grid.context_len(d, train_seq_len)].append(d)
+    groups[data.context_len(d, train_seq_len)].append(d)
   n, out = examples_per_distance, {}
   for T, ds in sorted(groups.items()):
     start = time.perf_counter()

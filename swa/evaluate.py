@@ -1,7 +1,7 @@
 """The one evaluation path: passkey exact match by distance, for the trainer and eval_passkey.py.
 
-swa/eval_grid.py says what a model can reach (`reach_of`), which distances a sweep tests and at
-which prompt length T each distance is evaluated (`context_len`).
+A model's reach is `ModelConfig.reach`; which distances a sweep tests and at which prompt length T
+each distance is evaluated is the evaluation grid of swa/data.py (`sweep_distances`, `context_len`).
 
 One prompt stream. The prompts of distance d are drawn from default_rng([seed, PROMPT_STREAM,
 d]), PROMPT_CHUNK at a time (`prompts`), apart from the training batches (default_rng([seed,
@@ -32,7 +32,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from swa import data, eval_grid
+from swa import data
+from swa import model as model_lib
 from swa.model import ModelConfig, Transformer, config_of
 
 PROMPT_STREAM = 7_919  # prompts of distance d come from default_rng([seed, PROMPT_STREAM, d])
@@ -135,7 +136,7 @@ def accuracy_by_distance(
     )
     if counts[d] < 1:
       raise ValueError(f"examples_per_distance must be >= 1, got {counts[d]} at distance {d}.")
-    groups[eval_grid.context_len(d, train_seq_len)].append(d)
+    groups[data.context_len(d, train_seq_len)].append(d)
   results = {}
   for T, ds in sorted(groups.items()):
     start = time.perf_counter()
@@ -253,7 +254,7 @@ def passkey_sweep(
 
   Args:
     graphdef, params: the model.
-    reach: sum of (window - 1) over layers, None for full attention (eval_grid.reach_of(config)).
+    reach: sum of (window - 1) over layers, None for full attention (config.reach).
     train_seq_len: the context length T the model was trained at (config.data.seq_len).
     examples_per_distance: fresh random passkeys per distance.
     step, max_factor, full_max_factor: the grid of sweep_distances; ignored with `distances`.
@@ -262,7 +263,7 @@ def passkey_sweep(
     label: the `model` field of the rows; default the window label.
     max_batch_tokens: see accuracy_by_distance.
     edge_examples_per_distance: optional, more passkeys at the distances within
-      +-eval_grid.FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
+      +-data.FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
 
   Returns:
     list of dict rows sorted by distance: model, window (label), layers, reach, distance,
@@ -271,15 +272,15 @@ def passkey_sweep(
   """
   config = config_of(graphdef, params)
   if distances is None:
-    distances = eval_grid.sweep_distances(
+    distances = data.sweep_distances(
       reach, train_seq_len, max_factor=max_factor, step=step, full_max_factor=full_max_factor
     )
-  label = label or eval_grid.window_label(config)
+  label = label or config.window_label
   counts = examples_per_distance
   if edge_examples_per_distance and reach is not None:
     counts = {
       d: edge_examples_per_distance
-      if abs(d - reach) <= eval_grid.FINE_FRACTION * reach
+      if abs(d - reach) <= data.FINE_FRACTION * reach
       else examples_per_distance
       for d in distances
     }
@@ -296,7 +297,7 @@ def passkey_sweep(
   return _rows(
     results,
     model=label,
-    window=eval_grid.window_label(config),
+    window=config.window_label,
     layers=config.num_layers,
     reach=reach,
     train_seq_len=train_seq_len,
@@ -313,16 +314,16 @@ def cross_window_sweep(
   passkey_sweep (examples_per_distance, step, max_factor, seed, distances, ...).
   """
   model_config = config_of(graphdef, params)
-  label = label or eval_grid.window_label(model_config)
+  label = label or model_config.window_label
   rows = []
   for w in window_sizes:
     config = dataclasses.replace(model_config, window_size=w)
     rows += passkey_sweep(
       graphdef_for(config),
       params,
-      reach=eval_grid.reach_of(config),
+      reach=config.reach,
       train_seq_len=train_seq_len,
-      label=f"{label} @ w={eval_grid.window_name(w)}",
+      label=f"{label} @ w={model_lib.window_name(w)}",
       **sweep_kwargs,
     )
   return rows
@@ -357,7 +358,7 @@ def test_passkey_retrieval(
     train_seq_len: the trained context length (config.data.seq_len): prompts have it while
       the distance fits.
     distances: distances to evaluate for every window; by default each window gets its
-      own eval_grid.sweep_distances(L * (w - 1)) (full attention: up to the trained length).
+      own data.sweep_distances(L * (w - 1)) (full attention: up to the trained length).
     examples_per_distance: fresh random passkeys per distance.
     max_factor: the default sweep goes to max_factor * L * (w - 1).
     seed: seeds the prompts: the same passkeys for every window.
@@ -380,7 +381,7 @@ def test_passkey_retrieval(
     w: {
       r["distance"]: r["accuracy"]
       for r in rows
-      if r["model"] == f"model @ w={eval_grid.window_name(w)}"
+      if r["model"] == f"model @ w={model_lib.window_name(w)}"
     }
     for w in window_sizes
   }

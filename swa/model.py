@@ -77,6 +77,33 @@ class ModelConfig:
     """The window of each layer: a tuple of num_layers ints or Nones (full attention)."""
     return layer_windows(self.window_size, self.num_layers)
 
+  @property
+  def reach(self):
+    """Largest distance information can travel, sum_l (w_l - 1); None if a layer is full.
+
+    Through L layers of window w a position is influenced only by the L * (w - 1) positions
+    before it, so a passkey at distance d can be retrieved only if d <= reach; the theoretical
+    receptive field is reach + 1 positions.
+    """
+    windows = self.layer_windows
+    return None if None in windows else sum(w - 1 for w in windows)
+
+  @property
+  def window_label(self) -> str:
+    """ "128" when every layer has window 128, "full" for full attention, else "8,32,32,32"."""
+    names = [window_name(w) for w in self.layer_windows]
+    return names[0] if len(set(names)) == 1 else ",".join(names)
+
+  @classmethod
+  def from_config(cls, config):
+    """The architecture from the `model` section of an experiment config (configs/base.py)."""
+    return cls(**config.model.to_dict())
+
+
+def window_name(w) -> str:
+  """ "full" for None, else str(w)."""
+  return "full" if w is None else str(w)
+
 
 def layer_windows(window_size, num_layers):
   """Expands an int, None or a per-layer sequence into one window per layer.

@@ -23,7 +23,7 @@ import time
 
 import matplotlib.pyplot as plt
 
-from swa import erf, eval_grid, evaluate, plotting, reports, summary, train_lib
+from swa import data, erf, evaluate, plotting, reports, summary, train_lib
 
 TITLE = "Passkey retrieval vs distance"
 NOTES = (
@@ -151,7 +151,7 @@ def evaluate_runs(
   )
   for run in runs:
     model_config = train_lib.model_config(run.config)
-    reach, train_seq_len = eval_grid.reach_of(model_config), int(run.config.data.seq_len)
+    reach, train_seq_len = model_config.reach, int(run.config.data.seq_len)
     print(
       f"{run.name}: windows {model_config.layer_windows}, reach {reach}, trained T={train_seq_len}",
       file=sys.stderr,
@@ -202,7 +202,7 @@ def evaluate_runs(
         f"Evaluation took {time.perf_counter() - start:.0f} s",
         f"{examples_per_distance} fresh random passkeys per distance (seed {seed})"
         + (
-          f", {edge_examples_per_distance} within ±{100 * eval_grid.FINE_FRACTION:g} % of each reach"
+          f", {edge_examples_per_distance} within ±{100 * data.FINE_FRACTION:g} % of each reach"
           if edge_examples_per_distance
           else ""
         )

@@ -21,7 +21,7 @@ import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
 
-from swa import curriculum, data, eval_grid, evaluate, sharding
+from swa import curriculum, data, evaluate, sharding
 from swa import workdir as workdir_lib
 from swa.model import ModelConfig, Transformer
 
@@ -116,7 +116,7 @@ def training_max_distance(config):
   """Largest key-to-question distance trained on (data.max_distance, data.cap_at_reach)."""
   d = config.data
   top = data.context_max_distance(d.seq_len) if d.max_distance < 0 else d.max_distance
-  reach = eval_grid.reach_of(model_config(config))
+  reach = model_config(config).reach
   if d.cap_at_reach and reach is not None and reach < top:
     if reach < data.MIN_DISTANCE:
       raise ValueError(
@@ -292,7 +292,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
   if mesh.size > 1:  # Split each host batch over the mesh before the jitted step.
     step_on_mesh = step_fn
     step_fn = lambda state, batch: step_on_mesh(state, sharding.shard_batch(batch, mesh))
-  distances = eval_grid.even_distances(d.seq_len, config.eval.num_distances)
+  distances = data.even_distances(d.seq_len, config.eval.num_distances)
 
   def run_eval(step, params):
     # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped
@@ -328,7 +328,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_ch
     progress.close()
 
   accuracy = run_eval(config.num_steps, state["params"])
-  reach = eval_grid.reach_of(model_config(config))
+  reach = model_config(config).reach
   summary = {
     "step": config.num_steps,
     "receptive_reach": reach,

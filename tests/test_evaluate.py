@@ -13,7 +13,7 @@ import pytest
 
 import eval_passkey
 from configs import tiny
-from swa import cli, data, erf, eval_grid, evaluate, passkey_report, summary, train_lib
+from swa import cli, data, erf, evaluate, passkey_report, summary, train_lib
 
 WINDOW, LAYERS = 32, 2
 REACH = LAYERS * (WINDOW - 1)  # 62: above data.MIN_DISTANCE, so some distances are inside
@@ -210,7 +210,7 @@ def test_format_accuracy_table():
 def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
   config, graphdef, params = restored
   model_config = train_lib.model_config(config)
-  assert eval_grid.reach_of(model_config) == REACH
+  assert model_config.reach == REACH
   distances = [42, 50, REACH - 1, REACH, REACH + 1, REACH + 5, 100]
   values = erf.effective_receptive_field(
     evaluate.graphdef_for(model_config, dtype="float32"),
@@ -252,7 +252,7 @@ def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_pat
   config, _, _ = train_lib.restore_params(workdir)
   with open(os.path.join(workdir, "eval.json")) as f:
     trained = {int(d): a for d, a in json.load(f)["exact_match_by_distance"].items()}
-  distances = eval_grid.even_distances(SEQ_LEN, config.eval.num_distances)
+  distances = data.even_distances(SEQ_LEN, config.eval.num_distances)
   assert sorted(trained) == distances
   before = _tree(workdir)
   eval_passkey.run(

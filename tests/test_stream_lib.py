@@ -11,7 +11,7 @@ import pytest
 
 from configs import tiny as tiny_config
 from swa import cache as cache_lib
-from swa import data, eval_grid, stream_bench, stream_lib, train_lib
+from swa import data, stream_bench, stream_lib, train_lib
 from swa.model import config_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -47,7 +47,7 @@ def test_stream_lib_streams_and_generates():
   config.model.window_size = 24
   graphdef, params = train_lib.create_model(config)
   model_config = config_of(graphdef, params)
-  reach = eval_grid.reach_of(model_config)
+  reach = model_config.reach
   assert reach == 46 and stream_lib.default_key_distance(reach) == data.MIN_DISTANCE
   assert stream_lib.default_key_distance(None) == 200
   assert stream_lib.reach_note(46, reach) is None and "beyond" in stream_lib.reach_note(47, reach)

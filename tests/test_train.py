@@ -16,7 +16,7 @@ from ml_collections import config_flags
 
 from configs import tiny
 from swa import curriculum as curriculum_lib
-from swa import data, eval_grid, train_lib
+from swa import data, train_lib
 from swa import workdir as workdir_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,7 +55,7 @@ def test_one_training_run_logs_finite_metrics(tmp_path):
   for row in metrics.values():
     for key in ("loss", "answer_loss", "lm_loss", "grad_norm", "param_norm", "learning_rate"):
       assert np.isfinite(row[key]), key
-  assert set(summary["exact_match_by_distance"]) == set(eval_grid.even_distances(64, 2))
+  assert set(summary["exact_match_by_distance"]) == set(data.even_distances(64, 2))
   assert os.path.exists(tmp_path / "config.json") and os.path.exists(tmp_path / "eval.json")
   assert os.listdir(tmp_path / "tensorboard")
 

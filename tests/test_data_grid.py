@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from swa import data, eval_grid
+from swa import data
 from swa.model import ModelConfig
 
 
 def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
-  distances = eval_grid.sweep_distances(508, 1024, max_factor=2.0)
+  distances = data.sweep_distances(508, 1024, max_factor=2.0)
   assert distances[0] == data.MIN_DISTANCE and distances[-1] == 1016
   assert {508, 509} <= set(distances)
   gaps = np.diff(distances)
@@ -19,20 +19,20 @@ def test_sweep_covers_twice_the_reach_and_is_dense_near_it():
 
 @pytest.mark.parametrize("reach", [508, 2044, 4092])
 def test_sweep_is_at_most_8_apart_within_5_percent_of_the_reach(reach):
-  distances = np.array(eval_grid.sweep_distances(reach, 2 * reach))
+  distances = np.array(data.sweep_distances(reach, 2 * reach))
   near = distances[(distances >= 0.95 * reach) & (distances <= 1.05 * reach)]
   assert near[0] - 0.95 * reach <= 8 and 1.05 * reach - near[-1] <= 8
   assert np.diff(near).max() <= 8 and {reach, reach + 1} <= set(near.tolist())
 
 
 def test_full_attention_sweeps_to_the_trained_length_or_beyond():
-  distances = eval_grid.sweep_distances(None, 1024)
+  distances = data.sweep_distances(None, 1024)
   assert distances[0] == data.MIN_DISTANCE
   assert distances[-1] == data.context_max_distance(1024) == 1004
   assert len(distances) >= 30
-  beyond = eval_grid.sweep_distances(None, 1024, full_max_factor=3.0)
+  beyond = data.sweep_distances(None, 1024, full_max_factor=3.0)
   assert beyond[-1] == 3 * 1004 and set(distances) <= set(beyond)
-  assert eval_grid.context_len(beyond[-1], 1024) > 1024  # longer prompts than trained
+  assert data.context_len(beyond[-1], 1024) > 1024  # longer prompts than trained
 
 
 @pytest.mark.parametrize(
@@ -48,7 +48,7 @@ def test_full_attention_sweeps_to_the_trained_length_or_beyond():
   ],
 )
 def test_context_len(distance, train_seq_len, expected):
-  T = eval_grid.context_len(distance, train_seq_len)
+  T = data.context_len(distance, train_seq_len)
   assert T == expected
   assert distance <= data.max_distance(T + 1 - data.ANSWER_LEN)  # the distance fits
 
@@ -64,11 +64,11 @@ def test_context_len(distance, train_seq_len, expected):
 )
 def test_reach_and_label_of_layer_windows(windows, reach, label):
   config = ModelConfig(vocab_size=16, num_layers=len(windows), window_size=windows)
-  assert eval_grid.reach_of(config) == reach
-  assert eval_grid.window_label(config) == label
+  assert config.reach == reach
+  assert config.window_label == label
 
 
 def test_even_distances_span_what_the_context_allows():
-  distances = eval_grid.even_distances(128, 3)
+  distances = data.even_distances(128, 3)
   assert distances == sorted(set(distances)) and len(distances) == 3
   assert distances[0] == data.MIN_DISTANCE and distances[-1] == data.context_max_distance(128)
