@@ -40,14 +40,9 @@ Shape letters: B batch, T new tokens, S cache slots, K key/value heads, H head d
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from swa import attention
-
-
-def _check_int(value, name, low):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
+from swa.checks import check_int
 
 
 def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=True, dtype=None):
@@ -66,8 +61,8 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
   Returns:
     list of num_layers dicts: k, v [B, S, K, H] zeros; pos [S] int32 -1; end, sinks int32 [].
   """
-  _check_int(batch_size, "batch_size", 1)
-  _check_int(num_sinks, "num_sinks", 0)
+  check_int("batch_size", batch_size, 1)
+  check_int("num_sinks", num_sinks, 0)
   windows = model_config.layer_windows
   if not rolling or None in windows:
     if max_len is None:
@@ -76,7 +71,7 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
         if rolling
         else "max_len is required for a full-length cache (rolling=False)."
       )
-    _check_int(max_len, "max_len", 1)
+    check_int("max_len", max_len, 1)
     if not rolling and num_sinks >= max_len:
       raise ValueError(f"num_sinks ({num_sinks}) must be below max_len ({max_len}).")
   dtype = jnp.dtype(model_config.dtype if dtype is None else dtype)

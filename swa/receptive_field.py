@@ -28,17 +28,12 @@ import numpy as np
 
 from swa import reports
 from swa.attention import create_sliding_window_mask
+from swa.checks import check_int
 
 
 def _band_mask(seq_len, window_size):
   """bool [T, T] numpy mask, True where i - w < j <= i (the shared definition)."""
   return np.asarray(create_sliding_window_mask(seq_len, window_size))
-
-
-def _check_int(name, value, minimum=1):
-  """Raises ValueError unless value is an integer >= minimum (bools rejected)."""
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-    raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
 
 
 def reachability(seq_len, window_size, num_layers):
@@ -53,10 +48,10 @@ def reachability(seq_len, window_size, num_layers):
     bool [L, T, T]; entry [l, i, j] is True iff input position j can influence
     output position i after l + 1 layers (the boolean (l+1)-th power of the mask).
   """
-  _check_int("seq_len", seq_len)
-  _check_int("num_layers", num_layers)
+  check_int("seq_len", seq_len)
+  check_int("num_layers", num_layers)
   if window_size is not None:
-    _check_int("window_size", window_size)
+    check_int("window_size", window_size)
   # float32 matmul goes through BLAS (numpy's integer matmul is ~400x slower at
   # T=2048) and is still exact: entries are path counts <= T < 2**24, and we
   # clip back to 0/1 after every layer.
@@ -71,21 +66,21 @@ def reachability(seq_len, window_size, num_layers):
 
 def receptive_field(window_size, num_layers):
   """Positions that can influence a query after L layers, itself included: L*(w-1)+1."""
-  _check_int("window_size", window_size)
-  _check_int("num_layers", num_layers)
+  check_int("window_size", window_size)
+  check_int("num_layers", num_layers)
   return num_layers * (window_size - 1) + 1
 
 
 def max_reach(window_size, num_layers):
   """Largest distance i - j at which input j still influences output i: L*(w-1)."""
-  _check_int("window_size", window_size)
-  _check_int("num_layers", num_layers)
+  check_int("window_size", window_size)
+  check_int("num_layers", num_layers)
   return num_layers * (window_size - 1)
 
 
 def receptive_field_table(window_size=128, layers=(1, 2, 4, 8)):
   """Rows (layers L, nominal L*w as in the seed table, exact L*(w-1)+1), one per L."""
-  _check_int("window_size", window_size)
+  check_int("window_size", window_size)
   if len(layers) == 0:
     raise ValueError("layers must name at least one layer count, got an empty sequence.")
   return [(int(L), int(L) * window_size, receptive_field(window_size, L)) for L in layers]
@@ -113,7 +108,7 @@ def plot_window_mask(seq_len=16, window_size=4, path=None):
   Returns:
     The matplotlib Figure.
   """
-  _check_int("seq_len", seq_len)
+  check_int("seq_len", seq_len)
   mask = _band_mask(seq_len, window_size)
   size = max(4.0, 0.4 * seq_len + 1.5)
   fig, ax = plt.subplots(figsize=(size + 0.5, size))
@@ -147,7 +142,7 @@ def plot_receptive_field(window_size=128, seq_len=512, num_layers=4, path=None):
     measured counts the inputs reaching the last query (T - 1) in the
     reachability matrix (so it is clipped at T) and exact is l*(w-1)+1.
   """
-  _check_int("window_size", window_size)
+  check_int("window_size", window_size)
   reach = reachability(seq_len, window_size, num_layers)
   rows = [
     (l + 1, int(reach[l, -1].sum()), receptive_field(window_size, l + 1)) for l in range(num_layers)
@@ -223,7 +218,7 @@ def effective_receptive_field(fn, x, position, target_index=None):
   if x.ndim != 3 or not jnp.issubdtype(x.dtype, jnp.floating):
     raise ValueError(f"x must be a float array [B, T, D], got dtype {x.dtype} shape {x.shape}.")
   B, T, _ = x.shape
-  _check_int("position", position, minimum=0)
+  check_int("position", position, low=0)
   if position >= T:
     raise ValueError(f"position must be in [0, {T}), got {position}.")
   out_shape = jax.eval_shape(fn, x).shape

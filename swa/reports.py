@@ -127,6 +127,14 @@ def format_bytes(b) -> str:
   return f"{b} B"
 
 
+MIB = 2**20
+
+
+def format_mib(num_bytes) -> str:
+  """Bytes in MiB with two decimals ("1,024.00"); None (the backend does not say) -> "n/a"."""
+  return "n/a" if num_bytes is None else f"{num_bytes / MIB:,.2f}"
+
+
 def format_ms(ms) -> str:
   """Milliseconds as "12.3 ms" or, from one second on, "4.56 s"; None -> "—"."""
   if ms is None:

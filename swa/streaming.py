@@ -17,22 +17,21 @@ Shape letters: B batch, T/C new tokens, V vocabulary.
 """
 
 import functools
+import sys
+import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import tqdm
 from flax import nnx
 
 from swa import cache as cache_lib
-from swa import data, evaluate
+from swa import data, evaluate, reports
+from swa.checks import check_int
 from swa.model import config_of
 
 LOGITS_MODES = ("all", "last", "none")
-
-
-def _check_int(value, name, low):
-  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
-    raise ValueError(f"{name} must be an integer >= {low}, got {value!r}.")
 
 
 @functools.partial(jax.jit, static_argnames="graphdef", donate_argnames="cache")
@@ -86,7 +85,7 @@ def generate(graphdef, params, cache, logits_BV, num_tokens):
   Returns:
     (tokens int32 [B, num_tokens] numpy, logits [B, V] after the last one, new cache).
   """
-  _check_int(num_tokens, "num_tokens", 0)
+  check_int("num_tokens", num_tokens, 0)
   cache_lib.check_capacity(config_of(graphdef, params), cache, num_tokens)
   if num_tokens == 0:
     return np.zeros((logits_BV.shape[0], 0), np.int32), logits_BV, cache
@@ -117,7 +116,7 @@ def prefill(graphdef, params, cache, tokens_BT, chunk_size, *, logits="all"):
   Returns:
     (logits as asked, or None; new cache).
   """
-  _check_int(chunk_size, "chunk_size", 1)
+  check_int("chunk_size", chunk_size, 1)
   if logits not in LOGITS_MODES:
     raise ValueError(f"logits must be one of {LOGITS_MODES}, got {logits!r}.")
   tokens_BT = np.asarray(tokens_BT, np.int32)
@@ -192,3 +191,114 @@ def passkey_accuracy_streaming(graphdef, params, distances, *, chunk_size, num_s
     streaming_exact_match, graphdef, params, chunk_size=chunk_size, num_sinks=num_sinks
   )
   return evaluate.passkey_accuracy(graphdef, params, distances, exact_match_fn=score, **kwargs)
+
+
+# --- A long stream through the rolling cache --------------------------------------------------
+
+
+def device_bytes_in_use():
+  """Bytes the default device's allocator holds, or None where the backend does not say."""
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats or "bytes_in_use" not in stats else int(stats["bytes_in_use"])
+
+
+def fixed_chunks(pieces, size):
+  """Regroups arrays of any lengths into arrays of exactly `size` (the last may be shorter)."""
+  buffer = np.zeros(0, np.int32)
+  for piece in pieces:
+    buffer = np.concatenate([buffer, piece])
+    while buffer.size >= size:
+      yield buffer[:size]
+      buffer = buffer[size:]
+  if buffer.size:
+    yield buffer
+
+
+def stream_tokens(
+  graphdef,
+  params,
+  model_config,
+  pieces,
+  *,
+  total,
+  chunk_size,
+  num_sinks=0,
+  max_len=None,
+  num_generate=0,
+):
+  """Feeds a stream of `total` tokens (an iterable of arrays) in chunks, then generates.
+
+  Args:
+    graphdef, params, model_config: the model.
+    pieces: iterable of int32 arrays, `total` tokens in all.
+    total: the stream's length.
+    chunk_size: tokens per forward call.
+    num_sinks: attention sinks kept by every windowed layer.
+    max_len: slots of full-attention layers; default total + num_generate.
+    num_generate: greedy tokens generated after the stream.
+
+  Returns:
+    dict: fed, seconds, rate (tokens/s after the first chunk, None with one chunk), samples
+    [(tokens fed, device bytes in use)], cache_bytes, generated (int32 [num_generate]),
+    generate_seconds (of the generation, its compilation included; None without one).
+  """
+  max_len = max_len or total + num_generate
+  cache = cache_lib.init_cache(model_config, 1, max_len, num_sinks=num_sinks)
+  cache_lib.check_capacity(model_config, cache, total + num_generate)
+  samples, next_sample, fed, pending, last_logits = [], 0, 0, None, None
+  start, compiled_at, fed_at_compile = time.perf_counter(), None, 0
+  bar = tqdm.tqdm(
+    total=total,
+    unit="tok",
+    unit_scale=True,
+    file=sys.stderr,
+    mininterval=0.5 if sys.stderr.isatty() else 30,
+  )
+  for chunk in fixed_chunks(pieces, chunk_size):
+    n = chunk.size
+    logits, cache = forward(
+      graphdef,
+      params,
+      cache,
+      pad_chunk(chunk[None], chunk_size),
+      jnp.asarray(n, jnp.int32),
+    )
+    last_logits = logits[:, n - 1]
+    # Wait for the previous chunk only, so the device always has the next one queued.
+    if pending is not None:
+      jax.block_until_ready(pending[0])
+      bar.update(pending[1])
+      if compiled_at is None:
+        compiled_at, fed_at_compile = time.perf_counter(), fed
+    pending, fed = (last_logits, n), fed + n
+    if fed >= next_sample:
+      jax.block_until_ready(last_logits)
+      samples.append((fed, device_bytes_in_use()))
+      bar.set_postfix(device_mib=reports.format_mib(samples[-1][1]))
+      next_sample += max(total // 10, 1)
+  if pending is not None:
+    jax.block_until_ready(pending[0])
+    bar.update(pending[1])
+  bar.close()
+  end = time.perf_counter()
+  if not samples or samples[-1][0] != fed:
+    samples.append((fed, device_bytes_in_use()))
+  rate = None
+  if compiled_at is not None and end > compiled_at:
+    rate = (fed - fed_at_compile) / (end - compiled_at)
+  result = dict(
+    fed=fed,
+    seconds=end - start,
+    rate=rate,
+    samples=samples,
+    cache_bytes=cache_lib.cache_bytes(cache),
+    generated=np.zeros(0, np.int32),
+    generate_seconds=None,
+  )
+  if num_generate and last_logits is not None:
+    # One jitted loop over every token, its compilation included in the time.
+    t0 = time.perf_counter()
+    tokens_1N, _, cache = generate(graphdef, params, cache, last_logits, num_generate)
+    result["generate_seconds"] = time.perf_counter() - t0
+    result["generated"] = tokens_1N[0]
+  return result

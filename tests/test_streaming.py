@@ -268,14 +268,14 @@ def test_generate_is_greedy_decoding(tiny):
   assert none_BN.shape == (2, 0) and int(cache[0]["end"]) == SEQ_LEN
   with pytest.raises(ValueError, match=f"would reach {SEQ_LEN + 1} tokens"):
     streaming.generate(graphdef, params, cache, last_BV, 1)
-  with pytest.raises(ValueError, match="num_tokens must be an integer >= 0, got -1"):
+  with pytest.raises(ValueError, match=r"num_tokens=-1 must be an integer >= 0\."):
     streaming.generate(graphdef, params, cache, last_BV, -1)
 
 
 @pytest.mark.parametrize(
   "kwargs, match",
   [
-    (dict(chunk_size=0), "chunk_size must be an integer >= 1, got 0"),
+    (dict(chunk_size=0), r"chunk_size=0 must be an integer >= 1\."),
     (dict(chunk_size=4, logits="first"), "logits must be one of"),
   ],
 )

@@ -12,7 +12,8 @@ import numpy as np
 
 from swa import cache as cache_lib
 from swa import data, reports, streaming
-from swa.stream_lib import MIB, device_bytes_in_use, fmt_mib
+from swa.reports import MIB, format_mib
+from swa.streaming import device_bytes_in_use
 
 
 def full_length_cache(model_config, batch_size, length, max_len, num_sinks=0):
@@ -104,7 +105,7 @@ def decode_benchmark(
     row["rolling"] = measure(seconds, rolling)
     log(
       f"  L={length:>9,}  rolling: {row['rolling']['tps']:>10,.0f} tok/s, cache "
-      f"{fmt_mib(row['rolling']['cache'])} MiB, device {fmt_mib(row['rolling']['device'])} MiB"
+      f"{format_mib(row['rolling']['cache'])} MiB, device {format_mib(row['rolling']['device'])} MiB"
     )
     if full_failed is None:
       try:
@@ -114,7 +115,7 @@ def decode_benchmark(
         del full
         log(
           f"  L={length:>9,}  full:    {row['full']['tps']:>10,.0f} tok/s, cache "
-          f"{fmt_mib(row['full']['cache'])} MiB, device {fmt_mib(row['full']['device'])} MiB"
+          f"{format_mib(row['full']['cache'])} MiB, device {format_mib(row['full']['device'])} MiB"
         )
       except Exception as e:  # pylint: disable=broad-except
         if not reports.is_oom(e):
@@ -134,7 +135,7 @@ def benchmark_markdown(rows, full_failed, *, header, batch_size, steps, chunk_si
     value = row[kind][key]
     return "n/a" if value is None else fmt(value)
 
-  tps, ms, mib = (lambda v: f"{v:,.0f}"), (lambda v: f"{v:.3f}"), fmt_mib
+  tps, ms, mib = (lambda v: f"{v:,.0f}"), (lambda v: f"{v:.3f}"), format_mib
   intro = (
     f"Batch {batch_size} streams; {num_sinks} sinks; prefill chunks of {chunk_size}; median of "
     f"3 timings of {steps} greedy decode steps per length.\n\n"

@@ -1,4 +1,4 @@
-"""stream.py, swa/stream_lib.py and swa/stream_bench.py on a tiny model: a CPU smoke test of each
+"""stream.py, swa/stream_modes.py and swa/bench/decode.py on a tiny model: a CPU smoke test of each
 mode (stream, passkey, benchmark), its one-line errors, and that it reads a workdir only.
 """
 
@@ -11,7 +11,8 @@ import pytest
 
 from configs import tiny as tiny_config
 from swa import cache as cache_lib
-from swa import data, stream_bench, stream_lib, train_lib
+from swa import data, stream_modes, streaming, train_lib
+from swa.bench import decode
 from swa.model import config_of
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,7 +41,7 @@ def listing(folder):
   )
 
 
-def test_stream_lib_streams_and_generates():
+def test_stream_modes_streams_and_generates():
   """stream.py's stream mode on a small random model (reach 46): the report and the verdict."""
   config = tiny_config.get_config()
   config.model.num_layers, config.model.d_model, config.model.mlp_dim = 2, 32, 64
@@ -48,11 +49,13 @@ def test_stream_lib_streams_and_generates():
   graphdef, params = train_lib.create_model(config)
   model_config = config_of(graphdef, params)
   reach = model_config.reach
-  assert reach == 46 and stream_lib.default_key_distance(reach) == data.MIN_DISTANCE
-  assert stream_lib.default_key_distance(None) == 200
-  assert stream_lib.reach_note(46, reach) is None and "beyond" in stream_lib.reach_note(47, reach)
+  assert reach == 46 and stream_modes.default_key_distance(reach) == data.MIN_DISTANCE
+  assert stream_modes.default_key_distance(None) == 200
+  assert stream_modes.reach_note(46, reach) is None and "beyond" in stream_modes.reach_note(
+    47, reach
+  )
   prompt, answer = data.create_passkey_dataset(300, data.key_position_for_distance(300, 42))
-  result = stream_lib.stream_tokens(
+  result = streaming.stream_tokens(
     graphdef,
     params,
     model_config,
@@ -64,16 +67,16 @@ def test_stream_lib_streams_and_generates():
   assert result["fed"] == 300 and result["generated"].shape == (3,)
   assert result["cache_bytes"] == cache_lib.cache_bytes(cache_lib.init_cache(model_config, 1))
   assert [tokens for tokens, _ in result["samples"]] == [64, 128, 192, 256, 300]
-  text = "\n".join(stream_lib.format_stream(result, answer, 42, reach))
+  text = "\n".join(stream_modes.format_stream(result, answer, 42, reach))
   assert "Prefill: 300 tokens" in text and f"Passkey {data.decode(answer)}" in text
-  assert "beyond" in "\n".join(stream_lib.format_stream(result, answer, 60, reach))
+  assert "beyond" in "\n".join(stream_modes.format_stream(result, answer, 60, reach))
 
 
 @pytest.mark.slow
-def test_stream_lib_passkey_and_benchmark(trained_workdir):
+def test_stream_modes_passkey_and_benchmark(trained_workdir):
   config, graphdef, params = train_lib.restore_params(trained_workdir)
   model_config = config_of(graphdef, params)
-  columns = stream_lib.passkey_columns(
+  columns = stream_modes.passkey_columns(
     graphdef,
     params,
     [42, 60],
@@ -86,9 +89,9 @@ def test_stream_lib_passkey_and_benchmark(trained_workdir):
   )
   assert list(columns) == ["streaming, 0 sinks", "streaming, 2 sinks", "batch path"]
   assert columns["streaming, 0 sinks"] == columns["batch path"]
-  table = stream_lib.passkey_markdown(columns, [42, 60], reach=46, header=["Command: `x`"])
+  table = stream_modes.passkey_markdown(columns, [42, 60], reach=46, header=["Command: `x`"])
   assert "| 60 | no |" in table
-  rows, full_failed = stream_bench.decode_benchmark(
+  rows, full_failed = decode.decode_benchmark(
     graphdef,
     params,
     model_config,
@@ -100,7 +103,7 @@ def test_stream_lib_passkey_and_benchmark(trained_workdir):
   )
   assert full_failed is None and [r["length"] for r in rows] == [64, 80]
   assert rows[0]["rolling"]["cache"] == rows[1]["rolling"]["cache"] < rows[1]["full"]["cache"]
-  assert "| 80 |" in stream_bench.benchmark_markdown(
+  assert "| 80 |" in decode.benchmark_markdown(
     rows, None, header=[], batch_size=1, steps=2, chunk_size=32, num_sinks=0
   )
 
@@ -141,6 +144,7 @@ def test_stream_command_line(trained_workdir, tmp_path):
   )
   assert done.returncode == 0, done.stderr[-2000:]
   assert "| 42 | yes |" in (out / "streaming_sinks.md").read_text()
+  assert "Context 96-128 tokens" in (out / "streaming_sinks.md").read_text()
   done = _stream_cli(
     f"--workdir={trained_workdir}",
     f"--out={out}",
@@ -169,3 +173,36 @@ def test_stream_command_line_errors_are_one_line(args, message):
   assert done.returncode == 1
   assert done.stderr.strip().splitlines()[-1].startswith(message), done.stderr[-2000:]
   assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    (dict(key_distance=0), "--key_distance=0 must be an integer >= 42."),
+    (dict(max_len=-5), "--max_len=-5 must be an integer >= 1."),
+    (dict(stream_tokens=10), "--stream_tokens=10 must be an integer >= 62."),
+    (dict(passkey_seq_len=-1), "--passkey_seq_len=-1 must be an integer >= 62."),
+    (dict(lengths=(0,)), "--lengths=0 must be an integer >= 62."),
+    (dict(passkey_sinks=(-1,)), "--passkey_sinks=-1 must be an integer >= 0."),
+    (dict(chunk_size=0), "--chunk_size=0 must be an integer >= 1."),
+    (dict(generate=-1), "--generate=-1 must be an integer >= 0."),
+    (dict(workdir=None, config=None), "Pass --workdir (a trained model) or --config"),
+    (dict(workdir=None, mode="benchmark"), "Pass --out (where to write the results)"),
+    (dict(mode="decode"), "mode='decode' must be stream, passkey or benchmark."),
+  ],
+)
+def test_stream_settings_refuse_bad_values_before_any_work(tmp_path, changes, message):
+  """Each mistake is one line naming the flag, raised before a model is loaded (issue 28, D8/D15)."""
+  settings = stream_modes.StreamSettings(
+    **{"workdir": str(tmp_path), "config": object(), **changes}
+  )
+  with pytest.raises(ValueError) as error:
+    settings.check()
+  assert str(error.value).startswith(message) and "\n" not in str(error.value)
+
+
+def test_format_stream_does_not_judge_too_few_generated_tokens():
+  result = dict(fed=10, rate=None, seconds=0.1, samples=[], cache_bytes=0)
+  result.update(generated=data.encode("12"), generate_seconds=0.1)
+  text = "\n".join(stream_modes.format_stream(result, data.encode("12345"), 42, 100))
+  assert "too few tokens to judge" in text and "(wrong)" not in text
