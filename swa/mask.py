@@ -1,8 +1,8 @@
 """The one mask rule of swa: which key positions a query position sees.
 
-The bottom of the import graph: swa/attention.py (which re-exports these names), swa/chunked.py
-and every other implementation build their masks from `visible`, so a window, a sink or an empty
-slot means the same thing everywhere.
+The bottom of the import graph: swa/attention.py (which re-exports these names), swa/chunked.py,
+the Pallas kernels (swa/pallas_kernels.py) and every other implementation build their masks from
+`visible`, so a window, a sink or an empty slot means the same thing everywhere.
 """
 
 import jax.numpy as jnp
@@ -47,7 +47,10 @@ def visible(q_pos, k_pos, window_size, num_sinks=0):
   q_pos, k_pos = jnp.asarray(q_pos), jnp.asarray(k_pos)
   mask = (k_pos >= 0) & (k_pos <= q_pos)
   if window_size is not None:
-    mask &= (k_pos > q_pos - window_size) | (k_pos < num_sinks)
+    inside = k_pos > q_pos - window_size
+    # A static 0 builds no sink term (the Pallas kernels evaluate this on every tile).
+    no_sinks = isinstance(num_sinks, (int, np.integer)) and num_sinks == 0
+    mask &= inside if no_sinks else inside | (k_pos < num_sinks)
   return mask
 
 
