@@ -63,6 +63,9 @@ from swa.registry import (  # noqa: F401  (public: the registry is part of this 
 )
 
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see implementations()
+# Windows this long or longer are full causal attention (positions are int32: q_pos - w must not
+# overflow).
+FULL_WINDOW = 2**30
 
 
 def create_sliding_window_mask(seq_len, window_size):
@@ -179,6 +182,16 @@ def _check_shapes(q, k, v, same_length):
       "q, k and v must all be [batch, seq, dim] or all [batch, seq, heads, dim]; got shapes "
       f"{q.shape}, {k.shape}, {v.shape}."
     )
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(
+        f"{name} must be floating point (float32, bfloat16, float16, ...), got {x.dtype}."
+      )
+  if 0 in q.shape + k.shape + v.shape:
+    raise ValueError(
+      f"q, k and v must be non-empty (no axis of size 0), got shapes {q.shape}, {k.shape}, "
+      f"{v.shape}."
+    )
   if q.ndim == 3:
     q, k, v = q[:, :, None], k[:, :, None], v[:, :, None]
   (B, T, N, H), (Bk, S, K, Hk), (Bv, Sv, Kv, _) = q.shape, k.shape, v.shape
@@ -233,7 +246,7 @@ def sliding_window_attention(
     k: [B, S, K, H] or [B, S, H] keys; N must be a multiple of K (GQA/MQA).
     v: [B, S, K, D] or [B, S, D] values; D may differ from H.
     window_size: w >= 1 (1 = each token sees only itself), or None for full
-      causal attention. Windows >= T are full causal attention.
+      causal attention (a Python or NumPy int). Windows >= T are full causal attention.
     implementation: a name from `implementations()` (module docstring).
     scale: logit scale; default 1 / sqrt(H).
     q_offset: absolute position of query 0 (int, may be traced); default 0.
@@ -251,15 +264,24 @@ def sliding_window_attention(
 
   Returns:
     [B, T, N, D] (or [B, T, D] for 3-D inputs) in q's dtype.
+
+  Raises:
+    ValueError (one line, naming the value): non-floating inputs (int, bool, complex), an axis of
+    size 0, mismatched shapes, a bad window, offset or option.
   """
-  check_window_size(window_size)
-  for name, value in (("block_size", block_size), ("blocks_per_step", blocks_per_step)):
-    if value is not None:
-      check_window_size(value, name=name)
+  window_size = check_window_size(window_size)
+  if window_size is not None and window_size >= FULL_WINDOW:
+    window_size = None  # covers every int32 position: full attention, without int32 overflow
+  block_size = None if block_size is None else check_window_size(block_size, "block_size")
+  if blocks_per_step is not None:
+    blocks_per_step = check_window_size(blocks_per_step, "blocks_per_step")
   for name, value in (("q_offset", q_offset), ("k_offset", k_offset), ("num_sinks", num_sinks)):
     _check_position(value, name)
   if static_int(num_sinks) and num_sinks < 0:
     raise ValueError(f"num_sinks must be >= 0, got {num_sinks}.")
+  num_sinks = int(num_sinks) if static_int(num_sinks) else num_sinks
+  q_offset = int(q_offset) if static_int(q_offset) else q_offset
+  k_offset = int(k_offset) if static_int(k_offset) else k_offset
   if k_offset is not None and k_positions is not None:
     raise ValueError("Pass k_offset or k_positions, not both.")
   q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)

@@ -14,9 +14,9 @@ MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 def check_window_size(window_size, name="window_size"):
-  """Raises ValueError unless window_size is None or an integer >= 1."""
+  """Returns window_size as a Python int (or None); a ValueError unless it is None or an int >= 1."""
   if window_size is None:
-    return
+    return None
   if isinstance(window_size, bool) or not isinstance(window_size, (int, np.integer)):
     raise ValueError(
       f"{name} must be a positive integer or None (full attention), got "
@@ -24,6 +24,7 @@ def check_window_size(window_size, name="window_size"):
     )
   if window_size < 1:
     raise ValueError(f"{name} must be >= 1 (a query always sees itself), got {window_size}.")
+  return int(window_size)
 
 
 def visible(q_pos, k_pos, window_size, num_sinks=0):
