@@ -73,6 +73,12 @@ class BlockSizes:
       f"w{self.num_warps_bwd}s{self.num_stages_bwd}" + ("/1loop" if self.one_loop else "")
     )
 
+  def validate(self):
+    """Returns self; a one-line ValueError unless every tile is a power of two >= 16."""
+    if any(size < _MIN_BLOCK or size & (size - 1) for size in self.blocks()):
+      raise ValueError(f"pallas block sizes must be powers of two >= {_MIN_BLOCK}, got {self}.")
+    return self
+
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
@@ -167,9 +173,7 @@ def pallas_attention(
     )
   if isinstance(block_sizes, str):
     block_sizes = BlockSizes.parse(block_sizes)
-  blocks = block_sizes or default_block_sizes(window_size)
-  if any(size < _MIN_BLOCK or size & (size - 1) for size in blocks.blocks()):
-    raise ValueError(f"pallas block sizes must be powers of two >= {_MIN_BLOCK}, got {blocks}.")
+  blocks = (block_sizes or default_block_sizes(window_size)).validate()
   cap = _pow2_at_least(T)
   blocks = dataclasses.replace(
     blocks,
