@@ -98,6 +98,7 @@ def reference_attention(
   k_offset=None,
   k_positions=None,
   num_sinks=0,
+  sink_logits=None,
 ):
   """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
@@ -115,7 +116,8 @@ def reference_attention(
   logits_BKGTS = (
     jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
   )
-  probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS)
+  sink_1KG11 = None if sink_logits is None else sink_logits.reshape(1, K, N // K, 1, 1)
+  probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS, sink_1KG11)
   out_BTKGD = jnp.einsum(
     "BKGTS,BSKD->BTKGD",
     probs_BKGTS.astype(v_BSKD.dtype),
@@ -129,7 +131,7 @@ register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank
 register(
   "chunked",
   chunked.chunked_attention,
-  features=("offsets", "block_size"),
+  features=("offsets", "sink_logits", "block_size"),
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
@@ -145,7 +147,7 @@ register(
 register(
   "pallas",
   tail_aligned(pallas_attention.pallas_attention),
-  features=("tail_offsets", "sinks", "block_sizes", "interpret"),
+  features=("tail_offsets", "sinks", "sink_logits", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )
@@ -235,6 +237,7 @@ def sliding_window_attention(
   k_offset=None,
   k_positions=None,
   num_sinks=0,
+  sink_logits=None,
   block_size=None,
   blocks_per_step=None,
   **options,
@@ -257,6 +260,9 @@ def sliding_window_attention(
       instead of k_offset.
     num_sinks: positions 0 .. num_sinks - 1 stay visible to every later query (int, may be
       traced).
+    sink_logits: learned sinks (gpt-oss), float [N]: one logit per query head added to the
+      softmax denominator (exp(sink - max)); the sink has no value, it only absorbs probability.
+      Differentiable (gradients flow to sink_logits).
     block_size: query block C of implementations with "block_size" (chunked); default theirs.
     blocks_per_step: if set, such implementations process this many query blocks at a time in a
       loop and recompute them in the backward pass (bounded memory for long sequences).
@@ -303,6 +309,16 @@ def sliding_window_attention(
       )
     features.add("key_positions")
     semantic.update(q_offset=0 if q_offset is None else q_offset, k_positions=k_positions)
+  if sink_logits is not None:
+    sink_logits = jnp.asarray(sink_logits)
+    N = q_BTNH.shape[2]
+    if sink_logits.shape != (N,) or not jnp.issubdtype(sink_logits.dtype, jnp.floating):
+      raise ValueError(
+        f"sink_logits must be floats of shape [N] = ({N},) (one per query head), got "
+        f"{sink_logits.dtype} {sink_logits.shape}."
+      )
+    features.add("sink_logits")
+    semantic.update(sink_logits=sink_logits.astype(jnp.float32))
   sinks = window_size is not None and not (static_int(num_sinks) and num_sinks == 0)
   if sinks:
     features.add("sinks")

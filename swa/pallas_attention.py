@@ -141,7 +141,18 @@ def auto_train_when(q_BTNH, k_BSKH, v_BSKD, window_size):
 
 
 def pallas_attention(
-  q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, num_sinks=0, block_sizes=None, interpret=None
+  q_BTNH,
+  k_BSKH,
+  v_BSKD,
+  window_size,
+  scale,
+  *,
+  num_sinks=0,
+  sink_logits=None,
+  segment_ids=None,
+  k_segment_ids=None,
+  block_sizes=None,
+  interpret=None,
 ):
   """Sliding-window causal attention: query t sees keys t - w + 1 ... t (and 0 ... num_sinks - 1).
 
@@ -155,6 +166,11 @@ def pallas_attention(
       later query. The query blocks past a window still visit the sinks' key blocks (the forward
       and dQ kernels loop over them first), and the dK/dV programs of those blocks visit every
       later query block.
+    sink_logits: optional float [N], learned sinks: the forward's running max and sum start at
+      each head's sink; its gradient comes from the saved log-sum-exp.
+    segment_ids: optional int [B, T] segment ids (packed sequences): a query sees only keys of
+      its own segment; every block is then masked (one loop).
+    k_segment_ids: optional int [B, T], the keys' segment ids; default segment_ids.
     block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
       Tiles longer than the (power-of-two-rounded) sequence are shrunk to it.
     interpret: run the kernels in Pallas interpret mode; default: off GPU.
@@ -183,6 +199,9 @@ def pallas_attention(
       if f.name.startswith("block_")
     },
   )
+  segments = segment_ids is not None
+  if segments:  # no block is known to be whole: mask every one
+    blocks = dataclasses.replace(blocks, one_loop=True)
   T_pad = -(-T // max(blocks.blocks())) * max(blocks.blocks())
   H_pad, D_pad = _pow2_at_least(H), _pow2_at_least(D)
   pad = lambda x, dim, dim_pad: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, dim_pad - dim)))
@@ -195,8 +214,18 @@ def pallas_attention(
     groups=N // K,
     blocks=blocks,
     interpret=bool(interpret),
+    sink_logits=sink_logits is not None,
+    segments=segments,
   )
+  sink_N = None if sink_logits is None else jnp.asarray(sink_logits, jnp.float32)
+  q_seg = k_seg = None
+  if segments:  # padded queries and keys share one id: each padded query sees itself
+    k_segment_ids = segment_ids if k_segment_ids is None else k_segment_ids
+    pad_seg = lambda x: jnp.pad(
+      jnp.asarray(x, jnp.int32), ((0, 0), (0, T_pad - T)), constant_values=-1
+    )
+    q_seg, k_seg = pad_seg(segment_ids), pad_seg(k_segment_ids)
   out = pallas_kernels.attend(
-    pad(q_BTNH, H, H_pad), pad(k_BSKH, H, H_pad), pad(v_BSKD, D, D_pad), st
+    pad(q_BTNH, H, H_pad), pad(k_BSKH, H, H_pad), pad(v_BSKD, D, D_pad), sink_N, q_seg, k_seg, st
   )
   return out[:, :T, :, :D]

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 # Any other declared name is a keyword option of that name, passed through **options. A call that
 # needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
 # implementation then computes plain self-attention from position 0.
-SEMANTIC_FEATURES = ("offsets", "tail_offsets", "key_positions", "sinks")
+SEMANTIC_FEATURES = ("offsets", "tail_offsets", "key_positions", "sinks", "sink_logits")
 
 
 @dataclasses.dataclass(frozen=True)
