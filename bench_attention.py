@@ -20,7 +20,8 @@ rewritten after every configuration. The work is swa/bench/ (report.run); this f
 flags.
 
   python bench_attention.py --out=results/attention_bench_h200/attention_bench.md   # one H200, < 8 min
-  python bench_attention.py --check_only          # correctness only, n = 4096 (exit 1 if wrong)
+  python bench_attention.py --check_only   # correctness only, n = 4096 (exit 1 if a row is wrong,
+                                           # crashed or unchecked)
   python bench_attention.py --lengths=256 --windows=16,64 --heads=2 --head_dim=16 --dtype=float32
       --repeats=1 --out=/tmp/bench.md       # CPU smoke run (pallas interpreted), one command line
 """
@@ -91,7 +92,7 @@ def define_flags(fv):
     "check_only",
     False,
     "Check outputs and gradients, time nothing; n = 4096 "
-    "unless --lengths is given; exit status 1 if a row is wrong.",
+    "unless --lengths is given; exit status 1 if a row is wrong, crashed or unchecked.",
     flag_values=fv,
   )
   flags.DEFINE_float(
@@ -108,7 +109,13 @@ def define_flags(fv):
 
 def settings_from_flags(fv):
   """measure.Settings from parsed flags; one-line ValueError for a bad value."""
-  ints = lambda name: [int(x) for x in fv[name].value]
+
+  def ints(name):
+    try:
+      return [int(x) for x in fv[name].value]
+    except ValueError:
+      raise ValueError(f"--{name} takes integers, got {','.join(fv[name].value)!r}.") from None
+
   names = [f.name for f in dataclasses.fields(measure.Settings)]
   values = {name: fv[name].value for name in names}
   values.update(
@@ -122,14 +129,18 @@ def settings_from_flags(fv):
 
 
 def main(argv, fv=flags.FLAGS):
-  """Runs with the flags in fv (parsed from argv unless they are); exits 1 on a wrong check."""
+  """Runs with the flags in fv (parsed from argv unless they are); with --check_only, exits 1 when
+  a row is wrong, crashed or went unchecked."""
   if not fv.is_parsed():
     fv(argv)
   given = sys.argv if fv is flags.FLAGS else argv
   command = reports.command_line(given[1:], program=given[0])
   rows = report.run(settings_from_flags(fv), command)
-  if any(r.get("ok") is False for r in rows):
-    measure.log("CHECK FAILED: some rows differ from the float32 reference (see the check column).")
+  failed = report.problems(rows)
+  if failed:
+    measure.log(
+      f"CHECK FAILED: {len(failed)} rows wrong, crashed or unchecked: {'; '.join(failed)}"
+    )
     if fv.check_only:
       sys.exit(1)
 

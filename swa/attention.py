@@ -15,17 +15,19 @@ Shape letters: B batch, T query positions, S key positions, N query heads, K key
 (N % K == 0; G = N // K query heads share one key/value head), H query/key head dim, D value head
 dim.
 
-Implementations (one registry; `register` adds more, `implementations()` lists them), all computing
-the same function (tests/test_attention.py):
+Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
+`implementations()` lists them), all computing the same function (tests/test_attention.py):
   reference  dense masked attention; O(T * S) memory; the ground truth; every feature.
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
-             GPU and 16-bit dtypes only; self-attention, and tail offsets (`tail_aligned`).
+             GPU and 16-bit dtypes only; self-attention, and tail offsets (through
+             `kernel_adapters.tail_aligned`).
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
-             (swa/pallas_attention.py); self-attention, tail offsets and sinks (Python ints);
-             interpret mode off GPU.
+             (swa/pallas_attention.py, swa/pallas_kernels.py); self-attention, tail offsets and
+             sinks (Python ints); interpret mode off GPU.
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
-             backward) where it is (`forward_and_training`); where cudnn applies.
+             backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
+             applies.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
@@ -38,9 +40,7 @@ swa/sharding.py registers "sequence_parallel" (options mesh, seq_axis, data_axis
 local_implementation) when imported.
 """
 
-import dataclasses
 import math
-from typing import Callable, Optional
 
 import jax
 import jax.numpy as jnp
@@ -49,22 +49,23 @@ import numpy as np
 from swa import chunked, cudnn, pallas_attention, splash
 from swa.chunked import default_block_size  # noqa: F401  (public: the chunked block rule)
 from swa.cudnn import cudnn_available  # noqa: F401  (public: is there a GPU for cudnn)
+from swa.kernel_adapters import forward_and_training, static_int, tail_aligned
 from swa.mask import check_window_size, masked_softmax, visible
+from swa.registry import (  # noqa: F401  (public: the registry is part of this module's contract)
+  SEMANTIC_FEATURES,
+  Implementation,
+  implementation_features,
+  implementations,
+  lookup,
+  register,
+  resolve_implementation,
+  unregister,
+)
 
 IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see implementations()
-
-# Features an implementation may declare, and the keyword options it then receives:
-#   offsets        q_offset, k_offset (k_offset None: the keys end where the queries end)
-#   tail_offsets   q_offset (may be traced), k_offset None, S >= T: the queries are the last T of
-#                  the key positions, as for a sequence shard over its halo. Implied by "offsets";
-#                  self-attention kernels get it from `tail_aligned` (cudnn, pallas).
-#   key_positions  q_offset, k_positions ([S] or [B, S] ints, -1 = empty slot)
-#   sinks          num_sinks
-#   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
-# Any other declared name is a keyword option of that name, passed through **options. A call that
-# needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
-# implementation then computes plain self-attention from position 0.
-SEMANTIC_FEATURES = ("offsets", "tail_offsets", "key_positions", "sinks")
+# Windows this long or longer are full causal attention (positions are int32: q_pos - w must not
+# overflow).
+FULL_WINDOW = 2**30
 
 
 def create_sliding_window_mask(seq_len, window_size):
@@ -97,6 +98,7 @@ def reference_attention(
   k_offset=None,
   k_positions=None,
   num_sinks=0,
+  sink_logits=None,
 ):
   """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
@@ -114,7 +116,8 @@ def reference_attention(
   logits_BKGTS = (
     jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
   )
-  probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS)
+  sink_1KG11 = None if sink_logits is None else sink_logits.reshape(1, K, N // K, 1, 1)
+  probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS, sink_1KG11)
   out_BTKGD = jnp.einsum(
     "BKGTS,BSKD->BTKGD",
     probs_BKGTS.astype(v_BSKD.dtype),
@@ -124,162 +127,11 @@ def reference_attention(
   return out_BTKGD.reshape(B, T, N, D).astype(q_BTNH.dtype)
 
 
-# ------------------------------------------------------------------------------- registry
-
-
-@dataclasses.dataclass(frozen=True)
-class Implementation:
-  """One registered implementation (see `register`)."""
-
-  name: str
-  fn: Callable
-  features: frozenset
-  check: Optional[Callable] = None
-  auto_rank: Optional[int] = None
-  auto_when: Optional[Callable] = None
-
-
-_REGISTRY = {}
-
-
-def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=None):
-  """Adds (or replaces) an implementation under `name`.
-
-  Args:
-    name: the `implementation=` string; not "auto".
-    fn: `fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options) -> o_BTND` in q's dtype,
-      called with validated 4-D inputs and only the options of the features it declared.
-    features: names it supports: "offsets", "key_positions", "sinks", "block_size" (see the
-      comment at SEMANTIC_FEATURES for the options each brings), or the name of any other keyword
-      option it takes (e.g. "mesh").
-    check: optional `check(q_BTNH, k_BSKH, v_BSKD, window_size) -> str | None`: why it cannot run
-      these inputs (None: it can). An explicit request then raises; auto skips it.
-    auto_rank: its place in auto's order (lower first); None: auto never picks it.
-    auto_when: optional `auto_when(q_BTNH, k_BSKH, v_BSKD, window_size) -> bool`: auto picks it
-      only when True (a preference, not a limit).
-  """
-  if name == "auto" or not isinstance(name, str):
-    raise ValueError(f"An implementation needs a name other than 'auto', got {name!r}.")
-  features = frozenset(features) | ({"tail_offsets"} if "offsets" in features else set())
-  _REGISTRY[name] = Implementation(name, fn, features, check, auto_rank, auto_when)
-
-
-def tail_aligned(fn, *, even_length=False):
-  """Extends a self-attention-only `fn` to the feature "tail_offsets" (and to odd lengths).
-
-  The T queries are the last T of the S key positions, query 0 at q_offset (traced or not). The
-  queries are front-padded with zeros to S slots (one slot more on all three arrays for an odd S
-  when even_length, as cuDNN's backward needs), then all three are rolled left by the number of
-  slots that hold no real key (that extra slot, and keys at negative positions), so that the first
-  real key sits in slot 0. Causal windowed self-attention over the slots is then the window over
-  the positions: the rolled-away slots land after every real query, where causality hides them,
-  and the padded queries' outputs are dropped (their zero cotangents add nothing to dk, dv).
-
-  Sinks (an option num_sinks, for an fn that declares "sinks") are absolute positions: they are
-  passed on as the number of slots that hold a position below num_sinks, which needs num_sinks and
-  q_offset known at trace time.
-
-  Args:
-    fn: `fn(q_BTNH, k_BTKH, v_BTKD, window_size, scale, **options)`, self-attention from 0.
-    even_length: also pad odd lengths to even ones (plain self-attention included).
-
-  Returns:
-    `call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=None, k_offset=None, **options)`.
-  """
-
-  def call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, q_offset=None, k_offset=None, **options):
-    if k_offset is not None:
-      raise ValueError("tail_aligned takes keys that end where the queries end (k_offset=None).")
-    T, S = q_BTNH.shape[1], k_BSKH.shape[1]
-    extra = S % 2 if even_length else 0
-    q0 = 0 if q_offset is None else q_offset
-    if "num_sinks" in options:
-      if not (_static_int(options["num_sinks"]) and _static_int(q0)):
-        raise ValueError(
-          "Sinks with a self-attention kernel need num_sinks and q_offset as Python ints."
-        )
-      first = max(int(q0) + T - S, 0)  # the position of the first real key
-      options["num_sinks"] = max(0, options["num_sinks"] - first)
-    if _static_int(q0):
-      rolled = extra + min(max(S - T - int(q0), 0), S)
-    else:  # Keys at negative positions, counted at run time (a shard's index is traced).
-      rolled = extra + jnp.clip(S - T - q0, 0, S)
-    front = lambda x, n: jnp.pad(x, ((0, 0), (n, 0), (0, 0), (0, 0))) if n else x
-    q_BSNH, k_BSKH, v_BSKD = (
-      front(q_BTNH, S - T + extra),
-      front(k_BSKH, extra),
-      front(v_BSKD, extra),
-    )
-    roll = (lambda x, shift, axis: x) if _static_int(rolled) and rolled == 0 else jnp.roll
-    out_BSND = fn(
-      *(roll(x, -rolled, axis=1) for x in (q_BSNH, k_BSKH, v_BSKD)), window_size, scale, **options
-    )
-    return roll(out_BSND, rolled, axis=1)[:, S + extra - T :]
-
-  return call
-
-
-def forward_and_training(forward_fn, training_fn):
-  """One attention function from two: forward_fn's output where the call is not differentiated,
-  training_fn's forward and backward where it is.
-
-  A `jax.custom_vjp` whose plain call is forward_fn and whose forward rule is training_fn's VJP:
-  under jax.grad (or value_and_grad, vjp) both passes are training_fn's, output included. Both
-  must compute the same function; they differ in speed (e.g. cuDNN's forward is faster, the Pallas
-  kernels' fwd+bwd at small windows).
-
-  Args:
-    forward_fn, training_fn: `fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options)`; the
-      options must be static (Python values), as the VJP closes over them.
-
-  Returns:
-    `call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options)`.
-  """
-
-  def call(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **options):
-    args = (window_size, scale)
-
-    @jax.custom_vjp
-    def attend(q, k, v):
-      return forward_fn(q, k, v, *args, **options)
-
-    def attend_fwd(q, k, v):
-      return jax.vjp(lambda q, k, v: training_fn(q, k, v, *args, **options), q, k, v)
-
-    attend.defvjp(attend_fwd, lambda vjp, dout: vjp(dout))
-    return attend(q_BTNH, k_BSKH, v_BSKD)
-
-  return call
-
-
-def unregister(name):
-  """Removes a registered implementation (e.g. one a test added); unknown names are ignored."""
-  _REGISTRY.pop(name, None)
-
-
-def implementations():
-  """Names `implementation=` accepts: "auto" and every registered one."""
-  return ("auto",) + tuple(_REGISTRY)
-
-
-def _lookup(name):
-  if name not in _REGISTRY:
-    raise ValueError(
-      f"Unknown attention implementation {name!r}; choose one of {implementations()}."
-    )
-  return _REGISTRY[name]
-
-
-def implementation_features(name):
-  """The features (and options) the registered implementation `name` declared."""
-  return _lookup(name).features
-
-
 register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank=30)
 register(
   "chunked",
   chunked.chunked_attention,
-  features=("offsets", "block_size"),
+  features=("offsets", "sink_logits", "block_size"),
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
@@ -295,7 +147,7 @@ register(
 register(
   "pallas",
   tail_aligned(pallas_attention.pallas_attention),
-  features=("tail_offsets", "sinks", "block_sizes", "interpret"),
+  features=("tail_offsets", "sinks", "sink_logits", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )
@@ -322,43 +174,6 @@ register(
 )
 
 
-def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features=()):
-  """The registered implementation that runs a call; maps "auto" to one (module docstring).
-
-  Args:
-    implementation: a name from `implementations()`.
-    q_BTNH, k_BSKH, v_BSKD: the 4-D inputs (or their shapes' stand-ins).
-    window_size: w or None.
-    features: the features and options the call needs (e.g. {"offsets"}).
-
-  Returns:
-    The name of the implementation.
-  """
-  features = frozenset(features)
-  if implementation != "auto":
-    impl = _lookup(implementation)
-    if not features <= impl.features:
-      raise ValueError(
-        f"implementation={implementation!r} (supports {sorted(impl.features)}) does not "
-        f"support {sorted(features - impl.features)}."
-      )
-    reason = impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size)
-    if reason:
-      raise ValueError(f"implementation={implementation!r} is not available: {reason}.")
-    return implementation
-  ranked = sorted(
-    (i for i in _REGISTRY.values() if i.auto_rank is not None), key=lambda i: i.auto_rank
-  )
-  for impl in ranked:
-    if (
-      features <= impl.features
-      and not (impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size))
-      and (impl.auto_when is None or impl.auto_when(q_BTNH, k_BSKH, v_BSKD, window_size))
-    ):
-      return impl.name
-  raise ValueError(f"No implementation that auto may pick supports {sorted(features)}.")
-
-
 # ------------------------------------------------------------------------------- contract
 
 
@@ -368,6 +183,16 @@ def _check_shapes(q, k, v, same_length):
     raise ValueError(
       "q, k and v must all be [batch, seq, dim] or all [batch, seq, heads, dim]; got shapes "
       f"{q.shape}, {k.shape}, {v.shape}."
+    )
+  for name, x in (("q", q), ("k", k), ("v", v)):
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise ValueError(
+        f"{name} must be floating point (float32, bfloat16, float16, ...), got {x.dtype}."
+      )
+  if 0 in q.shape + k.shape + v.shape:
+    raise ValueError(
+      f"q, k and v must be non-empty (no axis of size 0), got shapes {q.shape}, {k.shape}, "
+      f"{v.shape}."
     )
   if q.ndim == 3:
     q, k, v = q[:, :, None], k[:, :, None], v[:, :, None]
@@ -388,13 +213,9 @@ def _check_shapes(q, k, v, same_length):
   return q, k, v
 
 
-def _static_int(x):
-  return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
-
-
 def _check_position(value, name):
   """Offsets and sinks are integer scalars (Python ints or traced/concrete int arrays)."""
-  if value is None or _static_int(value):
+  if value is None or static_int(value):
     return
   if (
     isinstance(value, (bool, float))
@@ -416,6 +237,7 @@ def sliding_window_attention(
   k_offset=None,
   k_positions=None,
   num_sinks=0,
+  sink_logits=None,
   block_size=None,
   blocks_per_step=None,
   **options,
@@ -427,7 +249,7 @@ def sliding_window_attention(
     k: [B, S, K, H] or [B, S, H] keys; N must be a multiple of K (GQA/MQA).
     v: [B, S, K, D] or [B, S, D] values; D may differ from H.
     window_size: w >= 1 (1 = each token sees only itself), or None for full
-      causal attention. Windows >= T are full causal attention.
+      causal attention (a Python or NumPy int). Windows >= T are full causal attention.
     implementation: a name from `implementations()` (module docstring).
     scale: logit scale; default 1 / sqrt(H).
     q_offset: absolute position of query 0 (int, may be traced); default 0.
@@ -438,6 +260,9 @@ def sliding_window_attention(
       instead of k_offset.
     num_sinks: positions 0 .. num_sinks - 1 stay visible to every later query (int, may be
       traced).
+    sink_logits: learned sinks (gpt-oss), float [N]: one logit per query head added to the
+      softmax denominator (exp(sink - max)); the sink has no value, it only absorbs probability.
+      Differentiable (gradients flow to sink_logits).
     block_size: query block C of implementations with "block_size" (chunked); default theirs.
     blocks_per_step: if set, such implementations process this many query blocks at a time in a
       loop and recompute them in the backward pass (bounded memory for long sequences).
@@ -445,15 +270,24 @@ def sliding_window_attention(
 
   Returns:
     [B, T, N, D] (or [B, T, D] for 3-D inputs) in q's dtype.
+
+  Raises:
+    ValueError (one line, naming the value): non-floating inputs (int, bool, complex), an axis of
+    size 0, mismatched shapes, a bad window, offset or option.
   """
-  check_window_size(window_size)
-  for name, value in (("block_size", block_size), ("blocks_per_step", blocks_per_step)):
-    if value is not None:
-      check_window_size(value, name=name)
+  window_size = check_window_size(window_size)
+  if window_size is not None and window_size >= FULL_WINDOW:
+    window_size = None  # covers every int32 position: full attention, without int32 overflow
+  block_size = None if block_size is None else check_window_size(block_size, "block_size")
+  if blocks_per_step is not None:
+    blocks_per_step = check_window_size(blocks_per_step, "blocks_per_step")
   for name, value in (("q_offset", q_offset), ("k_offset", k_offset), ("num_sinks", num_sinks)):
     _check_position(value, name)
-  if _static_int(num_sinks) and num_sinks < 0:
+  if static_int(num_sinks) and num_sinks < 0:
     raise ValueError(f"num_sinks must be >= 0, got {num_sinks}.")
+  num_sinks = int(num_sinks) if static_int(num_sinks) else num_sinks
+  q_offset = int(q_offset) if static_int(q_offset) else q_offset
+  k_offset = int(k_offset) if static_int(k_offset) else k_offset
   if k_offset is not None and k_positions is not None:
     raise ValueError("Pass k_offset or k_positions, not both.")
   q, k, v = jnp.asarray(q), jnp.asarray(k), jnp.asarray(v)
@@ -475,7 +309,17 @@ def sliding_window_attention(
       )
     features.add("key_positions")
     semantic.update(q_offset=0 if q_offset is None else q_offset, k_positions=k_positions)
-  sinks = window_size is not None and not (_static_int(num_sinks) and num_sinks == 0)
+  if sink_logits is not None:
+    sink_logits = jnp.asarray(sink_logits)
+    N = q_BTNH.shape[2]
+    if sink_logits.shape != (N,) or not jnp.issubdtype(sink_logits.dtype, jnp.floating):
+      raise ValueError(
+        f"sink_logits must be floats of shape [N] = ({N},) (one per query head), got "
+        f"{sink_logits.dtype} {sink_logits.shape}."
+      )
+    features.add("sink_logits")
+    semantic.update(sink_logits=sink_logits.astype(jnp.float32))
+  sinks = window_size is not None and not (static_int(num_sinks) and num_sinks == 0)
   if sinks:
     features.add("sinks")
     semantic.update(num_sinks=num_sinks)
@@ -484,16 +328,16 @@ def sliding_window_attention(
     # Positions matter only where the keys are shifted, may be padding, or meet absolute sinks.
     plain = (
       S == T
-      and _static_int(q0)
+      and static_int(q0)
       and (q0 == 0 if sinks else q0 >= 0)
-      and (k_offset is None or (_static_int(k_offset) and k_offset == q0))
+      and (k_offset is None or (static_int(k_offset) and k_offset == q0))
     )
     if not plain:
       features.add("tail_offsets" if k_offset is None and S >= T else "offsets")
       semantic.update(q_offset=q0, k_offset=k_offset)
 
   name = resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, features)
-  impl = _REGISTRY[name]
+  impl = lookup(name)
   if "block_size" in impl.features:
     options.update(block_size=block_size, blocks_per_step=blocks_per_step)
   out_BTND = impl.fn(q_BTNH, k_BSKH, v_BSKD, window_size, scale, **semantic, **options)

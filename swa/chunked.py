@@ -10,8 +10,10 @@ Queries go in blocks of C; each block attends only to the key blocks its window 
 
 A group holds as many query blocks as fit SCORE_BYTES_PER_STEP of float32 scores (or
 `blocks_per_step`); short sequences are one group, with no loop at all. The mask of every block
-comes from `mask.visible`, the rule every implementation shares. Registered in swa/attention.py as
-"chunked" with the features "offsets" and "block_size".
+comes from `mask.visible`, the rule every implementation shares. Learned sinks (sink_logits) join
+each row's max and denominator; their gradient is -sum over the rows of p_sink * (dO . O).
+Registered in swa/attention.py as "chunked" with the features "offsets", "sink_logits" and
+"block_size".
 
 XLA's compiled plan for forward+backward (bf16, B=1, 16 heads of 128; `compile().memory_analysis()`
 on CPU, 2026-11-30): 5.8 GB of temporaries at n = 64k, w = 4096 (the autodiff version it replaces
@@ -139,11 +141,17 @@ def _logits(band, q_BqCKGH, k_BqsKH):
   )
 
 
+def _sink(sink_KG):
+  """[1, 1, K, G, 1]: the learned sinks against [B, q, K, G, C] statistics (None: none)."""
+  return None if sink_KG is None else sink_KG[None, None, :, :, None]
+
+
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
-  """Output [B, blocks, C, K, G, D] and float32 log-sum-exp [B, blocks, K, G, C]."""
+def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
+  """Output [B, blocks, C, K, G, D] and float32 log-sum-exp [B, blocks, K, G, C] (sinks in it)."""
   B, _, C, K, G, _ = q_BqCKGH.shape
   D = v_BSpKD.shape[-1]
+  sink = _sink(sink_KG)
 
   def step(g, carry):
     out_BqCKGD, lse_BqKGC = carry
@@ -155,8 +163,12 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
       mask.MASK_VALUE,
     )
     max_BqKGC = jnp.max(logits_BqKGCs, axis=-1)
+    if sink is not None:  # a learned sink: one more denominator entry, with no value
+      max_BqKGC = jnp.maximum(max_BqKGC, sink)
     unnorm_BqKGCs = jnp.where(mask_qCs, jnp.exp(logits_BqKGCs - max_BqKGC[..., None]), 0.0)
     sum_BqKGC = jnp.sum(unnorm_BqKGCs, axis=-1)
+    if sink is not None:
+      sum_BqKGC = sum_BqKGC + jnp.exp(sink - max_BqKGC)
     empty = sum_BqKGC == 0.0  # a query with no visible key: output 0
     # Normalized after the product, on [C, D] rows rather than [C, span] scores: the float32
     # scores are read once fewer (the exponentials go straight to the product's dtype).
@@ -184,13 +196,13 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
-  return _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset)[0]
+def _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
+  return _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG)[0]
 
 
-def _attend_fwd(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset):
-  out_BqCKGD, lse_BqKGC = _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset)
-  return out_BqCKGD, (q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC)
+def _attend_fwd(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
+  out_BqCKGD, lse_BqKGC = _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG)
+  return out_BqCKGD, (q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, out_BqCKGD, lse_BqKGC)
 
 
 def _add_windows(band, acc_BSpKX, win_BqsKX, b0):
@@ -209,15 +221,23 @@ def _add_windows(band, acc_BSpKX, win_BqsKX, b0):
 
 
 def _attend_bwd(band, res, dout_BqCKGD):
-  return _backward(band, *res, dout_BqCKGD) + (None,)
+  dq, dk, dv, dsink = _backward(band, *res, dout_BqCKGD)
+  return dq, dk, dv, None, dsink
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _backward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC, dout_BqCKGD):
-  """(dq, dk, dv) of the padded layout: one more pass over the groups, recomputing scores."""
+def _backward(
+  band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, out_BqCKGD, lse_BqKGC, dout_BqCKGD
+):
+  """(dq, dk, dv) of the padded layout: one more pass over the groups, recomputing scores; and
+  d/dsink = -sum over the rows of p_sink * (dO . O) (None without sinks)."""
   delta_BqKGC = jnp.einsum(
     "BqCKGD,BqCKGD->BqKGC", out_BqCKGD.astype(jnp.float32), dout_BqCKGD.astype(jnp.float32)
   )
+  dsink_KG = None
+  if sink_KG is not None:  # padded query rows have dout = 0, so delta = 0: they add nothing
+    p_sink_BqKGC = jnp.exp(_sink(sink_KG) - lse_BqKGC)
+    dsink_KG = -jnp.einsum("BqKGC,BqKGC->KG", p_sink_BqKGC, delta_BqKGC)
 
   def step(g, carry):
     dq_BqCKGH, dk_BSpKH, dv_BSpKD = carry
@@ -259,7 +279,7 @@ def _backward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, out_BqCKGD, lse_BqKGC,
     jax.lax.full_like(v_BSpKD, 0, jnp.float32),
   )
   dq_BqCKGH, dk_BSpKH, dv_BSpKD = _loop(band, step, init)
-  return dq_BqCKGH, dk_BSpKH.astype(k_BSpKH.dtype), dv_BSpKD.astype(v_BSpKD.dtype)
+  return dq_BqCKGH, dk_BSpKH.astype(k_BSpKH.dtype), dv_BSpKD.astype(v_BSpKD.dtype), dsink_KG
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -274,6 +294,7 @@ def chunked_attention(
   *,
   q_offset=0,
   k_offset=None,
+  sink_logits=None,
   block_size=None,
   blocks_per_step=None,
 ):
@@ -289,6 +310,7 @@ def chunked_attention(
     k_offset: absolute position of the first key, or None: the keys end where the queries end
       (k_offset = q_offset + T - S; self-attention when S == T). q_offset - k_offset must be a
       Python int (`key_shift`). Keys at negative positions are padding.
+    sink_logits: optional float32 [N], learned sinks (one denominator logit per query head).
     block_size: the query block C; default `default_block_size`.
     blocks_per_step: query blocks per loop step; default: as many as fit
       SCORE_BYTES_PER_STEP of float32 scores (all of them for short sequences).
@@ -328,5 +350,6 @@ def chunked_attention(
   q_BqCKGH = q_BqCKGH.reshape(B, band.blocks, C, K, G, H)
   total = (band.blocks + num_prev) * C
   k_BSpKH, v_BSpKD = _fit(k_BSKH, band.front, total), _fit(v_BSKD, band.front, total)
-  out_BqCKGD = _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, jnp.asarray(q_offset, jnp.int32))
+  sink_KG = None if sink_logits is None else sink_logits.astype(jnp.float32).reshape(K, G)
+  out_BqCKGD = _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, jnp.asarray(q_offset, jnp.int32), sink_KG)
   return out_BqCKGD.reshape(B, band.blocks * C, N, D)[:, :T]

@@ -595,3 +595,26 @@ def test_sinks_match_reference(impl):
   ref_grads = jax.grad(_loss("reference", 5, num_sinks=3), argnums=(0, 1, 2))(q, k, v)
   for g, r in zip(grads, ref_grads):
     np.testing.assert_allclose(g, r, atol=1e-4, rtol=1e-4)
+
+
+ATTENTION_MODULES = [
+  "mask",
+  "registry",
+  "kernel_adapters",
+  "attention",
+  "chunked",
+  "cudnn",
+  "pallas_attention",
+  "pallas_kernels",
+  "splash",
+  "sharding",
+]
+
+
+@pytest.mark.parametrize("module", ATTENTION_MODULES)
+def test_attention_modules_are_under_400_lines_and_share_the_mask_rule(module):
+  path = pathlib.Path(__file__).resolve().parent.parent / "swa" / f"{module}.py"
+  text = path.read_text()
+  assert len(text.splitlines()) < 400
+  if module != "mask":  # the rule's comparisons live in mask.visible only
+    assert "k_pos <= q_pos" not in text and "k_pos > q_pos -" not in text

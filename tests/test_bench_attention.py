@@ -101,6 +101,67 @@ def test_deadline_skips_rows_and_bad_flags_raise(tmp_path):
     _run(tmp_path, "--pallas_blocks=big")
 
 
+@pytest.mark.parametrize(
+  "flag, match",
+  [
+    ("--windows=0", r"^--windows=0 must be an integer >= 1\.$"),
+    ("--windows=-1", r"^--windows=-1 must be"),
+    ("--lengths=0", r"^--lengths=0 must be"),
+    ("--lengths=-1", r"^--lengths=-1 must be"),
+    ("--lengths=1k", r"^--lengths takes integers, got '1k'\.$"),
+    ("--windows=abc", r"^--windows takes integers"),
+    ("--heads=0", r"^--heads=0 must be an integer >= 1\.$"),
+    ("--head_dim=0", r"^--head_dim=0 must be"),
+    ("--batch=0", r"^--batch=0 must be"),
+    ("--pallas_blocks=48x48/48x48/48x48/w1s1/w1s1", r"^pallas block sizes must be powers of two"),
+    ("--pallas_blocks=big", r"^pallas block sizes look like"),
+    ("--chunked_blocks=0", r"^--chunked_blocks=0 must be"),
+  ],
+)
+def test_bad_flags_raise_one_line_before_any_work(tmp_path, monkeypatch, flag, match):
+  monkeypatch.setattr(report, "run", lambda *a, **k: pytest.fail("the run started"))
+  with pytest.raises(ValueError, match=match):
+    _run(tmp_path, "--check_only", flag)
+
+
+@pytest.mark.parametrize("failure", ["crash", "oom", "no_reference"])
+def test_check_only_exits_1_when_a_row_crashed_or_went_unchecked(tmp_path, monkeypatch, failure):
+  if failure == "no_reference":
+    broken = lambda *a, **k: (_ for _ in ()).throw(RuntimeError("reference broke"))
+    monkeypatch.setattr(check, "reference_f32", broken)
+  else:
+    real = attention.sliding_window_attention
+    error = "RESOURCE_EXHAUSTED: Out of memory" if failure == "oom" else "tiles refused"
+
+    def failing(*args, implementation="auto", **kwargs):
+      if implementation == "chunked":
+        raise RuntimeError(error)
+      return real(*args, implementation=implementation, **kwargs)
+
+    monkeypatch.setattr(attention, "sliding_window_attention", failing)
+  with pytest.raises(SystemExit) as stop:
+    _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
+  assert stop.value.code == 1
+  text = (tmp_path / "bench.md").read_text()
+  assert "FAILED: chunked default: " in text and "within tolerance" not in text
+
+
+def test_problems_lists_wrong_crashed_and_unchecked_rows_only():
+  base = dict(n=64, w=8, variant="default", reference="dense float32")
+  rows = [
+    dict(base, impl="chunked", ok=True),
+    dict(base, impl="cudnn", note="skipped: no cuDNN on cpu"),
+    dict(base, impl="pallas", ok=False),
+    dict(base, impl="flex", fwd_note="failed: ValueError: bad"),
+    dict(base, impl="reference", reference="none (dense float32 reference: OOM)"),
+  ]
+  assert report.problems(rows) == [
+    "pallas default: WRONG (outside the tolerance)",
+    "flex default: fwd failed: ValueError: bad",
+    "reference default: unchecked (reference: none (dense float32 reference: OOM))",
+  ]
+
+
 def test_tail_reference_is_the_dense_reference_on_its_rows():
   n, w, t0 = 40, 7, 29
   q, k, v, dout = (
@@ -163,7 +224,7 @@ def test_summary_targets_and_auto_rule():
   lines = report.summary_lines(rows, [64], [8, 512])
   assert lines[0] == (
     "- n=64, w=8: best pallas (pallas tiles) fwd+bwd at 2.00× cuDNN's speed (meets ≥ 1.3×); "
-    "chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every checked row within tolerance."
+    "chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every row that ran is within tolerance."
   )
   assert "at 0.80× cuDNN's speed (misses ≥ 1.3×)" in lines[1] and "WRONG: pallas 1x1" in lines[1]
   assert "AUTO_MAX_WINDOW = 8 " in lines[2] and "AUTO_TRAIN_MAX_WINDOW = 8 " in lines[2]

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from swa import attention, cli, pallas_attention, reports
 from swa.bench import check as check_lib
 from swa.bench.flex import Flex
+from swa.checks import check_int
 
 CORE = ("cudnn", "pallas", "chunked", "flex", "reference")
 INPUT_SETS = 2  # timed calls alternate between this many random input sets
@@ -30,7 +31,8 @@ _CLOCK = [time.perf_counter()]  # the run's start: log times and --deadline_minu
 class Settings:
   """The benchmark's options as plain values (bench_attention.py's flags, which describe each).
 
-  Raises ValueError (one line) for an unknown implementation or an unparsable tile setting.
+  Raises ValueError (one line, before any work) for an unknown implementation, a length, window,
+  head count or size below 1, or a tile setting the kernels would refuse.
   """
 
   lengths: list
@@ -56,9 +58,20 @@ class Settings:
     unknown = sorted(set(self.impls) - set(CORE))
     if unknown:
       raise ValueError(f"--impls: unknown {unknown}; choose from {list(CORE)}.")
+    if not self.lengths or not self.windows:
+      raise ValueError(
+        f"--lengths and --windows need a value each, got {self.lengths}, {self.windows}."
+      )
+    self.lengths = [check_int("--lengths", n) for n in self.lengths]
+    self.windows = [check_int("--windows", w) for w in self.windows]
+    for name in ("batch", "heads", "head_dim", "tail_rows"):
+      setattr(self, name, check_int(f"--{name}", getattr(self, name)))
     for text in self.pallas_blocks:
       if text != "default":
-        pallas_attention.BlockSizes.parse(text)
+        pallas_attention.BlockSizes.parse(text).validate()
+    for text in self.chunked_blocks:
+      if text != "default":
+        check_int("--chunked_blocks", int(text) if text.strip().isdigit() else text)
     if self.dtype not in check_lib.TOLERANCE:
       raise ValueError(f"dtype={self.dtype!r}: choose from {list(check_lib.TOLERANCE)}.")
     if self.out is None:

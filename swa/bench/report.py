@@ -58,6 +58,27 @@ def _pallas_wins(pallas, cudnn):
   )
 
 
+def problems(rows):
+  """'impl variant: why' for every row that ran and is not a pass: wrong (ok False), crashed or
+  out of memory (a "<key>_note"), or unchecked (its reference failed). Skipped rows are not here.
+  """
+  found = []
+  for r in rows:
+    if "note" in r:
+      continue
+    notes = [f"{key[: -len('_note')]} {value}" for key, value in r.items() if key.endswith("_note")]
+    if r.get("ok") is False:
+      why = "WRONG (outside the tolerance)"
+    elif notes:
+      why = "; ".join(notes)
+    elif r.get("ok") is not True:
+      why = f"unchecked (reference: {r.get('reference')})"
+    else:
+      continue
+    found.append(f"{r['impl']} {r['variant']}: {why}")
+  return found
+
+
 def summary_lines(rows, lengths, windows):
   """Per (n, w): targets met or missed; then the auto rule the run supports.
 
@@ -74,6 +95,7 @@ def summary_lines(rows, lengths, windows):
     for w in windows:
       at = [r for r in rows if r["n"] == n and r["w"] == w]
       wrong = [f"{r['impl']} {r['variant']}" for r in at if r.get("ok") is False]
+      crashed = [p for p in problems(at) if "WRONG" not in p]
       best, cudnn = _speed_of_pallas(rows, n, w)
       chunked = next((r for r in at if r["impl"] == "chunked" and r.get("fwd_bwd_ms")), None)
       parts = []
@@ -88,9 +110,12 @@ def summary_lines(rows, lengths, windows):
         parts.append(
           f"chunked fwd+bwd {ratio:.2f}× cuDNN's time ({'meets' if ratio <= 3 else 'misses'} ≤ 3×)"
         )
-      parts.append(
-        "every checked row within tolerance" if not wrong else f"WRONG: {', '.join(wrong)}"
-      )
+      if wrong:
+        parts.append(f"WRONG: {', '.join(wrong)}")
+      if crashed:
+        parts.append(f"FAILED: {', '.join(crashed)}")
+      if not wrong and not crashed:
+        parts.append("every row that ran is within tolerance")
       lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
 
   def largest_window(wins):
