@@ -6,8 +6,6 @@ What this module promises (docs/reliability.md lists the test that holds each):
     `FLAG_FIELDS` with an explicit `allow_changes`.
   * `write_json_atomic` writes config.json (and eval.json) by write-then-rename: a kill leaves the
     old file or the new one, never half of one.
-  * `restore_newest` falls back from a checkpoint that cannot be restored to the newest one that
-    can, says so in one line, and moves the unreadable one aside (it is never deleted).
   * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again;
     `MetricWriter` appends them (one process writes).
 """
@@ -17,12 +15,10 @@ import hashlib
 import json
 import math
 import os
-import shutil
 import sys
 import time
 
 import jax
-from jax.experimental import multihost_utils
 
 # Fields a resumed run may change without asking: they decide how often the run logs, evaluates
 # and checkpoints, how many devices it spreads over and which (equivalent) attention kernel it
@@ -44,7 +40,6 @@ FREE_FIELDS = (
 # shortens) a run, which also stretches the learning-rate decay and the linear curriculum from
 # the resumed step on, so the result is not the run a fresh start with that num_steps would give.
 FLAG_FIELDS = ("num_steps",)
-UNREADABLE_DIR = "unreadable_checkpoints"
 EVENTS_LOG = "events.log"
 
 
@@ -223,6 +218,7 @@ class MetricWriter:
   """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
 
   def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:  # Several processes: only the first writes.
       from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
@@ -278,74 +274,3 @@ def log_event(workdir, message):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(os.path.join(workdir, EVENTS_LOG), "a") as f:
       f.write(f"{stamp} {message}\n")
-
-
-# Files every complete checkpoint of train_lib holds (Orbax's layout), checked to name what is
-# missing rather than show Orbax's error for it (a missing _METADATA reads "pytree structure error").
-_EXPECTED = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "data")
-
-
-def _diagnose(step_dir, error):
-  """A short reason a checkpoint did not restore: the missing file, else the error's start."""
-  missing = [p for p in _EXPECTED if not os.path.exists(os.path.join(step_dir, p))]
-  if missing:
-    return "missing " + ", ".join(missing)
-  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
-  return f"{type(error).__name__}: {text[:150]}"
-
-
-def restore_newest(manager, restore_args, workdir, read_only=False):
-  """Restores the newest checkpoint that can be restored; returns (step, restored) or (None, None).
-
-  A fallback is reported in one line on stderr and in events.log; the checkpoints that failed
-  are moved to <workdir>/unreadable_checkpoints/ so the next save of their step does not collide
-  with them (nothing is deleted). Raises ValueError if checkpoints exist and none restores.
-
-  Args:
-    manager: an orbax CheckpointManager over <workdir>/checkpoints.
-    restore_args: step -> the `args` for `manager.restore`.
-    workdir: the run's workdir (messages, events.log, where unreadable checkpoints go).
-    read_only: only report a fallback (commands that read a workdir change nothing in it).
-  """
-  failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=restore_args(step))
-    except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
-      failures.append((step, _diagnose(os.path.join(str(manager.directory), str(step)), error)))
-      continue
-    if failures:
-      message = "warning: " + "; ".join(
-        f"the checkpoint at step {s} in {workdir} cannot be restored ({e})" for s, e in failures
-      )
-      if read_only:
-        print(f"{message}; using step {step} instead.", file=sys.stderr, flush=True)
-      else:
-        moved = move_unreadable(manager, [s for s, _ in failures], workdir)
-        message += f"; resumed from step {step} instead and moved the unreadable one to {moved}."
-        print(message, file=sys.stderr, flush=True)
-        log_event(workdir, message)
-    return step, restored
-  if failures:
-    raise ValueError(
-      f"No checkpoint in {manager.directory} can be restored (step {failures[0][0]}: "
-      f"{failures[0][1]}); use a new --workdir."
-    )
-  return None, None
-
-
-def move_unreadable(manager, steps, workdir):
-  """Moves the checkpoint folders of `steps` into <workdir>/unreadable_checkpoints; returns it."""
-  target_dir = os.path.join(workdir, UNREADABLE_DIR)
-  if jax.process_index() == 0:
-    os.makedirs(target_dir, exist_ok=True)
-    for step in steps:
-      source = os.path.join(str(manager.directory), str(step))
-      target, n = os.path.join(target_dir, str(step)), 1
-      while os.path.exists(target):
-        target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
-      shutil.move(source, target)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("swa.workdir.move_unreadable")
-  manager.reload()
-  return target_dir
