@@ -1,19 +1,30 @@
 """A run's Orbax checkpoints: saved with the train state and the data state, restored with fallback.
 
 What this module promises (docs/reliability.md lists the test that holds each):
+  * `save` stores a crc32 of every leaf of the train state beside it (in the JSON data item);
+    `restore_newest` verifies them, and checks that the data state is at the train state's step,
+    so flipped bytes or a mismatched data state make a checkpoint unreadable, never restored.
   * `restore_newest` falls back from a checkpoint that cannot be restored to the newest one that
-    can, says so in one line, and moves the unreadable one aside (it is never deleted).
+    can, says so in one line (the last one: Orbax's and asyncio's noise is silenced while it
+    tries), and moves the unreadable one aside (it is never deleted).
 """
 
+import contextlib
+import gc
+import logging
 import os
 import shutil
 import sys
+import zlib
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from swa.workdir import log_event
+from swa.workdir import disk_error, log_event
+
+CHECKSUMS = "leaf_checksums"  # key of the data item that holds them
 
 UNREADABLE_DIR = "unreadable_checkpoints"
 
@@ -31,20 +42,77 @@ def manager(workdir, keep=None, read_only=False):
   return ocp.CheckpointManager(directory, options=options)
 
 
+def _host(x):
+  """The value of a (replicated) leaf as numpy, in one process or several."""
+  if isinstance(x, jax.Array) and not x.is_fully_addressable:
+    x = x.addressable_data(0)
+  return np.asarray(x)
+
+
+def leaf_checksums(state):
+  """{leaf path: crc32 of its bytes} of a train state."""
+  leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+  return {
+    jax.tree_util.keystr(path): zlib.crc32(np.ascontiguousarray(_host(x)).tobytes())
+    for path, x in leaves
+  }
+
+
 def save(manager, step, state, data_state):
-  """Saves the train state and the data stream's state (JSON) as checkpoint `step`."""
-  manager.save(
-    step,
-    args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data_state)),
+  """Saves the train state and the data stream's state (JSON, with the leaf checksums)."""
+  data = {**data_state, CHECKSUMS: leaf_checksums(state)}
+  try:
+    manager.save(
+      step,
+      args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
+    )
+  except OSError as error:
+    raise disk_error(os.path.join(str(manager.directory), str(step)), error) from error
+
+
+def restore_args(target):
+  """step -> the restore arguments of a checkpoint (the state as `target`, and the data state)."""
+  return lambda step: ocp.args.Composite(
+    state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
   )
 
 
-def restore_args(target, with_data=True):
-  """step -> the restore arguments of a checkpoint (the state as `target`, and the data state)."""
-  items = {"state": ocp.args.StandardRestore(target)}
-  if with_data:
-    items["data"] = ocp.args.JsonRestore()
-  return lambda step: ocp.args.Composite(**items)
+def check_restored(restored):
+  """Raises ValueError unless a restored checkpoint is whole; returns its data state.
+
+  The leaves must match the checksums saved with them (a checkpoint older than checksums has
+  none to check), and the data state must have a "step" equal to the train state's.
+  """
+  data = dict(restored["data"])
+  saved = data.pop(CHECKSUMS, None)
+  if saved is not None:
+    bad = [k for k, v in leaf_checksums(restored["state"]).items() if saved.get(k) != v]
+    if bad:
+      raise ValueError(f"checksum mismatch in {len(bad)} arrays, e.g. {bad[0]}")
+  step = int(_host(restored["state"]["step"]))
+  if "step" not in data:
+    raise ValueError("the data state has no step")
+  if data["step"] != step:
+    raise ValueError(f"the data state is at step {data['step']}, the train state at {step}")
+  return data
+
+
+@contextlib.contextmanager
+def _quiet():
+  """Silences what Orbax, absl and asyncio print about a checkpoint that fails to restore."""
+  loggers = [logging.getLogger(n) for n in ("absl", "asyncio", "orbax", "jax")] + [logging.root]
+  levels = [x.level for x in loggers]
+  hook = sys.unraisablehook
+  for x in loggers:
+    x.setLevel(logging.CRITICAL)
+  sys.unraisablehook = lambda unraisable: None  # "Exception ignored in <coroutine ...>"
+  try:
+    yield
+  finally:
+    gc.collect()  # Finalise the failed attempts' coroutines while their noise is silenced.
+    sys.unraisablehook = hook
+    for x, level in zip(loggers, levels):
+      x.setLevel(level)
 
 
 # Files every complete checkpoint of train_lib holds (Orbax's layout), checked to name what is
@@ -61,7 +129,7 @@ def _diagnose(step_dir, error):
   return f"{type(error).__name__}: {text[:150]}"
 
 
-def restore_newest(manager, restore_args, workdir, read_only=False):
+def restore_newest(manager, restore_args, workdir, read_only=False, accept=None):
   """Restores the newest checkpoint that can be restored; returns (step, restored) or (None, None).
 
   A fallback is reported in one line on stderr and in events.log; the checkpoints that failed
@@ -73,14 +141,22 @@ def restore_newest(manager, restore_args, workdir, read_only=False):
     restore_args: step -> the `args` for `manager.restore`.
     workdir: the run's workdir (messages, events.log, where unreadable checkpoints go).
     read_only: only report a fallback (commands that read a workdir change nothing in it).
+    accept: restored -> None, raising for a checkpoint to treat as unreadable (default
+      `check_restored`; the trainer also resumes its data stream there).
   """
-  failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=restore_args(step))
-    except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
-      failures.append((step, _diagnose(os.path.join(str(manager.directory), str(step)), error)))
-      continue
+  accept = accept or check_restored
+  failures, restored = [], None
+  with _quiet():
+    for step in sorted(manager.all_steps(), reverse=True):
+      try:
+        restored = manager.restore(step, args=restore_args(step))
+        accept(restored)
+        break
+      except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
+        step_dir = os.path.join(str(manager.directory), str(step))
+        failures.append((step, _diagnose(step_dir, error)))
+        restored = None
+  if restored is not None:
     if failures:
       message = "warning: " + "; ".join(
         f"the checkpoint at step {s} in {workdir} cannot be restored ({e})" for s, e in failures

@@ -10,6 +10,7 @@ metrics (workdir.MetricWriter) and an input pipeline that puts batch k+1 on the 
 step k runs. Metrics are read one step late, so the device always has the next step queued.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -130,7 +131,7 @@ def restore_params(workdir):
   )
   step, restored = checkpoints.restore_newest(
     checkpoints.manager(workdir, read_only=True),
-    checkpoints.restore_args(target, with_data=False),
+    checkpoints.restore_args(target),
     workdir,
     read_only=True,
   )
@@ -174,16 +175,6 @@ def validate_config(config: ml_collections.ConfigDict, task=None):
   for name, value, ok, allowed in checks:
     if not ok:
       raise ValueError(f"{name}={value!r} is not allowed; it must be {allowed}.")
-
-
-def _config_fields(record):
-  """Flat {field: value} of a config record (config.json), windows in their per-layer form."""
-  flat = workdir_lib.flatten(record)
-  try:  # "none" and "full", 32 and "32,32,32" are the same windows.
-    flat["model.window_size"] = list(model_config(ml_collections.ConfigDict(record)).layer_windows)
-  except Exception:  # pylint: disable=broad-except  # an older record: compare as written
-    pass
-  return flat
 
 
 class Trainer:
@@ -318,19 +309,26 @@ class Trainer:
     """Claims workdir and restores its newest checkpoint into the state and `batches`."""
     config, state = self.config, self.initial_state
     # Refuses a workdir of another run; nothing is written in it before this.
-    record = workdir_lib.claim(workdir, json.loads(config.to_json()), _config_fields, allow_changes)
+    record = json.loads(config.to_json())
+    changes = workdir_lib.claim(workdir, record, workdir_lib.config_fields, allow_changes)
     manager = checkpoints.manager(workdir, keep=config.keep_checkpoints)
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    _, restored = checkpoints.restore_newest(manager, checkpoints.restore_args(target), workdir)
+    # A data state the stream refuses makes the checkpoint unreadable, as bad bytes do.
+    accept = lambda restored: batches.set_state(checkpoints.check_restored(restored))
+    _, restored = checkpoints.restore_newest(
+      manager, checkpoints.restore_args(target), workdir, accept=accept
+    )
     if restored is not None:
       state = restored["state"]
-      batches.set_state(restored["data"])
       print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
     start = int(state["step"])
     if start > config.num_steps:
       raise ValueError(
         f"num_steps={config.num_steps} is below the step {start} that {workdir} already reached."
       )
+    if changes:  # Reported only for a resume that happens.
+      print(changes, file=sys.stderr)
+      workdir_lib.log_event(workdir, changes)
     if jax.process_index() == 0:
       workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), record)
       workdir_lib.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start, config.num_steps)
@@ -338,9 +336,16 @@ class Trainer:
     return manager, self.place(state)
 
   def train_and_evaluate(self, workdir: str, allow_changes=()):
-    """The whole run in workdir (resumed if it has checkpoints); returns the final summary."""
+    """The whole run in workdir (resumed if it has checkpoints), holding its lock; returns the
+    final summary."""
+    batches = self.task.batches(self.config)  # Its errors come before the workdir is touched.
+    workdir_lib.prepare(workdir)
+    # The run's first process holds the lock for all of them.
+    with workdir_lib.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      return self._run(workdir, allow_changes, batches)
+
+  def _run(self, workdir, allow_changes, batches):
     config = self.config
-    batches = self.task.batches(config)  # Its errors come before anything touches the workdir.
     manager, state = self._resume(workdir, allow_changes, batches)
     start = int(state["step"])
     num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
@@ -358,14 +363,9 @@ class Trainer:
       file=sys.stderr,
     )
     try:
-      state, _ = self.train(
-        state,
-        pipeline,
-        range(start, config.num_steps),
-        writer=writer,
-        manager=manager,
-        progress=progress,
-      )
+      steps = range(start, config.num_steps)
+      kw = dict(writer=writer, manager=manager, progress=progress)
+      state, _ = self.train(state, pipeline, steps, **kw)
     except BaseException:
       writer.close()  # Before the error is shown: nothing of the writer's prints after it.
       raise
