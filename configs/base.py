@@ -13,6 +13,11 @@ from swa import data
 def get_config():
   config = ml_collections.ConfigDict()
 
+  # Task (swa/tasks/): what the run learns, i.e. its data, loss and evaluation. "passkey":
+  # passkey retrieval over a distance curriculum (the data and eval sections below); "text":
+  # language modelling on real text. It shapes the run: a workdir holds one task.
+  config.task = "passkey"
+
   # Model
   config.model = model = ml_collections.ConfigDict()
   model.vocab_size = data.VOCAB_SIZE  # Character-level tokenizer of swa/data.py (72 ids).

@@ -5,13 +5,14 @@
       --config.data.seq_len=1048576 --config.data.batch_size=1 --config.model.remat=true \
       --profile_dir=/tmp/trace
 
-Prints steps/s, examples/s and tokens/s of train_step (one line), on one device or on the
-config's mesh (`--config.mesh`, as train.py: the state replicated, each batch split by
-sharding.shard_batch before the step). Used to size a GPU run before spending its time, and to
-measure scale-out. `--vmap_seeds=N` trains N seeds in one vmapped step; against N processes
-started with the same `--start_at`, it says which way of sharing a card trains a sweep's seeds
-faster. The batches are the real PasskeyBatches stream (their host-side generation
-counts, as in train.py). `--start_at` (a Unix time) holds the timed window back until then, so
+Prints steps/s, examples/s and tokens/s of training (one line), on one device or on the
+config's mesh (`--config.mesh`). It runs train.py's loop itself (swa/train_lib.py Trainer.train:
+the jitted step with its shardings, the input pipeline drawing the task's real batches ahead on
+a thread, metrics read one step late, the log-step syncs) without a workdir, evaluations or
+checkpoints. Used to size a GPU run before spending its time, and to measure scale-out.
+`--vmap_seeds=N` trains N seeds in one vmapped step (Trainer.update, drawn and read on the main
+thread each step); against N processes started with the same `--start_at`, it says which way of
+sharing a card trains a sweep's seeds faster. `--start_at` (a Unix time) holds the timed window back until then, so
 that several processes started together time the same stretch of wall clock while sharing a card.
 
 `--profile_dir` then traces `--profile_steps` more steps with jax.profiler (a Perfetto trace
@@ -19,7 +20,7 @@ under that folder, for ui.perfetto.dev) and prints, per device, the share of the
 streams were busy and the kernels that took the most time per step.
 """
 
-import functools
+import sys
 import time
 
 import jax
@@ -28,7 +29,7 @@ import numpy as np
 from absl import flags
 from ml_collections import config_flags
 
-from swa import cli, curriculum, sharding, train_lib
+from swa import cli, sharding, train_lib
 from swa.profiling import trace
 
 _CONFIG = config_flags.DEFINE_config_file(
@@ -47,6 +48,51 @@ _VMAP_SEEDS = flags.DEFINE_integer(
 )
 
 
+def _loop(config):
+  """(state, run): the training loop itself (Trainer.train: the input pipeline, one-step-late
+  reads, logging), without a workdir. run(state, seconds=None, count=None) -> (state, steps)."""
+  trainer = train_lib.Trainer(config)
+  pipeline = trainer.input_pipeline(trainer.task.batches(config))
+  done = 0
+
+  def run(state, seconds=None, count=None):
+    nonlocal done
+    start = time.perf_counter()
+    stop = None if seconds is None else (lambda: time.perf_counter() - start >= seconds)
+    steps = range(done, done + count if count else sys.maxsize)
+    state, n = trainer.train(state, pipeline, steps, evaluate=False, should_stop=stop)
+    done += n
+    return state, n
+
+  return trainer.place(trainer.initial_state), run
+
+
+def _vmapped(config, seeds):
+  """(state, run): `seeds` models stacked and trained by one jitted step, each on its batches."""
+  trainers = []
+  for seed in range(config.seed, config.seed + seeds):
+    seeded = config.copy_and_resolve_references()
+    seeded.seed = seed
+    trainers.append(train_lib.Trainer(seeded))
+  state = jax.tree.map(lambda *xs: jnp.stack(xs), *(t.initial_state for t in trainers))
+  batches = [t.task.batches(t.config) for t in trainers]
+  keys = trainers[0].task.batch_keys
+  update = jax.jit(jax.vmap(trainers[0].update), donate_argnums=0)
+
+  def run(state, seconds=None, count=None):
+    n, start = 0, time.perf_counter()
+    while (count is None or n < count) and (
+      seconds is None or time.perf_counter() - start < seconds
+    ):
+      drawn = [next(b) for b in batches]
+      state, metrics = update(state, {k: np.stack([b[k] for b in drawn]) for k in keys})
+      float(metrics["loss"].sum())  # One host read per step.
+      n += 1
+    return state, n
+
+  return state, run
+
+
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -55,47 +101,13 @@ def main(argv):
   seeds = _VMAP_SEEDS.value
   if seeds < 1 or (seeds > 1 and mesh.size > 1):
     raise ValueError(f"vmap_seeds={seeds} is not allowed; it must be >= 1, and 1 on a mesh.")
-  optimizer = train_lib.create_optimizer(config)
-  states, batches = [], []
-  for seed in range(config.seed, config.seed + seeds):
-    seeded = config.copy_and_resolve_references()
-    seeded.seed = seed
-    graphdef, params = train_lib.create_model(seeded, mesh)
-    states.append(train_lib.init_state(params, optimizer))
-    batches.append(
-      curriculum.PasskeyBatches(
-        seq_len=d.seq_len, batch_size=d.batch_size, seed=seed, total_steps=config.num_steps
-      )
-    )
-  train_step = functools.partial(
-    train_lib.train_step, graphdef=graphdef, optimizer=optimizer, lm_weight=float(d.lm_weight)
-  )
-  if seeds > 1:  # One program for all seeds: every array gets a leading seed axis.
-    state = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
-    train_step = jax.jit(jax.vmap(train_step), donate_argnums=0)
-  else:
-    state = states[0]
-  if mesh.size > 1:
-    state = sharding.shard_train_state(state, mesh)
-
-  def step(state):
-    drawn = [next(b) for b in batches]
-    batch = {k: drawn[0][k] for k in ("inputs", "targets", "answer_mask")}
-    if seeds > 1:
-      batch = {k: np.stack([b[k] for b in drawn]) for k in batch}
-    if mesh.size > 1:
-      batch = sharding.shard_batch(batch, mesh)
-    return train_step(state, batch)
-
-  for _ in range(3):  # Compile and warm up.
-    state, metrics = step(state)
-  jax.block_until_ready(metrics)
+  state, run = _vmapped(config, seeds) if seeds > 1 else _loop(config)
+  state, _ = run(state, count=3)  # Compile and warm up.
+  jax.block_until_ready(state)
   time.sleep(max(0.0, _START_AT.value - time.time()))
-  steps, start = 0, time.perf_counter()
-  while time.perf_counter() - start < _SECONDS.value:
-    state, metrics = step(state)
-    float(metrics["loss"].sum())  # As train.py does: one host read per step.
-    steps += 1
+  start = time.perf_counter()
+  state, steps = run(state, seconds=_SECONDS.value)
+  jax.block_until_ready(state)
   elapsed = time.perf_counter() - start
   name = config_flags.get_config_filename(flags.FLAGS["config"])
   print(
@@ -110,8 +122,7 @@ def main(argv):
 
     def traced_step():
       nonlocal state
-      state, metrics = step(state)
-      float(metrics["loss"].sum())
+      state, _ = run(state, count=1)
 
     recorded = trace.trace(traced_step, _PROFILE_STEPS.value, _PROFILE_DIR.value)
     lines = trace.summarize_trace(recorded, _PROFILE_STEPS.value, _TOP.value)

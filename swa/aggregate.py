@@ -22,6 +22,7 @@ import re
 import numpy as np
 
 from swa import reports, stats, summary, sweep
+from swa.model import ModelConfig
 
 SEED_FIELDS = summary.CSV_FIELDS + ("seed",)
 BY_DISTANCE_FIELDS = (
@@ -65,7 +66,7 @@ def evaluate_run(run_dir, *, out=None, **sweep_kwargs):
   if not os.path.exists(os.path.join(run_dir, "config.json")):
     raise ValueError(f"{run_dir} is not a training workdir: it has no config.json.")
   config, graphdef, params = train_lib.restore_params(run_dir)
-  model_config = train_lib.model_config(config)
+  model_config = ModelConfig.from_config(config)
   seed = int(config.seed)
   name = sweep.model_name(os.path.basename(os.path.normpath(run_dir))) or None
   rows = evaluate.passkey_sweep(

@@ -1,6 +1,6 @@
 """The resumable stream of passkey training batches, and its curricula over distance.
 
-`PasskeyBatches` yields swa/data.py's `passkey_batch` dicts: step s is a pure function of
+`PasskeyBatches` yields swa/data.py's `passkey_batch` dicts (plus the batch's curriculum top): step s is a pure function of
 (seed, s) for the linear curriculum, of (seed, s, top) for the adaptive one, and `get_state()` /
 `set_state()` carry its position (and the adaptive state) through a checkpoint.
 """
@@ -143,7 +143,11 @@ class PasskeyBatches:
 
   def batch_at(self, step: int, top: Optional[int] = None) -> dict:
     """The batch for `step` with largest distance `top` (default top_at(step)); a pure function
-    of (seed, step, top) that does not move the iterator."""
+    of (seed, step, top) that does not move the iterator.
+
+    Returns:
+      data.passkey_batch's dict plus "curriculum_top" (int32 scalar: the `top` it was drawn with).
+    """
     rng = np.random.default_rng([self.seed, step])
     top = self.top_at(step) if top is None else top
     # Draw both candidates for every example so the random stream does not depend on the mix.
@@ -151,7 +155,9 @@ class PasskeyBatches:
     uniform = rng.integers(data.MIN_DISTANCE, self.max_distance + 1, size=self.batch_size)
     use_uniform = rng.random(self.batch_size) < self.uniform_fraction
     distances = np.where(use_uniform, uniform, curriculum)
-    return data.passkey_batch(rng, self.batch_size, self.seq_len, distances)
+    batch = data.passkey_batch(rng, self.batch_size, self.seq_len, distances)
+    batch["curriculum_top"] = np.int32(top)  # logged by the passkey task (swa/tasks/passkey.py)
+    return batch
 
   def observe(self, distances, correct) -> None:
     """Reports which examples the model got right; moves the adaptive curriculum (linear: no-op).

@@ -24,6 +24,7 @@ import time
 import matplotlib.pyplot as plt
 
 from swa import data, erf, evaluate, plotting, reports, summary, train_lib
+from swa.model import ModelConfig
 
 TITLE = "Passkey retrieval vs distance"
 NOTES = (
@@ -150,7 +151,7 @@ def evaluate_runs(
     edge_examples_per_distance=edge_examples_per_distance,
   )
   for run in runs:
-    model_config = train_lib.model_config(run.config)
+    model_config = ModelConfig.from_config(run.config)
     reach, train_seq_len = model_config.reach, int(run.config.data.seq_len)
     print(
       f"{run.name}: windows {model_config.layer_windows}, reach {reach}, trained T={train_seq_len}",

@@ -1,10 +1,16 @@
-"""Training and evaluation of the passkey LM: loss, jitted steps, checkpoints, the loop.
+"""Training of any task (swa/tasks/): the Trainer, its jitted step, checkpoints and metrics.
 
-The train state is a plain pytree {"params", "opt_state", "step"}; the model's
-structure (an NNX GraphDef) stays outside it, so `train_step` is one pure,
-jitted function with its state buffers donated.
+The train state is a plain pytree {"params", "opt_state", "step"}; the model's structure (an NNX
+GraphDef) stays outside it, so the step is one pure function, jitted once per Trainer with the
+state replicated over the mesh, each batch split over it, and the state's buffers donated.
+
+A task (config.task, swa/tasks/__init__.py) brings the data, the loss and the evaluation; the
+Trainer owns the rest: the step, the optimiser and its schedule, the Orbax checkpoints, the
+metrics (workdir.MetricWriter) and an input pipeline that puts batch k+1 on the device while
+step k runs. Metrics are read one step late, so the device always has the next step queued.
 """
 
+import contextlib
 import functools
 import json
 import math
@@ -15,20 +21,21 @@ import time
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import tqdm
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
 
-from swa import curriculum, data, evaluate, sharding
+from swa import checkpoints, sharding, tasks
 from swa import workdir as workdir_lib
+from swa.input_pipeline import InputPipeline
 from swa.model import ModelConfig, Transformer
+from swa.tasks import passkey
 
-
-def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
-  """The model's architecture from the `model` section of an experiment config."""
-  return ModelConfig(**config.model.to_dict())
+# The passkey task's pieces under their old names (scripts/collectives.py, tests).
+passkey_loss = passkey.passkey_loss
+training_max_distance = passkey.training_max_distance
 
 
 def create_model(config: ml_collections.ConfigDict, mesh=None):
@@ -38,7 +45,9 @@ def create_model(config: ml_collections.ConfigDict, mesh=None):
   implementation is model.attention).
   """
   attention_fn = sharding.sequence_parallel(mesh, local_implementation=config.model.attention)
-  model = Transformer(model_config(config), rngs=nnx.Rngs(config.seed), attention_fn=attention_fn)
+  model = Transformer(
+    ModelConfig.from_config(config), rngs=nnx.Rngs(config.seed), attention_fn=attention_fn
+  )
   graphdef, params = nnx.split(model, nnx.Param)
   return graphdef, params.to_pure_dict()
 
@@ -67,74 +76,38 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   )
 
 
-def passkey_loss(logits_BTV, batch, lm_weight):
-  """Answer-digit cross-entropy + lm_weight * next-token cross-entropy on every position.
+def apply_step(state, batch, graphdef, optimizer, loss_fn):
+  """One optimiser step of loss_fn(logits_BTV, batch) -> (loss, metrics); pure.
 
-  Returns (loss, metrics); `exact_match` is the batch mean of `evaluate.exact_match`, whose
-  per-example values are `example_exact_match` (bool [B], for the adaptive curriculum; not a
-  logged scalar).
+  Returns (new_state, metrics): the loss's metrics plus loss and the grad/param/update norms.
   """
-  answer_BT = batch["answer_mask"]
-  token_loss_BT = optax.softmax_cross_entropy_with_integer_labels(logits_BTV, batch["targets"])
-  answer_loss = jnp.sum(token_loss_BT * answer_BT) / jnp.sum(answer_BT)
-  lm_loss = jnp.mean(token_loss_BT)
-  correct_BT = jnp.argmax(logits_BTV, axis=-1) == batch["targets"]
-  exact_match_B = evaluate.exact_match(logits_BTV, batch)
+
+  def loss_of(params):
+    return loss_fn(nnx.merge(graphdef, params)(batch["inputs"]), batch)
+
+  (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
   metrics = {
-    "answer_loss": answer_loss,
-    "lm_loss": lm_loss,
-    "digit_accuracy": jnp.sum(correct_BT * answer_BT) / jnp.sum(answer_BT),
-    "exact_match": jnp.mean(exact_match_B),
-    "example_exact_match": exact_match_B,
+    **metrics,
+    "loss": loss,
+    "grad_norm": optax.global_norm(grads),
+    "param_norm": optax.global_norm(params),
+    "update_norm": optax.global_norm(updates),
   }
-  return answer_loss + lm_weight * lm_loss, metrics
+  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
 
 @functools.partial(
   jax.jit, static_argnames=("graphdef", "optimizer", "lm_weight"), donate_argnames="state"
 )
 def train_step(state, batch, *, graphdef, optimizer, lm_weight):
-  """One optimiser step. Returns (new_state, metrics)."""
+  """The passkey task's step, as the profiling tools and scripts compile it: (new_state, metrics).
 
-  def loss_fn(params):
-    logits_BTV = nnx.merge(graphdef, params)(batch["inputs"])
-    return passkey_loss(logits_BTV, batch, lm_weight)
-
-  (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-  params = optax.apply_updates(state["params"], updates)
-  metrics.update(
-    loss=loss,
-    grad_norm=optax.global_norm(grads),
-    param_norm=optax.global_norm(params),
-    update_norm=optax.global_norm(updates),
-  )
-  return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
-
-
-def training_max_distance(config):
-  """Largest key-to-question distance trained on (data.max_distance, data.cap_at_reach)."""
-  d = config.data
-  top = data.context_max_distance(d.seq_len) if d.max_distance < 0 else d.max_distance
-  reach = model_config(config).reach
-  if d.cap_at_reach and reach is not None and reach < top:
-    if reach < data.MIN_DISTANCE:
-      raise ValueError(
-        f"The model's receptive reach {reach} is below the shortest passkey distance "
-        f"{data.MIN_DISTANCE}, so no training example can be answered; widen the "
-        f"window, add layers or set data.cap_at_reach=False."
-      )
-    top = reach
-  return top
-
-
-def _checkpoint_manager(workdir, config, read_only=False):
-  directory = os.path.abspath(os.path.join(workdir, "checkpoints"))
-  if read_only:  # Reading a workdir creates nothing in it.
-    options = ocp.CheckpointManagerOptions(create=False)
-  else:
-    options = ocp.CheckpointManagerOptions(max_to_keep=config.keep_checkpoints, create=True)
-  return ocp.CheckpointManager(directory, options=options)
+  The Trainer runs the same `apply_step` for its task, jitted with explicit shardings.
+  """
+  loss_fn = functools.partial(passkey.passkey_loss, lm_weight=lm_weight)
+  return apply_step(state, batch, graphdef, optimizer, loss_fn)
 
 
 def restore_params(workdir):
@@ -153,9 +126,9 @@ def restore_params(workdir):
   target = jax.tree.map(
     ocp.utils.to_shape_dtype_struct, init_state(params, create_optimizer(config))
   )
-  step, restored = workdir_lib.restore_newest(
-    _checkpoint_manager(workdir, config, read_only=True),
-    lambda step: ocp.args.Composite(state=ocp.args.StandardRestore(target)),
+  step, restored = checkpoints.restore_newest(
+    checkpoints.manager(workdir, read_only=True),
+    checkpoints.restore_args(target),
     workdir,
     read_only=True,
   )
@@ -164,24 +137,20 @@ def restore_params(workdir):
   return config, graphdef, restored["state"]["params"]
 
 
-def validate_config(config: ml_collections.ConfigDict):
-  """One-line ValueErrors, naming the value given, for config values a run cannot use."""
-  d = config.data
-  if d.seq_len < data.MIN_CONTEXT_LEN:
-    raise ValueError(
-      f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
-      f"{data.MIN_CONTEXT_LEN} tokens."
-    )
-  positive = {
-    "data.batch_size": d.batch_size,
+def validate_config(config: ml_collections.ConfigDict, task=None):
+  """One-line ValueErrors, naming the value given, for config values a run cannot use.
+
+  The task's own fields (config.data, config.eval) are checked by `task.validate` (default: the
+  task config.task names).
+  """
+  (task or tasks.get_task(config.task, config)).validate(config)
+  for name, value in {
+    "data.batch_size": config.data.batch_size,
     "log_every_steps": config.log_every_steps,
     "checkpoint_every_steps": config.checkpoint_every_steps,
     "keep_checkpoints": config.keep_checkpoints,
-    "eval.examples_per_distance": config.eval.examples_per_distance,
-    "eval.num_distances": config.eval.num_distances,
-  }
-  positive["num_steps"] = config.num_steps
-  for name, value in positive.items():
+    "num_steps": config.num_steps,
+  }.items():
     if not isinstance(value, int) or value < 1:
       raise ValueError(f"{name}={value!r} must be a positive integer.")
   for name, value in {
@@ -199,206 +168,228 @@ def validate_config(config: ml_collections.ConfigDict):
     ("optim.grad_clip", o.grad_clip, o.grad_clip > 0, "> 0"),
     ("optim.b1", o.b1, 0 <= o.b1 < 1, "in [0, 1)"),
     ("optim.b2", o.b2, 0 <= o.b2 < 1, "in [0, 1)"),
-    ("data.lm_weight", d.lm_weight, d.lm_weight >= 0, ">= 0"),
   ]
   for name, value, ok, allowed in checks:
     if not ok:
       raise ValueError(f"{name}={value!r} is not allowed; it must be {allowed}.")
 
 
-def _config_fields(record):
-  """Flat {field: value} of a config record (config.json), windows in their per-layer form."""
-  flat = workdir_lib.flatten(record)
-  try:  # "none" and "full", 32 and "32,32,32" are the same windows.
-    flat["model.window_size"] = list(model_config(ml_collections.ConfigDict(record)).layer_windows)
-  except Exception:  # pylint: disable=broad-except  # an older record: compare as written
-    pass
-  return flat
+class Trainer:
+  """Trains one task's model: owns the jitted step, its shardings, the optimiser and schedule.
+
+  `train_and_evaluate(workdir)` is a whole run: it claims the workdir (swa/workdir.py), resumes
+  from its newest checkpoint, trains with checkpoints and metrics, evaluates and writes
+  eval.json. `train` is the loop alone (scripts/step_rate.py times it without a workdir).
+
+  Args:
+    config: the experiment config (configs/base.py); validated here.
+    task: the task; default tasks.get_task(config.task, config).
+  """
+
+  def __init__(self, config: ml_collections.ConfigDict, task=None):
+    self.task = task or tasks.get_task(config.task, config)
+    validate_config(config, self.task)
+    self.config = config
+    self.mesh = sharding.make_mesh(config.mesh)
+    self.graphdef, params = create_model(config, self.mesh)
+    self.optimizer = create_optimizer(config)
+    self.schedule = learning_rate_schedule(config)
+    self.initial_state = init_state(params, self.optimizer)
+    self._replicated = NamedSharding(self.mesh, PartitionSpec())
+    self._jitted = None
+
+  def update(self, state, batch):
+    """One optimiser step on the task's loss, not jitted: (new_state, metrics)."""
+    return apply_step(state, batch, self.graphdef, self.optimizer, self.task.loss)
+
+  def step(self, state, batch):
+    """The jitted `update`: state replicated, batch split over the mesh, state donated."""
+    if self._jitted is None:  # Built from the first batch: its arrays' ranks give the layout.
+      batch_shardings = {
+        k: NamedSharding(self.mesh, sharding.batch_spec(v.ndim)) for k, v in batch.items()
+      }
+      self._jitted = jax.jit(
+        self.update,
+        in_shardings=(self._replicated, batch_shardings),
+        out_shardings=(self._replicated, self._replicated),
+        donate_argnums=0,
+      )
+    return self._jitted(state, batch)
+
+  def place(self, state):
+    """The train state on the mesh, as `step` takes it."""
+    return sharding.shard_train_state(state, self.mesh)
+
+  def input_pipeline(self, batches, limit=None):
+    """An InputPipeline of `batches` for this mesh (background unless the task has feedback)."""
+    put = functools.partial(sharding.shard_batch, mesh=self.mesh)
+    return InputPipeline(
+      batches, put, self.task.batch_keys, limit, background=not self.task.feedback
+    )
+
+  def evaluate(self, step, params, writer):
+    """The task's evaluation, logged as eval/<key> at `step`; returns its metrics."""
+    metrics = self.task.evaluate(self.graphdef, params, self.config)
+    writer.write(step, {f"eval/{k}": v for k, v in metrics.items()})
+    return metrics
+
+  def train(
+    self,
+    state,
+    pipeline,
+    steps,
+    *,
+    writer=None,
+    manager=None,
+    progress=None,
+    evaluate=True,
+    should_stop=None,
+  ):
+    """Runs the steps of range `steps` on batches of `pipeline`; returns (state, steps run).
+
+    Logs to `writer` every config.log_every_steps and at the last step, evaluates every
+    eval.every_steps (with `evaluate`), checkpoints every checkpoint_every_steps and at the
+    last step (with a `manager`), shows a tqdm `progress` bar, and stops early once
+    should_stop() is true. A NaN loss stops with a one-line FloatingPointError.
+    """
+    config = self.config
+    every = config.eval.every_steps if evaluate else 0
+    writer = writer or workdir_lib.MetricWriter(None, enabled=False)
+    progress = progress or tqdm.tqdm(disable=True)
+    pending, done, window_start, window_tokens = None, 0, time.perf_counter(), 0
+    for step in steps:
+      host, batch = next(pipeline)
+      state, metrics = self.step(state, batch)
+      done += 1
+      window_tokens += host["inputs"].size
+      # Finish the previous step now, so the device always has the next step queued.
+      if pending is not None:
+        self._finish(*pending, writer, progress)
+      pending = (step, host, metrics)
+      if (step + 1) % config.log_every_steps == 0:
+        jax.block_until_ready(metrics)
+        rate = window_tokens / (time.perf_counter() - window_start)
+        writer.write(step + 1, {"tokens_per_second": rate})
+        progress.set_postfix(loss=f"{float(metrics['loss']):.3f}", tok_s=f"{rate:,.0f}")
+        window_start, window_tokens = time.perf_counter(), 0
+      last = step + 1 == steps.stop or (should_stop is not None and should_stop())
+      if every and (step + 1) % every == 0 and step + 1 != steps.stop:
+        accuracy = self.evaluate(step + 1, state["params"], writer)
+        progress.write(f"step {step + 1}: " + " ".join(f"{k}={v:.3g}" for k, v in accuracy.items()))
+      if (step + 1) % config.checkpoint_every_steps == 0 or last:
+        # The saved data state must include this step's results, as a resumed run will.
+        self._finish(*pending, writer, progress, force=last)
+        pending = None
+        if manager is not None:
+          checkpoints.save(manager, step + 1, state, pipeline.data_state())
+      progress.update(1)
+      if last:
+        break
+    return state, done
+
+  def _finish(self, step, host, metrics, writer, progress, force=False):
+    """Host side of a step: the task's observe, the NaN check, logging every log_every_steps."""
+    extra = self.task.observe(host, metrics)
+    scalars = {k: v for k, v in metrics.items() if jnp.ndim(v) == 0}
+    loss = float(scalars["loss"])
+    if not math.isfinite(loss):
+      progress.close()
+      raise FloatingPointError(
+        f"Loss became {loss} at step {step + 1}; stopping. Try a lower optim.learning_rate or "
+        "optim.grad_clip, or model.dtype=float32."
+      )
+    if writer.enabled and (force or (step + 1) % self.config.log_every_steps == 0):
+      row = {**jax.device_get(scalars), **extra, "learning_rate": self.schedule(step)}
+      writer.write(step + 1, row)
+
+  def _resume(self, workdir, allow_changes, batches):
+    """Claims workdir and restores its newest checkpoint into the state and `batches`."""
+    config, state = self.config, self.initial_state
+    # Refuses a workdir of another run; nothing is written in it before this.
+    record = json.loads(config.to_json())
+    changes = workdir_lib.claim(workdir, record, workdir_lib.config_fields, allow_changes)
+    manager = checkpoints.manager(workdir, keep=config.keep_checkpoints)
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    # A data state the stream refuses makes the checkpoint unreadable, as bad bytes do.
+    accept = lambda restored: batches.set_state(checkpoints.check_restored(restored))
+    _, restored = checkpoints.restore_newest(
+      manager, checkpoints.restore_args(target), workdir, accept=accept
+    )
+    if restored is not None:
+      state = restored["state"]
+      print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
+    start = int(state["step"])
+    if start > config.num_steps:
+      raise ValueError(
+        f"num_steps={config.num_steps} is below the step {start} that {workdir} already reached."
+      )
+    if changes:  # Reported only for a resume that happens.
+      print(changes, file=sys.stderr)
+      workdir_lib.log_event(workdir, changes)
+    if jax.process_index() == 0:
+      workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), record)
+      workdir_lib.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start, config.num_steps)
+      workdir_lib.log_event(workdir, f"resumed at step {start}" if start else "started at step 0")
+    return manager, self.place(state)
+
+  def train_and_evaluate(self, workdir: str, allow_changes=()):
+    """The whole run in workdir (resumed if it has checkpoints), holding its lock; returns the
+    final summary."""
+    batches = self.task.batches(self.config)  # Its errors come before the workdir is touched.
+    workdir_lib.prepare(workdir)
+    # The run's first process holds the lock for all of them.
+    with workdir_lib.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():
+      return self._run(workdir, allow_changes, batches)
+
+  def _run(self, workdir, allow_changes, batches):
+    config = self.config
+    manager, state = self._resume(workdir, allow_changes, batches)
+    start = int(state["step"])
+    num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+    print(
+      f"Model: {num_params:,} parameters; windows {ModelConfig.from_config(config).layer_windows}; "
+      f"mesh {dict(self.mesh.shape)} over {jax.devices()}",
+      file=sys.stderr,
+    )
+    writer = workdir_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
+    pipeline = self.input_pipeline(batches, limit=config.num_steps - start)
+    progress = tqdm.tqdm(
+      initial=start,
+      total=config.num_steps,
+      mininterval=1 if sys.stderr.isatty() else 30,
+      file=sys.stderr,
+    )
+    try:
+      steps = range(start, config.num_steps)
+      kw = dict(writer=writer, manager=manager, progress=progress)
+      state, _ = self.train(state, pipeline, steps, **kw)
+    except BaseException:
+      writer.close()  # Before the error is shown: nothing of the writer's prints after it.
+      raise
+    finally:
+      pipeline.close()
+      # Also on an interrupt: let the last checkpoint finish so the next run resumes from it.
+      manager.wait_until_finished()
+      progress.close()
+
+    eval_metrics = self.evaluate(config.num_steps, state["params"], writer)
+    summary, table = self.task.final_summary(config, self.graphdef, state["params"], eval_metrics)
+    if jax.process_index() == 0:
+      workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), summary)
+    writer.close()
+    print(table)
+    return summary
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, allow_changes=()):
-  """Trains (resuming from the newest checkpoint in workdir) and evaluates; returns final metrics.
+  """Trains config.task (resuming from the newest checkpoint in workdir) and evaluates.
 
   Args:
     config: the experiment config (configs/base.py).
     workdir: the run's folder; a workdir belongs to one config (swa/workdir.py).
     allow_changes: fields of workdir.FLAG_FIELDS (num_steps) that may differ from the saved run.
+
+  Returns:
+    The task's final summary (what eval.json holds).
   """
-  validate_config(config)
-  mesh = sharding.make_mesh(config.mesh)
-  graphdef, params = create_model(config, mesh)
-  optimizer = create_optimizer(config)
-  state = init_state(params, optimizer)
-  d = config.data
-  batches = curriculum.PasskeyBatches(
-    seq_len=d.seq_len,
-    batch_size=d.batch_size,
-    seed=config.seed,
-    total_steps=config.num_steps,
-    curriculum_start=d.curriculum_start,
-    curriculum_fraction=d.curriculum_fraction,
-    max_distance=training_max_distance(config),
-    uniform_fraction=d.uniform_fraction,
-    curriculum=d.curriculum,
-    stage=d.curriculum_stage or None,
-    target=d.curriculum_target,
-    stage_examples=d.curriculum_examples,
-  )
-
-  if d.curriculum == "adaptive" and jax.process_count() > 1:
-    raise ValueError(
-      "data.curriculum='adaptive' runs in one process only (it reads every "
-      "example's result on the host); use 'linear' with several processes."
-    )
-
-  # Refuses a workdir of another run; nothing is written in it before this.
-  record = workdir_lib.claim(workdir, json.loads(config.to_json()), _config_fields, allow_changes)
-  manager = _checkpoint_manager(workdir, config)
-  target = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-  _, restored = workdir_lib.restore_newest(
-    manager,
-    lambda step: ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore()
-    ),
-    workdir,
-  )
-  if restored is not None:
-    state = restored["state"]
-    batches.set_state(restored["data"])
-    print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
-  start = int(state["step"])
-  if start > config.num_steps:
-    raise ValueError(
-      f"num_steps={config.num_steps} is below the step {start} that {workdir} already reached."
-    )
-  if jax.process_index() == 0:
-    workdir_lib.write_json_atomic(os.path.join(workdir, "config.json"), record)
-    workdir_lib.truncate_metrics(os.path.join(workdir, "metrics.jsonl"), start, config.num_steps)
-    workdir_lib.log_event(workdir, f"resumed at step {start}" if start else "started at step 0")
-  if mesh.size > 1:  # One device: no placement at all, exactly as before.
-    state = sharding.shard_train_state(state, mesh)
-
-  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
-  print(
-    f"Model: {num_params:,} parameters; windows {model_config(config).layer_windows}; "
-    f"mesh {dict(mesh.shape)} over {jax.devices()}",
-    file=sys.stderr,
-  )
-  writer = workdir_lib.MetricWriter(workdir, enabled=jax.process_index() == 0)
-  schedule = learning_rate_schedule(config)
-  step_fn = functools.partial(
-    train_step, graphdef=graphdef, optimizer=optimizer, lm_weight=float(d.lm_weight)
-  )
-  if mesh.size > 1:  # Split each host batch over the mesh before the jitted step.
-    step_on_mesh = step_fn
-    step_fn = lambda state, batch: step_on_mesh(state, sharding.shard_batch(batch, mesh))
-  distances = data.even_distances(d.seq_len, config.eval.num_distances)
-
-  def run_eval(step, params):
-    # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped
-    # by tokens, so a long trained context is evaluated one prompt at a time.
-    accuracy = evaluate.passkey_accuracy(
-      graphdef,
-      params,
-      distances,
-      train_seq_len=d.seq_len,
-      examples_per_distance=config.eval.examples_per_distance,
-      seed=config.seed,
-    )
-    writer.write(step, {f"eval/exact_match_d{k:05d}": v for k, v in accuracy.items()})
-    return accuracy
-
-  progress = tqdm.tqdm(
-    range(start, config.num_steps),
-    initial=start,
-    total=config.num_steps,
-    mininterval=1 if sys.stderr.isatty() else 30,
-    file=sys.stderr,
-  )
-  try:
-    state = _train_loop(
-      progress, state, batches, step_fn, writer, schedule, manager, config, run_eval
-    )
-  except BaseException:
-    writer.close()  # Before the error is shown: nothing of the writer's prints after it.
-    raise
-  finally:
-    # Also on an interrupt: let the last checkpoint finish so the next run resumes from it.
-    manager.wait_until_finished()
-    progress.close()
-
-  accuracy = run_eval(config.num_steps, state["params"])
-  reach = model_config(config).reach
-  summary = {
-    "step": config.num_steps,
-    "receptive_reach": reach,
-    "exact_match_by_distance": accuracy,
-  }
-  if jax.process_index() == 0:
-    workdir_lib.write_json_atomic(os.path.join(workdir, "eval.json"), summary)
-  writer.close()
-  print(evaluate.format_accuracy_table(accuracy, reach))
-  return summary
-
-
-def _train_loop(progress, state, batches, step_fn, writer, schedule, manager, config, run_eval):
-  """Steps from the restored state to config.num_steps, logging, evaluating and checkpointing."""
-  pending, window_start, window_tokens = None, time.perf_counter(), 0
-
-  def finish(step, metrics, distances, top, force=False):
-    """Host side of a step: NaN check, logging, and the curriculum's view of the results."""
-    correct_B = metrics.pop("example_exact_match")
-    if batches.curriculum == "adaptive":  # Only then fetch the per-example results.
-      batches.observe(distances, np.asarray(correct_B))
-    _log_step(step, {**metrics, "curriculum_top": top}, writer, progress, schedule, config, force)
-
-  for step in progress:
-    top = batches.top_at(step)  # The curriculum's largest distance for this step's batch.
-    batch = next(batches)
-    distances = batch["distance"]
-    batch = {k: batch[k] for k in ("inputs", "targets", "answer_mask")}
-    state, metrics = step_fn(state, batch)
-    window_tokens += batch["inputs"].size
-    # Finish the previous step now, so the device always has the next step queued.
-    if pending is not None:
-      finish(*pending)
-    pending = (step, metrics, distances, top)
-    if (step + 1) % config.log_every_steps == 0:
-      jax.block_until_ready(metrics)
-      elapsed = time.perf_counter() - window_start
-      writer.write(step + 1, {"tokens_per_second": window_tokens / elapsed})
-      progress.set_postfix(
-        loss=f"{float(metrics['loss']):.3f}", tok_s=f"{window_tokens / elapsed:,.0f}"
-      )
-      window_start, window_tokens = time.perf_counter(), 0
-    last = step + 1 == config.num_steps
-    if config.eval.every_steps and (step + 1) % config.eval.every_steps == 0 and not last:
-      accuracy = run_eval(step + 1, state["params"])
-      progress.write(
-        f"step {step + 1}: exact match by distance "
-        + " ".join(f"{k}:{v:.0%}" for k, v in accuracy.items())
-      )
-    if (step + 1) % config.checkpoint_every_steps == 0 or last:
-      # The saved data state must include this step's results, as a resumed run will.
-      finish(*pending, force=last)
-      pending = None
-      manager.save(
-        step + 1,
-        args=ocp.args.Composite(
-          state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(batches.get_state())
-        ),
-      )
-  return state
-
-
-def _log_step(step, metrics, writer, progress, schedule, config, force=False):
-  """Checks the loss for NaN every step; writes the metrics every log_every_steps."""
-  loss = float(metrics["loss"])
-  if not math.isfinite(loss):
-    progress.close()
-    raise FloatingPointError(
-      f"Loss became {loss} at step {step + 1}; stopping. Try a lower optim.learning_rate or "
-      "optim.grad_clip, or model.dtype=float32."
-    )
-  if force or (step + 1) % config.log_every_steps == 0:
-    writer.write(step + 1, {**jax.device_get(metrics), "learning_rate": schedule(step)})
+  return Trainer(config).train_and_evaluate(workdir, allow_changes)

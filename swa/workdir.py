@@ -1,28 +1,31 @@
 """A training workdir belongs to one run: its config, its checkpoints, its metrics.
 
 What this module promises (docs/reliability.md lists the test that holds each):
+  * `lock` holds a workdir for one process for the whole run: a second trainer is refused in one
+    line naming the holder; the kernel drops the lock of a dead process, so it never goes stale.
   * `check_config` refuses to resume a workdir whose saved config.json differs from the new config
-    in anything that shapes the model, data or optimiser; `FREE_FIELDS` may change freely and
-    `FLAG_FIELDS` with an explicit `allow_changes`.
+    in anything that shapes the model, data or optimiser (a shaping field missing on either side
+    included, unless `ADDED_FIELDS` says what older runs implied); `FREE_FIELDS` may change freely
+    and `FLAG_FIELDS` with an explicit `allow_changes`.
   * `write_json_atomic` writes config.json (and eval.json) by write-then-rename: a kill leaves the
-    old file or the new one, never half of one.
-  * `restore_newest` falls back from a checkpoint that cannot be restored to the newest one that
-    can, says so in one line, and moves the unreadable one aside (it is never deleted).
+    old file or the new one, never half of one; a full disk is one line and leaves no temporary.
   * `truncate_metrics` drops the metrics.jsonl rows a resumed run will write again;
     `MetricWriter` appends them (one process writes).
 """
 
+import errno
+import fcntl
 import glob
 import hashlib
 import json
 import math
 import os
-import shutil
-import sys
+import socket
 import time
 
 import jax
-from jax.experimental import multihost_utils
+
+from swa.model import ModelConfig
 
 # Fields a resumed run may change without asking: they decide how often the run logs, evaluates
 # and checkpoints, how many devices it spreads over and which (equivalent) attention kernel it
@@ -44,7 +47,10 @@ FREE_FIELDS = (
 # shortens) a run, which also stretches the learning-rate decay and the linear curriculum from
 # the resumed step on, so the result is not the run a fresh start with that num_steps would give.
 FLAG_FIELDS = ("num_steps",)
-UNREADABLE_DIR = "unreadable_checkpoints"
+# Fields added to the config since older runs were saved, with the value those runs implied: a
+# config.json without one resumes only if the new config has that value.
+ADDED_FIELDS = {"task": "passkey"}
+LOCK_FILE = ".lock"
 EVENTS_LOG = "events.log"
 
 
@@ -71,6 +77,16 @@ def flatten(tree, prefix=""):
       flat.update(flatten(value, path + "."))
     else:
       flat[path] = value
+  return flat
+
+
+def config_fields(record):
+  """Flat {field: value} of a config record (config.json), windows in their per-layer form."""
+  flat = flatten(record)
+  try:  # "none" and "full", 32 and "32,32,32" are the same windows.
+    flat["model.window_size"] = list(ModelConfig(**record["model"]).layer_windows)
+  except Exception:  # pylint: disable=broad-except  # an older record: compare as written
+    pass
   return flat
 
 
@@ -104,8 +120,8 @@ def check_config(saved, current, workdir, allow_changes=()):
     allow_changes: fields of FLAG_FIELDS the user allowed to differ (--allow_change).
 
   Returns:
-    The differences that are allowed, [(field, saved, new)], for the caller to report: FREE_FIELDS,
-    allowed FLAG_FIELDS, and fields that only one of the two configs has (ABSENT on the other).
+    The differences that are allowed, [(field, saved, new)], for the caller to report: FREE_FIELDS
+    and allowed FLAG_FIELDS (ABSENT where one side lacks the field).
   """
   bad = sorted(set(allow_changes) - set(FLAG_FIELDS))
   if bad:
@@ -113,16 +129,14 @@ def check_config(saved, current, workdir, allow_changes=()):
       f"--allow_change={','.join(bad)}: only {', '.join(FLAG_FIELDS)} may be "
       "allowed to change on resume; anything else needs a new --workdir."
     )
-  differences = config_differences(saved, current)
-  # A field only one side has comes from a code change (the locked config rejects new fields on
-  # the command line), not from the user: it is reported, not refused.
-  refused = [
-    (k, a, b)
-    for k, a, b in differences
-    if k not in FREE_FIELDS + tuple(allow_changes) and ABSENT not in (a, b)
-  ]
+  implied = {k: v for k, v in ADDED_FIELDS.items() if k not in saved and k in current}
+  differences = config_differences({**saved, **implied}, current)
+  # A shaping field only one side has (a damaged or hand-edited config.json, or a code change
+  # not in ADDED_FIELDS) proves nothing about the run: refused like a changed one.
+  refused = [(k, a, b) for k, a, b in differences if k not in FREE_FIELDS + tuple(allow_changes)]
   if refused:
-    changes = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused)
+    changes = "; ".join(f"{k}: {_show(a)} -> {_show(b)}" for k, a, b in refused[:6])
+    changes += f"; and {len(refused) - 6} more" if len(refused) > 6 else ""
     flag_only = [k for k, _, _ in refused if k in FLAG_FIELDS]
     way_out = "use a new --workdir to start a separate run"
     if flag_only and len(flag_only) == len(refused):
@@ -160,12 +174,12 @@ def prepare(workdir):
 
 
 def claim(workdir, record, fields, allow_changes=()):
-  """Checks that workdir may hold the run of config `record`; returns record.
+  """Checks that workdir may hold the run of config `record`; returns the allowed changes.
 
   Creates workdir if needed (`prepare`). If it holds a config.json, `check_config` compares
-  `fields(saved)` with `fields(record)` (flat {field: value}) and the allowed differences are
-  printed and logged; checkpoints without a config.json are refused. Writes nothing else: the
-  caller writes config.json once the checkpoint is restored.
+  `fields(saved)` with `fields(record)` (flat {field: value}); checkpoints without a config.json
+  are refused. Writes nothing else: the caller writes config.json, and reports the returned line
+  ("Resuming with changed fields: ...", or None), once the checkpoint is restored.
 
   Args:
     workdir: the run's folder.
@@ -177,19 +191,70 @@ def claim(workdir, record, fields, allow_changes=()):
   path = os.path.join(workdir, "config.json")
   checkpoints = os.path.join(workdir, "checkpoints")
   if os.path.exists(path):
-    changes = check_config(fields(read_json(path)), fields(record), workdir, allow_changes)
+    saved = read_json(path)
+    if not isinstance(saved, dict):
+      raise ValueError(
+        f"{path} holds no config (a JSON {type(saved).__name__}); use a new --workdir."
+      )
+    changes = check_config(fields(saved), fields(record), workdir, allow_changes)
     if changes:
-      message = "Resuming with changed fields: " + "; ".join(
+      return "Resuming with changed fields: " + "; ".join(
         f"{k}: {a!r} -> {b!r}" for k, a, b in changes
       )
-      print(message, file=sys.stderr)
-      log_event(workdir, message)
   elif os.path.isdir(checkpoints) and any(n.isdigit() for n in os.listdir(checkpoints)):
     raise ValueError(
       f"{workdir} has checkpoints but no config.json, so nothing shows they belong "
       "to this config; use a new --workdir, or put the run's config.json back."
     )
-  return record
+  return None
+
+
+class Lock:
+  """An exclusive lock on a workdir for one run (fcntl.flock on <workdir>/.lock).
+
+  The holder writes its pid and host in the file; a second holder is refused in one line naming
+  them. The kernel releases the lock when the holder exits, however it dies. `release()` (or
+  the end of a `with` block) lets go earlier.
+  """
+
+  def __init__(self, workdir):
+    self.path = os.path.join(workdir, LOCK_FILE)
+    self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      holder = os.read(self._fd, 200).decode(errors="replace").strip() or "another process"
+      os.close(self._fd)
+      raise ValueError(
+        f"{workdir} is being trained by {holder}; wait for it to finish or use another --workdir."
+      ) from None
+    os.ftruncate(self._fd, 0)
+    os.write(self._fd, f"process {os.getpid()} on {socket.gethostname()}\n".encode())
+
+  def release(self):
+    if self._fd is not None:
+      os.close(self._fd)  # Closing the file drops the lock.
+      self._fd = None
+
+  def __enter__(self):
+    return self
+
+  def __exit__(self, *exc):
+    self.release()
+
+
+def disk_error(path, error):
+  """A one-line ValueError for an OSError while writing `path` (a full disk, read-only, ...)."""
+  hint = (
+    "; free some space and run the same command again"
+    if error.errno
+    in (
+      errno.ENOSPC,
+      errno.EDQUOT,
+    )
+    else ""
+  )
+  return ValueError(f"Cannot write {path}: {error.strerror or error}{hint}.")
 
 
 def read_json(path):
@@ -210,10 +275,15 @@ def write_json_atomic(path, obj):
   Temporary files that a killed earlier write left beside path are removed afterwards.
   """
   tmp = f"{path}.tmp-{os.getpid()}"
-  with open(tmp, "w") as f:
-    f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
-    f.flush()
-    os.fsync(f.fileno())
+  try:
+    with open(tmp, "w") as f:
+      f.write(obj if isinstance(obj, str) else json.dumps(obj, indent=2))
+      f.flush()
+      os.fsync(f.fileno())
+  except OSError as error:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise disk_error(path, error) from error
   os.replace(tmp, path)
   for stale in glob.glob(glob.escape(path) + ".tmp-*"):
     os.remove(stale)
@@ -223,6 +293,7 @@ class MetricWriter:
   """Metrics as JSON lines (metrics.jsonl) and TensorBoard event files (tensorboardX)."""
 
   def __init__(self, workdir, enabled=True):
+    self.enabled = enabled
     self._jsonl = self._tb = None
     if enabled:  # Several processes: only the first writes.
       from tensorboardX import SummaryWriter  # Imported here: only the training loop needs it.
@@ -234,8 +305,11 @@ class MetricWriter:
     if self._jsonl is None:
       return
     metrics = {k: float(v) for k, v in metrics.items()}
-    self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
-    self._jsonl.flush()
+    try:
+      self._jsonl.write(json.dumps({"step": step, **metrics}) + "\n")
+      self._jsonl.flush()
+    except OSError as error:
+      raise disk_error(self._jsonl.name, error) from error
     for name, value in metrics.items():
       self._tb.add_scalar(name, value, step)
     self._tb.flush()
@@ -278,74 +352,3 @@ def log_event(workdir, message):
     stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     with open(os.path.join(workdir, EVENTS_LOG), "a") as f:
       f.write(f"{stamp} {message}\n")
-
-
-# Files every complete checkpoint of train_lib holds (Orbax's layout), checked to name what is
-# missing rather than show Orbax's error for it (a missing _METADATA reads "pytree structure error").
-_EXPECTED = ("_CHECKPOINT_METADATA", "state/_METADATA", "state/manifest.ocdbt", "data")
-
-
-def _diagnose(step_dir, error):
-  """A short reason a checkpoint did not restore: the missing file, else the error's start."""
-  missing = [p for p in _EXPECTED if not os.path.exists(os.path.join(step_dir, p))]
-  if missing:
-    return "missing " + ", ".join(missing)
-  text = " ".join(str(error).split()).split(" See full TensorStore details")[0]
-  return f"{type(error).__name__}: {text[:150]}"
-
-
-def restore_newest(manager, restore_args, workdir, read_only=False):
-  """Restores the newest checkpoint that can be restored; returns (step, restored) or (None, None).
-
-  A fallback is reported in one line on stderr and in events.log; the checkpoints that failed
-  are moved to <workdir>/unreadable_checkpoints/ so the next save of their step does not collide
-  with them (nothing is deleted). Raises ValueError if checkpoints exist and none restores.
-
-  Args:
-    manager: an orbax CheckpointManager over <workdir>/checkpoints.
-    restore_args: step -> the `args` for `manager.restore`.
-    workdir: the run's workdir (messages, events.log, where unreadable checkpoints go).
-    read_only: only report a fallback (commands that read a workdir change nothing in it).
-  """
-  failures = []
-  for step in sorted(manager.all_steps(), reverse=True):
-    try:
-      restored = manager.restore(step, args=restore_args(step))
-    except Exception as error:  # pylint: disable=broad-except  # any corruption: try the next
-      failures.append((step, _diagnose(os.path.join(str(manager.directory), str(step)), error)))
-      continue
-    if failures:
-      message = "warning: " + "; ".join(
-        f"the checkpoint at step {s} in {workdir} cannot be restored ({e})" for s, e in failures
-      )
-      if read_only:
-        print(f"{message}; using step {step} instead.", file=sys.stderr, flush=True)
-      else:
-        moved = move_unreadable(manager, [s for s, _ in failures], workdir)
-        message += f"; resumed from step {step} instead and moved the unreadable one to {moved}."
-        print(message, file=sys.stderr, flush=True)
-        log_event(workdir, message)
-    return step, restored
-  if failures:
-    raise ValueError(
-      f"No checkpoint in {manager.directory} can be restored (step {failures[0][0]}: "
-      f"{failures[0][1]}); use a new --workdir."
-    )
-  return None, None
-
-
-def move_unreadable(manager, steps, workdir):
-  """Moves the checkpoint folders of `steps` into <workdir>/unreadable_checkpoints; returns it."""
-  target_dir = os.path.join(workdir, UNREADABLE_DIR)
-  if jax.process_index() == 0:
-    os.makedirs(target_dir, exist_ok=True)
-    for step in steps:
-      source = os.path.join(str(manager.directory), str(step))
-      target, n = os.path.join(target_dir, str(step)), 1
-      while os.path.exists(target):
-        target, n = os.path.join(target_dir, f"{step}.{n}"), n + 1
-      shutil.move(source, target)
-  if jax.process_count() > 1:
-    multihost_utils.sync_global_devices("swa.workdir.move_unreadable")
-  manager.reload()
-  return target_dir

@@ -14,6 +14,7 @@ import pytest
 import eval_passkey
 from configs import tiny
 from swa import cli, data, erf, evaluate, passkey_report, summary, train_lib
+from swa.model import ModelConfig
 
 WINDOW, LAYERS = 32, 2
 REACH = LAYERS * (WINDOW - 1)  # 62: above data.MIN_DISTANCE, so some distances are inside
@@ -209,7 +210,7 @@ def test_format_accuracy_table():
 
 def test_key_digit_erf_is_exactly_zero_beyond_the_reach(restored):
   config, graphdef, params = restored
-  model_config = train_lib.model_config(config)
+  model_config = ModelConfig.from_config(config)
   assert model_config.reach == REACH
   distances = [42, 50, REACH - 1, REACH, REACH + 1, REACH + 5, 100]
   values = erf.effective_receptive_field(

@@ -6,9 +6,11 @@ kill -9 during a step, during a checkpoint save and during the config.json write
 the same parameters as an uninterrupted run, and each bad input ends in its one-line message.
 """
 
+import errno
 import glob
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -16,6 +18,7 @@ import sys
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 from test_train import read_metrics, small_config
 
@@ -106,15 +109,52 @@ def test_free_fields_change_and_num_steps_only_when_allowed():
     workdir_lib.check_config(saved, current, "w")
   allowed = workdir_lib.check_config(saved, current, "w", allow_changes=["num_steps"])
   assert [k for k, _, _ in allowed] == ["log_every_steps", "mesh", "num_steps"]
-  # A field added to (or removed from) the code since the run was saved is reported, not refused.
-  added = workdir_lib.check_config(saved, {**saved, "model.new_field": 1}, "w")
-  assert added == [("model.new_field", workdir_lib.ABSENT, 1)]
   with pytest.raises(ValueError, match="--allow_change=model.d_model: only num_steps"):
     workdir_lib.check_config(saved, current, "w", allow_changes=["model.d_model"])
   assert workdir_lib.override_suffix({}) == ""
   assert workdir_lib.override_suffix({"mesh": "data:2", "eval.every_steps": 5}) == ""
   suffix = workdir_lib.override_suffix({"model.window_size": 16})
   assert len(suffix) == 9 and suffix != workdir_lib.override_suffix({"model.window_size": 8})
+
+
+@pytest.mark.parametrize(
+  "saved, current, refused",
+  [  # refused: the message's list of fields, or None when the resume may go on
+    ({}, {"model.d_model": 32, "log_every_steps": 1}, r"\(model.d_model: \(absent\) -> 32\)"),
+    ({"model.d_model": 32}, {"model.d_model": 32, "model.new": 1}, r"model.new: \(absent\) -> 1"),
+    ({"model.d_model": 32, "model.gone": 1}, {"model.d_model": 32}, r"model.gone: 1 -> \(absent"),
+    ({"model.d_model": 32}, {"model.d_model": 32, "task": "passkey"}, None),  # ADDED_FIELDS
+    ({"model.d_model": 32}, {"model.d_model": 32, "task": "text"}, r"task: \"passkey\" -> \"text"),
+    ({"x": 1}, {"x": 1, "model.block_size": 8}, None),  # a FREE_FIELDS one may be missing
+    ({f"f{i}": 0 for i in range(8)}, {f"f{i}": 1 for i in range(8)}, r"f5: 0 -> 1; and 2 more\)"),
+  ],
+)
+def test_a_shaping_field_missing_on_either_side_refuses(saved, current, refused):
+  """Issue 28 (4): a config.json with missing fields must not let any config resume."""
+  if refused is None:
+    workdir_lib.check_config(saved, current, "w")
+  else:
+    with pytest.raises(workdir_lib.ConfigMismatchError, match=refused):
+      workdir_lib.check_config(saved, current, "w")
+
+
+def test_an_emptied_config_json_refuses_to_resume(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    f.write("{}")
+  config = small_config(num_steps=6)
+  config.model.window_size = 16
+  with pytest.raises(workdir_lib.ConfigMismatchError, match=r"holds a run with a different"):
+    train_lib.train_and_evaluate(config, workdir)
+  assert open(os.path.join(workdir, "config.json")).read() == "{}"
+
+
+def test_a_refused_resume_logs_no_changed_fields(trained, tmp_path):
+  """D19: events.log records the changed fields only of a resume that happens."""
+  workdir = copy_run(trained, tmp_path)
+  with pytest.raises(ValueError, match="num_steps=3 is below the step 6"):
+    train_lib.train_and_evaluate(small_config(num_steps=3), workdir, allow_changes=["num_steps"])
+  assert "Resuming with changed fields" not in open(os.path.join(workdir, "events.log")).read()
 
 
 def test_a_workdir_that_is_a_file_is_refused(tmp_path):
@@ -386,3 +426,179 @@ def test_bad_inputs_end_in_one_line(straight, tmp_path):
     assert proc.returncode == 1 and last.startswith("error: ") and expected in last, (args, err)
     assert "Traceback" not in err, err
   assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == ["3", "6"]
+
+
+# Issue 28: one run per workdir, checksummed checkpoints, data states, full disks, quiet fallbacks.
+
+HOLD_LOCK = """
+import sys, time
+from swa import workdir
+lock = workdir.Lock(sys.argv[1])
+print("locked", flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_second_trainer_is_refused_while_the_first_holds_the_workdir(trained, tmp_path):
+  workdir = copy_run(trained, tmp_path)
+  holder = subprocess.Popen(
+    [sys.executable, "-c", HOLD_LOCK, workdir], cwd=REPO, stdout=subprocess.PIPE, text=True
+  )
+  try:
+    assert holder.stdout.readline().strip() == "locked"
+    before = tree_of(workdir)
+    with pytest.raises(
+      ValueError, match=rf"^{workdir} is being trained by process {holder.pid} on"
+    ):
+      train_lib.train_and_evaluate(small_config(num_steps=6), workdir)
+    assert tree_of(workdir) == before  # nothing written, nothing moved
+  finally:
+    holder.kill()
+    holder.wait()
+  # The holder died without letting go: its lock went with it.
+  train_lib.train_and_evaluate(small_config(num_steps=6), workdir)
+  assert open(os.path.join(workdir, ".lock")).read().startswith(f"process {os.getpid()} on ")
+  with workdir_lib.Lock(workdir):  # released at the end of the run
+    pass
+
+
+def newest_data_file(workdir):
+  return os.path.join(workdir, "checkpoints", "6", "data", "metadata")
+
+
+def flip_bytes(workdir):
+  """Overwrites 420 bytes inside the largest array file of the newest checkpoint (same size)."""
+  d = os.path.join(workdir, "checkpoints", "6", "state", "ocdbt.process_0", "d", "*")
+  array = max(glob.glob(d), key=os.path.getsize)
+  size = os.path.getsize(array)
+  with open(array, "r+b") as f:
+    f.seek(size // 3)
+    f.write(b"GARBAGEGARBAGEGARBAGE" * 20)
+  assert os.path.getsize(array) == size
+
+
+def rewrite_data(workdir, change):
+  path = newest_data_file(workdir)
+  data = json.load(open(path))
+  with open(path, "w") as f:
+    json.dump(change(data), f)
+
+
+@pytest.mark.parametrize(
+  "damage, reason",
+  [
+    (flip_bytes, ""),  # Orbax's error or our checksum, whichever sees it first
+    (lambda w: rewrite_data(w, lambda d: {**d, "step": 2}), "the data state is at step 2"),
+    (lambda w: rewrite_data(w, lambda d: {k: v for k, v in d.items() if k != "step"}), "no step"),
+    (lambda w: rewrite_data(w, lambda d: {**d, "step": -1}), "the data state is at step -1"),
+    (  # What bytes that Orbax reads without complaint would give: leaves unlike their checksums.
+      lambda w: rewrite_data(
+        w, lambda d: {**d, "leaf_checksums": {**d["leaf_checksums"], "['step']": 0}}
+      ),
+      "checksum mismatch in 1 arrays, e.g. ['step']",
+    ),
+  ],
+)
+def test_a_damaged_newest_checkpoint_falls_back(trained, tmp_path, capsys, damage, reason):
+  workdir = copy_run(trained, tmp_path)
+  damage(workdir)
+  capsys.readouterr()
+  train_lib.train_and_evaluate(small_config(num_steps=6), workdir)
+  (line,) = [x for x in capsys.readouterr().err.splitlines() if x.startswith("warning:")]
+  assert "step 6" in line and reason in line and "resumed from step 3 instead" in line, line
+  assert_same_params(workdir, trained)  # never the damaged state: steps 4..6 trained again
+
+
+@pytest.mark.parametrize(
+  "change, reason",
+  [
+    (
+      lambda s, d: ({**s, "step": s["step"] + 1}, d),
+      "checksum mismatch in 1 arrays, e.g. ['step']",
+    ),
+    (lambda s, d: (s, {k: v for k, v in d.items() if k != "step"}), "the data state has no step"),
+    (lambda s, d: (s, {**d, "step": 0}), "the data state is at step 0, the train state at 3"),
+    (lambda s, d: (s, {k: v for k, v in d.items() if k != "leaf_checksums"}), None),  # older
+  ],
+)
+def test_restored_checkpoints_are_checked(change, reason):
+  from swa import checkpoints
+
+  state = {"params": {"w": np.arange(4.0)}, "step": np.int32(3)}
+  data = {"step": 3, "leaf_checksums": checkpoints.leaf_checksums(state)}
+  state, data = change(state, data)
+  if reason is None:
+    assert checkpoints.check_restored({"state": state, "data": data}) == {"step": 3}
+  else:
+    with pytest.raises(ValueError, match="^" + re.escape(reason) + "$"):
+      checkpoints.check_restored({"state": state, "data": data})
+
+
+def _full_disk(*args, **kwargs):
+  raise OSError(errno.ENOSPC, "No space left on device")
+
+
+class _FullFile:
+  name = "metrics.jsonl"
+  write = flush = staticmethod(_full_disk)
+
+  def close(self):
+    pass
+
+
+@pytest.mark.parametrize(
+  "what, where",
+  [
+    ("config.json", "config.json"),
+    ("metrics.jsonl", "metrics.jsonl"),
+    ("checkpoint", os.path.join("checkpoints", "3")),
+  ],
+)
+def test_a_full_disk_ends_in_one_line(tmp_path, monkeypatch, what, where):
+  workdir = str(tmp_path / "run")
+  if what == "config.json":
+    monkeypatch.setattr(os, "fsync", _full_disk)
+  elif what == "metrics.jsonl":
+    init = workdir_lib.MetricWriter.__init__
+
+    def full_jsonl(self, *args, **kwargs):
+      init(self, *args, **kwargs)
+      self._jsonl.close()
+      self._jsonl = _FullFile()
+
+    monkeypatch.setattr(workdir_lib.MetricWriter, "__init__", full_jsonl)
+  else:
+    monkeypatch.setattr(ocp.CheckpointManager, "save", _full_disk)
+  with pytest.raises(ValueError) as raised:
+    train_lib.train_and_evaluate(small_config(num_steps=3), workdir)
+  message = str(raised.value)
+  assert "\n" not in message and message.startswith("Cannot write ") and where in message
+  assert message.endswith(
+    "No space left on device; free some space and run the same command again."
+  )
+  assert not glob.glob(os.path.join(workdir, "*.tmp-*"))  # no empty temporary left behind
+
+
+QUIET_FALLBACK = """
+import sys
+from swa import train_lib
+train_lib.restore_params(sys.argv[1])
+"""
+
+
+@pytest.mark.slow
+def test_a_fallback_prints_its_one_line_last(trained, tmp_path):
+  """Issue 28 (7): Orbax's, absl's and asyncio's noise does not drown the warning."""
+  workdir = copy_run(trained, tmp_path)
+  corrupt(os.path.join(workdir, "checkpoints", "6"), "truncated array file")
+  done = subprocess.run(
+    [sys.executable, "-c", QUIET_FALLBACK, workdir],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 0, done.stderr[-2000:]
+  lines = done.stderr.strip().splitlines()
+  assert len(lines) <= 3, done.stderr[-3000:]
+  assert lines[-1].startswith(f"warning: the checkpoint at step 6 in {workdir} cannot be restored")

@@ -18,6 +18,7 @@ from configs import tiny
 from swa import curriculum as curriculum_lib
 from swa import data, train_lib
 from swa import workdir as workdir_lib
+from swa.model import ModelConfig
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -208,11 +209,11 @@ def test_window_size_from_the_command_line(text, windows):
     "config", flag_values=flag_values, lock_config=True, sys_argv=argv
   )
   flag_values(argv)
-  assert train_lib.model_config(config.value).layer_windows == windows
+  assert ModelConfig.from_config(config.value).layer_windows == windows
   reloaded = json.loads(config.value.to_json())["model"]  # what config.json holds
   assert (
-    train_lib.model_config(config.value).layer_windows
-    == train_lib.model_config(
+    ModelConfig.from_config(config.value).layer_windows
+    == ModelConfig.from_config(
       type(config.value)({**config.value.to_dict(), "model": reloaded})
     ).layer_windows
   )
@@ -260,3 +261,73 @@ def test_default_workdir_is_named_after_the_config(tmp_path):
   assert (tmp_path / "workdirs" / workdir / "config.json").exists()
   # Without overrides (or with only FREE_FIELDS ones) the name is the plain workdirs/tiny.
   assert workdir_lib.override_suffix({"log_every_steps": 1, "mesh": "data:1"}) == ""
+
+
+def test_trainer_step_gives_the_pinned_losses():
+  """The Trainer's jitted step (task loss, explicit shardings, donation) is train_step's math."""
+  trainer = train_lib.Trainer(small_config())
+  state = trainer.place(trainer.initial_state)
+  batch = data.passkey_batch(np.random.default_rng(0), 4, 64, np.full(4, 42))
+  batch = {k: batch[k] for k in trainer.task.batch_keys}
+  losses = []
+  for _ in range(3):
+    state, metrics = trainer.step(state, batch)
+    losses.append(float(metrics["loss"]))
+  np.testing.assert_allclose(losses, [9.443102, 9.443102, 9.184101], rtol=1e-6)
+  assert int(state["step"]) == 3
+
+
+def test_tasks_are_found_by_name_with_one_line_errors(monkeypatch):
+  from swa import tasks
+
+  task = tasks.get_task("passkey", small_config())
+  assert task.name == "passkey" and task.batch_keys == ("inputs", "targets", "answer_mask")
+  assert not task.feedback and tasks.get_task("passkey").lm_weight == 1.0
+  with pytest.raises(ValueError, match=r"^task='bogus' is not a task; choose one of passkey, "):
+    tasks.get_task("bogus")
+  monkeypatch.setitem(tasks.TASKS, "missing", "swa.tasks.no_such_module:Missing")
+  with pytest.raises(ValueError, match=r"^task='missing' needs swa/tasks/no_such_module.py, which"):
+    tasks.get_task("missing")
+  config = small_config()
+  config.task = "bogus"
+  with pytest.raises(ValueError, match="task='bogus' is not a task"):
+    train_lib.validate_config(config)
+
+
+class _Stream:
+  """A Batches of step-numbered batches that fails when asked for batch `fail_at`."""
+
+  def __init__(self, fail_at=None):
+    self.step, self.fail_at = 0, fail_at
+
+  def __next__(self):
+    if self.step == self.fail_at:
+      raise KeyboardInterrupt("simulated kill")
+    self.step += 1
+    return {"inputs": np.full((2, 3), self.step - 1), "extra": self.step - 1}
+
+  def get_state(self):
+    return {"step": self.step}
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_input_pipeline_keeps_order_and_the_consumed_state(background):
+  from swa.input_pipeline import InputPipeline
+
+  put = lambda b: {k: v + 100 for k, v in b.items()}
+  pipeline = InputPipeline(_Stream(fail_at=4), put, ["inputs"], background=background)
+  for i in range(4):
+    host, device = next(pipeline)
+    assert host["extra"] == i and set(device) == {"inputs"} and device["inputs"][0, 0] == 100 + i
+    # What a checkpoint after this step saves, however far the thread has drawn ahead.
+    assert pipeline.data_state() == {"step": i + 1}
+  for _ in range(2):  # The stream's error, when its batch is asked for, and after.
+    with pytest.raises(KeyboardInterrupt):
+      next(pipeline)
+  pipeline.close()
+  pipeline.close()
+  limited = InputPipeline(_Stream(), put, ["inputs"], limit=2, background=background)
+  next(limited), next(limited)
+  with pytest.raises(ValueError, match="more than its 2 batches"):
+    next(limited)
+  limited.close()
