@@ -163,3 +163,61 @@ def test_eval_passkey_from_csv_and_sweep_aggregate_give_the_same_report(tmp_path
   assert {dataclasses.replace(r, model="x") for r in merged if r.model == "w8"} == {
     dataclasses.replace(r, model="x") for r in rows_lib.collect([str(tmp_path / "w8")])
   }
+
+
+# --- Bad input: one line naming the value, before any work (issue 28) ------------------------------
+
+
+@pytest.fixture
+def fake_workdir(tmp_path):
+  """A folder that passes the workdir check (config.json, checkpoints/) but holds no model: any
+  error that comes from it shows a check came too late."""
+  path = tmp_path / "run"
+  (path / "checkpoints").mkdir(parents=True)
+  (path / "config.json").write_text("{}")
+  return str(path)
+
+
+def _bad_csv(tmp_path, field, text):
+  path = tmp_path / "bad" / "passkey.csv"
+  rows_lib.write_rows(path, [row()])
+  header, cells = (line.split(",") for line in path.read_text().splitlines())
+  cells[header.index(field)] = text
+  path.write_text(",".join(header) + "\n" + ",".join(cells) + "\n")
+  return str(path)
+
+
+@pytest.mark.parametrize(
+  "settings, message",
+  [
+    (lambda t, w: {"from_csv": [_bad_csv(t, "accuracy", "1.5")]}, "accuracy=1.5 must be in"),
+    (lambda t, w: {"from_csv": [_bad_csv(t, "n", "-4")]}, "n=-4 must be an integer >= 1"),
+    (lambda t, w: {"from_csv": [_bad_csv(t, "n", "7")] * 2}, "is given twice"),
+    (lambda t, w: {"workdirs": [w, w + "/"]}, "names .* twice"),
+    (lambda t, w: {"workdirs": [w], "max_factor": 0.0}, r"--max_factor=0.0 must be > 0"),
+    (lambda t, w: {"workdirs": [w], "step": 0}, r"--step=0 must be an integer >= 1"),
+    (lambda t, w: {"workdirs": [w], "examples_per_distance": 0}, "--examples_per_distance=0"),
+    (lambda t, w: {"workdirs": [w], "erf_examples": -1}, "--erf_examples=-1"),
+    (lambda t, w: {"workdirs": [w], "out": w + "/config.json"}, "is a file, not a folder"),
+    (lambda t, w: {"workdirs": [w], "out": w + "/config.json/x"}, "cannot be made"),
+  ],
+)
+def test_eval_passkey_refuses_bad_values_before_any_work(tmp_path, fake_workdir, settings, message):
+  import eval_passkey  # JAX: the evaluation side
+
+  kwargs = {"out": str(tmp_path / "out"), **settings(tmp_path, fake_workdir)}
+  with pytest.raises(ValueError, match=message) as error:
+    eval_passkey.run(**kwargs)
+  assert "\n" not in str(error.value)
+
+
+def test_eval_passkey_step_zero_is_one_line_on_the_command_line(fake_workdir, tmp_path):
+  done = subprocess.run(
+    [sys.executable, "eval_passkey.py", f"--workdirs={fake_workdir}", "--step=0"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert done.returncode == 1
+  assert done.stderr.strip() == "error: --step=0 must be an integer >= 1."

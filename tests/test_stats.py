@@ -171,9 +171,10 @@ def test_headline_table_row():
   table = tables.format_headline_table([s]).splitlines()
   assert table[0].startswith("| Model | Window | Layers | Reach | Seeds |")
   assert table[2] == (
-    "| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | "
-    "300 / 300 | 500 | 0.984 (-1.6 %) ✓ |"
+    "| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | [73.1, 91.3] | "
+    "86.0 / 78.7 / 82.0 | 3 of 3 | ~512 tokens at 95 % | "
+    "82.2 % [79.6, 84.6], seeds [73.1, 91.3] ✗ (seeds) | "
+    "300 / 300 | 500 | 0.984 (-1.6 %) [0.841, 1.103] ? |"
   )
 
 
@@ -182,8 +183,8 @@ def test_headline_table_full_attention_and_edge_cases():
   s = summary.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
   row = tables.format_headline_table([s]).splitlines()[2]
   assert row == (
-    "| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | 100.0 | "
-    "unlimited at 100 % | 100.0 % [98.1, 100.0] ✓ | ≥ 1004 (all) / ≥ 1004 (all) | "
+    "| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | — | 100.0 | — | "
+    "unlimited at 100 % | 100.0 % [98.1, 100.0] ? (keys) | ≥ 1004 (all) / ≥ 1004 (all) | "
     "none ≤ 1004 | — |"
   )
   assert s["beyond"] is None
@@ -211,3 +212,26 @@ def test_headline_notes_state_the_construction_and_the_bound():
   assert "Recall beyond the reach is 0 by construction" in text
   assert "100/100 bounds recall only above 96.3 % (Wilson 95 %; Clopper–Pearson: 96.4 %)" in text
   assert "certifying ≥ 99.5 % at one distance takes 765 keys, all right" in text
+
+
+def test_seed_interval_is_the_t_interval_over_seeds():
+  m = stats.seed_interval([0.9, 0.8, 0.7], clip=None)
+  half = 4.303 * 0.1 / np.sqrt(3)  # t_0.975(2) * sd / sqrt(3)
+  assert (m["mean"], m["low"], m["high"], m["k"]) == pytest.approx((0.8, 0.8 - half, 0.8 + half, 3))
+  assert stats.seed_interval([0.5]) is None
+  assert stats.seed_interval([1.0, 0.5])["high"] == 1.0  # clipped to [0, 1]
+  assert stats.seed_interval([1.0, 0.5], clip=None)["high"] > 1.0
+  assert stats.t975(30) == 2.042 and stats.t975(60) == pytest.approx(2.000, abs=1e-3)
+
+
+def test_all_hops_and_verdicts():
+  kept = rows_of("w", 0, {100: 1.0, 400: 0.9, 457: 0.55, 500: 0.1})
+  lost = rows_of("w", 1, {100: 1.0, 400: 0.3, 457: 0.2, 500: 0.0})
+  assert stats.relays_all_hops(kept, 508) and not stats.relays_all_hops(lost, 508)
+  assert stats.relays_all_hops(kept, None) is None
+  assert stats.verdict(0.96, 0.98, 0.95) == "✓"
+  assert stats.verdict(0.80, 0.94, 0.95) == "✗"
+  assert stats.verdict(0.90, 0.99, 0.95) == "?"  # not established: the interval straddles it
+  s = summary.summarize_model("w", {0: kept, 1: lost}, reference=(512, 0.95))
+  assert s["all_hops"] == {0: True, 1: False}
+  assert "| 1 of 2 |" in tables.format_headline_table([s])

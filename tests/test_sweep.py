@@ -391,9 +391,10 @@ def test_aggregate_command_writes_the_headline_table(tmp_path):
   assert done.returncode == 0, done.stderr
   text = (tmp_path / "out" / "passkey.md").read_text()
   assert (
-    "| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | 300 / 300 | 500 | "
-    "0.984 (-1.6 %) ✓ |"
+    "| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | [73.1, 91.3] | "
+    "86.0 / 78.7 / 82.0 | 3 of 3 | ~512 tokens at 95 % | "
+    "82.2 % [79.6, 84.6], seeds [73.1, 91.3] ✗ (seeds) | 300 / 300 | 500 | "
+    "0.984 (-1.6 %) [0.841, 1.103] ? |"
   ) in text
   assert "Recall beyond the reach is 0 by construction" in text
   for name in (
@@ -421,6 +422,16 @@ def test_aggregate_command_writes_the_headline_table(tmp_path):
       "error: --grid: model.windw is not a config field",
     ),
     (["--aggregate=nowhere", "--out=x"], "error: No such file or folder: nowhere"),
+    (
+      [
+        f"--config={REPO}/configs/tiny.py",
+        "--workdir=x",
+        "--grid=model.window_size=8",
+        "--parallel=0",
+      ],
+      "error: --parallel=0 must be an integer >= 1.",
+    ),
+    (["--aggregate=a.csv", "--out=x", "--eval_step=0"], "error: --eval_step=0 must be an integer"),
     (["--grid=model.window_size=3"], "error: A sweep needs --config and --workdir"),
   ],
 )

@@ -30,6 +30,7 @@ import math
 import numpy as np
 
 from swa.analysis import rows as rows_lib
+from swa.checks import check_int
 
 Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 CROSSING_LEVEL = 0.5
@@ -223,3 +224,66 @@ def crossing(distances, accuracies, level=CROSSING_LEVEL):
     if a1 < level:
       return d0 + (a0 - level) / (a0 - a1) * (d1 - d0)
   return math.inf
+
+
+# --- Seeds as a distribution ---------------------------------------------------------------------
+
+# Two-sided 95 % quantiles of Student's t, t_{0.975}(df), df = 1..30 (textbook table).
+_T975 = (
+  12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
+  2.201, 2.179, 2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086,
+  2.080, 2.074, 2.069, 2.064, 2.060, 2.056, 2.052, 2.048, 2.045, 2.042,
+)  # fmt: skip
+HOPS_FRACTION = 0.9  # "relays all hops": judged on the tested d <= 0.9 x reach ...
+HOPS_LEVEL = 0.5  # ... where recall never falls below 50 %
+
+
+def t975(df):
+  """t_{0.975}(df): the table for df <= 30, else Cornish-Fisher's expansion around z (error <
+  1e-3)."""
+  check_int("df", df)
+  if df <= len(_T975):
+    return _T975[df - 1]
+  z = Z95
+  return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
+
+
+def seed_interval(values, clip=(0.0, 1.0)):
+  """The t-interval over seeds: mean +- t975(k - 1) * sd / sqrt(k) of k per-seed values.
+
+  It says how much a new seed of the same recipe may differ, which the key-level Wilson interval
+  (how well these seeds were measured) does not. The bounds are clipped to `clip` (recall lies
+  in [0, 1]; None: no clipping).
+
+  Returns:
+    dict(mean, low, high, k), or None for fewer than two seeds (no spread to measure).
+  """
+  v = np.asarray(list(values), dtype=np.float64)
+  if v.size < 2:
+    return None
+  half = t975(v.size - 1) * float(np.std(v, ddof=1)) / math.sqrt(v.size)
+  mean = float(v.mean())
+  low, high = mean - half, mean + half
+  if clip is not None:
+    low, high = max(clip[0], low), min(clip[1], high)
+  return {"mean": mean, "low": low, "high": high, "k": int(v.size)}
+
+
+def relays_all_hops(rows, reach):
+  """Whether one seed's model relays the key through every layer: recall >= HOPS_LEVEL at every
+  tested d <= HOPS_FRACTION x reach (a lost hop is a collapse well before the reach, far below
+  the key-sampling noise of 100 keys around 95 %). None without a reach or a tested d there."""
+  if reach is None:
+    return None
+  judged = [r.accuracy for r in rows if r.distance <= HOPS_FRACTION * reach]
+  return min(judged) >= HOPS_LEVEL if judged else None
+
+
+def verdict(low, high, goal_low, goal_high=math.inf):
+  """ "✓" when the interval [low, high] lies inside [goal_low, goal_high], "✗" when it lies wholly
+  outside, "?" (not established) when it straddles an edge."""
+  if goal_low - 1e-12 <= low and high <= goal_high + 1e-12:
+    return "✓"
+  if high < goal_low - 1e-12 or low > goal_high + 1e-12:
+    return "✗"
+  return "?"

@@ -36,13 +36,15 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
   Returns:
     dict: model, window, layers, reach (None for full attention), limit (the largest distance
     inside: the reach, or the trained context's largest distance), train_seq_len, seeds,
-    threshold, inside (stats.pooled_mean over d <= limit), beyond (the same over d > limit;
-    None if none), reference, at_reference (pooled_mean over d <= the reference distance; every
-    tested d for full attention), max_distance (every tested d up to it has mean recall >=
-    threshold), max_distance_every_seed (the same for the lowest seed at each distance),
-    crossing (of the mean, stats.crossing), crossing_per_seed {seed: crossing}, ratio
-    (crossing / reach; None without a reach or a finite crossing), min_tested, max_tested,
-    max_seq_len.
+    threshold, inside (stats.pooled_mean over d <= limit), inside_seeds (stats.seed_interval of
+    its per-seed means; None for one seed), beyond (pooled_mean over d > limit; None if none),
+    reference, at_reference (pooled_mean over d <= the reference distance; every tested d for
+    full attention), at_reference_seeds (its seed_interval), all_hops {seed:
+    stats.relays_all_hops}, max_distance (every tested d up to it has mean recall >= threshold),
+    max_distance_every_seed (the same for the lowest seed at each distance), crossing (of the
+    mean, stats.crossing), crossing_per_seed {seed: crossing}, ratio (crossing / reach; None
+    without a reach or a finite crossing), ratio_seeds (seed_interval of the per-seed crossing /
+    reach; None unless every seed has a finite one), min_tested, max_tested, max_seq_len.
   """
   first = next(iter(rows_by_seed.values()))[0]
   reach, limit = first.reach, first.limit
@@ -58,6 +60,12 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
       subset(lambda r: reference[0] is None or r.distance <= reference[0])
     )
   cross = stats.crossing(ds, [c["accuracy"] for c in curve])
+  inside = stats.pooled_mean(subset(lambda r: r.distance <= limit))
+  crossing_per_seed = {
+    s: stats.crossing([r.distance for r in rs], [r.accuracy for r in rs])
+    for s, rs in rows_by_seed.items()
+  }
+  ratios = [c / reach for c in crossing_per_seed.values() if reach and math.isfinite(c)]
   return {
     "model": name,
     "window": first.window,
@@ -67,10 +75,13 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
     "train_seq_len": first.train_seq_len,
     "seeds": sorted(rows_by_seed),
     "threshold": threshold,
-    "inside": stats.pooled_mean(subset(lambda r: r.distance <= limit)),
+    "inside": inside,
+    "inside_seeds": inside and stats.seed_interval(inside["per_seed"].values()),
     "beyond": stats.pooled_mean(subset(lambda r: r.distance > limit)),
     "reference": reference,
     "at_reference": at_reference,
+    "at_reference_seeds": at_reference and stats.seed_interval(at_reference["per_seed"].values()),
+    "all_hops": {s: stats.relays_all_hops(rs, reach) for s, rs in rows_by_seed.items()},
     "max_distance": stats.max_distance_at(
       [(c["distance"], c["accuracy"]) for c in curve], threshold
     ),
@@ -78,11 +89,11 @@ def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):
       [(c["distance"], c["min_seed"]) for c in curve], threshold
     ),
     "crossing": cross,
-    "crossing_per_seed": {
-      s: stats.crossing([r.distance for r in rs], [r.accuracy for r in rs])
-      for s, rs in rows_by_seed.items()
-    },
+    "crossing_per_seed": crossing_per_seed,
     "ratio": cross / reach if reach and math.isfinite(cross) else None,
+    "ratio_seeds": stats.seed_interval(ratios, clip=None)
+    if len(ratios) == len(rows_by_seed)
+    else None,
     "min_tested": ds[0],
     "max_tested": ds[-1],
     "max_seq_len": max(r.seq_len for rs in rows_by_seed.values() for r in rs),

@@ -37,13 +37,15 @@ HEADLINE_COLUMNS = (
   "Layers",
   "Reach",
   "Seeds",
-  "Inside the reach (full: the trained length): mean [95 % interval]",
+  "Inside the reach (full: the trained length): mean [95 % keys]",
+  "[95 % seeds]",
   "Per seed",
+  "Seeds with all hops",
   "Seed table expects",
-  "Measured up to that distance",
+  "Measured up to that distance: mean [95 %], verdict",
   "≥ 95 % up to d (mean / every seed)",
   "50 % crossing",
-  "Crossing / reach",
+  "Crossing / reach [95 % seeds], verdict",
 )
 
 
@@ -51,8 +53,12 @@ def _pct(x):
   return f"{100 * x:.1f} %"
 
 
+def _bounds(m):
+  return f"[{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+
+
 def _interval(m):
-  return "—" if m is None else f"{_pct(m['mean'])} [{100 * m['low']:.1f}, {100 * m['high']:.1f}]"
+  return "—" if m is None else f"{_pct(m['mean'])} {_bounds(m)}"
 
 
 def _distance_cell(best, s):
@@ -69,65 +75,72 @@ def _crossing_cell(x, s):
   return f"{x:.0f}"
 
 
+def _reference_cells(s):
+  """(expects, measured): the verdict on the seed-level interval (the key-level one for a single
+  seed, which is a statement about that one model)."""
+  if s["reference"] is None:
+    return "—", "—"
+  distance, accuracy = s["reference"]
+  expects = f"{'unlimited' if distance is None else f'~{distance} tokens'} at {100 * accuracy:g} %"
+  m = s["at_reference"]
+  if m is None:
+    return expects, "—"
+  basis = s["at_reference_seeds"] or m
+  judged = "seeds" if s["at_reference_seeds"] else "keys"
+  cell = f"{_interval(m)}" + (f", seeds {_bounds(basis)}" if s["at_reference_seeds"] else "")
+  return expects, f"{cell} {stats.verdict(basis['low'], basis['high'], accuracy)} ({judged})"
+
+
+def _ratio_cell(s):
+  if s["ratio"] is None:
+    return "—"
+  goal = (1 - stats.CROSSING_GOAL, 1 + stats.CROSSING_GOAL)
+  cell = f"{s['ratio']:.3f} ({100 * (s['ratio'] - 1):+.1f} %)"
+  r = s["ratio_seeds"]
+  if r is None:  # one seed (or a seed without a crossing): the point against the goal
+    return cell + f" {stats.verdict(s['ratio'], s['ratio'], *goal)}"
+  return cell + f" [{r['low']:.3f}, {r['high']:.3f}] {stats.verdict(r['low'], r['high'], *goal)}"
+
+
 def format_headline_table(summaries):
-  """Markdown table of summarize_model() dicts, one row per model (columns HEADLINE_COLUMNS)."""
+  """Markdown table of summary.summarize's dicts, one row per model (columns HEADLINE_COLUMNS)."""
   threshold = summaries[0]["threshold"] if summaries else summary.THRESHOLD
   header = [
     c.replace("95", f"{100 * threshold:g}", 1) if c.startswith("≥") else c for c in HEADLINE_COLUMNS
   ]
-  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---|" + "---:|" * 7]
+  lines = ["| " + " | ".join(header) + " |", "|---|---|---:|---:|---|" + "---:|" * 9]
   for s in summaries:
     reach = "unlimited" if s["reach"] is None else str(s["reach"])
     seeds = f"{len(s['seeds'])} ({', '.join(str(x) for x in s['seeds'])})"
+    inside = s["inside"]
     per_seed = (
-      "—"
-      if s["inside"] is None
-      else " / ".join(f"{100 * v:.1f}" for v in s["inside"]["per_seed"].values())
+      "—" if inside is None else " / ".join(f"{100 * v:.1f}" for v in inside["per_seed"].values())
     )
-    if s["reference"] is None:
-      ref_cell = at_ref = "—"
-    else:
-      distance, accuracy = s["reference"]
-      ref_cell = (
-        f"{'unlimited' if distance is None else f'~{distance} tokens'} at {100 * accuracy:g} %"
-      )
-      met = s["at_reference"] is not None and s["at_reference"]["mean"] >= accuracy - 1e-9
-      at_ref = _interval(s["at_reference"]) + (" ✓" if met else " ✗")
-    best = (
-      f"{_distance_cell(s['max_distance'], s)} / {_distance_cell(s['max_distance_every_seed'], s)}"
-    )
-    if s["ratio"] is None:
-      ratio = "—"
-    else:
-      off = s["ratio"] - 1
-      ratio = f"{s['ratio']:.3f} ({100 * off:+.1f} %)" + (
-        " ✓" if abs(off) <= stats.CROSSING_GOAL + 1e-12 else " ✗"
-      )
+    hops = [v for v in s["all_hops"].values() if v is not None]
+    beyond = ""
+    if s["reach"] is None and s["beyond"]:
+      beyond = f"; beyond the trained length {100 * s['beyond']['mean']:.1f} %"
     cells = [
       s["model"],
       s["window"],
       str(s["layers"]),
       reach,
       seeds,
-      _interval(s["inside"])
-      + (
-        f"; beyond the trained length {100 * s['beyond']['mean']:.1f} %"
-        if s["reach"] is None and s["beyond"]
-        else ""
-      ),
+      _interval(inside) + beyond,
+      "—" if s["inside_seeds"] is None else _bounds(s["inside_seeds"]),
       per_seed,
-      ref_cell,
-      at_ref,
-      best,
+      f"{sum(hops)} of {len(hops)}" if hops else "—",
+      *_reference_cells(s),
+      f"{_distance_cell(s['max_distance'], s)} / {_distance_cell(s['max_distance_every_seed'], s)}",
       _crossing_cell(s["crossing"], s),
-      ratio,
+      _ratio_cell(s),
     ]
     lines.append("| " + " | ".join(cells) + " |")
   return "\n".join(lines) + "\n"
 
 
 def headline_notes(keys_per_point):
-  """The paragraph under the headline table: what is measured, what is by construction."""
+  """The paragraphs under the headline table: what is measured, what is by construction."""
   bound = stats.all_hits_lower_bound(keys_per_point)
   return (
     "Distance d runs from the first key digit to the token that predicts the first answer "
@@ -137,19 +150,25 @@ def headline_notes(keys_per_point):
     "not learning (a rare chance hit, 1 in 90,000 for five random digits, is all that can "
     "appear). The findings are inside the reach.\n\n"
     "Inside the reach: the mean over seeds of each seed's recall averaged uniformly over the "
-    "tested distances d ≤ reach (each distance weighted by the span it stands for), with a 95 % "
-    "Wilson interval on the pooled keys (Kish's effective count for the weights; swa/analysis/stats.py); "
-    "the per-seed values show the spread between seeds, which the interval does not. Full "
-    "attention has no reach: its mean is over the distances inside its trained length, with the "
-    "mean over those beyond it beside. "
+    "tested distances d ≤ reach (each distance weighted by the span it stands for). Two 95 % "
+    "intervals: [keys] is Wilson's on the pooled keys (Kish's effective count for the weights; "
+    "swa/analysis/stats.py): how well these seeds' models were measured; [seeds] is the "
+    "t-interval over the per-seed means (mean ± t₀.₉₇₅(k−1)·sd/√k, k seeds; none for one seed): "
+    "how much a new seed of the same recipe may differ. Full attention has no reach: inside is "
+    "d up to the largest distance of its trained length, and the mean beyond it is beside. "
+    f'"Seeds with all hops": seeds whose recall is ≥ {100 * stats.HOPS_LEVEL:g} % at every '
+    f"tested d ≤ {stats.HOPS_FRACTION:g} × reach (a lost hop collapses recall well before the "
+    "reach; 100 keys put the sampling noise of a 95 % recall at about ±4 points). "
     '"Seed table expects": the brief\'s row for this window (4 layers; full attention '
-    "unlimited, judged on every tested distance), and the same mean over d up to that distance "
-    "(✓ when it reaches the "
-    'expected recall). "≥ 95 % up to d": the largest tested d such that recall is ≥ 95 % at '
-    "every tested distance up to it, for the mean over seeds and for the lowest seed. "
-    "50 % crossing: where the mean over seeds first falls below 50 %, linearly interpolated "
-    f"between tested distances; the goal is a crossing within ±{100 * stats.CROSSING_GOAL:g} % of "
-    "the reach (✓).\n\n"
+    "unlimited, judged on every tested distance), the same mean over d up to that distance, and "
+    "a verdict only where the interval decides it: ✓ when the whole seed-level interval (the "
+    "key-level one for a single seed) reaches the expected recall, ✗ when all of it falls short, "
+    '? when it straddles the expectation (not established with these seeds). "≥ 95 % up to d": '
+    "the largest tested d such that recall is ≥ 95 % at every tested distance up to it, for the "
+    "mean over seeds and for the lowest seed. 50 % crossing: where the mean over seeds first "
+    "falls below 50 %, linearly interpolated between tested distances; its ratio to the reach "
+    f"is judged against the goal of ±{100 * stats.CROSSING_GOAL:g} % on the t-interval of the "
+    "per-seed ratios (one seed: on its value).\n\n"
     f"With {keys_per_point} keys per distance, a {keys_per_point}/{keys_per_point} bounds recall "
     f"only above {_pct(bound['wilson'])} (Wilson 95 %; Clopper–Pearson: "
     f"{_pct(bound['clopper_pearson'])}); certifying ≥ 99.5 % at one distance takes "
