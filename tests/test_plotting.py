@@ -76,9 +76,10 @@ def test_heatmap_cells_weigh_distances_by_span_not_by_keys():
 
 
 def test_broken_line_leaves_unmeasured_gaps_open():
-  x, y = figures.broken_line([0, 10, 20, 30, 100, 110], [1, 1, 1, 1, 0, 0])
-  assert np.isnan(x[4]) and np.isnan(y[4]) and len(x) == 7  # 30 -> 100 is 7 steps wide
-  x, _ = figures.broken_line([0, 10, 20, 30, 40], [1] * 5)
+  x, y = figures.broken_line([0, 10, 20, 30, 100, 110, 120], [1, 1, 1, 1, 0, 0, 0])
+  assert np.isnan(x[4]) and np.isnan(y[4]) and len(x) == 8  # 30 -> 100: 7 x its neighbours
+  # A grid that is fine near the reach and coarse elsewhere is drawn whole.
+  x, _ = figures.broken_line([0, 8, 16, 18, 20, 21, 22, 24, 32, 40], [1] * 10)
   assert not np.isnan(x).any()
 
 
@@ -93,3 +94,27 @@ def test_seed_curves_draw_each_seed_and_mark_the_trained_length(tmp_path):
   legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
   assert "trained length (d ≤ 236)" in legend and "seed 0" in legend
   assert not any("mean" in t for ax in fig.axes for t in [line.get_label() for line in ax.lines])
+
+
+def test_depth_sweep_draws_each_seeds_crossing_against_the_reach(tmp_path):
+  rows = []
+  for reach, window in ((14, "8"), (30, "16")):
+    for seed in (0, 1):
+      rows += _eval_rows(
+        f"w{window}_s{seed}",
+        reach,
+        range(4, 2 * reach, 2),
+        lambda d, r=reach: float(d <= r),
+        window=window,
+        seed=seed,
+      )
+  fig = figures.plot_depth_sweep(rows, path=str(tmp_path / "depth.png"))
+  dots = [
+    line
+    for line in fig.axes[0].lines
+    if line.get_label().startswith("w") and "wall" not in line.get_label()
+  ]
+  assert [line.get_label() for line in dots] == ["w8 (w8 L=2)", "w16 (w16 L=2)"]
+  (x, y), _ = [line.get_data() for line in dots]
+  assert list(x) == [14, 14] and list(y) == pytest.approx([15, 15])  # 1 at 14, 0 at 16
+  assert os.path.getsize(tmp_path / "depth.png") > 0

@@ -12,7 +12,7 @@ each distance) averaged over the distances of its bucket, each weighted by the s
 (stats.span_weights), so the 600 keys of a distance near the reach weigh no more than the 100 of
 a distance elsewhere. Seeds are drawn one by one, not as a mean: a mean over a seed that lost a
 hop and one that kept it draws a plateau no model has. Lines break across gaps wider than the
-grid's step (no line across distances that were not measured). Windowed panels mark the reach,
+gaps around them (no line across distances that were not measured). Windowed panels mark the reach,
 full-attention panels the trained length (the largest distance inside).
 """
 
@@ -24,7 +24,7 @@ import numpy as np
 
 from swa.analysis import stats, summary
 
-_GAP_FACTOR = 1.5  # a gap wider than this many times a curve's usual step is not bridged
+_GAP_FACTOR = 2.0  # a gap this many times wider than both its neighbours is not bridged
 
 
 def model_label(name, first):
@@ -50,19 +50,20 @@ def _groups(rows):
 
 
 def broken_line(distances, values, factor=_GAP_FACTOR):
-  """(x, y) with NaN inserted where a gap exceeds `factor` times the curve's usual step.
+  """(x, y) with NaN inserted in each gap wider than `factor` times both gaps beside it.
 
-  The usual step is the most common gap between consecutive distances (the grid's step), so the
-  coarse grid is drawn as a line and a stretch no distance was tested in is left open.
+  The grid is coarse far from the reach and fine near it; a gap much wider than its neighbours is
+  a stretch where no distance was tested, and the line is left open there instead of drawing
+  values nobody measured.
   """
   d = np.asarray(distances, dtype=np.float64)
   y = np.asarray(values, dtype=np.float64)
   if d.size < 3:
     return d, y
   gaps = np.diff(d)
-  common = collections.Counter(gaps.tolist()).most_common()
-  step = max(g for g, count in common if count == common[0][1])
-  breaks = np.flatnonzero(gaps > factor * step) + 1
+  left = np.concatenate([[0.0], gaps[:-1]])
+  right = np.concatenate([gaps[1:], [0.0]])
+  breaks = np.flatnonzero(gaps > factor * np.maximum(left, right)) + 1
   return np.insert(d, breaks, np.nan), np.insert(y, breaks, np.nan)
 
 
@@ -295,6 +296,52 @@ def plot_training_curves(metrics, path=None, smooth=5):
   axes[1].legend(fontsize=8)
   fig.suptitle(f"Training (mean of {smooth} logged values per point)", fontsize=10)
   fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=120)
+  return fig
+
+
+# --- The depth sweep -----------------------------------------------------------------------------
+
+
+def plot_depth_sweep(rows, path=None):
+  """The measured 50 % wall against the reach L (w - 1), one point per seed of each windowed model.
+
+  Small dots are each seed's crossing (stats.crossing of its own curve), a ring the crossing of
+  the mean over seeds; the diagonal is wall = reach, the band the ±3 % goal. Models that never
+  fall below 50 %, or start below it, have no finite crossing and are left out (the legend says
+  which). Returns the Figure.
+  """
+  summaries = [s for s in summary.summarize(rows) if s["reach"] is not None]
+  fig, ax = plt.subplots(figsize=(7.5, 5.6), layout="constrained")
+  groups = stats.group_by_model(rows)
+  top = max((s["reach"] for s in summaries), default=1)
+  line = np.array([0, 1.08 * top])
+  ax.fill_between(
+    line, line * (1 - stats.CROSSING_GOAL), line * (1 + stats.CROSSING_GOAL), color="green",
+    alpha=0.12, lw=0, label=f"±{100 * stats.CROSSING_GOAL:g} % of the reach",
+  )  # fmt: skip
+  ax.plot(line, line, "--", color="grey", lw=1, label="wall = reach L·(w−1)")
+  for s in summaries:
+    first = next(iter(groups[s["model"]].values()))[0]
+    label = model_label(s["model"], first)
+    per_seed = [c for c in s["crossing_per_seed"].values() if math.isfinite(c)]
+    if not per_seed:
+      ax.plot([], [], " ", label=f"{label}: no 50 % crossing")
+      continue
+    (dots,) = ax.plot([s["reach"]] * len(per_seed), per_seed, "o", ms=4, alpha=0.7, label=label)
+    if math.isfinite(s["crossing"]):
+      ax.plot(s["reach"], s["crossing"], "o", ms=10, mfc="none", color=dots.get_color())
+  ax.set_xlim(0, 1.08 * top)
+  ax.set_ylim(0, 1.08 * top)
+  ax.set_xlabel("reach L·(w−1) (tokens)")
+  ax.set_ylabel("measured 50 % crossing (tokens)")
+  ax.set_title(
+    "Where recall falls below 50 % against the reach\n(dots: seeds; rings: mean over seeds)",
+    fontsize=10,
+  )
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="upper left")
   if path is not None:
     fig.savefig(path, dpi=120)
   return fig

@@ -7,6 +7,7 @@
   passkey_by_distance.csv        per model and distance: mean over seeds, each seed, Wilson interval
   passkey_curves.png             recall vs distance, a panel per model, a line per seed
   passkey_heatmap.png            recall by distance bucket, split at each reach
+  passkey_depth.png              the 50 % crossing against the reach (models of several reaches)
   effective_receptive_field.png  and .csv, when ERFs are given
 
 Everything that reports passkey results writes it: eval_passkey.py after evaluating workdirs
@@ -76,9 +77,12 @@ def write_report(rows, out, *, header, erfs=None, erf_text="", notes=()):
   plt.close(figures.plot_accuracy_heatmap(rows, os.path.join(out, "passkey_heatmap.png")))
   files = (
     "Files: `passkey.csv` (every row with its seed), `passkey_by_distance.csv` (mean, each "
-    "seed, pooled keys and Wilson interval per distance), `passkey_curves.png`, "
-    "`passkey_heatmap.png`"
+    "seed, pooled keys and Wilson interval per distance), `passkey_curves.png` (each seed's "
+    "recall), `passkey_heatmap.png` (per-distance recall, distances weighted by their span)"
   )
+  if len({r.reach for r in rows if r.reach is not None}) > 1:
+    plt.close(figures.plot_depth_sweep(rows, os.path.join(out, "passkey_depth.png")))
+    files += ", `passkey_depth.png` (the 50 % crossing of each seed against the reach)"
   if erfs:
     reaches = {}
     for r in rows:
@@ -133,6 +137,7 @@ def merge(paths, out, *, command=None, extra=()):
     command,
     device=False,
     extra=[
+      "CPU, rebuilt from committed or earlier CSVs: no checkpoint, no accelerator",
       "Merged from these files or folders, whose `passkey.md` says how, on which device and "
       "when each was measured (a model and seed found in several files takes its file's "
       f"folder name):{sources}",
