@@ -8,20 +8,19 @@ into it except, for a single run without --out, its own eval/ folder. Several ru
 For each run the distance is swept from data.MIN_DISTANCE to --max_factor x its reach (full
 attention: to its trained length, or --full_max_factor x that), or over --distances, with
 --examples_per_distance fresh passkeys per distance, the same prompts train.py's tables score
-(swa/evaluate.py). swa/passkey_report.py lists the files written; the summary table is printed
+(swa/evaluate.py). swa/analysis/report.py lists the files written; the summary table is printed
 last, progress goes to stderr.
 
   python eval_passkey.py --from_csv=results/passkey.csv,evals/w512_s1/passkey.csv --out=merged
 
-merges earlier results (each file keeps its rows; a model name found in several files takes its
-file's folder name) into the same table and figures, with no checkpoints and no accelerator.
+merges earlier results (each file keeps its rows; a model and seed found in several files takes
+its file's folder name) into the same table and figures, with no checkpoints and no accelerator:
+the same report as `sweep.py --aggregate` of the same files.
 """
-
-import os
 
 from absl import flags, logging
 
-from swa import cli, evaluate, passkey_report
+from swa import cli, evaluate, evaluate_workdirs
 
 
 def define_flags():
@@ -86,69 +85,9 @@ def define_flags():
   )
 
 
-def _ints(flag, values, *, full_ok=False):
-  """The integers of a list flag (with full_ok, "full"/"none" -> None); one-line error if not."""
-  out = []
-  for text in map(str, values):
-    if full_ok and text.strip().lower() in ("none", "full"):
-      out.append(None)
-    elif text.strip().isdigit():
-      out.append(int(text))
-    else:
-      allowed = "positive integers or full" if full_ok else "positive integers"
-      raise cli.UserError(
-        f"--{flag}={','.join(map(str, values))}: {text!r} is not allowed; give {allowed}."
-      )
-  return out
-
-
-def run(
-  *,
-  workdirs=(),
-  from_csv=(),
-  out=None,
-  examples_per_distance=100,
-  max_factor=2.0,
-  full_max_factor=1.0,
-  step=None,
-  distances=None,
-  seed=0,
-  erf_examples=32,
-  max_batch_tokens=evaluate.MAX_BATCH_TOKENS,
-  cross_windows=(),
-  edge_examples_per_distance=0,
-):
-  """What the command does, from the flags' values (module docstring); returns the summaries."""
-  if bool(workdirs) == bool(from_csv):
-    raise cli.UserError(
-      "Pass exactly one of --workdirs (evaluate trained runs) and --from_csv "
-      "(merge earlier results)."
-    )
-  if from_csv:
-    if not out:
-      raise cli.UserError("--from_csv needs --out=<folder> for the merged files.")
-    return passkey_report.merge_csvs(list(from_csv), out=out)
-  if not out:
-    if len(workdirs) > 1:
-      raise cli.UserError(f"{len(workdirs)} workdirs need --out=<folder> for the shared table.")
-    out = os.path.join(workdirs[0], "eval")
-  distances = _ints("distances", distances) if distances else None
-  cross_windows = _ints("cross_windows", cross_windows or (), full_ok=True)
-  runs = passkey_report.load_runs(list(workdirs))
-  return passkey_report.evaluate_runs(
-    runs,
-    out=out,
-    examples_per_distance=examples_per_distance,
-    max_factor=max_factor,
-    step=step,
-    full_max_factor=full_max_factor,
-    distances=distances,
-    seed=seed,
-    erf_examples=erf_examples,
-    cross_windows=cross_windows,
-    max_batch_tokens=max_batch_tokens,
-    edge_examples_per_distance=edge_examples_per_distance or None,
-  )
+def run(**settings):
+  """What the command does (module docstring), from the flags' values; returns the summaries."""
+  return evaluate_workdirs.main(evaluate_workdirs.Settings(**settings))
 
 
 def main(argv):
@@ -157,8 +96,8 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO.
   f = flags.FLAGS
   run(
-    workdirs=f.workdirs or (),
-    from_csv=f.from_csv,
+    workdirs=tuple(f.workdirs or ()),
+    from_csv=tuple(f.from_csv),
     out=f.out,
     examples_per_distance=f.examples_per_distance,
     max_factor=f.max_factor,
@@ -168,7 +107,7 @@ def main(argv):
     seed=f.seed,
     erf_examples=f.erf_examples,
     max_batch_tokens=f.max_batch_tokens,
-    cross_windows=f.cross_windows,
+    cross_windows=tuple(f.cross_windows),
     edge_examples_per_distance=f.edge_examples_per_distance,
   )
 

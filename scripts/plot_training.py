@@ -10,7 +10,8 @@ import os
 
 from absl import app, flags
 
-from swa import cli, plotting
+from swa import cli
+from swa.analysis import figures
 
 _OUT = flags.DEFINE_string("out", "training_curves.png", "Where the PNG goes.")
 _SMOOTH = flags.DEFINE_integer("smooth", 5, "Logged values averaged per point.")
@@ -25,7 +26,7 @@ def main(argv):
     with open(path) as f:
       metrics[os.path.basename(path).split(".")[0]] = [json.loads(line) for line in f]
   os.makedirs(os.path.dirname(_OUT.value) or ".", exist_ok=True)
-  plotting.plot_training_curves(metrics, path=_OUT.value, smooth=_SMOOTH.value)
+  figures.plot_training_curves(metrics, path=_OUT.value, smooth=_SMOOTH.value)
   print(f"Wrote {_OUT.value}")
 
 

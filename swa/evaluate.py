@@ -17,8 +17,8 @@ writes all five digits right iff each teacher-forced argmax is right.
 Bounded memory. Prompts are scored in batches of at most max_batch_tokens tokens (at least one
 prompt), so a model trained at T = 262,144 is evaluated one prompt at a time.
 
-swa/summary.py summarizes and reads back the rows, swa/erf.py measures the effective
-receptive field, swa/plotting.py draws the figures; eval_passkey.py runs them on workdirs.
+The rows are swa/analysis/rows.py's PasskeyRow; swa/analysis/ summarizes, tables and draws them,
+swa/erf.py measures the effective receptive field, swa/evaluate_workdirs.py runs both on workdirs.
 """
 
 import collections
@@ -34,6 +34,7 @@ from flax import nnx
 
 from swa import data
 from swa import model as model_lib
+from swa.analysis.rows import PasskeyRow
 from swa.model import ModelConfig, Transformer, config_of
 
 PROMPT_STREAM = 7_919  # prompts of distance d come from default_rng([seed, PROMPT_STREAM, d])
@@ -217,19 +218,17 @@ def format_accuracy_table(accuracy, reach) -> str:
 
 def _rows(results, *, model, window, layers, reach, train_seq_len):
   return [
-    {
-      "model": model,
-      "window": window,
-      "layers": layers,
-      "reach": reach,
-      "distance": d,
-      "inside": reach is None or d <= reach,
-      "accuracy": acc,
-      "n": n,
-      "seq_len": T,
-      "train_seq_len": train_seq_len,
-      "beyond_train_len": T > train_seq_len,
-    }
+    PasskeyRow(
+      model=model,
+      window=window,
+      layers=layers,
+      reach=reach,
+      distance=d,
+      accuracy=acc,
+      n=n,
+      seq_len=T,
+      train_seq_len=train_seq_len,
+    )
     for d, (acc, n, T) in sorted(results.items())
   ]
 
@@ -266,9 +265,9 @@ def passkey_sweep(
       +-data.FINE_FRACTION of the reach (certifying >= 99.5 % takes about 600 right answers).
 
   Returns:
-    list of dict rows sorted by distance: model, window (label), layers, reach, distance,
-    inside (distance <= reach; always True for full attention), accuracy, n, seq_len (context
-    T of the prompts), train_seq_len, beyond_train_len (seq_len > train_seq_len).
+    PasskeyRows (swa/analysis/rows.py) sorted by distance, seed 0 (the caller sets the
+    training seed): model (label), window, layers, reach, distance, accuracy, n, seq_len (context
+    T of the prompts), train_seq_len.
   """
   config = config_of(graphdef, params)
   if distances is None:
@@ -378,10 +377,6 @@ def test_passkey_retrieval(
     label="model",
   )
   return {
-    w: {
-      r["distance"]: r["accuracy"]
-      for r in rows
-      if r["model"] == f"model @ w={model_lib.window_name(w)}"
-    }
+    w: {r.distance: r.accuracy for r in rows if r.model == f"model @ w={model_lib.window_name(w)}"}
     for w in window_sizes
   }

@@ -9,7 +9,8 @@ stream.py) builds it from these pieces, so a result always says how it was made:
   timing = reports.time_fn(fn, args, repeats=5)       # median ms of runs ended by block_until_ready
   if reports.is_oom(error): ...
 
-Nothing here imports the rest of swa: it sits at the bottom of the import graph.
+Nothing here imports the rest of swa: it sits at the bottom of the import graph. JAX is imported
+only by the functions that need a device (device_description, time_fn).
 """
 
 import csv
@@ -20,8 +21,6 @@ import shlex
 import statistics
 import sys
 import time
-
-import jax
 
 
 def command_line(argv=None, program=None) -> str:
@@ -41,6 +40,8 @@ def command_line(argv=None, program=None) -> str:
 
 def device_description() -> str:
   """The default device, e.g. "NVIDIA H200 (gpu, 1 device(s)); JAX 0.12.0"."""
+  import jax  # Only here and in time_fn: tables and CSVs (swa.analysis) need no JAX.
+
   device = jax.devices()[0]
   return (
     f"{device.device_kind} ({jax.default_backend()}, {jax.device_count()} device(s)); "
@@ -204,6 +205,8 @@ def time_fn(
       f"repeats={repeats}, warmup={warmup} and calls_per_sample={calls_per_sample} must all be "
       ">= 1."
     )
+  import jax
+
   args = tuple(args)
   thread = thread_output or (lambda a, out: a)
   call = 0

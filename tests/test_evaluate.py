@@ -2,6 +2,7 @@
 eval_passkey.py end to end (its numbers equal train.py's on the same checkpoint)."""
 
 import csv
+import dataclasses
 import json
 import os
 import shutil
@@ -13,7 +14,9 @@ import pytest
 
 import eval_passkey
 from configs import tiny
-from swa import cli, data, erf, evaluate, passkey_report, summary, train_lib
+from swa import data, erf, evaluate, evaluate_workdirs, train_lib
+from swa.analysis import report, summary, tables
+from swa.analysis import rows as rows_lib
 from swa.model import ModelConfig
 
 WINDOW, LAYERS = 32, 2
@@ -135,64 +138,27 @@ def test_distances_may_have_their_own_number_of_prompts(restored):
     edge_examples_per_distance=5,
     distances=[42, 58, 60, 62, 63, 66, 100],
   )
-  assert [r["n"] for r in rows] == [2, 2, 5, 5, 5, 2, 2]  # 5 within 5 % of the reach, 62
+  assert [r.n for r in rows] == [2, 2, 5, 5, 5, 2, 2]  # 5 within 5 % of the reach, 62
 
 
-# --- Summaries -----------------------------------------------------------------------------------
+# --- Summaries (swa/analysis: tests/test_stats.py, tests/test_analysis.py) -----------------------
 
 
 def _rows(model, window, reach, accuracies, start=50, step=10):
   return [
-    {
-      "model": model,
-      "window": window,
-      "layers": 4,
-      "reach": reach,
-      "distance": d,
-      "inside": reach is None or d <= reach,
-      "accuracy": a,
-      "n": 100,
-      "seq_len": 256,
-      "train_seq_len": 256,
-      "beyond_train_len": False,
-    }
+    rows_lib.PasskeyRow(
+      model=model,
+      window=window,
+      layers=4,
+      reach=reach,
+      distance=d,
+      accuracy=a,
+      n=100,
+      seq_len=256,
+      train_seq_len=256,
+    )
     for d, a in zip(range(start, start + step * len(accuracies), step), accuracies)
   ]
-
-
-def test_summarize_hand_made_rows():
-  rows = (
-    _rows("a", "8", 80, [1.0, 0.97, 0.95, 0.9, 0.96, 0.2])  # 50..100; 80 fails, 90 passes
-    + _rows("full", "full", None, [1.0, 1.0, 0.99])
-    + _rows("c", "128", 60, [0.5, 0.99, 0.99])
-  )
-  a, full, c = summary.summarize(rows)
-  assert a["model"] == "a" and a["theoretical_rf"] == 81
-  assert a["max_distance_at_threshold"] == 70  # 0.95 counts; the first failure (80) stops it
-  assert not a["all_pass"]
-  np.testing.assert_allclose(a["success_inside"], np.mean([1.0, 0.97, 0.95, 0.9]))
-  np.testing.assert_allclose(a["success_beyond"], np.mean([0.96, 0.2]))
-  assert a["reference"] is None and a["at_reference"] is None
-  assert full["theoretical_rf"] is None and full["success_beyond"] is None
-  assert full["max_distance_at_threshold"] == 70 and full["all_pass"]
-  assert full["reference"] == (None, 1.0)
-  np.testing.assert_allclose(full["at_reference"], np.mean([1.0, 1.0, 0.99]))
-  assert c["max_distance_at_threshold"] is None  # fails at the shortest distance
-  assert c["reference"] == (512, 0.95)
-  table = summary.format_summary_table([a, full, c])
-  lines = table.splitlines()
-  assert [h.strip() for h in lines[0].strip("|").split("|")] == list(summary.SUMMARY_COLUMNS)
-  assert "≥ 70 (all tested)" in lines[3] and "n/a (no limit)" in lines[3]
-  assert "< 50" in lines[4] and "~512 tokens at 95 %" in lines[4]
-
-
-def test_mean_over_distances_does_not_overweight_a_dense_cluster():
-  # Accuracy 1 on 0..50, 0 on 50..100, with eight extra points packed into 55..62.
-  even = _rows("m", "8", 100, [1] * 5 + [0] * 6, start=0)
-  dense = even + _rows("m", "8", 100, [0] * 8, start=55, step=1)
-  plain = np.mean([r["accuracy"] for r in dense])
-  assert summary.mean_over_distances(even) == pytest.approx(5 / 11)
-  assert abs(summary.mean_over_distances(dense) - 5 / 11) < abs(plain - 5 / 11)
 
 
 def test_format_accuracy_table():
@@ -246,7 +212,7 @@ def test_passkey_retrieval_per_window(restored):
 
 
 def _csv_accuracy(path):
-  return {r["distance"]: r["accuracy"] for r in summary.read_rows(path)}
+  return {r.distance: r.accuracy for r in rows_lib.read_rows(path)}
 
 
 def test_train_table_equals_eval_passkey_on_the_same_checkpoint(workdir, tmp_path):
@@ -341,12 +307,11 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   assert "- Command: `" in text and "- Device: " in text and "- Date: " in text
   table = [line for line in text.splitlines() if line.startswith("| ")]
   header = [h.strip() for h in table[0].strip("|").split("|")]
-  assert header == list(summary.SUMMARY_COLUMNS)
+  assert header == list(tables.HEADLINE_COLUMNS)
   cells = dict(zip(header, (c.strip() for c in table[1].strip("|").split("|"))))
-  assert cells["Window"] == "32" and cells["Layers"] == "2"
-  assert cells["Theoretical RF"] == f"{REACH + 1} (reach {REACH})"
+  assert cells["Window"] == "32" and cells["Layers"] == "2" and cells["Reach"] == str(REACH)
 
-  erfs = summary.read_erf(out / "effective_receptive_field.csv")["w32"]
+  erfs = rows_lib.read_erf(out / "effective_receptive_field.csv")["w32"]
   assert sorted(erfs) == distances  # measured at every tested distance
   assert all((v == 0.0) == (d > REACH) for d, v in erfs.items())
 
@@ -356,26 +321,28 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
 
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
-  runs = passkey_report.load_runs([workdir])
-  summaries = passkey_report.evaluate_runs(
+  runs = evaluate_workdirs.load_runs([workdir])
+  summaries = evaluate_workdirs.evaluate_runs(
     runs, out=str(first), examples_per_distance=4, step=16, erf_examples=2
   )
-  rows = summary.read_rows(first / "passkey.csv")
+  rows = rows_lib.read_rows(first / "passkey.csv")
   assert summary.summarize(rows) == summaries  # the CSV round trip keeps every value and type
   shutil.copytree(first, tmp_path / "run_b")  # the same model name in two files
 
   merged = tmp_path / "merged"
-  combined = passkey_report.merge_csvs(
+  combined, _ = report.merge(
     [str(first / "passkey.csv"), str(tmp_path / "run_b/passkey.csv")],
-    out=str(merged),
+    str(merged),
     command="python eval_passkey.py --from_csv=...",
   )
   assert [s["model"] for s in combined] == ["run_a", "run_b"]  # renamed to their folders
   assert [{**s, "model": "w32"} for s in combined] == summaries * 2
-  merged_rows = summary.read_rows(merged / "passkey.csv")
-  assert merged_rows == [{**r, "model": name} for name in ("run_a", "run_b") for r in rows]
-  erfs = summary.read_erf(merged / "effective_receptive_field.csv")
-  original = summary.read_erf(first / "effective_receptive_field.csv")["w32"]
+  merged_rows = rows_lib.read_rows(merged / "passkey.csv")
+  assert merged_rows == [
+    dataclasses.replace(r, model=name) for name in ("run_a", "run_b") for r in rows
+  ]
+  erfs = rows_lib.read_erf(merged / "effective_receptive_field.csv")
+  original = rows_lib.read_erf(first / "effective_receptive_field.csv")["w32"]
   assert set(erfs) == {"run_a", "run_b"} and erfs["run_b"] == original
   text = (merged / "passkey.md").read_text()
   assert "Merged from" in text and str(tmp_path / "run_b/passkey.csv") in text
@@ -386,27 +353,24 @@ def test_from_csv_merges_earlier_results(workdir, tmp_path):
 def test_old_dense_erf_files_still_load(tmp_path):
   path = tmp_path / "effective_receptive_field.csv"
   path.write_text("model,distance,erf,erf_normalized\nw8,0,0.5,1.0\nw8,1,0.25,0.5\nw8,2,0.0,0.0\n")
-  assert summary.read_erf(path) == {"w8": {0: 0.5, 1: 0.25, 2: 0.0}}
-  summary.write_erf(tmp_path / "again.csv", summary.read_erf(path))
+  assert rows_lib.read_erf(path) == {"w8": {0: 0.5, 1: 0.25, 2: 0.0}}
+  rows_lib.write_erf(tmp_path / "again.csv", rows_lib.read_erf(path))
   assert (tmp_path / "again.csv").read_text().replace("\r", "") == path.read_text()
 
 
 def test_from_csv_errors(tmp_path):
   (tmp_path / "other.csv").write_text("a,b\n1,2\n")
   with pytest.raises(ValueError, match="not a passkey.csv"):
-    summary.read_rows(tmp_path / "other.csv")
-  with pytest.raises(ValueError, match="names no file"):
-    passkey_report.merge_csvs([], out=str(tmp_path))
-  row = dict(
-    zip(summary.CSV_FIELDS, ["m", "32", "2", "62", "42", "True", "1.0", "4", "128", "128", "False"])
-  )
+    rows_lib.read_rows(tmp_path / "other.csv")
+  with pytest.raises(ValueError, match="No passkey.csv given"):
+    report.merge([], str(tmp_path))
+  row = _rows("m", "32", 62, [1.0])[0]
   for folder in ("x/same", "y/same"):  # same model, same folder name: no way to tell them apart
-    (tmp_path / folder).mkdir(parents=True)
-    summary.write_rows(tmp_path / folder / "passkey.csv", [row])
-  with pytest.raises(ValueError, match="clash"):
-    passkey_report.merge_csvs(
+    rows_lib.write_rows(tmp_path / folder / "passkey.csv", [row])
+  with pytest.raises(ValueError, match="put each file in a folder of its own name"):
+    report.merge(
       [str(tmp_path / "x/same/passkey.csv"), str(tmp_path / "y/same/passkey.csv")],
-      out=str(tmp_path / "out"),
+      str(tmp_path / "out"),
     )
 
 
@@ -422,7 +386,7 @@ def test_from_csv_errors(tmp_path):
   ],
 )
 def test_eval_passkey_refuses_unclear_requests(kwargs, message):
-  with pytest.raises(cli.UserError, match=message):
+  with pytest.raises(ValueError, match=message):
     eval_passkey.run(**kwargs)
 
 
@@ -438,7 +402,7 @@ def test_eval_passkey_creates_nothing_in_a_workdir_it_cannot_read(tmp_path):
 def test_eval_passkey_command_line_smoke(tmp_path):
   """The real command: a merge of a small CSV, then a user mistake in one line."""
   rows = _rows("m", "8", 80, [1.0, 0.5, 0.0])
-  summary.write_rows(tmp_path / "a" / "passkey.csv", rows)
+  rows_lib.write_rows(tmp_path / "a" / "passkey.csv", rows)
   command = [sys.executable, "eval_passkey.py", f"--from_csv={tmp_path / 'a' / 'passkey.csv'}"]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run(

@@ -1,30 +1,31 @@
-"""swa/stats.py: Wilson intervals, pooling seeds, the 50 % crossing; the headline table built on it."""
+"""swa/analysis/stats.py: Wilson intervals, pooling seeds, the 50 % crossing; summary.py's numbers
+and tables.py's headline table built on them."""
 
 import math
 
 import numpy as np
 import pytest
 
-from swa import aggregate, stats, summary
+from swa.analysis import rows as rows_lib
+from swa.analysis import stats, summary, tables
 
 
-def rows_of(model, seed, accuracies, *, reach=508, window="128", layers=4, n=100):
-  """passkey.csv rows of one model and seed: {distance: accuracy}."""
+def rows_of(model, seed, accuracies, *, reach=508, window="128", layers=4, n=100, train=640):
+  """PasskeyRows of one model and seed: {distance: accuracy}; prompts of the trained length
+  where d fits in it, else 64 tokens longer per 64 tokens of d."""
   return [
-    {
-      "model": model,
-      "window": window,
-      "layers": layers,
-      "reach": reach,
-      "distance": d,
-      "inside": reach is None or d <= reach,
-      "accuracy": a,
-      "n": n,
-      "seq_len": 640,
-      "train_seq_len": 640,
-      "beyond_train_len": False,
-      "seed": seed,
-    }
+    rows_lib.PasskeyRow(
+      model=model,
+      window=window,
+      layers=layers,
+      reach=reach,
+      distance=d,
+      accuracy=a,
+      n=n,
+      seq_len=max(train, -(-(d + 20) // 64) * 64),
+      train_seq_len=train,
+      seed=seed,
+    )
     for d, a in accuracies.items()
   ]
 
@@ -62,13 +63,13 @@ def test_keys_to_certify():
     stats.keys_to_certify(1.0)
 
 
-def test_span_weights_match_the_mean_over_distances_of_summary():
-  assert summary.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
+def test_span_weights_give_the_pooled_mean_of_one_seed():
+  assert stats.span_weights([0, 10, 30]).tolist() == [10.0, 15.0, 20.0]
   rng = np.random.default_rng(0)
   distances = sorted(rng.choice(np.arange(42, 900), size=17, replace=False).tolist())
   rows = rows_of("m", 0, dict(zip(distances, rng.random(17).tolist())))
-  mean = np.average([r["accuracy"] for r in rows], weights=summary.span_weights(distances))
-  assert mean == pytest.approx(summary.mean_over_distances(rows))
+  mean = np.average([r.accuracy for r in rows], weights=stats.span_weights(distances))
+  assert mean == pytest.approx(stats.pooled_mean({0: rows})["mean"])
 
 
 def test_pooled_mean_of_evenly_spaced_distances_is_wilson_on_the_pooled_keys():
@@ -84,7 +85,7 @@ def test_pooled_mean_of_evenly_spaced_distances_is_wilson_on_the_pooled_keys():
 
 
 def test_pooled_mean_weighs_distances_by_their_span():
-  m = stats.pooled_mean({0: rows_of("m", 0, {0: 1.0, 10: 0.5, 30: 0.0}, reach=None)})
+  m = stats.pooled_mean({0: rows_of("m", 0, {0: 1.0, 10: 0.5, 30: 0.0}, reach=None, window="full")})
   assert m["mean"] == pytest.approx((10 * 1.0 + 15 * 0.5) / 45)
   # Kish: (sum u)^2 / sum u^2 with u = w / (W n) per key.
   w = np.array([10, 15, 20]) / 45
@@ -105,8 +106,8 @@ def test_pooled_mean_weighs_distances_by_their_span():
   ],
 )
 def test_seed_in_a_name(name, seed, stripped):
-  assert stats.seed_of(name) == seed
-  assert stats.strip_seed(name) == stripped
+  assert rows_lib.seed_of(name) == seed
+  assert rows_lib.strip_seed(name) == stripped
 
 
 def test_group_by_model_pools_seeds_and_refuses_mixed_models():
@@ -148,7 +149,7 @@ def headline_rows():
 
 def test_summarize_model_gives_the_headline_numbers():
   by_seed = stats.group_by_model(headline_rows())["w128"]
-  s = stats.summarize_model("w128", by_seed, reference=(512, 0.95))
+  s = summary.summarize_model("w128", by_seed, reference=(512, 0.95))
   assert s["seeds"] == [0, 1, 2]
   assert s["inside"]["per_seed"] == pytest.approx({0: 0.86, 1: 2.36 / 3, 2: 0.82})
   assert s["inside"]["mean"] == pytest.approx(7.4 / 9)
@@ -166,46 +167,71 @@ def test_summarize_model_gives_the_headline_numbers():
 
 def test_headline_table_row():
   by_seed = stats.group_by_model(headline_rows())["w128"]
-  s = stats.summarize_model("w128", by_seed, reference=(512, 0.95))
-  table = aggregate.format_headline_table([s]).splitlines()
+  s = summary.summarize_model("w128", by_seed, reference=(512, 0.95))
+  table = tables.format_headline_table([s]).splitlines()
   assert table[0].startswith("| Model | Window | Layers | Reach | Seeds |")
   assert table[2] == (
-    "| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | "
-    "300 / 300 | 500 | 0.984 (-1.6 %) ✓ |"
+    "| w128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | [73.1, 91.3] | "
+    "86.0 / 78.7 / 82.0 | 3 of 3 | ~512 tokens at 95 % | "
+    "82.2 % [79.6, 84.6], seeds [73.1, 91.3] ✗ (seeds) | "
+    "300 / 300 | 500 | 0.984 (-1.6 %) [0.841, 1.103] ? |"
   )
 
 
 def test_headline_table_full_attention_and_edge_cases():
-  rows = rows_of("full", 0, {100: 1.0, 1004: 1.0}, reach=None, window="full")
-  s = stats.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
-  row = aggregate.format_headline_table([s]).splitlines()[2]
+  rows = rows_of("full", 0, {100: 1.0, 1004: 1.0}, reach=None, window="full", train=1024)
+  s = summary.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
+  row = tables.format_headline_table([s]).splitlines()[2]
   assert row == (
-    "| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | 100.0 | "
-    "unlimited at 100 % | 100.0 % [98.1, 100.0] ✓ | ≥ 1004 (all) / ≥ 1004 (all) | "
+    "| full | full | 4 | unlimited | 1 (0) | 100.0 % [98.1, 100.0] | — | 100.0 | — | "
+    "unlimited at 100 % | 100.0 % [98.1, 100.0] ? (keys) | ≥ 1004 (all) / ≥ 1004 (all) | "
     "none ≤ 1004 | — |"
   )
   assert s["beyond"] is None
   weak = rows_of("tiny", 0, {42: 0.3, 60: 0.0}, reach=93, window="32", layers=3)
-  s = stats.summarize_model("tiny", stats.group_by_model(weak)["tiny"])
+  s = summary.summarize_model("tiny", stats.group_by_model(weak)["tiny"])
   assert s["crossing"] == -math.inf and s["ratio"] is None
-  assert "| < 42 / < 42 | < 42 | — |" in aggregate.format_headline_table([s])
+  assert "| < 42 / < 42 | < 42 | — |" in tables.format_headline_table([s])
 
 
 def test_full_attention_inside_is_its_trained_length_and_beyond_is_extrapolation():
-  rows = rows_of("full", 0, {100: 1.0, 1004: 1.0, 1500: 0.5, 2000: 0.0}, reach=None, window="full")
-  for r in rows:
-    r["beyond_train_len"] = r["distance"] > 1004
-  s = stats.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
+  accuracies = {100: 1.0, 1004: 1.0, 1500: 0.5, 2000: 0.0}
+  rows = rows_of("full", 0, accuracies, reach=None, window="full", train=1024)
+  assert [r.inside for r in rows] == [True, True, False, False]  # d <= 1004, the trained length's
+  assert [r.beyond_train_len for r in rows] == [False, False, True, True]
+  s = summary.summarize_model("full", stats.group_by_model(rows)["full"], reference=(None, 1.0))
   assert s["inside"]["mean"] == 1.0
   assert s["beyond"]["mean"] == pytest.approx(0.5 * 0.5 + 0.5 * 0.0)  # d = 1500, 2000
   assert s["at_reference"]["mean"] < 1.0  # "unlimited at 100 %" is judged on every distance
-  row = aggregate.format_headline_table([s]).splitlines()[2]
+  row = tables.format_headline_table([s]).splitlines()[2]
   assert "| 100.0 % [98.1, 100.0]; beyond the trained length 25.0 % |" in row
 
 
 def test_headline_notes_state_the_construction_and_the_bound():
-  text = aggregate.headline_notes(100)
+  text = tables.headline_notes(100)
   assert "Recall beyond the reach is 0 by construction" in text
   assert "100/100 bounds recall only above 96.3 % (Wilson 95 %; Clopper–Pearson: 96.4 %)" in text
   assert "certifying ≥ 99.5 % at one distance takes 765 keys, all right" in text
+
+
+def test_seed_interval_is_the_t_interval_over_seeds():
+  m = stats.seed_interval([0.9, 0.8, 0.7], clip=None)
+  half = 4.303 * 0.1 / np.sqrt(3)  # t_0.975(2) * sd / sqrt(3)
+  assert (m["mean"], m["low"], m["high"], m["k"]) == pytest.approx((0.8, 0.8 - half, 0.8 + half, 3))
+  assert stats.seed_interval([0.5]) is None
+  assert stats.seed_interval([1.0, 0.5])["high"] == 1.0  # clipped to [0, 1]
+  assert stats.seed_interval([1.0, 0.5], clip=None)["high"] > 1.0
+  assert stats.t975(30) == 2.042 and stats.t975(60) == pytest.approx(2.000, abs=1e-3)
+
+
+def test_all_hops_and_verdicts():
+  kept = rows_of("w", 0, {100: 1.0, 400: 0.9, 457: 0.55, 500: 0.1})
+  lost = rows_of("w", 1, {100: 1.0, 400: 0.3, 457: 0.2, 500: 0.0})
+  assert stats.relays_all_hops(kept, 508) and not stats.relays_all_hops(lost, 508)
+  assert stats.relays_all_hops(kept, None) is None
+  assert stats.verdict(0.96, 0.98, 0.95) == "✓"
+  assert stats.verdict(0.80, 0.94, 0.95) == "✗"
+  assert stats.verdict(0.90, 0.99, 0.95) == "?"  # not established: the interval straddles it
+  s = summary.summarize_model("w", {0: kept, 1: lost}, reference=(512, 0.95))
+  assert s["all_hops"] == {0: True, 1: False}
+  assert "| 1 of 2 |" in tables.format_headline_table([s])

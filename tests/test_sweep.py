@@ -1,5 +1,5 @@
-"""sweep.py, swa/sweep.py, swa/workers.py, swa/aggregate.py: grids, run folders, resuming,
-several at once, the aggregate."""
+"""sweep.py and swa/sweep/ (grid, workers, runner): grids, run folders, resuming, several at once,
+any task; the report over seeds (swa/analysis/rows.py's collect)."""
 
 import csv
 import json
@@ -11,7 +11,9 @@ import threading
 import pytest
 
 from configs import tiny
-from swa import aggregate, summary, sweep, workers
+from swa.analysis import rows as rows_lib
+from swa.analysis import summary
+from swa.sweep import grid, runner, workers
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -20,14 +22,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_parse_grid():
-  assert sweep.parse_grid("model.window_size=128,256;model.num_layers=1,2,4,8") == [
+  assert grid.parse_grid("model.window_size=128,256;model.num_layers=1,2,4,8") == [
     ("model.window_size", ["128", "256"]),
     ("model.num_layers", ["1", "2", "4", "8"]),
   ]
-  assert sweep.parse_grid(" model.window_size = 8,32,32,32 | 32,32,32,32 ;") == [
+  assert grid.parse_grid(" model.window_size = 8,32,32,32 | 32,32,32,32 ;") == [
     ("model.window_size", ["8,32,32,32", "32,32,32,32"])
   ]
-  assert sweep.parse_grid("") == []
+  assert grid.parse_grid("") == []
 
 
 @pytest.mark.parametrize(
@@ -44,29 +46,29 @@ def test_parse_grid():
 )
 def test_bad_grids_give_one_line(text, message):
   with pytest.raises(ValueError, match=message) as error:
-    sweep.parse_grid(text)
+    grid.parse_grid(text)
   assert "\n" not in str(error.value)
 
 
 def test_parse_seeds():
-  assert sweep.parse_seeds("0,1,2") == [0, 1, 2]
-  assert sweep.parse_seeds("3-5,9") == [3, 4, 5, 9]
+  assert grid.parse_seeds("0,1,2") == [0, 1, 2]
+  assert grid.parse_seeds("3-5,9") == [3, 4, 5, 9]
   for bad in ("a", "2-1", "0,0", ""):
     with pytest.raises(ValueError, match="--seeds"):
-      sweep.parse_seeds(bad)
+      grid.parse_seeds(bad)
 
 
 def test_check_keys():
   config = tiny.get_config()
-  sweep.check_keys(sweep.parse_grid("model.window_size=1;num_steps=2"), config)
+  grid.check_keys(grid.parse_grid("model.window_size=1;num_steps=2"), config)
   with pytest.raises(ValueError, match=r"model.windw is not a config field \(model has no"):
-    sweep.check_keys(sweep.parse_grid("model.windw=1"), config)
+    grid.check_keys(grid.parse_grid("model.windw=1"), config)
   with pytest.raises(ValueError, match="num_steps.x is not a config field"):
-    sweep.check_keys(sweep.parse_grid("num_steps.x=1"), config)
+    grid.check_keys(grid.parse_grid("num_steps.x=1"), config)
 
 
 def test_runs_are_named_from_their_overrides():
-  runs = sweep.expand(sweep.parse_grid("model.window_size=128,256;model.num_layers=1,2"), [0, 1])
+  runs = grid.expand(grid.parse_grid("model.window_size=128,256;model.num_layers=1,2"), [0, 1])
   assert [r.name for r in runs[:3]] == [
     "window_size=128,num_layers=1,seed=0",
     "window_size=128,num_layers=1,seed=1",
@@ -80,14 +82,14 @@ def test_runs_are_named_from_their_overrides():
     ("seed", "1"),
   )
   # Keys that share their last component keep their full name; commas inside values become -.
-  clash = sweep.expand(sweep.parse_grid("model.x=1;data.x=2;model.window_size=8,32|16"), [3])
+  clash = grid.expand(grid.parse_grid("model.x=1;data.x=2;model.window_size=8,32|16"), [3])
   assert clash[0].name == "model.x=1,data.x=2,window_size=8-32,seed=3"
-  assert sweep.expand([], [0, 1])[1].name == "seed=1" and sweep.expand([], [1])[0].model == ""
+  assert grid.expand([], [0, 1])[1].name == "seed=1" and grid.expand([], [1])[0].model == ""
 
 
 def test_forwarded_overrides():
   argv = ["--config=c.py", "--config.num_steps=5", "--grid=x=1", "--config.data.seq_len", "64"]
-  assert sweep.forwarded_overrides(argv) == ["--config.num_steps=5", "--config.data.seq_len=64"]
+  assert grid.forwarded_overrides(argv) == ["--config.num_steps=5", "--config.data.seq_len=64"]
 
 
 def test_worker_env_spreads_slots_over_gpus():
@@ -154,8 +156,8 @@ def test_runner_logs_commands_and_stop_ends_them(tmp_path):
 class FakeRunner:
   """Stands for train.py (writes config.json) and the evaluation (writes passkey.csv)."""
 
-  def __init__(self, fail=()):
-    self.calls, self.fail = [], set(fail)
+  def __init__(self, fail=(), writes_eval_json=False):
+    self.calls, self.fail, self.writes_eval_json = [], set(fail), writes_eval_json
 
   def __call__(self, command, *, env, log_path):
     assert env["JAX_COMPILATION_CACHE_DIR"]
@@ -169,23 +171,27 @@ class FakeRunner:
         return 1
     if kind == "train":
       open(os.path.join(run_dir, "config.json"), "w").close()
+      if self.writes_eval_json:
+        open(os.path.join(run_dir, "eval.json"), "w").close()
     else:
-      summary.write_rows(os.path.join(run_dir, "passkey.csv"), [])
+      rows_lib.write_rows(os.path.join(run_dir, "passkey.csv"), [])
     return 0
 
 
-def sweep_once(workdir, runner, overrides=("--config.num_steps=2",), parallel=1, evaluation=None):
-  runs = sweep.expand(sweep.parse_grid("model.window_size=16,32"), [0, 1])
-  return sweep.run_sweep(
+def sweep_once(
+  workdir, fake, overrides=("--config.num_steps=2",), parallel=1, evaluation=None, evaluates=True
+):
+  runs = grid.expand(grid.parse_grid("model.window_size=16,32"), [0, 1])
+  return runner.run_sweep(
     runs,
     str(workdir),
     config_path="configs/tiny.py",
     extra_overrides=list(overrides),
     train_script="train.py",
-    eval_command=lambda run, d: [sys.executable, "eval", d],
+    eval_command=(lambda run, d: [sys.executable, "eval", d]) if evaluates else None,
     evaluation=evaluation,
     parallel=parallel,
-    runner=runner,
+    runner=fake,
     log=lambda line: None,
   )
 
@@ -233,9 +239,27 @@ def test_a_run_folder_of_other_settings_is_refused(tmp_path):
     sweep_once(tmp_path / "other", FakeRunner())
 
 
+def test_a_sweep_of_another_task_trains_only_and_says_how_to_report(tmp_path):
+  fake = FakeRunner(writes_eval_json=True, fail={("train", "window_size=32,seed=1")})
+  outcome = sweep_once(tmp_path, fake, evaluates=False)
+  assert [kind for kind, _ in fake.calls] == ["train"] * 4  # no evaluation step
+  assert outcome["window_size=16,seed=0"] == "done"
+  assert outcome["window_size=32,seed=1"].startswith("failed: train.py exited with 1")
+  again = FakeRunner(writes_eval_json=True)
+  outcome = sweep_once(tmp_path, again, evaluates=False)
+  assert again.calls == [("train", "window_size=32,seed=1")]  # eval.json: the others finished
+  assert list(outcome.values()).count("skipped") == 3
+  assert (
+    runner.result_file("text") == "eval.json" and runner.result_file("passkey") == "passkey.csv"
+  )
+  assert runner.report_command("text", ["s/a", "s/b"], "s/report") == (
+    "python eval_text.py --workdirs=s/a,s/b --out=s/report"
+  )
+
+
 def test_train_command_puts_the_grid_after_the_sweep_wide_overrides():
-  run = sweep.expand(sweep.parse_grid("model.window_size=16"), [2])[0]
-  assert sweep.train_command(
+  run = grid.expand(grid.parse_grid("model.window_size=16"), [2])[0]
+  assert runner.train_command(
     run,
     "d",
     config_path="c.py",
@@ -258,7 +282,7 @@ def test_train_command_puts_the_grid_after_the_sweep_wide_overrides():
 
 def write_csv(path, rows, with_seed):
   os.makedirs(os.path.dirname(path), exist_ok=True)
-  fields = summary.CSV_FIELDS + (("seed",) if with_seed else ())
+  fields = rows_lib.FIELDS if with_seed else rows_lib.FIELDS[:-1]
   with open(path, "w", newline="") as f:
     writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
     writer.writeheader()
@@ -301,8 +325,8 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
     synthetic("w128_s2", 0, {100: 0.8}) + synthetic("full", 0, {100: 1.0}, None, "full"),
     with_seed=False,
   )  # from the name; else 0
-  rows = aggregate.collect([str(tmp_path / "sw"), str(tmp_path / "old")])
-  assert [(r["model"], r["seed"]) for r in rows] == [
+  rows = rows_lib.collect([str(tmp_path / "sw"), str(tmp_path / "old")])
+  assert [(r.model, r.seed) for r in rows] == [
     ("w128", 0),
     ("w128", 1),
     ("w128_s2", 2),
@@ -310,9 +334,9 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
   ]
   (tmp_path / "empty").mkdir()
   with pytest.raises(ValueError, match="holds no passkey.csv"):
-    aggregate.collect([str(tmp_path / "empty")])
+    rows_lib.collect([str(tmp_path / "empty")])
   with pytest.raises(FileNotFoundError, match="nothing"):
-    aggregate.collect([str(tmp_path / "nothing")])
+    rows_lib.collect([str(tmp_path / "nothing")])
 
 
 def test_two_sweeps_of_one_model_keep_their_seeds_apart_by_sweep(tmp_path):
@@ -324,24 +348,13 @@ def test_two_sweeps_of_one_model_keep_their_seeds_apart_by_sweep(tmp_path):
         synthetic("full", seed, {100: accuracy}, None, "full"),
         with_seed=True,
       )
-  rows = aggregate.collect([str(tmp_path / "full2176"), str(tmp_path / "full1024")])
-  assert [(r["model"], r["seed"]) for r in rows] == [
+  rows = rows_lib.collect([str(tmp_path / "full2176"), str(tmp_path / "full1024")])
+  assert [(r.model, r.seed) for r in rows] == [
     ("full2176/full", 0),
     ("full2176/full", 1),
     ("full1024/full", 0),
     ("full1024/full", 1),
   ]
-
-
-def test_pooled_rows_pool_the_keys_of_every_seed():
-  rows = synthetic("w_s0", 0, {100: 1.0, 600: 0.0}) + synthetic("w_s1", 1, {100: 0.5})
-  rows[2]["n"] = 50
-  pooled = aggregate.pooled_rows(rows)
-  assert [(r["model"], r["distance"], r["n"], r["reach"]) for r in pooled] == [
-    ("w (2 seeds)", 100, 150, 508),
-    ("w (2 seeds)", 600, 100, 508),
-  ]
-  assert pooled[0]["accuracy"] == pytest.approx(125 / 150) and pooled[1]["inside"] is False
 
 
 def test_the_same_model_and_seed_in_two_files_take_their_folder_names(tmp_path):
@@ -351,7 +364,7 @@ def test_the_same_model_and_seed_in_two_files_take_their_folder_names(tmp_path):
       synthetic("w512_s0_f03", 0, {100: 1.0}),
       with_seed=False,
     )
-  summaries = aggregate.summarize(aggregate.collect([str(tmp_path)]))
+  summaries = summary.summarize(rows_lib.collect([str(tmp_path)]))
   assert [s["model"] for s in summaries] == ["w512_f03", "w512_f03_6k"]
 
 
@@ -378,15 +391,16 @@ def test_aggregate_command_writes_the_headline_table(tmp_path):
   assert done.returncode == 0, done.stderr
   text = (tmp_path / "out" / "passkey.md").read_text()
   assert (
-    "| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | "
-    "86.0 / 78.7 / 82.0 | ~512 tokens at 95 % | 82.2 % [79.6, 84.6] ✗ | 300 / 300 | 500 | "
-    "0.984 (-1.6 %) ✓ |"
+    "| window_size=128 | 128 | 4 | 508 | 3 (0, 1, 2) | 82.2 % [79.6, 84.6] | [73.1, 91.3] | "
+    "86.0 / 78.7 / 82.0 | 3 of 3 | ~512 tokens at 95 % | "
+    "82.2 % [79.6, 84.6], seeds [73.1, 91.3] ✗ (seeds) | 300 / 300 | 500 | "
+    "0.984 (-1.6 %) [0.841, 1.103] ? |"
   ) in text
   assert "Recall beyond the reach is 0 by construction" in text
   for name in (
-    "passkey_seeds.csv",
+    "passkey.csv",
     "passkey_by_distance.csv",
-    "passkey_seed_curves.png",
+    "passkey_curves.png",
     "passkey_heatmap.png",
   ):
     assert (tmp_path / "out" / name).exists()
@@ -408,6 +422,16 @@ def test_aggregate_command_writes_the_headline_table(tmp_path):
       "error: --grid: model.windw is not a config field",
     ),
     (["--aggregate=nowhere", "--out=x"], "error: No such file or folder: nowhere"),
+    (
+      [
+        f"--config={REPO}/configs/tiny.py",
+        "--workdir=x",
+        "--grid=model.window_size=8",
+        "--parallel=0",
+      ],
+      "error: --parallel=0 must be an integer >= 1.",
+    ),
+    (["--aggregate=a.csv", "--out=x", "--eval_step=0"], "error: --eval_step=0 must be an integer"),
     (["--grid=model.window_size=3"], "error: A sweep needs --config and --workdir"),
   ],
 )
@@ -458,8 +482,8 @@ def test_a_two_by_two_sweep_on_the_cpu_trains_evaluates_and_resumes(tmp_path):
     "window_size=32,num_layers=2,seed=0",
     "window_size=32,num_layers=3,seed=0",
   ]
-  rows = aggregate.read_seed_rows(str(workdir / names[3] / "passkey.csv"))
-  assert {(r["model"], r["seed"], r["window"], r["layers"], r["reach"]) for r in rows} == {
+  rows = rows_lib.read_rows(str(workdir / names[3] / "passkey.csv"))
+  assert {(r.model, r.seed, r.window, r.layers, r.reach) for r in rows} == {
     ("window_size=32,num_layers=3", 0, "32", 3, 93)
   }
   text = (workdir / "passkey.md").read_text()

@@ -1,4 +1,4 @@
-"""Several subprocesses at once, spread over the GPUs of one machine (swa/sweep.py's runs).
+"""Several subprocesses at once, spread over the GPUs of one machine (swa/sweep/runner.py's runs).
 
 run_jobs calls each job with the environment of a worker slot: slot s of P uses GPU
 s mod (number of GPUs) through CUDA_VISIBLE_DEVICES, with XLA_PYTHON_CLIENT_PREALLOCATE=false and
