@@ -1,10 +1,33 @@
 """swa: sliding-window (local, banded) attention for long context, in JAX/Flax.
 
-The attention names below load swa.attention (and JAX) on first use, so that the JAX-free wings
-(swa.analysis: results, tables, figures) import without it.
+A query at position i attends to keys i-w+1 .. i (w keys, itself included), everywhere.
+
+The core, read top-down (each module imports only those above it):
+  checks.py mask.py            the one integer validator; the one mask rule (`visible`)
+  registry.py attention.py     the implementation registry; the public contract and reference
+  chunked.py cudnn.py pallas_kernels.py pallas_attention.py splash.py kernel_adapters.py
+                               the implementations, and the adapters (shard offsets, cudnn_pallas)
+  data.py curriculum.py        passkey prompts, the evaluation grid; resumable curriculum batches
+  cache.py model.py            the rolling KV cache; the decoder (ModelConfig: reach, window labels)
+  sharding.py                  meshes, data and sequence parallelism
+  evaluate.py erf.py           one prompt stream, exact match, sweeps; effective receptive field
+  streaming.py stream_modes.py prefill / decode / generate / long streams; what stream.py runs
+  tasks/                       what the Trainer trains: passkey (data + loss + evaluator)
+  workdir.py checkpoints.py input_pipeline.py train_lib.py
+                               one run per workdir; checksummed Orbax checkpoints; prefetch; Trainer
+  evaluate_workdirs.py         eval_passkey.py: restore, evaluate, report
+  receptive_field.py reports.py cli.py
+The wings (tooling; they import the core, never the reverse):
+  analysis/   the one results pipeline (rows, stats, summary, tables, figures, report); no JAX
+  sweep/      grids x seeds of training runs (grid, workers, runner)
+  profiling/  memory and time of full vs sliding attention (profile_memory.py)
+  bench/      every attention implementation checked and timed (bench_attention.py); decoding
+
+The attention names below load swa.attention (and JAX) on first use, so the JAX-free wing
+(swa.analysis) imports without it.
 """
 
-_ATTENTION_NAMES = ("IMPLEMENTATIONS", "create_sliding_window_mask", "sliding_window_attention")
+_ATTENTION_NAMES = ("create_sliding_window_mask", "implementations", "sliding_window_attention")
 __all__ = list(_ATTENTION_NAMES)
 
 

@@ -62,7 +62,6 @@ from swa.registry import (  # noqa: F401  (public: the registry is part of this 
   unregister,
 )
 
-IMPLEMENTATIONS = ("auto", "reference", "chunked", "cudnn")  # built in; see implementations()
 # Windows this long or longer are full causal attention (positions are int32: q_pos - w must not
 # overflow).
 FULL_WINDOW = 2**30

@@ -103,6 +103,21 @@ def markdown_table(columns, rows, align=None) -> str:
   return "\n".join(lines) + "\n"
 
 
+def make_folder(flag, path):
+  """Makes `path` a writable folder (creating it), or a one-line ValueError naming `--flag=path`.
+
+  Called before any long work (training, an evaluation), so a bad output folder costs nothing.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f"--{flag}={path} is a file, not a folder.")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as error:
+    raise ValueError(f"--{flag}={path} cannot be created: {error.strerror}.") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"--{flag}={path} is not writable.")
+
+
 def write_csv(path, rows, fields):
   """Writes dict rows to a CSV with these columns (other keys are left out); makes the folder."""
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

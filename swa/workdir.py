@@ -25,6 +25,7 @@ import time
 
 import jax
 
+from swa import reports
 from swa.model import ModelConfig
 
 # Fields a resumed run may change without asking: they decide how often the run logs, evaluates
@@ -163,14 +164,7 @@ def override_suffix(overrides, ignore=FREE_FIELDS):
 
 def prepare(workdir):
   """Creates workdir if needed; one clear ValueError if it is a file or cannot be written."""
-  if os.path.exists(workdir) and not os.path.isdir(workdir):
-    raise ValueError(f"--workdir={workdir} is a file, not a folder.")
-  try:
-    os.makedirs(workdir, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"--workdir={workdir} cannot be created: {error.strerror}.") from error
-  if not os.access(workdir, os.W_OK | os.X_OK):
-    raise ValueError(f"--workdir={workdir} is not writable.")
+  reports.make_folder("workdir", workdir)
 
 
 def claim(workdir, record, fields, allow_changes=()):

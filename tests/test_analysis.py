@@ -199,7 +199,7 @@ def _bad_csv(tmp_path, field, text):
     (lambda t, w: {"workdirs": [w], "examples_per_distance": 0}, "--examples_per_distance=0"),
     (lambda t, w: {"workdirs": [w], "erf_examples": -1}, "--erf_examples=-1"),
     (lambda t, w: {"workdirs": [w], "out": w + "/config.json"}, "is a file, not a folder"),
-    (lambda t, w: {"workdirs": [w], "out": w + "/config.json/x"}, "cannot be made"),
+    (lambda t, w: {"workdirs": [w], "out": w + "/config.json/x"}, "cannot be created"),
   ],
 )
 def test_eval_passkey_refuses_bad_values_before_any_work(tmp_path, fake_workdir, settings, message):

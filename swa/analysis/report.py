@@ -36,14 +36,7 @@ PROMPT_NOTES = (
 def check_writable(out):
   """A one-line error unless `out` is (or can be made) a writable folder; checked before any
   long evaluation. Creates the folder."""
-  if os.path.exists(out) and not os.path.isdir(out):
-    raise ValueError(f"--out={out} is a file, not a folder.")
-  try:
-    os.makedirs(out, exist_ok=True)
-  except OSError as error:
-    raise ValueError(f"--out={out} cannot be made: {error.strerror}.") from None
-  if not os.access(out, os.W_OK | os.X_OK):
-    raise ValueError(f"--out={out} is not writable.")
+  reports.make_folder("out", out)
 
 
 def write_report(rows, out, *, header, erfs=None, erf_text="", notes=()):
