@@ -32,11 +32,18 @@ def get_config():
   model.window_size = ml_collections.FieldReference(128, field_type=object)
   model.attention = "auto"  # auto | reference | chunked | cudnn | pallas | cudnn_pallas | ...
   # (attention.implementations(); swa/attention.py says what each is and what auto picks).
-  model.block_size = None  # chunked: query block size; None = default_block_size.
-  model.blocks_per_step = None  # chunked: None = all blocks at once; k = loop k at a time.
+  # chunked: query block size; None = default_block_size. Typed int so that the command line
+  # can set it (`--config.model.block_size=256`).
+  model.block_size = ml_collections.FieldReference(None, field_type=int)
+  # chunked: None = all blocks at once; k = loop k at a time.
+  model.blocks_per_step = ml_collections.FieldReference(None, field_type=int)
   model.dtype = "bfloat16"  # Activation dtype; parameters are always float32.
   model.rope_base = 10_000.0  # RoPE frequency base.
   model.remat = False  # Recompute each block in the backward pass (saves memory).
+  # Attention sinks: positions 0 .. num_sinks-1 stay visible to every query of every layer
+  # (StreamingLLM's sink tokens, trained in; the rolling cache then keeps them: stream with
+  # --sinks >= num_sinks). 0 = a plain window.
+  model.num_sinks = 0
 
   # Data (swa/data.py): passkey prompts with the answer digits at the end.
   config.data = d = ml_collections.ConfigDict()

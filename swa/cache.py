@@ -45,7 +45,7 @@ from swa import attention
 from swa.checks import check_int
 
 
-def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=True, dtype=None):
+def init_cache(model_config, batch_size, max_len=None, *, num_sinks=None, rolling=True, dtype=None):
   """An empty cache: one dict {k, v, pos, end, sinks} per layer (module docstring).
 
   Args:
@@ -53,7 +53,9 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
     batch_size: B, streams decoded side by side (all at the same position).
     max_len: slots of every full-attention layer, i.e. the longest stream they serve; with
       rolling=False, the slots of every layer. Needed only where such a layer exists.
-    num_sinks: attention sinks k >= 0 kept by every windowed layer (0 = the plain window).
+    num_sinks: attention sinks k >= 0 kept by every windowed layer (0 = the plain window);
+      None = the model's own (model_config.num_sinks). A model trained with sinks needs at
+      least as many here to give the outputs of its batch forward.
     rolling: True: windowed layers keep a ring of w slots (+ k sinks), O(w) memory. False: every
       layer keeps max_len slots (the full-length baseline; same outputs, O(max_len) memory).
     dtype: of k and v; default the model's activation dtype.
@@ -62,7 +64,7 @@ def init_cache(model_config, batch_size, max_len=None, *, num_sinks=0, rolling=T
     list of num_layers dicts: k, v [B, S, K, H] zeros; pos [S] int32 -1; end, sinks int32 [].
   """
   check_int("batch_size", batch_size, 1)
-  check_int("num_sinks", num_sinks, 0)
+  num_sinks = model_config.num_sinks if num_sinks is None else check_int("num_sinks", num_sinks, 0)
   windows = model_config.layer_windows
   if not rolling or None in windows:
     if max_len is None:

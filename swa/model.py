@@ -41,12 +41,25 @@ class ModelConfig:
   dtype: str = "float32"
   rope_base: float = 10_000.0
   remat: bool = False
+  num_sinks: int = 0
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"model.{name} must be a positive integer, got {value!r}.")
+    if (
+      isinstance(self.num_sinks, bool) or not isinstance(self.num_sinks, int) or self.num_sinks < 0
+    ):
+      raise ValueError(f"model.num_sinks must be an integer >= 0, got {self.num_sinks!r}.")
+    if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)):
+      raise ValueError(f"model.rope_base must be a number > 1, got {self.rope_base!r}.")
+    if not self.rope_base > 1:  # base^(-2i/H) must fall with i; NaN fails here too.
+      raise ValueError(f"model.rope_base must be a number > 1, got {self.rope_base!r}.")
+    for name in ("block_size", "blocks_per_step"):
+      value = getattr(self, name)
+      if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValueError(f"model.{name} must be a positive integer or None, got {value!r}.")
     if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
       raise ValueError(
         f"model.d_model ({self.d_model}) must split into {self.num_heads} heads "
@@ -193,6 +206,8 @@ class Attention(nnx.Module):
     """Self-attention of one whole sequence (training, teacher-forced evaluation)."""
     c = self.config
     blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step)
+    if c.num_sinks:
+      blocks["num_sinks"] = c.num_sinks
     if self.attention_fn is not None:
       return self.attention_fn(q_BTNH, k_BTKH, v_BTKH, self.window_size, **blocks)
     return attention.sliding_window_attention(

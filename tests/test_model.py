@@ -82,6 +82,10 @@ def test_bad_windows_raise(window, match):
     ("attention", "flash", "model.attention must be one of"),
     ("dtype", "int8", "model.dtype"),
     ("num_layers", 0, "model.num_layers must be a positive integer"),
+    ("rope_base", 0.0, "model.rope_base must be a number > 1, got 0.0"),
+    ("rope_base", float("nan"), "model.rope_base must be a number > 1"),
+    ("num_sinks", -1, "model.num_sinks must be an integer >= 0, got -1"),
+    ("block_size", 0, "model.block_size must be a positive integer or None, got 0"),
   ],
 )
 def test_bad_config_raises(field, value, match):

@@ -4,6 +4,7 @@ Compilation dominates the run time on CPU, so the tests share a few shapes: batc
 tokens, full layers of max_len=SEQ_LEN.
 """
 
+import dataclasses
 import functools
 import math
 
@@ -319,3 +320,21 @@ def test_passkey_accuracy_streaming_matches_batch_eval():
   assert streaming.passkey_accuracy_streaming(
     graphdef, params, [42, 50], chunk_size=9, **kwargs
   ) == evaluate.passkey_accuracy(graphdef, params, [42, 50], **kwargs)
+
+
+def test_a_model_trained_with_sinks_sees_them_in_batch_and_stream():
+  """model.num_sinks=2: the batch forward is the dense sink mask, and a cache built with the
+  model's own sinks (num_sinks=None) streams the same logits; without them it differs."""
+  config = dataclasses.replace(CONFIG, num_sinks=2)
+  graphdef, params = make_model(config)
+  tokens_BT = random_tokens(5, 2, SEQ_LEN)
+  batch_BTV = teacher_forced(graphdef, params, tokens_BT)
+  np.testing.assert_allclose(
+    batch_BTV, dense_reference(graphdef, params, tokens_BT, 2), atol=1e-4, rtol=1e-4
+  )
+  plain_BTV = dense_reference(graphdef, params, tokens_BT, 0)
+  assert np.abs(batch_BTV - plain_BTV)[:, 8:].max() > 1e-3  # the sinks are in use
+  streamed_BTV, _ = stream_logits(
+    graphdef, params, tokens_BT, 7, PREFILL_LEN, num_sinks=None, config=config
+  )
+  np.testing.assert_allclose(streamed_BTV, batch_BTV, atol=1e-4, rtol=1e-4)
