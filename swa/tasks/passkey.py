@@ -56,22 +56,6 @@ def training_max_distance(config):
   return top
 
 
-def hop_distances(model_config, seq_len, fraction=0.95):
-  """One distance per hop: fraction x sum_{l<=k} (w_l - 1) for k = 1..L, inside the context.
-
-  Recall there needs the first k layers to relay the key (fewer cannot reach it), so the step at
-  which each distance is first answered is the step at which hop k formed. Hops shorter than
-  data.MIN_DISTANCE (e.g. a short first layer) are left out; None for a full-attention model.
-  """
-  windows = model_config.layer_windows
-  if None in windows:
-    return None
-  top = data.context_max_distance(seq_len)
-  reaches = np.cumsum([w - 1 for w in windows])
-  picked = {int(fraction * r) for r in reaches}
-  return sorted(d for d in picked if data.MIN_DISTANCE <= d <= top)
-
-
 class PasskeyTask:
   """Passkey retrieval (swa/tasks/__init__.py's Task).
 
@@ -146,7 +130,8 @@ class PasskeyTask:
     # tokens, so a long trained context is evaluated one prompt at a time.
     distances = data.even_distances(config.data.seq_len, config.eval.num_distances)
     if config.eval.get("hop_distances", False):
-      hops = hop_distances(ModelConfig.from_config(config), config.data.seq_len)
+      windows = ModelConfig.from_config(config).layer_windows
+      hops = data.hop_distances(windows, config.data.seq_len)
       distances = sorted(set(distances) | set(hops or ()))
     accuracy = evaluate.passkey_accuracy(
       graphdef,
