@@ -1,0 +1,17 @@
+"""Text LM with one learnable sink token: window 128 plus position 0 (SINK) visible to every query.
+
+  python train.py --config=configs/text_sink.py --config.data.corpus=kjv
+
+model.num_sinks = 1 keeps position 0 visible in every layer (batch and cache); data.sink_token
+puts SINK (257) there in every window, whose embedding the model learns (swa/tasks/text.py).
+"""
+
+from configs import text_base
+
+
+def get_config():
+  config = text_base.get_config()
+  config.model.window_size = 128
+  config.model.num_sinks = 1
+  config.data.sink_token = True
+  return config
