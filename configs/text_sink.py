@@ -4,6 +4,8 @@
 
 model.num_sinks = 1 keeps position 0 visible in every layer (batch and cache); data.sink_token
 puts SINK (257) there in every window, whose embedding the model learns (swa/tasks/text.py).
+Attention is "pallas": of the kernels only Pallas takes sinks, and `auto` would fall back to the
+dense reference, whose 8 x 8 x 4096^2 float32 scores per layer (4.3 GB) do not fit a shared GPU.
 """
 
 from configs import text_base
@@ -14,4 +16,5 @@ def get_config():
   config.model.window_size = 128
   config.model.num_sinks = 1
   config.data.sink_token = True
+  config.model.attention = "pallas"
   return config

@@ -53,13 +53,16 @@ def position_losses(graphdef, params, inputs_NT, targets_NT, batch_size):
   return np.concatenate(out) if out else np.zeros((0, inputs_NT.shape[1]), np.float32)
 
 
-def with_windows(graphdef, params, window_size):
+def with_windows(graphdef, params, window_size, *, num_sinks=None):
   """The graphdef of the same model with window_size (int, None, or one per layer) instead.
 
   Parameters do not depend on the window (RoPE is relative), so `params` go with the result
   unchanged: this is how a model is evaluated at an inference window it was not trained with.
+  num_sinks, if given, replaces the model's sinks too (the batch twin of a cache with sinks).
   """
   config = dataclasses.replace(config_of(graphdef, params), window_size=window_size)
+  if num_sinks is not None:
+    config = dataclasses.replace(config, num_sinks=num_sinks)
   abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
   new_graphdef, _ = nnx.split(abstract, nnx.Param)
   return new_graphdef
