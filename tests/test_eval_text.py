@@ -13,7 +13,7 @@ import pytest
 from configs import text_tiny
 from swa import train_lib
 from swa.analysis import text as analysis
-from swa.tasks import text_report
+from swa.tasks import text_eval, text_report
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -174,3 +174,21 @@ def test_stream_summary_weights_segments_by_size():
   )
   assert s["kjv_bits_per_byte"] == 1.0 and s["tokens"] == 160
   np.testing.assert_allclose(s["stdlib_bits_per_byte"], (50 * 4.0 + 10 * 1.0) / 60)
+
+
+def test_stream_py_text_mode(runs, tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_bytes(b"In the beginning was the byte. " * 10)
+  result = text_report.stream_text(str(runs / "kjv_w16_s0"), str(path), chunk_size=64, segment=100)
+  config, graphdef, params = train_lib.restore_params(str(runs / "kjv_w16_s0"))
+  tokens = text_report.file_stream(str(path))
+  batch = text_eval.position_losses(graphdef, params, tokens[None, :-1], tokens[None, 1:], 1)
+  np.testing.assert_allclose(result["losses"], batch[0], atol=2e-5)
+  done = subprocess.run(
+    [sys.executable, "stream.py", f"--workdir={runs}/kjv_w16_s0", f"--text_file={path}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stderr
+  assert f"bits/byte over {tokens.size - 1:,} predicted bytes: " in done.stdout

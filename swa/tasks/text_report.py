@@ -11,10 +11,12 @@
         the same bytes as the others), for each corpus's seed-0 runs.
 
 `run(EvalTextSettings(...))` is the one call; swa/analysis/text.py writes the report.
+`stream_text` is stream.py's text mode: the streaming loss of any file for a text run.
 """
 
 import dataclasses
 import glob
+import json
 import os
 import sys
 from typing import Optional
@@ -233,3 +235,72 @@ def run(settings: EvalTextSettings, command: Optional[str] = None):
                                        stream=stream, notes=notes)  # fmt: skip
   print(f"Wrote {settings.out}/report.md", file=sys.stderr)
   return text_md
+
+
+# --- stream.py's text mode ------------------------------------------------------------------------
+
+
+def is_text_workdir(workdir):
+  """Whether workdir holds a text run (its config.json says task "text"); reads nothing else."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.isfile(path):
+    return False
+  with open(path) as f:
+    return json.load(f).get("task") == "text"
+
+
+def file_stream(path):
+  """The byte tokens of a file (int32; SEP and SINK never occur in it)."""
+  with open(path, "rb") as f:
+    return corpora.pack([f.read()])[:-1]
+
+
+def stream_text(workdir, text_file=None, *, chunk_size=1024, num_sinks=0, window=None,
+                segment=65_536):  # fmt: skip
+  """The loss of every byte of text_file (default: the held-out stream) streamed through the
+  rolling cache of a text run's model; prints a report and returns stream_losses' result.
+
+  Args:
+    workdir: a finished or checkpointed text run.
+    text_file: any file, read as bytes; None: corpora.held_out_stream().
+    chunk_size: tokens per forward call.
+    num_sinks: sinks the cache keeps; at least the model's own (a sink model needs them).
+    window: every layer's window replaced by this (e.g. a full-attention model in a window
+      cache); None: the model's own windows.
+    segment: tokens per row of the per-segment table.
+  """
+  check_int("--chunk_size", chunk_size, 1)
+  check_int("--num_sinks", num_sinks, 0)
+  check_int("--text_segment", segment, 1)
+  if window is not None:
+    check_int("--text_window", window, 1)
+  if text_file is not None and not os.path.isfile(text_file):
+    raise ValueError(f"--text_file={text_file}: no such file.")
+  config, graphdef, params = train_lib.restore_params(workdir)
+  tokens = corpora.held_out_stream() if text_file is None else file_stream(text_file)
+  what = "the held-out stream (kjv test + stdlib test)" if text_file is None else text_file
+  sinks = max(num_sinks, int(config.model.num_sinks))
+  if config.data.sink_token:
+    tokens = np.concatenate([[corpora.SINK_ID], tokens])
+  if window is not None:
+    graphdef = text_eval.with_windows(graphdef, params, window)
+  print(
+    f"Streaming {what}: {tokens.size:,} tokens in chunks of {chunk_size}; window "
+    f"{window or config.model.window_size}, {sinks} sinks; device {reports.device_description()}",
+    file=sys.stderr,
+  )
+  result = text_eval.stream_losses(graphdef, params, tokens, chunk_size, num_sinks=sinks)
+  losses = result["losses"][1:] if config.data.sink_token else result["losses"]
+  rows = [
+    (f"{start:,}-{start + piece.size:,}", f"{piece.mean() / text.LN2:.4f}")
+    for start in range(0, losses.size, segment)
+    for piece in [losses[start : start + segment]]
+  ]
+  rate = result["tokens_per_second"]
+  print(
+    f"bits/byte over {losses.size:,} predicted bytes: {losses.mean() / text.LN2:.4f}; "
+    f"{'n/a' if rate is None else f'{rate:,.0f}'} tokens/s after the first chunk; cache arrays "
+    f"{reports.format_mib(result['cache_bytes'])} MiB throughout."
+  )
+  print(reports.markdown_table(["bytes", "bits/byte"], rows), end="")
+  return result
