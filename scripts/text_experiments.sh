@@ -20,14 +20,19 @@
 # Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
 # (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
 #
-# Time (an estimate, not a measurement). On the 2-core CPU box (2026-12-03) one step of
-# text_w128.py (8 x 4096 tokens) took STEP_CPU s (see the report). On an H200, results/step_rate_h200
-# measured 8.94M tokens/s for the 4-layer d=256 passkey model alone; this 6-layer model does ~1.5x
-# the work per token, so ~6M tokens/s alone: 400 steps = 13M tokens = ~2 s of compute per windowed
-# run (full attention at T = 4096 ~2-3x that), small next to ~30-60 s of compilation + start-up per
-# process. With 8 at a time: 4 waves x ~1 min = ~4-5 min of training, then eval_text (inference
-# windows: ~4 models x 6 windows of compile + 64 windows each; streaming: 8 streams of 1.5M tokens
-# at ~1M tokens/s) ~2-3 min. Total ~7-8 min; STEPS=300 or PARALLEL=10 if it runs long.
+# Time (an estimate from a CPU timing and an H200 measurement, not a GPU run of this script).
+# Measured on the 2-core CPU box (shared), 2026-12-03: one step of text_w128.py (8 x 4096 tokens,
+# 4.86M parameters) took ~38 s after compilation (python train.py --config=configs/text_w128.py
+# --config.num_steps=6: steps 3 -> 4), i.e. ~1.0 TFLOP per step (6 x params x tokens + the band
+# attention) at ~27 GFLOP/s. The CPU says little about a GPU, so the GPU side is scaled from
+# results/step_rate_h200: 8.94M tokens/s for the 3.2M-parameter passkey model = ~170 TFLOP/s
+# effective. At that rate a windowed run's 400 steps take ~2.5 s of compute and a full-attention
+# run (causal T = 4096 attention, +1.2 TFLOP per step) ~5 s: ~100 s for all 30 runs if the
+# GPU is shared perfectly. What dominates is per-process start-up and compilation (~30-60 s each,
+# on the host's cores, overlapped 8 at a time): ~4 waves x ~1 min = ~4-5 min of training. Then
+# eval_text: inference windows (2 corpora x {full, w1024} x 6 windows, one compilation each, ~3 s)
+# ~1.5 min; streaming (8 streams of 1.5M tokens in 1024-token chunks, each chunk a few ms) ~1 min.
+# Total ~7-8 min; if it runs long, STEPS=300 or PARALLEL=10 (or rerun: finished runs are kept).
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
@@ -112,11 +117,15 @@ for spec in "${RUNS[@]}"; do
 done
 while (($(jobs -rp | wc -l) > 0)); do wait -n || failed=1; done
 if ((failed)); then
-  echo "[$(elapsed)] some runs failed; fix and start the same command again (finished runs are kept)." >&2
-  exit 1
+  echo "[$(elapsed)] some runs FAILED (above); evaluating the finished ones anyway." >&2
+else
+  echo "[$(elapsed)] training done; evaluating"
 fi
-echo "[$(elapsed)] training done; evaluating"
 unset XLA_PYTHON_CLIENT_MEM_FRACTION
 # shellcheck disable=SC2086
 "$PYTHON" eval_text.py --workdirs="$OUT/runs" --out="$OUT/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT/logs/eval_text.log"
 echo "[$(elapsed)] report in $OUT/report"
+if ((failed)); then
+  echo "Some runs failed: fix and start the same command again (finished runs are kept)." >&2
+  exit 1
+fi
