@@ -378,15 +378,16 @@ def plot_position(plateaus, path):
   fig, axes = plt.subplots(1, len(corpora), figsize=(6 * len(corpora), 4.2), squeeze=False)
   for ax, corpus in zip(axes[0], corpora):
     for i, p in enumerate(q for q in plateaus if q["corpus"] == corpus):
-      edges = p["edges"]
-      centers = np.sqrt(np.maximum(edges[:-1], 0.5) * np.maximum(edges[1:] - 1, 0.5))
+      # x = position + 1 (bytes seen, itself included), so position 0 sits at 1 on the log axis.
+      edges = p["edges"] + 1
+      centers = np.sqrt(edges[:-1] * (edges[1:] - 1))
       color = f"C{i % 10}"
       ax.plot(centers, p["curve"], "-", color=color, label=f"{p['model']} ({p['seeds']} s.)")
-      ax.axvline(p["stops_improving_at"] or 0.5, color=color, ls=":", lw=1)
+      ax.axvline(p["stops_improving_at"] + 1, color=color, ls=":", lw=1)
       if p["reach"]:
-        ax.plot([p["reach"]], [p["final_bits_per_byte"]], "v", color=color, ms=6)
+        ax.plot([p["reach"] + 1], [p["final_bits_per_byte"]], "v", color=color, ms=6)
     ax.set_xscale("log")
-    ax.set_xlabel("position in the window (bytes)")
+    ax.set_xlabel("position + 1 in the window (bytes seen)")
     ax.set_ylabel("validation bits/byte")
     ax.set_title(corpus)
     ax.grid(alpha=0.3)
@@ -440,7 +441,8 @@ def plot_stream(rows, path):
   for name, rs in by_name.items():
     ax.plot([r.segment_end for r in rs], [r.bits_per_byte for r in rs], ".-", label=name)
     kjv_ends = [r.segment_end for r in rs if r.domain == "kjv"]
-    boundary = boundary or (kjv_ends[-1] if kjv_ends else None)
+    if kjv_ends and any(r.domain == "stdlib" for r in rs):
+      boundary = boundary or kjv_ends[-1]
   if boundary:
     ax.axvline(boundary, color="k", ls="--", lw=1)
     ax.text(boundary, ax.get_ylim()[1], " kjv test | stdlib test", va="top", fontsize=7)
