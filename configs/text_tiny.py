@@ -1,6 +1,10 @@
 """CPU smoke run of the text task: 2 layers, d=64, T=256, window 32, a few steps.
 
-python train.py --config=configs/text_tiny.py
+  python train.py --config=configs/text_tiny.py
+
+Measured on the 2-core CPU box, 2026-12-03 (shared with other work): 30 steps in 9 s wall, final
+validation 4.06 bits/byte on kjv (8 windows of 256; a uniform guess is log2(258) = 8.01).
+A smoke test, not a result: TINY=1 bash scripts/text_experiments.sh runs it at 12 steps.
 """
 
 from configs import text_base

@@ -2,6 +2,7 @@
 
   python train.py --config=configs/text_w128.py --config.data.corpus=stdlib \
     --config.model.window_size=64
+Not yet measured on a GPU (2026-12-03): scripts/text_experiments.sh runs it on both corpora.
 """
 
 from configs import text_base
