@@ -221,6 +221,7 @@ class StreamRow:
   bits_per_byte: float
   cache_bytes: int
   tokens_per_second: Optional[float]
+  device_bytes: Optional[int] = None  # device memory in use at the segment's end (GPU only)
 
 
 def stream_summary(rows):
@@ -237,10 +238,16 @@ def stream_summary(rows):
         tokens=0,
         cache_bytes=r.cache_bytes,
         tokens_per_second=r.tokens_per_second,
+        device_bytes_min=None,
+        device_bytes_max=None,
         _sums={},
         _prev=0,
       ),
     )
+    if r.device_bytes is not None:
+      low, high = s["device_bytes_min"], s["device_bytes_max"]
+      s["device_bytes_min"] = r.device_bytes if low is None else min(low, r.device_bytes)
+      s["device_bytes_max"] = r.device_bytes if high is None else max(high, r.device_bytes)
     n = r.segment_end - s["_prev"]
     total, count = s["_sums"].get(r.domain, (0.0, 0))
     s["_sums"][r.domain] = (total + r.bits_per_byte * n, count + n)
@@ -319,12 +326,20 @@ def format_stream_table(summary_rows):
       _f(s["kjv_bits_per_byte"]),
       _f(s["stdlib_bits_per_byte"]),
       reports.format_mib(s["cache_bytes"]),
+      _mib_range(s["device_bytes_min"], s["device_bytes_max"]),
       "" if s["tokens_per_second"] is None else f"{s['tokens_per_second']:,.0f}",
     )
     for s in summary_rows
   ]
-  columns = ["stream", "tokens", "kjv part bits/byte", "stdlib part", "cache MiB", "tokens/s"]
+  columns = ["stream", "tokens", "kjv part bits/byte", "stdlib part", "cache MiB"]
+  columns += ["device MiB in use (min-max)", "tokens/s"]
   return reports.markdown_table(columns, body)
+
+
+def _mib_range(low, high):
+  if low is None:
+    return "n/a"
+  return f"{reports.format_mib(low)}-{reports.format_mib(high)}"
 
 
 def _window_key(w):
@@ -526,7 +541,9 @@ def write_report(runs, out, *, header, shrink=(), stream=(), notes=()):
       "\nThe held-out stream (kjv test books, then stdlib test files, documents separated by "
       "SEP, each once) fed in fixed chunks through the rolling KV cache; a full-attention model "
       "streams with its windows replaced by the cache window. Cache bytes are the cache arrays "
-      "(constant: the ring does not grow); tokens/s after the first chunk. stream.csv, "
+      "(constant: the ring does not grow); device MiB in use is read at every segment's end (GPU; "
+      "n/a where the backend does not say): flat when nothing grows; tokens/s after the first "
+      "chunk. stream.csv, "
       "stream_summary.csv, stream.png.\n"
     )
   with open(path("report.md"), "w") as f:

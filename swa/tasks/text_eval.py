@@ -22,6 +22,7 @@ import numpy as np
 from flax import nnx
 
 from swa import cache as cache_lib
+from swa import streaming
 from swa.checks import check_int
 from swa.model import Transformer, config_of
 
@@ -74,7 +75,9 @@ def _stream_step(graphdef, params, cache, tokens_1C, targets_1C, num_valid):
   return token_losses(logits_1CV, targets_1C)[0], cache
 
 
-def stream_losses(graphdef, params, tokens, chunk_size, *, num_sinks=None, max_len=None):
+def stream_losses(
+  graphdef, params, tokens, chunk_size, *, num_sinks=None, max_len=None, sample_every=None
+):
   """Feeds one stream through the KV cache in chunks; the loss of predicting each next token.
 
   Args:
@@ -83,11 +86,14 @@ def stream_losses(graphdef, params, tokens, chunk_size, *, num_sinks=None, max_l
     chunk_size: tokens per forward call (the last chunk padded: one compilation).
     num_sinks: sinks the cache keeps (cache.init_cache; None = the model's own num_sinks).
     max_len: slots of full-attention layers (default L).
+    sample_every: read the device's bytes in use after about every this many tokens (waiting
+      for the device then); None: only at the end.
 
   Returns:
     dict: losses (float32 numpy [L - 1]: losses[i] predicts tokens[i + 1] from tokens[:i + 1]),
     seconds, tokens_per_second (after the first chunk, which compiles; None with one chunk),
-    cache_bytes (of the cache's arrays: constant for a rolling cache).
+    cache_bytes (of the cache's arrays: constant for a rolling cache), device_bytes
+    [(tokens fed, device bytes in use or None where the backend does not say)].
   """
   check_int("chunk_size", chunk_size, 1)
   tokens = np.asarray(tokens, np.int32)
@@ -100,7 +106,8 @@ def stream_losses(graphdef, params, tokens, chunk_size, *, num_sinks=None, max_l
   cache = jax.device_put(cache, jax.devices()[0])
   nbytes = cache_lib.cache_bytes(cache)
   inputs, targets = tokens[:-1], tokens[1:]
-  pieces, start_time, after_first = [], time.perf_counter(), None
+  pieces, start_time, after_first, samples = [], time.perf_counter(), None, []
+  next_sample = sample_every or inputs.size
   for start in range(0, inputs.size, chunk_size):
     n = min(chunk_size, inputs.size - start)
     chunk = np.zeros((2, chunk_size), np.int32)
@@ -112,8 +119,18 @@ def stream_losses(graphdef, params, tokens, chunk_size, *, num_sinks=None, max_l
     if after_first is None:
       jax.block_until_ready(losses_C)
       after_first = time.perf_counter()
+    if start + n >= next_sample or start + n == inputs.size:
+      jax.block_until_ready(losses_C)
+      samples.append((start + n, streaming.device_bytes_in_use()))
+      next_sample += sample_every or inputs.size
   losses = np.concatenate([np.asarray(p) for p in pieces])
   end = time.perf_counter()
   timed = inputs.size - min(chunk_size, inputs.size)
   rate = timed / (end - after_first) if timed and end > after_first else None
-  return dict(losses=losses, seconds=end - start_time, tokens_per_second=rate, cache_bytes=nbytes)
+  return dict(
+    losses=losses,
+    seconds=end - start_time,
+    tokens_per_second=rate,
+    cache_bytes=nbytes,
+    device_bytes=samples,
+  )

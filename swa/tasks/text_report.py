@@ -111,9 +111,15 @@ def shrink_rows(run, workdir, windows, batch_size):
   return rows
 
 
-def segment_rows(name, run, cache_window, sinks, result, *, segment, kjv_tokens):
-  """StreamRows of one stream: the mean loss of each segment of `segment` targets."""
+def segment_rows(name, run, cache_window, sinks, result, *, segment, kjv_tokens, offset=0):
+  """StreamRows of one stream: the mean loss of each segment of `segment` targets.
+
+  offset: targets dropped from the front of result["losses"] (1 after a prepended SINK), so the
+  device samples (taken at chunk ends, in tokens fed) fall into the segments they were read in;
+  a segment takes the last one read in it.
+  """
   losses = result["losses"]
+  samples = sorted(result.get("device_bytes") or ())
   rows = []
   for start in range(0, losses.size, segment):
     piece = losses[start : start + segment]
@@ -130,6 +136,9 @@ def segment_rows(name, run, cache_window, sinks, result, *, segment, kjv_tokens)
         bits_per_byte=float(piece.mean()) / text.LN2,
         cache_bytes=int(result["cache_bytes"]),
         tokens_per_second=result["tokens_per_second"],
+        device_bytes=next(
+          (b for fed, b in reversed(samples) if start + offset < fed <= end + offset), None
+        ),
       )
     )
   return rows
@@ -162,7 +171,9 @@ def stream_rows(plan, workdirs, tokens, settings):
     if window is not None:
       graphdef = text_eval.with_windows(graphdef, params, window)
     fed = np.concatenate([[corpora.SINK_ID], tokens]) if prepend else tokens
-    result = text_eval.stream_losses(graphdef, params, fed, settings.stream_chunk, num_sinks=sinks)
+    result = text_eval.stream_losses(
+      graphdef, params, fed, settings.stream_chunk, num_sinks=sinks, sample_every=settings.segment
+    )
     if prepend:  # drop the prediction of the first byte from SINK: score the same bytes
       result["losses"] = result["losses"][1:]
     rows += segment_rows(
@@ -173,6 +184,7 @@ def stream_rows(plan, workdirs, tokens, settings):
       result,
       segment=settings.segment,
       kjv_tokens=kjv_tokens - 1,
+      offset=int(prepend),
     )
     rate = result["tokens_per_second"]
     print(
