@@ -15,7 +15,8 @@
 # (mix/sink: --config=configs/text_mix.py | text_sink.py, workdir <corpus>_mix_s0 | <corpus>_sink_s0),
 # its output in OUT_DIR/logs/<run>.log. Then
 #   python eval_text.py --workdirs=OUT_DIR/runs --out=OUT_DIR/report
-# writes OUT_DIR/report/ (report.md, CSVs, PNGs: four experiments, < 30 small files).
+# writes OUT_DIR/report/ (report.md, CSVs, PNGs: four experiments, 11 small files), and
+# OUT_DIR/text_experiments.tar.gz holds the report, the logs and each run's config/eval/metrics.
 #
 # Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
 # (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
@@ -133,7 +134,10 @@ fi
 unset XLA_PYTHON_CLIENT_MEM_FRACTION
 # shellcheck disable=SC2086
 "$PYTHON" eval_text.py --workdirs="$OUT/runs" --out="$OUT/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT/logs/eval_text.log"
-echo "[$(elapsed)] report in $OUT/report"
+# One small archive of everything worth keeping (the device tool brings back at most 8 files).
+(cd "$OUT" && tar czf text_experiments.tar.gz report logs runs/*/config.json runs/*/eval.json \
+  runs/*/metrics.jsonl 2>/dev/null) || true
+echo "[$(elapsed)] report in $OUT/report; archive $OUT/text_experiments.tar.gz ($(du -h "$OUT/text_experiments.tar.gz" | cut -f1))"
 if ((failed)); then
   echo "Some runs failed: fix and start the same command again (finished runs are kept)." >&2
   exit 1

@@ -192,3 +192,28 @@ def test_stream_py_text_mode(runs, tmp_path):
   )
   assert done.returncode == 0, done.stderr
   assert f"bits/byte over {tokens.size - 1:,} predicted bytes: " in done.stdout
+
+
+@pytest.mark.slow
+def test_text_experiments_script_dry_run(tmp_path):
+  """TINY=1 scripts/text_experiments.sh: 6 toy runs in parallel, then the whole report (~90 s)."""
+  done = subprocess.run(
+    ["bash", "scripts/text_experiments.sh", str(tmp_path / "out")],
+    cwd=ROOT,
+    env={**os.environ, "TINY": "1", "PYTHON": sys.executable, "PARALLEL": "3"},
+    capture_output=True,
+    text=True,
+  )
+  assert done.returncode == 0, done.stdout + done.stderr
+  report = tmp_path / "out" / "report"
+  assert len(list(report.iterdir())) == 11
+  assert "## 4. Streaming" in (report / "report.md").read_text()
+  assert (tmp_path / "out" / "text_experiments.tar.gz").stat().st_size > 0
+  again = subprocess.run(
+    ["bash", "scripts/text_experiments.sh", str(tmp_path / "out")],
+    cwd=ROOT,
+    env={**os.environ, "TINY": "1", "PYTHON": sys.executable},
+    capture_output=True,
+    text=True,
+  )
+  assert again.returncode == 0 and again.stdout.count("skip ") == 6  # resumable: nothing redone
