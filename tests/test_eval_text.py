@@ -217,3 +217,22 @@ def test_text_experiments_script_dry_run(tmp_path):
     text=True,
   )
   assert again.returncode == 0 and again.stdout.count("skip ") == 6  # resumable: nothing redone
+
+
+def test_stream_segments_restart_at_the_corpus_boundary():
+  class Run:
+    run, corpus = "r", "kjv"
+
+  result = dict(
+    losses=np.arange(10.0) * math.log(2),
+    cache_bytes=1,
+    tokens_per_second=None,
+    device_bytes=[(4, 100), (8, 200), (10, 300)],
+  )
+  rows = text_report.segment_rows("s", Run, "16", 0, result, segment=4, kjv_tokens=6)
+  assert [(r.segment_end, r.domain, r.device_bytes) for r in rows] == [
+    (4, "kjv", 100),
+    (6, "kjv", None),
+    (10, "stdlib", 300),
+  ]
+  np.testing.assert_allclose([r.bits_per_byte for r in rows], [1.5, 4.5, 7.5])

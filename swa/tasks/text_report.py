@@ -114,16 +114,20 @@ def shrink_rows(run, workdir, windows, batch_size):
 def segment_rows(name, run, cache_window, sinks, result, *, segment, kjv_tokens, offset=0):
   """StreamRows of one stream: the mean loss of each segment of `segment` targets.
 
+  Segments restart at the kjv/stdlib boundary (after kjv_tokens targets), so each lies in one
+  part of the held-out stream and the parts' means are exact.
+
   offset: targets dropped from the front of result["losses"] (1 after a prepended SINK), so the
   device samples (taken at chunk ends, in tokens fed) fall into the segments they were read in;
   a segment takes the last one read in it.
   """
   losses = result["losses"]
   samples = sorted(result.get("device_bytes") or ())
-  rows = []
-  for start in range(0, losses.size, segment):
-    piece = losses[start : start + segment]
-    end = start + piece.size  # targets scored so far = tokens streamed after the first
+  rows, boundary = [], min(kjv_tokens, losses.size)
+  starts = [*range(0, boundary, segment), *range(boundary, losses.size, segment)]
+  for start, stop in zip(starts, starts[1:] + [losses.size]):
+    piece = losses[start:stop]
+    end = stop  # targets scored so far = tokens streamed after the first
     rows.append(
       text_analysis.StreamRow(
         name=name,
