@@ -154,9 +154,11 @@ def test_window_summary_t_interval():
 
 def test_stops_improving():
   edges = np.array([0, 1, 2, 4, 8, 16])
-  curve = np.array([5.0, 3.0, 2.0, 1.99, 2.005])
-  assert analysis.stops_improving(curve, edges) == 2  # 2.0 is within 0.02 of the later best
-  assert analysis.stops_improving(np.array([5.0, 4.0, 3.0, 2.0, 1.0]), edges) == 8
+  curve = np.array([5.0, 3.0, 2.04, 1.99, 2.005])
+  assert analysis.stops_improving(curve, edges, final=2.0) == 2  # within 0.05 from bucket 2 on
+  # A dip below the plateau before a bucket above it does not count.
+  assert analysis.stops_improving(np.array([5.0, 1.0, 3.0, 2.0, 2.0]), edges, final=2.0) == 4
+  assert analysis.stops_improving(np.array([5.0, 4.0, 3.0, 2.5, 2.2]), edges, final=2.0) == 8
 
 
 def test_position_buckets_cover_every_position_once():
