@@ -29,12 +29,12 @@ from swa import reports
 from swa.analysis import stats
 
 LN2 = math.log(2.0)
-# "Stops improving": the first position bucket from which every bucket is within this many
-# bits/byte of the curve's last octave (positions T/2 .. T-1). The loss of one byte has a standard
-# deviation of ~2.1 bits (tiny kjv models, CPU, 2026-12-03), so over 256 windows a bucket of n
-# positions has a standard error of ~0.13 / sqrt(n) bits: 0.05 is 2 of them at n ~ 27, and the
-# single-position buckets of small positions can cross it by chance.
-PLATEAU_TOLERANCE = 0.05
+# "Stops improving": the first position bucket from which no bucket is above the curve's last
+# octave (positions T/2 .. T-1) by more than this many bits/byte plus two standard errors of the
+# bucket's mean (eval.json's loss_sd / sqrt(positions x windows)). One byte's loss varies by ~2.1
+# bits (tiny kjv models, CPU, 2026-12-03), so a one-position bucket over 256 windows has a standard
+# error of ~0.13 bits: without the error term its noise would decide.
+PLATEAU_TOLERANCE = 0.02
 NUM_BUCKETS = 24  # log-spaced position buckets of the position figure and CSV
 
 
@@ -54,6 +54,8 @@ class TextRun:
   steps: int
   num_params: int
   bits_per_byte: float
+  loss_sd: float  # nats, of one byte's loss over the validation windows
+  eval_windows: int
   python: str
   train_sha256: str
   loss_by_position: tuple = dataclasses.field(default=(), repr=False, compare=False)
@@ -123,6 +125,8 @@ def read_run(workdir):
     steps=e["step"],
     num_params=e["num_params"],
     bits_per_byte=e["bits_per_byte"],
+    loss_sd=e["loss_sd"],
+    eval_windows=e["eval_windows"],
     python=e["corpus"]["python"],
     train_sha256=e["corpus"]["splits"]["train"]["sha256"],
     loss_by_position=tuple(e["loss_by_position"]),
@@ -170,10 +174,11 @@ def bucket_curve(loss_by_position, edges):
   return np.array([x[a:b].mean() for a, b in zip(edges[:-1], edges[1:])])
 
 
-def stops_improving(curve, edges, final, tolerance=PLATEAU_TOLERANCE):
-  """First position (a bucket's start) from which every bucket of the curve stays within
-  tolerance of `final`, the mean of its last octave."""
-  above = np.flatnonzero(np.asarray(curve) > final + tolerance)
+def stops_improving(curve, edges, final, stderr=0.0, tolerance=PLATEAU_TOLERANCE):
+  """First position (a bucket's start) from which no bucket of the curve is above `final` (the
+  mean of its last octave) by more than tolerance + 2 x its standard error (`stderr`: one per
+  bucket, or a number)."""
+  above = np.flatnonzero(np.asarray(curve) > final + tolerance + 2 * np.asarray(stderr))
   first = 0 if above.size == 0 else int(above[-1]) + 1
   return int(edges[min(first, len(curve) - 1)])
 
@@ -187,6 +192,8 @@ def position_rows(runs):
     per_position = np.mean([r.loss_by_position for r in group_runs], axis=0)
     curve = bucket_curve(per_position, edges)
     final = float(per_position[T // 2 :].mean()) / LN2
+    samples = np.diff(edges) * sum(r.eval_windows for r in group_runs)
+    stderr = max(r.loss_sd for r in group_runs) / LN2 / np.sqrt(samples)
     for a, b, v in zip(edges[:-1], edges[1:], curve):
       rows.append(dict(corpus=corpus, model=model, first=int(a), last=int(b) - 1, bits_per_byte=v))
     plateaus.append(
@@ -195,7 +202,7 @@ def position_rows(runs):
         model=model,
         reach=group_runs[0].reach,
         seeds=len(group_runs),
-        stops_improving_at=stops_improving(curve, edges, final),
+        stops_improving_at=stops_improving(curve, edges, final, stderr),
         final_bits_per_byte=final,
         curve=curve,
         edges=edges,
@@ -418,7 +425,8 @@ def plot_position(plateaus, path):
     ax.legend(fontsize=7)
   fig.suptitle(
     "Loss by position (mean over seeds, log-spaced buckets); dotted: where the curve stops "
-    f"improving\n(every later bucket within {PLATEAU_TOLERANCE} bits/byte of its last octave); "
+    f"improving\n(no later bucket above its last octave by > {PLATEAU_TOLERANCE} bits/byte + 2 "
+    "standard errors); "
     "triangle: reach L(w-1), at the last octave's level",
     fontsize=8,
   )
@@ -522,12 +530,11 @@ def write_report(runs, out, *, header, shrink=(), stream=(), notes=()):
   plot_position(plateaus, path("position.png"))
   text += "## 2. Loss by token position\n\n" + format_plateau_table(plateaus)
   text += (
-    f"\n'Stops improving at': the first log-spaced position bucket from which every bucket is "
-    f"within {PLATEAU_TOLERANCE} bits/byte of the curve's last octave (positions T/2..T-1; seeds "
-    "averaged). Below the reach L(w-1) a windowed model's later layers still gain context; a "
-    "curve that stops near w rather than near the reach uses mostly one layer's window. Small "
-    "positions are single-position buckets (one sample per validation window), so they are "
-    "noisy. position.csv, position.png.\n\n"
+    f"\n'Stops improving at': the first log-spaced position bucket from which no bucket is above "
+    f"the curve's last octave (positions T/2..T-1; seeds averaged) by more than {PLATEAU_TOLERANCE} "
+    "bits/byte + 2 standard errors of its mean (one byte's loss sd / sqrt(positions x windows)). "
+    "Below the reach L(w-1) a windowed model's later layers still gain context; a curve that "
+    "stops near w rather than near the reach uses mostly one layer's window. position.csv, position.png.\n\n"
   )
 
   if shrink:

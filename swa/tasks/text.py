@@ -13,8 +13,9 @@ text_eval.token_losses); bits/byte = loss / ln 2 is logged beside it.
 
 Evaluation: the same loss on eval.num_windows fixed windows of the validation stream, offsets
 evenly spaced from 0 to L - T - 1 (`eval_offsets`): eval/bits_per_byte and eval/loss. The final
-evaluation also keeps the loss by position 0..T-1 averaged over the windows; eval.json holds it
-with the corpus's fingerprint (corpora.corpus_info: Python version, sha256 of each split).
+evaluation also keeps the loss by position 0..T-1 averaged over the windows and the standard
+deviation of one byte's loss (the noise of each position's mean); eval.json holds them with the
+corpus's fingerprint (corpora.corpus_info: Python version, sha256 of each split).
 """
 
 import math
@@ -104,6 +105,7 @@ class TextTask:
 
   def __init__(self, config=None):
     self.position_loss = None  # [T] mean loss by position of the last evaluation
+    self.loss_sd = None  # standard deviation of one byte's loss in it (nats)
 
   def validate(self, config):
     d, e = config.data, config.eval
@@ -143,7 +145,7 @@ class TextTask:
     losses_NT = text_eval.position_losses(
       graphdef, params, windows["inputs"], windows["targets"], config.eval.batch_size
     )
-    self.position_loss = losses_NT.mean(0)
+    self.position_loss, self.loss_sd = losses_NT.mean(0), float(losses_NT.std())
     loss = float(losses_NT.mean())
     return {"bits_per_byte": loss / LN2, "loss": loss}
 
@@ -169,6 +171,7 @@ class TextTask:
       "eval_windows": config.eval.num_windows,
       "bits_per_byte": eval_metrics["bits_per_byte"],
       "loss": eval_metrics["loss"],
+      "loss_sd": self.loss_sd,  # of one byte's loss: the noise of loss_by_position's entries
       "loss_by_position": [round(float(x), 5) for x in self.position_loss],
     }
     table = format_summary_table(summary)
