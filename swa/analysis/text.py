@@ -125,7 +125,7 @@ def read_run(workdir):
     steps=e["step"],
     num_params=e["num_params"],
     bits_per_byte=e["bits_per_byte"],
-    loss_sd=e["loss_sd"],
+    loss_sd=e.get("loss_sd", 0.0),  # an eval.json from before 2026-12-03 06:20: no error term
     eval_windows=e["eval_windows"],
     python=e["corpus"]["python"],
     train_sha256=e["corpus"]["splits"]["train"]["sha256"],
