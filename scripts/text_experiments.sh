@@ -37,7 +37,9 @@
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
-# for eval_text.py).
+# for eval_text.py), ARCHIVE_TO (a folder to copy the archive into). OUT_DIR/runs holds every
+# checkpoint (~3.5 GB for 30 runs): keep OUT_DIR off a folder that is copied back, e.g. on the
+# device tool: ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
 set -euo pipefail
 
 OUT=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
@@ -138,6 +140,10 @@ unset XLA_PYTHON_CLIENT_MEM_FRACTION
 (cd "$OUT" && tar czf text_experiments.tar.gz report logs runs/*/config.json runs/*/eval.json \
   runs/*/metrics.jsonl 2>/dev/null) || true
 echo "[$(elapsed)] report in $OUT/report; archive $OUT/text_experiments.tar.gz ($(du -h "$OUT/text_experiments.tar.gz" | cut -f1))"
+if [[ -n "${ARCHIVE_TO:-}" ]]; then  # e.g. the device tool's $OUT, while OUT_DIR (checkpoints) stays out
+  mkdir -p "$ARCHIVE_TO" && cp "$OUT/text_experiments.tar.gz" "$ARCHIVE_TO/"
+  echo "copied the archive to $ARCHIVE_TO/"
+fi
 if ((failed)); then
   echo "Some runs failed: fix and start the same command again (finished runs are kept)." >&2
   exit 1

@@ -338,7 +338,7 @@ def format_stream_table(summary_rows):
   body = [
     (
       s["name"],
-      s["tokens"],
+      f"{s['tokens']:,}",
       _f(s["kjv_bits_per_byte"]),
       _f(s["stdlib_bits_per_byte"]),
       reports.format_mib(s["cache_bytes"]),
