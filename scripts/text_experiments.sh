@@ -37,7 +37,8 @@
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
-# for eval_text.py), ARCHIVE_TO (a folder to copy the archive into). OUT_DIR/runs holds every
+# for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
+# a quick check), ARCHIVE_TO (a folder to copy the archive into). OUT_DIR/runs holds every
 # checkpoint (~3.5 GB for 30 runs): keep OUT_DIR off a folder that is copied back, e.g. on the
 # device tool: ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
 set -euo pipefail
@@ -82,6 +83,7 @@ else
   done
   EVAL_DEFAULT=""
 fi
+if [[ -n "${ONLY:-}" ]]; then read -r -a RUNS <<<"$ONLY"; fi  # e.g. ONLY="kjv:64:0 kjv:sink:0"
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$("$PYTHON" -c "print(round(0.85 / $PARALLEL, 3))")}
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 
