@@ -331,3 +331,13 @@ def test_input_pipeline_keeps_order_and_the_consumed_state(background):
   with pytest.raises(ValueError, match="more than its 2 batches"):
     next(limited)
   limited.close()
+
+
+def test_hop_distances_are_095_of_each_prefix_reach():
+  from swa.tasks.passkey import hop_distances
+
+  short_first = ModelConfig(vocab_size=72, num_layers=5, window_size=(16, 512, 512, 512, 512))
+  # Reaches 15 (below MIN_DISTANCE: left out), 526, 1037, 1548, 2059.
+  assert hop_distances(short_first, 2176) == [499, 985, 1470, 1956]
+  assert hop_distances(ModelConfig(vocab_size=72, window_size=128), 640) == [120, 241, 361, 482]
+  assert hop_distances(ModelConfig(vocab_size=72, window_size=None), 640) is None

@@ -56,6 +56,22 @@ def training_max_distance(config):
   return top
 
 
+def hop_distances(model_config, seq_len, fraction=0.95):
+  """One distance per hop: fraction x sum_{l<=k} (w_l - 1) for k = 1..L, inside the context.
+
+  Recall there needs the first k layers to relay the key (fewer cannot reach it), so the step at
+  which each distance is first answered is the step at which hop k formed. Hops shorter than
+  data.MIN_DISTANCE (e.g. a short first layer) are left out; None for a full-attention model.
+  """
+  windows = model_config.layer_windows
+  if None in windows:
+    return None
+  top = data.context_max_distance(seq_len)
+  reaches = np.cumsum([w - 1 for w in windows])
+  picked = {int(fraction * r) for r in reaches}
+  return sorted(d for d in picked if data.MIN_DISTANCE <= d <= top)
+
+
 class PasskeyTask:
   """Passkey retrieval (swa/tasks/__init__.py's Task).
 
@@ -86,6 +102,8 @@ class PasskeyTask:
     }.items():
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
+    if not isinstance(config.eval.get("hop_distances", False), bool):
+      raise ValueError(f"eval.hop_distances={config.eval.hop_distances!r} must be True or False.")
     if not d.lm_weight >= 0:
       raise ValueError(f"data.lm_weight={d.lm_weight!r} is not allowed; it must be >= 0.")
     if d.curriculum == "adaptive" and jax.process_count() > 1:
@@ -122,13 +140,18 @@ class PasskeyTask:
     return {"curriculum_top": batch["curriculum_top"]}
 
   def evaluate(self, graphdef, params, config):
-    """Exact match at eval.num_distances even distances (eval/exact_match_d00042, ...)."""
+    """Exact match at eval.num_distances even distances (eval/exact_match_d00042, ...), and at
+    each hop's distance with eval.hop_distances."""
     # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped by
     # tokens, so a long trained context is evaluated one prompt at a time.
+    distances = data.even_distances(config.data.seq_len, config.eval.num_distances)
+    if config.eval.get("hop_distances", False):
+      hops = hop_distances(ModelConfig.from_config(config), config.data.seq_len)
+      distances = sorted(set(distances) | set(hops or ()))
     accuracy = evaluate.passkey_accuracy(
       graphdef,
       params,
-      data.even_distances(config.data.seq_len, config.eval.num_distances),
+      distances,
       train_seq_len=config.data.seq_len,
       examples_per_distance=config.eval.examples_per_distance,
       seed=config.seed,
