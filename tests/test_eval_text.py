@@ -242,3 +242,8 @@ def test_stream_segments_restart_at_the_corpus_boundary():
     (10, "stdlib", 300),
   ]
   np.testing.assert_allclose([r.bits_per_byte for r in rows], [1.5, 4.5, 7.5])
+
+
+def test_stream_text_refuses_a_full_length_stream_for_full_attention(runs):
+  with pytest.raises(ValueError, match="pass --text_window=W to stream through a window cache"):
+    text_report.stream_text(str(runs / "kjv_wfull_s0"))

@@ -26,10 +26,13 @@ import numpy as np
 from swa import corpora, reports, train_lib
 from swa.analysis import text as text_analysis
 from swa.checks import check_int
-from swa.model import window_name
+from swa.model import config_of, window_name
 from swa.tasks import text, text_eval
 
 EXPERIMENTS = ("window", "position", "shrink", "stream")
+# stream.py's text mode streams a full-attention layer with a full-length cache only this far:
+# every chunk attends over all of it (chunk x stream x heads float32 scores).
+FULL_STREAM_LIMIT = 131_072
 
 
 @dataclasses.dataclass(frozen=True)
@@ -300,6 +303,12 @@ def stream_text(workdir, text_file=None, *, chunk_size=1024, num_sinks=0, window
     tokens = np.concatenate([[corpora.SINK_ID], tokens])
   if window is not None:
     graphdef = text_eval.with_windows(graphdef, params, window)
+  elif None in config_of(graphdef, params).layer_windows and tokens.size > FULL_STREAM_LIMIT:
+    raise ValueError(
+      f"The model has full-attention layers: each chunk would attend over the whole stream of "
+      f"{tokens.size:,} tokens (a cache of all of it); pass --text_window=W to stream through a "
+      f"window cache, or a file of at most {FULL_STREAM_LIMIT:,} bytes."
+    )
   print(
     f"Streaming {what}: {tokens.size:,} tokens in chunks of {chunk_size}; window "
     f"{window or config.model.window_size}, {sinks} sinks; device {reports.device_description()}",
