@@ -247,3 +247,9 @@ def test_stream_segments_restart_at_the_corpus_boundary():
 def test_stream_text_refuses_a_full_length_stream_for_full_attention(runs):
   with pytest.raises(ValueError, match="pass --text_window=W to stream through a window cache"):
     text_report.stream_text(str(runs / "kjv_wfull_s0"))
+
+
+def test_the_analysis_of_text_imports_no_jax():
+  code = "import sys, swa.analysis.text; print('jax' in sys.modules)"
+  done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+  assert done.stdout.strip() == "False", done.stderr
