@@ -38,7 +38,9 @@
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
 # for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
-# a quick check), ARCHIVE_TO (a folder to copy the archive into). OUT_DIR/runs holds every
+# a quick check), ARCHIVE_TO (a folder to copy the archive into), SINK_ATTENTION (the sink runs'
+# kernel instead of text_sink.py's pallas, e.g. reference with PARALLEL=4 if pallas fails there;
+# the kernel may change on resume). OUT_DIR/runs holds every
 # checkpoint (~3.5 GB for 30 runs): keep OUT_DIR off a folder that is copied back, e.g. on the
 # device tool: ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
 set -euo pipefail
@@ -96,7 +98,8 @@ run_one() {  # corpus:window:seed
   flags="--config.data.corpus=$corpus --config.seed=$seed --config.num_steps=$STEPS $COMMON"
   case "$window" in
     mix) name="${corpus}_mix_s$seed"; config=configs/text_mix.py; flags="$flags $MIX_WINDOWS" ;;
-    sink) name="${corpus}_sink_s$seed"; config=configs/text_sink.py ;;
+    sink) name="${corpus}_sink_s$seed"; config=configs/text_sink.py
+      [[ -n "${SINK_ATTENTION:-}" ]] && flags="$flags --config.model.attention=$SINK_ATTENTION" ;;
     *) name="${corpus}_w${window}_s$seed"; config=$CONFIG; flags="$flags --config.model.window_size=$window" ;;
   esac
   if [[ "${TINY:-0}" == 1 && ( "$window" == mix || "$window" == sink ) ]]; then
@@ -106,7 +109,7 @@ run_one() {  # corpus:window:seed
     flags="$flags --config.data.batch_size=4 --config.eval.num_windows=8 --config.eval.batch_size=4"
     flags="$flags --config.optim.learning_rate=3e-3 --config.optim.warmup_steps=5"
     # On a CPU, auto (the dense reference) instead of Pallas's interpret mode.
-    [[ "$window" == sink ]] && flags="$flags --config.model.window_size=16 --config.model.attention=auto"
+    [[ "$window" == sink ]] && flags="$flags --config.model.window_size=16 --config.model.attention=${SINK_ATTENTION:-auto}"
   fi
   if [[ -f "$OUT/runs/$name/eval.json" ]]; then
     echo "[$(elapsed)] skip $name (eval.json exists)"
