@@ -99,7 +99,7 @@ run_one() {  # corpus:window:seed
   case "$window" in
     mix) name="${corpus}_mix_s$seed"; config=configs/text_mix.py; flags="$flags $MIX_WINDOWS" ;;
     sink) name="${corpus}_sink_s$seed"; config=configs/text_sink.py
-      [[ -n "${SINK_ATTENTION:-}" ]] && flags="$flags --config.model.attention=$SINK_ATTENTION" ;;
+      if [[ -n "${SINK_ATTENTION:-}" ]]; then flags="$flags --config.model.attention=$SINK_ATTENTION"; fi ;;
     *) name="${corpus}_w${window}_s$seed"; config=$CONFIG; flags="$flags --config.model.window_size=$window" ;;
   esac
   if [[ "${TINY:-0}" == 1 && ( "$window" == mix || "$window" == sink ) ]]; then
@@ -109,7 +109,9 @@ run_one() {  # corpus:window:seed
     flags="$flags --config.data.batch_size=4 --config.eval.num_windows=8 --config.eval.batch_size=4"
     flags="$flags --config.optim.learning_rate=3e-3 --config.optim.warmup_steps=5"
     # On a CPU, auto (the dense reference) instead of Pallas's interpret mode.
-    [[ "$window" == sink ]] && flags="$flags --config.model.window_size=16 --config.model.attention=${SINK_ATTENTION:-auto}"
+    if [[ "$window" == sink ]]; then
+      flags="$flags --config.model.window_size=16 --config.model.attention=${SINK_ATTENTION:-auto}"
+    fi
   fi
   if [[ -f "$OUT/runs/$name/eval.json" ]]; then
     echo "[$(elapsed)] skip $name (eval.json exists)"
