@@ -2,7 +2,8 @@
 # The text-LM experiments (issue 23) on ONE GPU: train every run, then eval_text.py writes the report.
 #
 #   bash scripts/text_experiments.sh OUT_DIR            # the GPU campaign (one H200)
-#   TINY=1 bash scripts/text_experiments.sh /tmp/tiny   # CPU dry run at toy sizes (~2 min, 2 cores)
+#   TINY=1 bash scripts/text_experiments.sh /tmp/tiny   # CPU dry run at toy sizes (84-106 s on the
+#                                                       # 2-core box, 2026-12-03)
 #
 # Runs (configs/text_w128.py with --config.model.window_size=W, text_mix.py, text_sink.py), on both
 # corpora (--config.data.corpus=kjv|stdlib), 400 steps of 8 x 4096 bytes each (13M tokens):
@@ -11,7 +12,8 @@
 # = 2 x (9 + 4 + 2) = 30 runs, PARALLEL (default 8) train.py processes at a time on the one GPU,
 # each with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.85 / PARALLEL. Every run is exactly
 #   python train.py --config=configs/text_w128.py --workdir=OUT_DIR/runs/<corpus>_w<W>_s<seed> \
-#     --config.data.corpus=<corpus> --config.model.window_size=<W> --config.seed=<seed>
+#     --config.data.corpus=<corpus> --config.model.window_size=<W> --config.seed=<seed> \
+#     --config.num_steps=$STEPS
 # (mix/sink: --config=configs/text_mix.py | text_sink.py, workdir <corpus>_mix_s0 | <corpus>_sink_s0),
 # its output in OUT_DIR/logs/<run>.log. Then
 #   python eval_text.py --workdirs=OUT_DIR/runs --out=OUT_DIR/report
@@ -39,10 +41,11 @@
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
 # for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
 # a quick check), ARCHIVE_TO (a folder to copy the archive into), SINK_ATTENTION (the sink runs'
-# kernel instead of text_sink.py's pallas, e.g. reference with PARALLEL=4 if pallas fails there;
-# the kernel may change on resume). OUT_DIR/runs holds every
-# checkpoint (~3.5 GB for 30 runs): keep OUT_DIR off a folder that is copied back, e.g. on the
-# device tool: ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
+# kernel instead of text_sink.py's pallas, e.g. ONLY="kjv:sink:0 stdlib:sink:0" PARALLEL=1
+# SINK_ATTENTION=reference if pallas fails there: the dense scores need ~50 GB per process; the
+# kernel may change on resume). OUT_DIR/runs holds every checkpoint (~3.5 GB for 30 runs): keep
+# OUT_DIR off a folder that is copied back, e.g. on the device tool:
+#   ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
 set -euo pipefail
 
 OUT=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
