@@ -42,7 +42,8 @@
 # for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
 # a quick check), ARCHIVE_TO (a folder to copy the archive into), SINK_ATTENTION (the sink runs'
 # kernel instead of text_sink.py's pallas, e.g. ONLY="kjv:sink:0 stdlib:sink:0" PARALLEL=1
-# SINK_ATTENTION=reference if pallas fails there: the dense scores need ~50 GB per process; the
+# SINK_ATTENTION=reference if pallas fails there: its dense float32 scores are 4.3 GB per layer
+# (computed, not measured), tens of GB per process with the backward; the
 # kernel may change on resume). OUT_DIR/runs holds every checkpoint (~3.5 GB for 30 runs): keep
 # OUT_DIR off a folder that is copied back, e.g. on the device tool:
 #   ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
