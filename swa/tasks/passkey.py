@@ -75,6 +75,11 @@ class PasskeyTask:
 
   def validate(self, config):
     d = config.data
+    if config.model.vocab_size < data.VOCAB_SIZE:
+      raise ValueError(
+        f"model.vocab_size={config.model.vocab_size} is below the passkey tokenizer's "
+        f"{data.VOCAB_SIZE} ids (swa/data.py)."
+      )
     if d.seq_len < data.MIN_CONTEXT_LEN:
       raise ValueError(
         f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
