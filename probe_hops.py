@@ -49,7 +49,7 @@ def probe(workdirs, out, fractions, num, bin_width):
   evaluate_workdirs.check_workdirs(workdirs)
   if not out:
     raise ValueError("--out is required (the folder for hop_probe.csv and hop_answer.csv).")
-  reports.make_folder("--out", out)
+  reports.make_folder("out", out)
   try:
     fractions = [float(f) for f in fractions]
   except ValueError:
@@ -135,7 +135,7 @@ def run(workdirs, out, fractions, num, bin_width, probe_csv=None):
   if probe_csv:
     if not out:
       raise ValueError("--out is required (the folder for the report).")
-    reports.make_folder("--out", out)
+    reports.make_folder("out", out)
     profile, answers = hops.read_probe(probe_csv)
   else:
     profile, answers = probe(workdirs, out, fractions, num, bin_width)
