@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import passkey_rows
 
 import eval_passkey
 from configs import tiny
@@ -145,20 +146,10 @@ def test_distances_may_have_their_own_number_of_prompts(restored):
 
 
 def _rows(model, window, reach, accuracies, start=50, step=10):
-  return [
-    rows_lib.PasskeyRow(
-      model=model,
-      window=window,
-      layers=4,
-      reach=reach,
-      distance=d,
-      accuracy=a,
-      n=100,
-      seq_len=256,
-      train_seq_len=256,
-    )
-    for d, a in zip(range(start, start + step * len(accuracies), step), accuracies)
-  ]
+  distances = range(start, start + step * len(accuracies), step)
+  return passkey_rows(
+    model, dict(zip(distances, accuracies)), reach=reach, window=window, train=256, seq_len=256
+  )
 
 
 def test_format_accuracy_table():

@@ -5,29 +5,14 @@ import math
 
 import numpy as np
 import pytest
+from conftest import passkey_rows
 
 from swa.analysis import rows as rows_lib
 from swa.analysis import stats, summary, tables
 
 
-def rows_of(model, seed, accuracies, *, reach=508, window="128", layers=4, n=100, train=640):
-  """PasskeyRows of one model and seed: {distance: accuracy}; prompts of the trained length
-  where d fits in it, else 64 tokens longer per 64 tokens of d."""
-  return [
-    rows_lib.PasskeyRow(
-      model=model,
-      window=window,
-      layers=layers,
-      reach=reach,
-      distance=d,
-      accuracy=a,
-      n=n,
-      seq_len=max(train, -(-(d + 20) // 64) * 64),
-      train_seq_len=train,
-      seed=seed,
-    )
-    for d, a in accuracies.items()
-  ]
+def rows_of(model, seed, accuracies, **kwargs):
+  return passkey_rows(model, accuracies, seed=seed, **kwargs)
 
 
 @pytest.mark.parametrize(
