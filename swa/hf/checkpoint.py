@@ -96,9 +96,13 @@ def save_checkpoint(folder, graphdef, params, *, family="mistral", max_shard_byt
 
 def load_tokenizer(folder):
   """The folder's tokenizer.json as a `tokenizers.Tokenizer`; one-line error if it is missing."""
-  import tokenizers  # noqa: PLC0415 (the `hf` extra; only generation from text needs it)
-
   path = os.path.join(folder, TOKENIZER_FILE)
   if not os.path.isfile(path):
     raise ValueError(f"{folder} has no {TOKENIZER_FILE} (the tokenizers package reads that file).")
+  try:
+    import tokenizers  # noqa: PLC0415 (the `hf` extra: only text generation needs it)
+  except ImportError:
+    raise ValueError(
+      "Reading tokenizer.json needs the tokenizers package: pip install '.[hf]'."
+    ) from None
   return tokenizers.Tokenizer.from_file(path)
