@@ -66,6 +66,7 @@ def get_config():
   model.final_softcap = ml_collections.FieldReference(None, field_type=float)
   # One learned sink logit per query head (gpt-oss; the attention contract's sink_logits).
   model.learned_sinks = False
+  model.qk_norm = False  # RMSNorm over each head's query and key, before RoPE (Gemma 3).
 
   # Data (swa/data.py): passkey prompts with the answer digits at the end.
   config.data = d = ml_collections.ConfigDict()

@@ -9,7 +9,8 @@ Architecture options, all off by default, let the same forward run the sliding-w
 the Hugging Face Hub (swa/hf/, docs/hf.md): a gated MLP without bias (SwiGLU, GeGLU), the RMSNorm
 epsilon, an explicit head dim, q/k/v biases, tied embeddings, a RoPE base per layer, and Gemma 2's
 extras (RMSNorm by 1 + scale, embeddings times sqrt(d_model), norms after attention and MLP, a
-logit scale, attention and final logit soft-caps). Learned sinks (gpt-oss) are one more option.
+logit scale, attention and final logit soft-caps), Gemma 3's norm of each head's query and key.
+Learned sinks (gpt-oss) are one more option.
 
 One forward serves training, evaluation and streaming: `Transformer(tokens)` gives logits, and
 `Transformer(tokens, cache=cache)` (gemma style) continues a stream held in an explicit KV cache
@@ -62,6 +63,7 @@ class ModelConfig:
   attention_softcap: Optional[float] = None
   final_softcap: Optional[float] = None
   learned_sinks: bool = False
+  qk_norm: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
@@ -91,6 +93,7 @@ class ModelConfig:
       "embed_scale",
       "post_norms",
       "learned_sinks",
+      "qk_norm",
     ):
       if not isinstance(getattr(self, name), bool):
         raise ValueError(f"model.{name} must be true or false, got {getattr(self, name)!r}.")
@@ -255,12 +258,12 @@ class OffsetRMSNorm(nnx.Module):
     return (normed_BTD * (1.0 + self.scale[...])).astype(self.dtype)
 
 
-def rms_norm(config: ModelConfig, rngs: nnx.Rngs):
-  """The model's RMSNorm over d_model: scale (nnx.RMSNorm) or 1 + scale (norm_plus_one)."""
-  dtype = jnp.dtype(config.dtype)
+def rms_norm(config: ModelConfig, rngs: nnx.Rngs, num_features=None):
+  """The model's RMSNorm over the last axis (default d_model): scale, or 1 + scale (norm_plus_one)."""
+  dtype, num_features = jnp.dtype(config.dtype), num_features or config.d_model
   if config.norm_plus_one:
-    return OffsetRMSNorm(config.d_model, epsilon=config.norm_eps, dtype=dtype)
-  return nnx.RMSNorm(config.d_model, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
+    return OffsetRMSNorm(num_features, epsilon=config.norm_eps, dtype=dtype)
+  return nnx.RMSNorm(num_features, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
 
 
 class Attention(nnx.Module):
@@ -287,6 +290,9 @@ class Attention(nnx.Module):
     self.out = dense(c.num_heads * c.head_dim, c.d_model)
     if c.learned_sinks:  # gpt-oss: one sink logit per query head (attention.py's sink_logits).
       self.sinks = nnx.Param(jnp.zeros((c.num_heads,), jnp.float32))
+    if c.qk_norm:  # Gemma 3, Qwen3: RMSNorm over each head's query and key, before RoPE
+      self.query_norm = rms_norm(c, rngs, c.head_dim)
+      self.key_norm = rms_norm(c, rngs, c.head_dim)
 
   def _options(self):
     """Keyword options of the attention call that only the architecture options set."""
@@ -318,6 +324,8 @@ class Attention(nnx.Module):
     q_BTNH = self.query(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
     k_BTKH = self.key(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     v_BTKH = self.value(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
+    if c.qk_norm:
+      q_BTNH, k_BTKH = self.query_norm(q_BTNH), self.key_norm(k_BTKH)
     q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
     k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
     if cache is None:

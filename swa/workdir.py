@@ -65,6 +65,7 @@ ADDED_FIELDS = {
   "model.attention_softcap": None,
   "model.final_softcap": None,
   "model.learned_sinks": False,
+  "model.qk_norm": False,
 }
 LOCK_FILE = ".lock"
 EVENTS_LOG = "events.log"

@@ -64,12 +64,24 @@ def _family_config(family, **changes):
       final_logit_softcapping=3.0,
       **COMMON,
     ),
+    # The default layer pattern (5 local : 1 global), a RoPE base per kind, q/k norms.
+    "gemma3": dict(
+      num_hidden_layers=7,
+      sliding_window=W,
+      query_pre_attn_scalar=12,
+      rope_parameters={
+        "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+        "full_attention": {"rope_type": "default", "rope_theta": 5000.0},
+      },
+      **{k: v for k, v in COMMON.items() if k != "rope_theta"},
+    ),
   }[family]
   kwargs.update(changes)
   cls = {
     "mistral": transformers.MistralConfig,
     "qwen2": transformers.Qwen2Config,
     "gemma2": transformers.Gemma2Config,
+    "gemma3": transformers.Gemma3TextConfig,
   }[family]
   return cls(**kwargs)
 
@@ -93,6 +105,7 @@ def _save_hf(family, folder, **config_changes):
     "mistral": transformers.MistralForCausalLM,
     "qwen2": transformers.Qwen2ForCausalLM,
     "gemma2": transformers.Gemma2ForCausalLM,
+    "gemma3": transformers.Gemma3ForCausalLM,
   }[family]
   torch.manual_seed(0)
   model = _randomize(cls(config).eval())
@@ -115,7 +128,10 @@ def _assert_close(got, want, what):
   assert err <= TOLERANCE, f"{what}: relative error {err:.2e}"
 
 
-@pytest.fixture(scope="module", params=["mistral", "qwen2", "gemma2"])
+FAMILIES = ["mistral", "qwen2", "gemma2", "gemma3"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES)
 def family_checkpoint(request, tmp_path_factory):
   """(family, folder, transformers model, tokens, transformers logits)."""
   folder = tmp_path_factory.mktemp(request.param)
@@ -128,6 +144,7 @@ EXPECTED_WINDOWS = {
   "mistral": (W, W),
   "qwen2": (None, W, W, None),
   "gemma2": (W, None, W),
+  "gemma3": (W,) * 5 + (None, W),
 }
 
 
@@ -212,21 +229,25 @@ SWA_MODELS = {
     attention_softcap=2.0,
     final_softcap=3.0,
   ),
+  "gemma3": dict(
+    num_layers=3,
+    window_size=(W, W, None),
+    rope_base=(100.0, 100.0, 5000.0),
+    mlp="geglu",
+    norm_plus_one=True,
+    embed_scale=True,
+    post_norms=True,
+    qk_norm=True,
+    tie_embeddings=True,
+  ),
 }
 
 
-@pytest.mark.parametrize("family", ["mistral", "qwen2", "gemma2"])
+@pytest.mark.parametrize("family", FAMILIES)
 def test_swa_model_saved_opens_in_transformers_with_the_same_logits(family, tmp_path):
+  shape = dict(vocab_size=VOCAB, d_model=32, num_heads=4, num_kv_heads=2, mlp_dim=48)
   config = ModelConfig(
-    vocab_size=VOCAB,
-    d_model=32,
-    num_heads=4,
-    num_kv_heads=2,
-    mlp_dim=48,
-    rope_base=500.0,
-    norm_eps=1e-5,
-    dtype="float32",
-    **SWA_MODELS[family],
+    **{**shape, "rope_base": 500.0, "norm_eps": 1e-5, "dtype": "float32", **SWA_MODELS[family]}
   )
   model = Transformer(config, rngs=nnx.Rngs(3))
   graphdef, state = nnx.split(model, nnx.Param)

@@ -116,6 +116,25 @@ def test_gemma2_defaults_alternate_and_set_the_extras():
   )
 
 
+def test_gemma3_defaults_five_local_to_one_global_with_a_rope_base_per_kind():
+  gemma3 = {"model_type": "gemma3_text", **TINY, "num_hidden_layers": 12, "sliding_window": 512}
+  config = hf.model_config_from_hf(gemma3)
+  assert config.layer_windows == ((512,) * 5 + (None,)) * 2
+  assert config.layer_rope_bases == ((1e4,) * 5 + (1e6,)) * 2  # local 10k, global 1M
+  assert config.qk_norm and config.norm_plus_one and config.post_norms
+  assert config.attention_softcap is None and config.final_softcap is None
+  older = hf.model_config_from_hf({**gemma3, "rope_theta": 2e6, "rope_local_base_freq": 5e3})
+  assert set(older.layer_rope_bases) == {5e3, 2e6}
+  newer = {
+    "sliding_attention": {"rope_type": "default", "rope_theta": 7e3},
+    "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1e6},
+  }
+  with pytest.raises(ValueError, match=r"rope_parameters.full_attention.rope_type='linear' is not"):
+    hf.model_config_from_hf({**gemma3, "rope_parameters": newer})
+  with pytest.raises(ValueError, match=r"rope_scaling=\{'factor': 8.0, 'rope_type': 'linear'\}"):
+    hf.model_config_from_hf({**gemma3, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}})
+
+
 def test_rope_parameters_of_transformers_5_give_the_base():
   fields = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
   assert hf.model_config_from_hf({**MISTRAL_7B, **fields}).rope_base == 1e6

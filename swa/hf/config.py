@@ -11,6 +11,9 @@ Which layers slide (one window per layer, `ModelConfig.window_size`):
            `layer_types`, layers i >= max_window_layers slide (Qwen2Config's own rule); the window
            is `sliding_window` only if `use_sliding_window`, else no layer slides.
   gemma2   `layer_types` (default: even layers slide, odd layers are full).
+  gemma3   `layer_types` (default: layer i is full iff (i + 1) % sliding_window_pattern == 0, the
+           pattern 6 giving 5 local : 1 global); each kind has its own RoPE base
+           (rope_parameters[kind].rope_theta; older files: rope_local_base_freq and rope_theta).
 
 A field swa cannot honour (a RoPE scaling, a bias, another activation, ...) is a one-line
 ValueError naming the field and its value; fields that do not change the forward (token ids,
@@ -90,6 +93,28 @@ FAMILIES = {
     mlp={"gelu_pytorch_tanh": "geglu"},
     bias_field="attention_bias",
   ),
+  "gemma3": Family(
+    model_type="gemma3_text",
+    architecture="Gemma3ForCausalLM",
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=True,
+      sliding_window=4096,
+      sliding_window_pattern=6,
+      rope_theta=1_000_000.0,  # full_attention layers
+      rope_local_base_freq=10_000.0,  # sliding_attention layers
+      hidden_activation="gelu_pytorch_tanh",
+      head_dim=256,
+      query_pre_attn_scalar=256,
+      attn_logit_softcapping=None,
+      final_logit_softcapping=None,
+      attention_bias=False,
+    ),
+    fixed=dict(norm_plus_one=True, embed_scale=True, post_norms=True, qk_norm=True),
+    activation_field="hidden_activation",
+    mlp={"gelu_pytorch_tanh": "geglu"},
+    bias_field="attention_bias",
+  ),
 }
 
 # Fields that, when present, must have one of these values (else the forward would differ).
@@ -103,15 +128,20 @@ _MUST_BE = {
 }
 
 
+def _gemma(family):
+  return family.model_type in ("gemma2", "gemma3_text")
+
+
 def family_of(hf_config: dict) -> Family:
   """The Family of a config.json dict; one-line ValueError for any other architecture."""
   model_type = hf_config.get("model_type")
-  if model_type not in FAMILIES:
+  by_type = {f.model_type: f for f in FAMILIES.values()}
+  if model_type not in by_type:
     raise ValueError(
       f"config.json: model_type={model_type!r} (architectures={hf_config.get('architectures')}) "
-      f"is not supported; supported: {sorted(FAMILIES)}."
+      f"is not supported; supported: {sorted(by_type)}."
     )
-  family = FAMILIES[model_type]
+  family = by_type[model_type]
   archs = hf_config.get("architectures") or [family.architecture]
   if archs != [family.architecture]:
     raise ValueError(
@@ -132,34 +162,59 @@ def _int_field(hf_config, name, low=1):
   return value
 
 
-def rope_theta(hf_config: dict, family: Family) -> float:
-  """The RoPE base; only the default RoPE (no scaling) is supported."""
-  params = hf_config.get("rope_parameters")
+def _theta(params, default, where):
+  """rope_theta of one rope_parameters dict (None: the default); only the default RoPE."""
   if params is None:
-    theta = _get(hf_config, family, "rope_theta")
+    theta = default
   else:
     if not isinstance(params, dict):
-      raise ValueError(f"config.json: rope_parameters={params!r} must be a dict.")
+      raise ValueError(f"config.json: {where}={params!r} must be a dict.")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type != "default":
       raise ValueError(
-        f"config.json: rope_parameters.rope_type={rope_type!r} is not supported (only 'default')."
+        f"config.json: {where}.rope_type={rope_type!r} is not supported (only 'default')."
       )
-    theta = params.get("rope_theta", _get(hf_config, family, "rope_theta"))
+    theta = params.get("rope_theta", default)
   if isinstance(theta, bool) or not isinstance(theta, (int, float)) or not theta > 1:
-    raise ValueError(f"config.json: rope_theta={theta!r} must be a number > 1.")
+    raise ValueError(f"config.json: rope_theta={theta!r} ({where}) must be a number > 1.")
   return float(theta)
 
 
-def layer_windows(hf_config: dict, family: Family, num_layers: int):
-  """The window of each layer (None = full attention), as transformers' code decides it."""
+def rope_bases(hf_config: dict, family: Family, layer_types):
+  """The RoPE base of each layer; Gemma 3 has one per layer kind."""
+  params = hf_config.get("rope_parameters")
+  if family.model_type != "gemma3_text":
+    theta = _theta(params, _get(hf_config, family, "rope_theta"), "rope_parameters")
+    return (theta,) * len(layer_types)
+  if params is not None and not isinstance(params, dict):
+    raise ValueError(f"config.json: rope_parameters={params!r} must be a dict.")
+  legacy = {FULL: "rope_theta", SLIDING: "rope_local_base_freq"}
+  theta = {
+    kind: _theta(
+      None if params is None else params.get(kind, {}),
+      _get(hf_config, family, legacy[kind]),
+      f"rope_parameters.{kind}",
+    )
+    for kind in (SLIDING, FULL)
+  }
+  return tuple(theta[kind] for kind in layer_types)
+
+
+def sliding_window(hf_config: dict, family: Family):
+  """The window w of the sliding layers, or None where none slides."""
   window = _get(hf_config, family, "sliding_window")
   if family.model_type == "qwen2" and not _get(hf_config, family, "use_sliding_window"):
     window = None
   if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
     raise ValueError(f"config.json: sliding_window={window!r} must be an integer >= 1 or null.")
+  return window
+
+
+def layer_types_of(hf_config: dict, family: Family, num_layers: int):
+  """Each layer's kind, "sliding_attention" or "full_attention", as transformers' code decides."""
+  window = sliding_window(hf_config, family)
   if family.model_type == "mistral":
-    return (window,) * num_layers
+    return [FULL if window is None else SLIDING] * num_layers
   layer_types = hf_config.get("layer_types")
   if layer_types is None:
     if family.model_type == "qwen2":
@@ -167,6 +222,13 @@ def layer_windows(hf_config: dict, family: Family, num_layers: int):
       layer_types = [
         SLIDING if window is not None and i >= first else FULL for i in range(num_layers)
       ]
+    elif family.model_type == "gemma3_text":
+      pattern = _get(hf_config, family, "sliding_window_pattern")
+      if isinstance(pattern, bool) or not isinstance(pattern, int) or pattern < 1:
+        raise ValueError(
+          f"config.json: sliding_window_pattern={pattern!r} must be an integer >= 1."
+        )
+      layer_types = [SLIDING if (i + 1) % pattern else FULL for i in range(num_layers)]
     else:  # gemma2
       layer_types = [SLIDING if (i + 1) % 2 else FULL for i in range(num_layers)]
   if not isinstance(layer_types, list) or len(layer_types) != num_layers:
@@ -176,7 +238,14 @@ def layer_windows(hf_config: dict, family: Family, num_layers: int):
   for kind in layer_types:
     if kind not in (SLIDING, FULL):
       raise ValueError(f"config.json: layer_types has {kind!r}; supported: {SLIDING!r}, {FULL!r}.")
-  return tuple(window if kind == SLIDING else None for kind in layer_types)
+  return list(layer_types)
+
+
+def layer_windows(hf_config: dict, family: Family, num_layers: int):
+  """The window of each layer (None = full attention)."""
+  window = sliding_window(hf_config, family)
+  kinds = layer_types_of(hf_config, family, num_layers)
+  return tuple(window if kind == SLIDING else None for kind in kinds)
 
 
 def model_config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
@@ -211,6 +280,7 @@ def model_config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
     head_dim = None  # swa's own rule gives it
   eps = _get(hf_config, family, "rms_norm_eps")
   windows = layer_windows(hf_config, family, num_layers)
+  bases = rope_bases(hf_config, family, layer_types_of(hf_config, family, num_layers))
   fields = dict(
     vocab_size=_int_field(hf_config, "vocab_size", 2),
     num_layers=num_layers,
@@ -219,7 +289,7 @@ def model_config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
     num_kv_heads=num_kv_heads,
     mlp_dim=_int_field(hf_config, "intermediate_size"),
     window_size=windows[0] if len(set(windows)) == 1 else windows,
-    rope_base=rope_theta(hf_config, family),
+    rope_base=bases[0] if len(set(bases)) == 1 else bases,
     mlp=family.mlp[activation],
     norm_eps=float(eps) if isinstance(eps, (int, float)) and not isinstance(eps, bool) else eps,
     attention_head_dim=head_dim,
@@ -227,12 +297,13 @@ def model_config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
     dtype="float32",
     **family.fixed,
   )
-  if family.model_type == "gemma2":
+  if _gemma(family):
     scalar = _get(hf_config, family, "query_pre_attn_scalar")
     if isinstance(scalar, bool) or not isinstance(scalar, (int, float)) or not scalar > 0:
       raise ValueError(f"config.json: query_pre_attn_scalar={scalar!r} must be a number > 0.")
     fields.update(
-      attention_scale=scalar**-0.5,
+      # None where it is swa's own 1 / sqrt(head dim).
+      attention_scale=None if scalar == (head_dim or d_model // num_heads) else scalar**-0.5,
       attention_softcap=_get(hf_config, family, "attn_logit_softcapping"),
       final_softcap=_get(hf_config, family, "final_logit_softcapping"),
     )
@@ -250,6 +321,7 @@ def _fits(model_config: ModelConfig, family: Family):
     mlp=list(family.mlp.values())[0],
     norm_plus_one=False,
     qkv_bias=False,
+    qk_norm=False,
     embed_scale=False,
     post_norms=False,
     attention_scale=None,
@@ -259,20 +331,27 @@ def _fits(model_config: ModelConfig, family: Family):
     num_sinks=0,
   )
   wanted.update(family.fixed)
-  if family.model_type == "gemma2":
+  if _gemma(family):
     for name in ("attention_scale", "attention_softcap", "final_softcap"):
       wanted.pop(name)
   for name, value in wanted.items():
     if getattr(c, name) != value:
       return f"model.{name}={getattr(c, name)!r} (a {family.architecture} has {value!r})"
-  if len(set(c.layer_rope_bases)) != 1:
+  if family.model_type == "gemma3_text":
+    for full in (True, False):
+      bases = {b for b, w in zip(c.layer_rope_bases, c.layer_windows) if (w is None) == full}
+      if len(bases) > 1:
+        return (
+          f"model.rope_base={c.rope_base!r} (one base for the sliding layers, one for the full)"
+        )
+  elif len(set(c.layer_rope_bases)) != 1:
     return f"model.rope_base={c.rope_base!r} (one base for every layer)"
   windows = set(c.layer_windows)
   if family.model_type == "mistral" and len(windows) != 1:
     return f"model.window_size={c.window_size!r} (MistralForCausalLM: one window for every layer)"
   if family.model_type != "mistral" and len(windows - {None}) > 1:
     return f"model.window_size={c.window_size!r} (one sliding window size)"
-  if family.model_type == "gemma2" and c.attention_scale is not None:
+  if _gemma(family) and c.attention_scale is not None:
     scalar = c.attention_scale**-2
     if not math.isclose(scalar, round(scalar), rel_tol=1e-9):
       return f"model.attention_scale={c.attention_scale!r} (query_pre_attn_scalar ** -0.5)"
@@ -280,7 +359,7 @@ def _fits(model_config: ModelConfig, family: Family):
 
 
 def hf_config_from_model(model_config: ModelConfig, family: str = "mistral") -> dict:
-  """The config.json dict of a swa model written as `family` (mistral, qwen2, gemma2).
+  """The config.json dict of a swa model written as `family` (mistral, qwen2, gemma2, gemma3).
 
   One-line ValueError naming the first ModelConfig field the family cannot express.
   """
@@ -315,7 +394,13 @@ def hf_config_from_model(model_config: ModelConfig, family: str = "mistral") -> 
     out["layer_types"] = [FULL if w is None else SLIDING for w in windows]
   if family == "qwen2":
     out.update(use_sliding_window=sliding is not None, max_window_layers=0)
-  if family == "gemma2":
+  if family == "gemma3":
+    base = {SLIDING: theta, FULL: theta}
+    for b, w in zip(c.layer_rope_bases, windows):
+      base[FULL if w is None else SLIDING] = float(b)
+    del out["rope_theta"]
+    out["rope_parameters"] = {k: {"rope_type": "default", "rope_theta": b} for k, b in base.items()}
+  if _gemma(fam):
     out.update(
       query_pre_attn_scalar=round(c.attention_scale**-2) if c.attention_scale else c.head_dim,
       attn_logit_softcapping=c.attention_softcap,

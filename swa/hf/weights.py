@@ -9,10 +9,12 @@ projection is transposed; norms, embeddings and biases are not):
   model.layers.i.mlp.{gate,up,down}_proj.weight  blocks.i.{mlp_gate,mlp_in,mlp_out}.kernel
   mistral, qwen2:
     model.layers.i.post_attention_layernorm      blocks.i.mlp_norm.scale (the norm before the MLP)
-  gemma2:
+  gemma2, gemma3:
     model.layers.i.post_attention_layernorm      blocks.i.post_attention_norm.scale
     model.layers.i.pre_feedforward_layernorm     blocks.i.mlp_norm.scale
     model.layers.i.post_feedforward_layernorm    blocks.i.post_mlp_norm.scale
+  gemma3:
+    model.layers.i.self_attn.{q,k}_norm.weight   blocks.i.attention.{query,key}_norm.scale
   model.norm.weight                              final_norm.scale
   lm_head.weight                                 head.kernel (absent when the embeddings are tied)
 
@@ -53,6 +55,11 @@ _GEMMA2_NORMS = {
   "pre_feedforward_layernorm.weight": ("mlp_norm", "scale"),
   "post_feedforward_layernorm.weight": ("post_mlp_norm", "scale"),
 }
+_GEMMA3_NORMS = {
+  **_GEMMA2_NORMS,
+  "self_attn.q_norm.weight": ("attention", "query_norm", "scale"),
+  "self_attn.k_norm.weight": ("attention", "key_norm", "scale"),
+}
 _PLAIN_NORMS = {"post_attention_layernorm.weight": ("mlp_norm", "scale")}
 
 
@@ -68,7 +75,7 @@ def name_map(model_type, num_layers, *, tied):
   }
   if not tied:
     names["lm_head.weight"] = ("head", "kernel")
-  norms = _GEMMA2_NORMS if model_type == "gemma2" else _PLAIN_NORMS
+  norms = {"gemma2": _GEMMA2_NORMS, "gemma3_text": _GEMMA3_NORMS}.get(model_type, _PLAIN_NORMS)
   for i in range(num_layers):
     for hf_name, path in {**_BLOCK_NAMES, **norms}.items():
       names[f"model.layers.{i}.{hf_name}"] = ("blocks", i) + path
