@@ -64,6 +64,10 @@ def _family_config(family, **changes):
       final_logit_softcapping=3.0,
       **COMMON,
     ),
+    # No layer_types: layers i >= max_window_layers slide; q/k norms, no biases.
+    "qwen3": dict(
+      num_hidden_layers=3, use_sliding_window=True, sliding_window=W, max_window_layers=1, **COMMON
+    ),
     # The default layer pattern (5 local : 1 global), a RoPE base per kind, q/k norms.
     "gemma3": dict(
       num_hidden_layers=7,
@@ -82,6 +86,7 @@ def _family_config(family, **changes):
     "qwen2": transformers.Qwen2Config,
     "gemma2": transformers.Gemma2Config,
     "gemma3": transformers.Gemma3TextConfig,
+    "qwen3": transformers.Qwen3Config,
   }[family]
   return cls(**kwargs)
 
@@ -106,6 +111,7 @@ def _save_hf(family, folder, **config_changes):
     "qwen2": transformers.Qwen2ForCausalLM,
     "gemma2": transformers.Gemma2ForCausalLM,
     "gemma3": transformers.Gemma3ForCausalLM,
+    "qwen3": transformers.Qwen3ForCausalLM,
   }[family]
   torch.manual_seed(0)
   model = _randomize(cls(config).eval())
@@ -128,7 +134,7 @@ def _assert_close(got, want, what):
   assert err <= TOLERANCE, f"{what}: relative error {err:.2e}"
 
 
-FAMILIES = ["mistral", "qwen2", "gemma2", "gemma3"]
+FAMILIES = ["mistral", "qwen2", "qwen3", "gemma2", "gemma3"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -145,6 +151,7 @@ EXPECTED_WINDOWS = {
   "qwen2": (None, W, W, None),
   "gemma2": (W, None, W),
   "gemma3": (W,) * 5 + (None, W),
+  "qwen3": (None, W, W),
 }
 
 
@@ -229,6 +236,7 @@ SWA_MODELS = {
     attention_softcap=2.0,
     final_softcap=3.0,
   ),
+  "qwen3": dict(num_layers=2, window_size=(None, W), mlp="swiglu", qk_norm=True),
   "gemma3": dict(
     num_layers=3,
     window_size=(W, W, None),

@@ -1,4 +1,4 @@
-"""Hugging Face checkpoints in swa: Mistral, Qwen2, Gemma 2 and Gemma 3 as swa models, and back.
+"""Hugging Face checkpoints in swa: Mistral, Qwen2/3, Gemma 2/3 as swa models, and back.
 
   config.py      config.json <-> ModelConfig: the families, which layers slide, supported fields
   weights.py     safetensors <-> params: tensor names and layouts; one file or a sharded index

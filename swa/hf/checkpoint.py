@@ -80,7 +80,7 @@ def save_checkpoint(folder, graphdef, params, *, family="mistral", max_shard_byt
     folder: created if needed; existing files of the same names are replaced.
     graphdef, params: a swa model whose ModelConfig the family can express (swa/hf/config.py's
       `hf_config_from_model` names the first field it cannot).
-    family: "mistral", "qwen2", "gemma2" or "gemma3".
+    family: "mistral", "qwen2", "qwen3", "gemma2" or "gemma3".
     max_shard_bytes: None = one file; else shards of at most this size and their index.
   """
   model_config = config_of(graphdef, params)

@@ -7,7 +7,7 @@ masking_utils: key j is visible to query i iff i - w < j <= i), which is swa's `
 Which layers slide (one window per layer, `ModelConfig.window_size`):
   mistral  every layer has `sliding_window` (None: full attention); `layer_types` is ignored,
            as MistralAttention ignores it.
-  qwen2    `layer_types[i] == "sliding_attention"` slides, the others are full; without
+  qwen2, qwen3  `layer_types[i] == "sliding_attention"` slides, the others are full; without
            `layer_types`, layers i >= max_window_layers slide (Qwen2Config's own rule); the window
            is `sliding_window` only if `use_sliding_window`, else no layer slides.
   gemma2   `layer_types` (default: even layers slide, odd layers are full).
@@ -27,6 +27,7 @@ from typing import Optional
 from swa.model import ModelConfig
 
 SLIDING, FULL = "sliding_attention", "full_attention"
+QWEN = ("qwen2", "qwen3")  # the same rule of which layers slide
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +73,25 @@ FAMILIES = {
     fixed=dict(qkv_bias=True),
     activation_field="hidden_act",
     mlp={"silu": "swiglu"},
+  ),
+  "qwen3": Family(
+    model_type="qwen3",
+    architecture="Qwen3ForCausalLM",
+    defaults=dict(
+      rms_norm_eps=1e-6,
+      tie_word_embeddings=False,
+      sliding_window=4096,
+      use_sliding_window=False,
+      max_window_layers=28,
+      rope_theta=10_000.0,
+      hidden_act="silu",
+      head_dim=128,
+      attention_bias=False,
+    ),
+    fixed=dict(qk_norm=True),
+    activation_field="hidden_act",
+    mlp={"silu": "swiglu"},
+    bias_field="attention_bias",
   ),
   "gemma2": Family(
     model_type="gemma2",
@@ -203,7 +223,7 @@ def rope_bases(hf_config: dict, family: Family, layer_types):
 def sliding_window(hf_config: dict, family: Family):
   """The window w of the sliding layers, or None where none slides."""
   window = _get(hf_config, family, "sliding_window")
-  if family.model_type == "qwen2" and not _get(hf_config, family, "use_sliding_window"):
+  if family.model_type in QWEN and not _get(hf_config, family, "use_sliding_window"):
     window = None
   if window is not None and (isinstance(window, bool) or not isinstance(window, int) or window < 1):
     raise ValueError(f"config.json: sliding_window={window!r} must be an integer >= 1 or null.")
@@ -217,7 +237,7 @@ def layer_types_of(hf_config: dict, family: Family, num_layers: int):
     return [FULL if window is None else SLIDING] * num_layers
   layer_types = hf_config.get("layer_types")
   if layer_types is None:
-    if family.model_type == "qwen2":
+    if family.model_type in QWEN:
       first = _get(hf_config, family, "max_window_layers")
       layer_types = [
         SLIDING if window is not None and i >= first else FULL for i in range(num_layers)
@@ -359,7 +379,7 @@ def _fits(model_config: ModelConfig, family: Family):
 
 
 def hf_config_from_model(model_config: ModelConfig, family: str = "mistral") -> dict:
-  """The config.json dict of a swa model written as `family` (mistral, qwen2, gemma2, gemma3).
+  """The config.json dict of a swa model written as `family` (mistral, qwen2, qwen3, gemma2, gemma3).
 
   One-line ValueError naming the first ModelConfig field the family cannot express.
   """
@@ -392,7 +412,7 @@ def hf_config_from_model(model_config: ModelConfig, family: str = "mistral") -> 
   }
   if family != "mistral":
     out["layer_types"] = [FULL if w is None else SLIDING for w in windows]
-  if family == "qwen2":
+  if fam.model_type in QWEN:
     out.update(use_sliding_window=sliding is not None, max_window_layers=0)
   if family == "gemma3":
     base = {SLIDING: theta, FULL: theta}

@@ -13,7 +13,7 @@ projection is transposed; norms, embeddings and biases are not):
     model.layers.i.post_attention_layernorm      blocks.i.post_attention_norm.scale
     model.layers.i.pre_feedforward_layernorm     blocks.i.mlp_norm.scale
     model.layers.i.post_feedforward_layernorm    blocks.i.post_mlp_norm.scale
-  gemma3:
+  gemma3, qwen3:
     model.layers.i.self_attn.{q,k}_norm.weight   blocks.i.attention.{query,key}_norm.scale
   model.norm.weight                              final_norm.scale
   lm_head.weight                                 head.kernel (absent when the embeddings are tied)
@@ -61,6 +61,11 @@ _GEMMA3_NORMS = {
   "self_attn.k_norm.weight": ("attention", "key_norm", "scale"),
 }
 _PLAIN_NORMS = {"post_attention_layernorm.weight": ("mlp_norm", "scale")}
+_QWEN3_NORMS = {
+  **_PLAIN_NORMS,
+  "self_attn.q_norm.weight": ("attention", "query_norm", "scale"),
+  "self_attn.k_norm.weight": ("attention", "key_norm", "scale"),
+}
 
 
 def name_map(model_type, num_layers, *, tied):
@@ -75,7 +80,9 @@ def name_map(model_type, num_layers, *, tied):
   }
   if not tied:
     names["lm_head.weight"] = ("head", "kernel")
-  norms = {"gemma2": _GEMMA2_NORMS, "gemma3_text": _GEMMA3_NORMS}.get(model_type, _PLAIN_NORMS)
+  norms = {"gemma2": _GEMMA2_NORMS, "gemma3_text": _GEMMA3_NORMS, "qwen3": _QWEN3_NORMS}.get(
+    model_type, _PLAIN_NORMS
+  )
   for i in range(num_layers):
     for hf_name, path in {**_BLOCK_NAMES, **norms}.items():
       names[f"model.layers.{i}.{hf_name}"] = ("blocks", i) + path
