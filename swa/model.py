@@ -131,6 +131,19 @@ class ModelConfig:
       raise ValueError(
         f"model.attention must be one of {attention.implementations()}, got {self.attention!r}."
       )
+    for option, feature in (
+      ("attention_softcap", "logit_softcap"),
+      ("learned_sinks", "sink_logits"),
+    ):
+      if (
+        getattr(self, option) not in (None, False)
+        and self.attention != "auto"
+        and feature not in attention.implementation_features(self.attention)
+      ):
+        raise ValueError(
+          f"model.attention={self.attention!r} does not support {feature} (model.{option}); "
+          "use auto or one that does."
+        )
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
     self.layer_windows  # Validates the window(s).

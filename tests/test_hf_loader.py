@@ -324,11 +324,13 @@ def test_export_refuses_what_the_family_cannot_express(tmp_path):
     ("rope_base", (1e4, 1e4, 1e4), r"model.rope_base lists 3 bases for 2 layers"),
     ("rope_base", (1e4, 0.5), r"model.rope_base must be a number > 1"),
     ("tie_embeddings", 1, r"model.tie_embeddings must be true or false, got 1"),
+    ("attention", "pallas", r"model.attention='pallas' does not support logit_softcap"),
   ],
 )
 def test_bad_architecture_options_are_one_line_errors(field, value, match):
+  capped = {**vars(MISTRAL_LIKE), "attention_softcap": 5.0}
   with pytest.raises(ValueError, match=match):
-    ModelConfig(**{**vars(MISTRAL_LIKE), field: value})
+    ModelConfig(**{**capped, field: value})
 
 
 def test_tied_head_is_the_embedding_table():

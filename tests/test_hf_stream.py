@@ -75,6 +75,17 @@ def test_hf_stream_generates_the_models_own_continuation(folder, attention, caps
   assert repr(tok.decode(want)) in capsys.readouterr().out
 
 
+def test_hf_stream_in_bfloat16_runs(folder):
+  settings = stream_modes.StreamSettings(
+    hf_checkpoint=str(folder), prompt=PROMPT, generate=4, chunk_size=16, hf_dtype="bfloat16"
+  )
+  result = stream_modes.run(settings)
+  assert result["fed"] == 10 and result["generated"].shape == (4,)
+  # The rolling cache holds the window (3 slots) per layer, in bfloat16: 2 layers x k, v x 1 x 3
+  # slots x 1 head x 8 dims x 2 bytes, plus the int32 positions, ends and sink counts.
+  assert result["cache_bytes"] == 2 * (2 * 3 * 8 * 2 + 3 * 4 + 4 + 4)
+
+
 @pytest.mark.parametrize(
   "changes, match",
   [
