@@ -135,6 +135,14 @@ def test_gemma3_defaults_five_local_to_one_global_with_a_rope_base_per_kind():
     hf.model_config_from_hf({**gemma3, "rope_scaling": {"factor": 8.0, "rope_type": "linear"}})
 
 
+def test_bad_overrides_are_named_as_themselves():
+  with pytest.raises(ValueError, match=r"^model.attention must be one of .*, got 'fast'\.$"):
+    hf.model_config_from_hf(MISTRAL_7B, attention="fast")
+  gemma2 = {"model_type": "gemma2", **TINY}
+  with pytest.raises(ValueError, match=r"^model.attention='pallas' does not support logit_softcap"):
+    hf.model_config_from_hf(gemma2, attention="pallas")
+
+
 def test_rope_parameters_of_transformers_5_give_the_base():
   fields = {"rope_parameters": {"rope_type": "default", "rope_theta": 1e6}}
   assert hf.model_config_from_hf({**MISTRAL_7B, **fields}).rope_base == 1e6

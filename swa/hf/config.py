@@ -327,11 +327,11 @@ def model_config_from_hf(hf_config: dict, **overrides) -> ModelConfig:
       attention_softcap=_get(hf_config, family, "attn_logit_softcapping"),
       final_softcap=_get(hf_config, family, "final_logit_softcapping"),
     )
-  fields.update(overrides)
   try:
-    return ModelConfig(**fields)
-  except ValueError as e:  # a field out of range: name it as config.json does
+    model_config = ModelConfig(**fields)
+  except ValueError as e:  # a field out of range: say it comes from the file
     raise ValueError(f"config.json gives an unusable model: {e}") from None
+  return dataclasses.replace(model_config, **overrides) if overrides else model_config
 
 
 def _fits(model_config: ModelConfig, family: Family):
