@@ -25,7 +25,7 @@ def get_config():
   model.d_model = 256  # Residual stream width.
   model.num_heads = 8  # Query heads; head dim = d_model / num_heads.
   model.num_kv_heads = 8  # Key/value heads (< num_heads for GQA, 1 for MQA).
-  model.mlp_dim = 1024  # Hidden width of each block's GELU MLP.
+  model.mlp_dim = 1024  # Hidden width of each block's MLP (intermediate_size).
   # Window w of every layer (a query at i sees keys i-w+1..i): an int, None for full
   # attention, or one value per layer. The field takes any type, so the command line can give
   # 256, none, full, 8,32,32,32 or 128,128,none,128 (checked by swa/model.py layer_windows).

@@ -47,7 +47,7 @@ class ModelConfig:
   block_size: Optional[int] = None
   blocks_per_step: Optional[int] = None
   dtype: str = "float32"
-  rope_base: float = 10_000.0
+  rope_base: Union[float, Sequence[float]] = 10_000.0  # one base, or one per layer
   remat: bool = False
   num_sinks: int = 0
   # Architecture options for other families (configs/base.py documents each; off by default).
