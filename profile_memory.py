@@ -23,6 +23,7 @@ configuration), memory.csv (every number) and memory.png; --out defaults to prof
 earlier sweeps of one device, a later file filling what an earlier one skipped.
 """
 
+import dataclasses
 import os
 import sys
 import time
@@ -156,24 +157,13 @@ def main(argv):
       raise cli.UserError("--from_csv needs --out=<folder> for the rebuilt report.")
     print(report.rebuild(f.from_csv, f.out, window=f.window_size), flush=True)
     return
-  for name, allowed, given in (
-    ("kinds", rows.KINDS, f.kinds),
-    ("variants", tuple(rows.VARIANTS), f.variants),
-  ):
-    bad = [v for v in given if v not in allowed]
-    if bad:
-      raise cli.UserError(f"--{name}: {bad} not among {list(allowed)}.")
-  out, text = report.profile(
-    f.out,
-    base_config=(f.config or base.get_config()).to_dict(),
-    config_name=(
-      config_flags.get_config_filename(flags.FLAGS["config"]) if f.config else "configs/base.py"
-    ),
+  settings = report.Settings(
+    out=f.out,
     window=f.window_size,
-    seq_lengths=f.seq_lengths,
-    train_seq_lengths=f.train_seq_lengths,
-    kinds=f.kinds,
-    variants=f.variants,
+    seq_lengths=None if f.seq_lengths is None else tuple(f.seq_lengths),
+    train_seq_lengths=None if f.train_seq_lengths is None else tuple(f.train_seq_lengths),
+    kinds=tuple(f.kinds),
+    variants=tuple(f.variants),
     method=f.method,
     dtype=f.dtype,
     batch=f.batch,
@@ -187,7 +177,16 @@ def main(argv):
     timeout_per_config=f.timeout_per_config,
     mem_fraction=f.mem_fraction,
     deadline_minutes=f.deadline_minutes,
+  ).check()
+  fields = dataclasses.asdict(settings)
+  out, text = report.profile(
+    fields.pop("out"),
+    base_config=(f.config or base.get_config()).to_dict(),
+    config_name=(
+      config_flags.get_config_filename(flags.FLAGS["config"]) if f.config else "configs/base.py"
+    ),
     log=log,
+    **fields,
   )
   log(f"wrote memory.md, memory.csv and memory.png under {out}")
   print(text, flush=True)

@@ -13,6 +13,11 @@
   # A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json; docs/hf.md):
   python stream.py --hf_checkpoint=Mistral-7B-v0.1 --prompt="The capital of France is" --generate=20
 
+A text run (train.py --config=configs/text_*.py) streams bytes instead and reports the loss
+(swa/tasks/text_report.py stream_text): bits/byte per segment of --text_file (default: the
+held-out stream of swa/corpora.py), optionally through a smaller window cache:
+  python stream.py --workdir=workdirs/text_full --text_file=notes.txt --text_window=128 --num_sinks=4
+
 Without --workdir, --config=configs/w128.py gives a randomly initialised model of that
 architecture (enough for --benchmark, whose numbers do not depend on the weights); --out is then
 required for --passkey and --benchmark. With --workdir, --out defaults to <workdir>/stream. The
@@ -27,6 +32,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from swa import cli, stream_modes
+from swa.tasks import text_report
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -59,6 +65,11 @@ _KEY_DISTANCE = flags.DEFINE_integer(
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the passkey text.")
 _TEXT_FILE = flags.DEFINE_string("text_file", None, "Stream this file instead of passkey text.")
 _GENERATE = flags.DEFINE_integer("generate", 5, "Greedy tokens to generate after the stream.")
+# Text mode (a text run's --workdir).
+_TEXT_WINDOW = flags.DEFINE_integer(
+  "text_window", None, "Text runs: every layer's window replaced by this while streaming."
+)
+_TEXT_SEGMENT = flags.DEFINE_integer("text_segment", 65_536, "Text runs: bytes per table row.")
 # Passkey mode.
 _PASSKEY = flags.DEFINE_bool("passkey", False, "Passkey exact match through the streaming path.")
 _PASSKEY_SEQ_LEN = flags.DEFINE_integer(
@@ -118,6 +129,16 @@ def main(argv):
   if _PASSKEY.value and _BENCHMARK.value:
     raise cli.UserError("Choose one of --passkey and --benchmark.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO.
+  if _WORKDIR.value and text_report.is_text_workdir(_WORKDIR.value):
+    text_report.stream_text(
+      _WORKDIR.value,
+      _TEXT_FILE.value,
+      chunk_size=_CHUNK.value,
+      num_sinks=_SINKS.value,
+      window=_TEXT_WINDOW.value,
+      segment=_TEXT_SEGMENT.value,
+    )
+    return
   config_name = _CONFIG.value and config_flags.get_config_filename(flags.FLAGS["config"])
   settings = stream_modes.StreamSettings(
     workdir=_WORKDIR.value,

@@ -103,6 +103,9 @@ def get_config():
   e.every_steps = 1000  # 0 = only at the end.
   e.examples_per_distance = 64
   e.num_distances = 16  # Distances evenly spaced from MIN_DISTANCE to the maximum.
+  # Also evaluate at each hop's distance: 0.95 x the reach of the first k layers, for every k
+  # (swa/tasks/passkey.py hop_distances), to watch each hop of the relay form during training.
+  e.hop_distances = False
 
   # Parallelism (swa/sharding.py): devices per mesh axis, outer first, -1 = all the rest.
   # "data:-1": data parallel over every device; "data:2,seq:4": batch over 2 devices, each

@@ -7,18 +7,21 @@ The core, read top-down (each module imports only those above it):
   registry.py attention.py     the implementation registry; the public contract and reference
   chunked.py cudnn.py pallas_kernels.py pallas_attention.py splash.py kernel_adapters.py
                                the implementations, and the adapters (shard offsets, cudnn_pallas)
-  data.py curriculum.py        passkey prompts, the evaluation grid; resumable curriculum batches
+  data.py curriculum.py        passkey prompts, the evaluation grid, hop distances; curriculum
+  corpora.py                   real text shipped in packages (KJV, Python's stdlib) as bytes
   cache.py model.py            the rolling KV cache; the decoder (ModelConfig: reach, window labels)
   sharding.py                  meshes, data and sequence parallelism
   evaluate.py erf.py           one prompt stream, exact match, sweeps; effective receptive field
+  hop_probe.py                 the relay probe: where each layer has carried the key
   streaming.py stream_modes.py prefill / decode / generate / long streams; what stream.py runs
-  tasks/                       what the Trainer trains: passkey (data + loss + evaluator)
+  tasks/                       what the Trainer trains: passkey, text (data + loss + evaluator)
   workdir.py checkpoints.py input_pipeline.py train_lib.py
                                one run per workdir; checksummed Orbax checkpoints; prefetch; Trainer
   evaluate_workdirs.py         eval_passkey.py: restore, evaluate, report
   receptive_field.py reports.py cli.py
 The wings (tooling; they import the core, never the reverse):
-  analysis/   the one results pipeline (rows, stats, summary, tables, figures, report); no JAX
+  analysis/   the one results pipeline (rows, stats, summary, tables, figures, report; hops,
+              text); no JAX
   sweep/      grids x seeds of training runs (grid, workers, runner)
   profiling/  memory and time of full vs sliding attention (profile_memory.py)
   bench/      every attention implementation checked and timed (bench_attention.py); decoding

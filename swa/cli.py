@@ -157,6 +157,17 @@ def _flags_error_message(error: flags.Error) -> str:
   return one_line(text)
 
 
+def _no_get_config_message(error: BaseException, argv) -> "str | None":
+  """'--config=x.py: the file defines no get_config()' for a config file without that function."""
+  if not (isinstance(error, AttributeError) and "has no attribute 'get_config'" in str(error)):
+    return None
+  for arg in argv:
+    flag, _, value = arg.partition("=")
+    if flag.startswith("--") and value.split(":", 1)[0].endswith(".py"):
+      return f"{flag}={value}: the file defines no get_config() function."
+  return None
+
+
 def _in_file_message(error: BaseException, argv) -> str:
   """'--config=x.py: NameError: ...' when the error comes from a file named on the command line."""
   frames, tb = set(), error.__traceback__
@@ -186,6 +197,7 @@ def parse_flags(argv):
       _config_load_error(flags.FLAGS, error)
       or _unknown_field_message(error, argv)
       or (_flags_error_message(error) if isinstance(error, flags.Error) else None)
+      or _no_get_config_message(error, argv)
       or _in_file_message(error, argv)
     )
     raise UserError(message) from error

@@ -316,6 +316,21 @@ def even_distances(seq_len: int, num: int) -> list:
   return sorted(set(np.linspace(MIN_DISTANCE, top, num).round().astype(int).tolist()))
 
 
+def hop_distances(windows, seq_len: int, fraction: float = 0.95):
+  """One distance per hop: fraction x sum_{l<=k} (w_l - 1) for k = 1..L, inside the context.
+
+  Recall there needs the first k layers to relay the key (fewer cannot reach it), so the step at
+  which each distance is first answered is the step at which hop k formed (eval.hop_distances).
+  Hops shorter than MIN_DISTANCE (e.g. a short first layer) are left out; None when a layer has
+  full attention.
+  """
+  if None in windows:
+    return None
+  top = context_max_distance(seq_len)
+  picked = {int(fraction * r) for r in np.cumsum([w - 1 for w in windows])}
+  return sorted(d for d in picked if MIN_DISTANCE <= d <= top)
+
+
 def sweep_distances(
   reach, train_seq_len: int, *, max_factor: float = 2.0, step=None, full_max_factor: float = 1.0
 ) -> list:

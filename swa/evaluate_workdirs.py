@@ -298,9 +298,9 @@ def main(s):
   cross_windows = _ints("cross_windows", s.cross_windows or (), full_ok=True)
   workdirs = list(s.workdirs)
   out = s.out
+  check_workdirs(workdirs)
   if not out and len(workdirs) > 1:
     raise ValueError(f"{len(workdirs)} workdirs need --out=<folder> for the shared table.")
-  check_workdirs(workdirs)
   out = out or os.path.join(workdirs[0], "eval")
   report.check_writable(out)
   return evaluate_runs(

@@ -38,6 +38,7 @@ FREE_FIELDS = (
   "eval.every_steps",
   "eval.examples_per_distance",
   "eval.num_distances",
+  "eval.hop_distances",
   "mesh",
   "model.attention",
   "model.block_size",

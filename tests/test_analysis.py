@@ -221,3 +221,10 @@ def test_eval_passkey_step_zero_is_one_line_on_the_command_line(fake_workdir, tm
   )
   assert done.returncode == 1
   assert done.stderr.strip() == "error: --step=0 must be an integer >= 1."
+
+
+def test_an_empty_name_in_a_list_of_csvs_is_refused():
+  from swa.analysis import rows as rows_module
+
+  with pytest.raises(ValueError, match="holds an empty name"):
+    rows_module.csv_paths(["", ""])

@@ -66,6 +66,7 @@ def entry(tmp_path_factory):
   (folder / "cfg.py").write_text(CONFIG)
   (folder / "raises.py").write_text("def get_config():\n  raise ValueError('bad x=3')\n")
   (folder / "imports.py").write_text("import no_such_module\n")
+  (folder / "noget.py").write_text("x = 1\n")
   return folder
 
 
@@ -101,6 +102,11 @@ CASES = [
   (
     ["--config=imports.py"],
     "--config=imports.py: ModuleNotFoundError: No module named 'no_such_module'",
+  ),
+  (["--config=noget.py"], "--config=noget.py: the file defines no get_config() function."),
+  (
+    ["--config=noget.py", "--config.num_steps=3"],
+    "--config=noget.py: the file defines no get_config() function.",
   ),
   ([], "flag --config=None: Flag --config must have a value other than None."),
   (["--config=cfg.py", "--bogus=1"], "Unknown command line flag 'bogus'"),

@@ -72,3 +72,10 @@ def test_even_distances_span_what_the_context_allows():
   distances = data.even_distances(128, 3)
   assert distances == sorted(set(distances)) and len(distances) == 3
   assert distances[0] == data.MIN_DISTANCE and distances[-1] == data.context_max_distance(128)
+
+
+def test_hop_distances_are_095_of_each_prefix_reach():
+  # Reaches 15 (below MIN_DISTANCE: left out), 526, 1037, 1548, 2059.
+  assert data.hop_distances((16, 512, 512, 512, 512), 2176) == [499, 985, 1470, 1956]
+  assert data.hop_distances((128,) * 4, 640) == [120, 241, 361, 482]
+  assert data.hop_distances((128, None), 640) is None

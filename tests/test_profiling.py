@@ -352,3 +352,32 @@ def test_trace_summary_counts_stream_kernels_once():
   assert lines[2].split() == ["0.200", "ms/step", "80.0%", "gemm"]
   assert lines[3].split() == ["0.100", "ms/step", "40.0%", "fusion"]
   assert len(lines) == 4
+
+
+@pytest.mark.parametrize(
+  "field, value, match",
+  [
+    ("seq_lengths", ("0",), "--seq_lengths=0 must be an integer >= 1"),
+    ("seq_lengths", ("abc",), "--seq_lengths=abc must be integers"),
+    ("seq_lengths", (), "--seq_lengths is empty"),
+    ("window", 0, "--window_size=0 must be an integer >= 1"),
+    ("batch", -1, "--batch=-1 must be an integer >= 1"),
+    ("kinds", ("bogus",), r"--kinds: \['bogus'\] not among"),
+    ("repeats", -1, "--repeats=-1 must be an integer >= 0"),
+    ("mem_fraction", 1.5, "--mem_fraction=1.5 must be in"),
+    ("deadline_minutes", -1.0, "--deadline_minutes=-1.0 must be >= 0"),
+  ],
+)
+def test_settings_refuse_bad_flags_before_any_process(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    report.Settings(**{field: value}).check()
+
+
+def test_settings_parse_lengths_and_memory_csvs_are_checked(tmp_path):
+  assert report.Settings(seq_lengths=("512", "1024")).check().seq_lengths == (512, 1024)
+  (tmp_path / "header.csv").write_text("model,window\n")
+  with pytest.raises(ValueError, match="is not a memory.csv of profile_memory.py: no column"):
+    tables.read_csv(str(tmp_path / "header.csv"))
+  (tmp_path / "binary.csv").write_bytes(b"\xff\xfe\x00\x90")
+  with pytest.raises(ValueError, match="not UTF-8 text"):
+    tables.read_csv(str(tmp_path / "binary.csv"))

@@ -331,3 +331,13 @@ def test_input_pipeline_keeps_order_and_the_consumed_state(background):
   with pytest.raises(ValueError, match="more than its 2 batches"):
     next(limited)
   limited.close()
+
+
+def test_passkey_task_refuses_a_vocabulary_below_its_tokenizer():
+  from configs import tiny
+  from swa.tasks.passkey import PasskeyTask
+
+  config = tiny.get_config()
+  config.model.vocab_size = 3
+  with pytest.raises(ValueError, match="model.vocab_size=3 is below the passkey tokenizer's 72"):
+    PasskeyTask(config).validate(config)

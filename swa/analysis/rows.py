@@ -223,6 +223,8 @@ def csv_paths(paths):
   """
   out = []
   for path in paths:
+    if not path:
+      raise ValueError(f"The list {','.join(paths)!r} holds an empty name.")
     if os.path.isdir(path):
       found = sorted(glob.glob(os.path.join(path, "*", "passkey.csv")))
       if not found and os.path.exists(os.path.join(path, "passkey.csv")):

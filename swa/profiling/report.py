@@ -1,18 +1,87 @@
 """The two jobs of profile_memory.py: `profile` (run a memory sweep and report it) and `rebuild`.
 
 Both write memory.md and memory.csv (swa/profiling/tables.py) and memory.png
-(swa/profiling/plot.py) under one folder.
+(swa/profiling/plot.py) under one folder. `Settings` is what the command was asked to do (one
+field per flag), checked once by `Settings.check` before any process starts.
 """
 
+import dataclasses
 import os
 import time
 
 from swa import reports
+from swa.checks import check_int
 from swa.profiling import plot, sweep, tables
+from swa.profiling import rows as rows_lib
 
 GPU_SEQ_LENGTHS = [2**k for k in range(10, 21)]  # 1,024 ... 1,048,576
 GPU_TRAIN_SEQ_LENGTHS = [4096, 16384, 65536, 262144, 1048576]
 CPU_SEQ_LENGTHS = [512, 1024, 2048, 4096]
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """profile_memory.py's flags (their help says what each is); sweep.compare_memory_usage's
+  keywords where the names match."""
+
+  out: str = None
+  window: int = 512
+  seq_lengths: tuple = None  # None: by device (GPU_SEQ_LENGTHS / CPU_SEQ_LENGTHS)
+  train_seq_lengths: tuple = None  # None: GPU_TRAIN_SEQ_LENGTHS on a GPU, else seq_lengths
+  kinds: tuple = rows_lib.KINDS
+  variants: tuple = tuple(rows_lib.VARIANTS)
+  method: str = "auto"
+  dtype: str = None
+  batch: int = 1
+  heads: int = 16
+  head_dim: int = 128
+  long_from: int = 131072
+  group_queries: int = 32768
+  repeats: int = 5
+  time_budget_s: float = 1.0
+  max_run_seconds: float = 5.0
+  timeout_per_config: int = 180
+  mem_fraction: float = 0.95
+  deadline_minutes: float = 6.0
+
+  def check(self):
+    """The settings with lengths as ints; one-line ValueErrors naming the flag and value."""
+    lengths = {}
+    for name in ("seq_lengths", "train_seq_lengths"):
+      given = getattr(self, name)
+      if given is None:
+        lengths[name] = None
+        continue
+      try:
+        values = tuple(int(v) for v in given)
+      except (TypeError, ValueError):
+        raise ValueError(f"--{name}={','.join(map(str, given))} must be integers.") from None
+      if not values:
+        raise ValueError(f"--{name} is empty; give lengths such as 512,1024.")
+      for v in values:
+        check_int(f"--{name}", v)
+      lengths[name] = values
+    for name, allowed in (("kinds", rows_lib.KINDS), ("variants", tuple(rows_lib.VARIANTS))):
+      bad = [v for v in getattr(self, name) if v not in allowed]
+      if bad or not getattr(self, name):
+        raise ValueError(f"--{name}: {bad or 'nothing'} not among {list(allowed)}.")
+    if self.method not in rows_lib.METHODS:
+      raise ValueError(f"--method={self.method!r} must be one of {list(rows_lib.METHODS)}.")
+    check_int("--window_size", self.window)
+    for name in ("batch", "heads", "head_dim", "group_queries", "timeout_per_config"):
+      check_int(f"--{name}", getattr(self, name))
+    check_int("--long_from", self.long_from, low=0)
+    check_int("--repeats", self.repeats, low=0)
+    for name in ("time_budget_s", "max_run_seconds"):
+      if not getattr(self, name) > 0:
+        raise ValueError(f"--{name}={getattr(self, name)} must be > 0.")
+    if not 0 < self.mem_fraction <= 1:
+      raise ValueError(f"--mem_fraction={self.mem_fraction} must be in (0, 1].")
+    if not self.deadline_minutes >= 0:
+      raise ValueError(f"--deadline_minutes={self.deadline_minutes} must be >= 0.")
+    if self.out:
+      reports.make_folder("out", self.out)
+    return dataclasses.replace(self, **lengths)
 
 
 def write_reports(out, rows, header, window, final=True, train_model="configs/base.py"):

@@ -225,8 +225,21 @@ def read_csv(path):
         pass
     return value
 
-  with open(path, newline="") as f:
-    return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in csv.DictReader(f)]
+  if not os.path.isfile(path):
+    raise ValueError(f"{path} is not a file (a memory.csv of profile_memory.py).")
+  try:
+    with open(path, newline="") as f:
+      reader = csv.DictReader(f)
+      found = list(reader)
+      columns = reader.fieldnames or ()
+  except UnicodeDecodeError:
+    raise ValueError(f"{path} is not a memory.csv: it is not UTF-8 text.") from None
+  missing = [k for k in ("kind", "variant", "seq_len", "status") if k not in columns]
+  if missing:
+    raise ValueError(f"{path} is not a memory.csv of profile_memory.py: no column {missing}.")
+  if not found:
+    raise ValueError(f"{path} has no rows, only a header.")
+  return [{k: parse(k, v) for k, v in row.items() if v != ""} for row in found]
 
 
 def merge_rows(tables):

@@ -75,6 +75,11 @@ class PasskeyTask:
 
   def validate(self, config):
     d = config.data
+    if config.model.vocab_size < data.VOCAB_SIZE:
+      raise ValueError(
+        f"model.vocab_size={config.model.vocab_size} is below the passkey tokenizer's "
+        f"{data.VOCAB_SIZE} ids (swa/data.py)."
+      )
     if d.seq_len < data.MIN_CONTEXT_LEN:
       raise ValueError(
         f"data.seq_len={d.seq_len} is too short; a passkey context needs at least "
@@ -86,6 +91,8 @@ class PasskeyTask:
     }.items():
       if not isinstance(value, int) or value < 1:
         raise ValueError(f"{name}={value!r} must be a positive integer.")
+    if not isinstance(config.eval.get("hop_distances", False), bool):
+      raise ValueError(f"eval.hop_distances={config.eval.hop_distances!r} must be True or False.")
     if not d.lm_weight >= 0:
       raise ValueError(f"data.lm_weight={d.lm_weight!r} is not allowed; it must be >= 0.")
     if d.curriculum == "adaptive" and jax.process_count() > 1:
@@ -122,13 +129,19 @@ class PasskeyTask:
     return {"curriculum_top": batch["curriculum_top"]}
 
   def evaluate(self, graphdef, params, config):
-    """Exact match at eval.num_distances even distances (eval/exact_match_d00042, ...)."""
+    """Exact match at eval.num_distances even distances (eval/exact_match_d00042, ...), and at
+    each hop's distance with eval.hop_distances."""
     # The one evaluation path (eval_passkey.py scores the same prompts); batches are capped by
     # tokens, so a long trained context is evaluated one prompt at a time.
+    distances = data.even_distances(config.data.seq_len, config.eval.num_distances)
+    if config.eval.get("hop_distances", False):
+      windows = ModelConfig.from_config(config).layer_windows
+      hops = data.hop_distances(windows, config.data.seq_len)
+      distances = sorted(set(distances) | set(hops or ()))
     accuracy = evaluate.passkey_accuracy(
       graphdef,
       params,
-      data.even_distances(config.data.seq_len, config.eval.num_distances),
+      distances,
       train_seq_len=config.data.seq_len,
       examples_per_distance=config.eval.examples_per_distance,
       seed=config.seed,

