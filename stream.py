@@ -10,6 +10,8 @@
   # Decode speed and memory against stream length, rolling vs full-length cache
   # (-> <out>/streaming.md and streaming.png; about a minute on one H100):
   python stream.py --workdir=workdirs/w128 --benchmark
+  # A Hugging Face checkpoint folder (config.json, *.safetensors, tokenizer.json; docs/hf.md):
+  python stream.py --hf_checkpoint=Mistral-7B-v0.1 --prompt="The capital of France is" --generate=20
 
 A text run (train.py --config=configs/text_*.py) streams bytes instead and reports the loss
 (swa/tasks/text_report.py stream_text): bits/byte per segment of --text_file (default: the
@@ -95,6 +97,23 @@ _LENGTHS = flags.DEFINE_list(
 )
 _DECODE_STEPS = flags.DEFINE_integer("decode_steps", 100, "Decode steps timed at each length.")
 _BATCH = flags.DEFINE_integer("batch_size", 16, "Benchmark: streams decoded side by side.")
+# A Hugging Face checkpoint (swa/hf/): stream mode over --prompt or --text_file, its tokenizer.
+_HF_CHECKPOINT = flags.DEFINE_string(
+  "hf_checkpoint",
+  None,
+  "Folder of a Hugging Face checkpoint (config.json, *.safetensors, tokenizer.json) to stream "
+  "through instead of --workdir or --config.",
+)
+_PROMPT = flags.DEFINE_string("prompt", None, "With --hf_checkpoint: the text to stream.")
+_ATTENTION = flags.DEFINE_string(
+  "attention", "auto", "With --hf_checkpoint: the attention implementation (swa.attention)."
+)
+_HF_DTYPE = flags.DEFINE_enum(
+  "hf_dtype",
+  "float32",
+  ["float32", "bfloat16", "float16"],
+  "With --hf_checkpoint: the dtype of its weights and activations.",
+)
 
 
 def _ints(values, flag):
@@ -145,6 +164,10 @@ def main(argv):
     lengths=_ints(_LENGTHS.value, "lengths"),
     decode_steps=_DECODE_STEPS.value,
     batch_size=_BATCH.value,
+    hf_checkpoint=_HF_CHECKPOINT.value,
+    prompt=_PROMPT.value,
+    attention=_ATTENTION.value,
+    hf_dtype=_HF_DTYPE.value,
   )
   stream_modes.run(settings)
 

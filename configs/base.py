@@ -25,7 +25,7 @@ def get_config():
   model.d_model = 256  # Residual stream width.
   model.num_heads = 8  # Query heads; head dim = d_model / num_heads.
   model.num_kv_heads = 8  # Key/value heads (< num_heads for GQA, 1 for MQA).
-  model.mlp_dim = 1024  # Hidden width of each block's GELU MLP.
+  model.mlp_dim = 1024  # Hidden width of each block's MLP (intermediate_size).
   # Window w of every layer (a query at i sees keys i-w+1..i): an int, None for full
   # attention, or one value per layer. The field takes any type, so the command line can give
   # 256, none, full, 8,32,32,32 or 128,128,none,128 (checked by swa/model.py layer_windows).
@@ -38,12 +38,35 @@ def get_config():
   # chunked: None = all blocks at once; k = loop k at a time.
   model.blocks_per_step = ml_collections.FieldReference(None, field_type=int)
   model.dtype = "bfloat16"  # Activation dtype; parameters are always float32.
-  model.rope_base = 10_000.0  # RoPE frequency base.
+  # RoPE frequency base (ModelConfig also takes one per layer, a tuple, as loaded checkpoints use).
+  model.rope_base = 10_000.0
   model.remat = False  # Recompute each block in the backward pass (saves memory).
   # Attention sinks: positions 0 .. num_sinks-1 stay visible to every query of every layer
   # (StreamingLLM's sink tokens, trained in; the rolling cache then keeps them: stream with
   # --sinks >= num_sinks). 0 = a plain window.
   model.num_sinks = 0
+  # Architecture options for checkpoints of other families (swa/hf/, docs/hf.md); these defaults
+  # are swa's own architecture, so every committed result is unchanged.
+  # MLP: gelu (biased; swa's own) | swiglu (Mistral, Qwen2) | geglu (Gemma); gated ones have no bias.
+  model.mlp = "gelu"
+  model.norm_eps = 1e-6  # RMSNorm epsilon (rms_norm_eps).
+  model.norm_plus_one = False  # RMSNorm multiplies by 1 + scale, the scale starting at 0 (Gemma).
+  # Query/key/value head dim; None = d_model / num_heads (head_dim of config.json).
+  model.attention_head_dim = ml_collections.FieldReference(None, field_type=int)
+  model.qkv_bias = False  # Biases on the query, key and value projections (Qwen2).
+  model.tie_embeddings = False  # The output head is the embedding table, transposed.
+  model.embed_scale = False  # Embeddings times sqrt(d_model) (Gemma).
+  model.post_norms = False  # RMSNorm on the attention and MLP outputs too (Gemma 2).
+  # Attention logit scale; None = 1 / sqrt(head dim) (Gemma 2: query_pre_attn_scalar ** -0.5).
+  model.attention_scale = ml_collections.FieldReference(None, field_type=float)
+  # Attention logits s -> c * tanh(s / c) for c = this; None = off (Gemma 2: 50). Supported by
+  # the reference and chunked implementations (auto picks one of them).
+  model.attention_softcap = ml_collections.FieldReference(None, field_type=float)
+  # The same soft-cap on the output logits; None = off (Gemma 2: 30).
+  model.final_softcap = ml_collections.FieldReference(None, field_type=float)
+  # One learned sink logit per query head (gpt-oss; the attention contract's sink_logits).
+  model.learned_sinks = False
+  model.qk_norm = False  # RMSNorm over each head's query and key, before RoPE (Gemma 3).
 
   # Data (swa/data.py): passkey prompts with the answer digits at the end.
   config.data = d = ml_collections.ConfigDict()

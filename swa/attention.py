@@ -17,7 +17,8 @@ dim.
 
 Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
 `implementations()` lists them), all computing the same function (tests/test_attention.py):
-  reference  dense masked attention; O(T * S) memory; the ground truth; every feature.
+  reference  dense masked attention; O(T * S) memory; the ground truth; every feature (the
+             logit soft-cap too, which only it and chunked have).
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
              GPU and 16-bit dtypes only; self-attention, and tail offsets (through
@@ -86,6 +87,11 @@ def create_sliding_window_mask(seq_len, window_size):
   return visible(positions[:, None], positions[None, :], window_size)
 
 
+def softcap(logits, cap):
+  """cap * tanh(logits / cap): logits squashed smoothly into (-cap, cap) (Gemma 2)."""
+  return cap * jnp.tanh(logits / cap)
+
+
 def reference_attention(
   q_BTNH,
   k_BSKH,
@@ -98,6 +104,7 @@ def reference_attention(
   k_positions=None,
   num_sinks=0,
   sink_logits=None,
+  logit_softcap=None,
 ):
   """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
@@ -115,6 +122,8 @@ def reference_attention(
   logits_BKGTS = (
     jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
   )
+  if logit_softcap is not None:
+    logits_BKGTS = softcap(logits_BKGTS, logit_softcap)
   sink_1KG11 = None if sink_logits is None else sink_logits.reshape(1, K, N // K, 1, 1)
   probs_BKGTS = masked_softmax(logits_BKGTS, mask_BKGTS, sink_1KG11)
   out_BTKGD = jnp.einsum(
@@ -130,7 +139,7 @@ register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank
 register(
   "chunked",
   chunked.chunked_attention,
-  features=("offsets", "sink_logits", "block_size"),
+  features=("offsets", "sink_logits", "logit_softcap", "block_size"),
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
@@ -237,6 +246,7 @@ def sliding_window_attention(
   k_positions=None,
   num_sinks=0,
   sink_logits=None,
+  logit_softcap=None,
   block_size=None,
   blocks_per_step=None,
   **options,
@@ -262,6 +272,8 @@ def sliding_window_attention(
     sink_logits: learned sinks (gpt-oss), float [N]: one logit per query head added to the
       softmax denominator (exp(sink - max)); the sink has no value, it only absorbs probability.
       Differentiable (gradients flow to sink_logits).
+    logit_softcap: a number > 0, or None: the scaled logits s become cap * tanh(s / cap)
+      before the mask and softmax (Gemma 2's attn_logit_softcapping); reference and chunked.
     block_size: query block C of implementations with "block_size" (chunked); default theirs.
     blocks_per_step: if set, such implementations process this many query blocks at a time in a
       loop and recompute them in the backward pass (bounded memory for long sequences).
@@ -318,6 +330,15 @@ def sliding_window_attention(
       )
     features.add("sink_logits")
     semantic.update(sink_logits=sink_logits.astype(jnp.float32))
+  if logit_softcap is not None:
+    if (
+      isinstance(logit_softcap, bool)
+      or not isinstance(logit_softcap, (int, float, np.integer, np.floating))
+      or not 0 < logit_softcap < math.inf
+    ):
+      raise ValueError(f"logit_softcap must be a number > 0 or None, got {logit_softcap!r}.")
+    features.add("logit_softcap")
+    semantic.update(logit_softcap=float(logit_softcap))
   sinks = window_size is not None and not (static_int(num_sinks) and num_sinks == 0)
   if sinks:
     features.add("sinks")

@@ -12,8 +12,9 @@ A group holds as many query blocks as fit SCORE_BYTES_PER_STEP of float32 scores
 `blocks_per_step`); short sequences are one group, with no loop at all. The mask of every block
 comes from `mask.visible`, the rule every implementation shares. Learned sinks (sink_logits) join
 each row's max and denominator; their gradient is -sum over the rows of p_sink * (dO . O).
-Registered in swa/attention.py as "chunked" with the features "offsets", "sink_logits" and
-"block_size".
+A soft-cap (Gemma 2) squashes the scaled logits, s -> c * tanh(s / c); the backward multiplies by
+its derivative 1 - tanh^2. Registered in swa/attention.py as "chunked" with the features
+"offsets", "sink_logits", "logit_softcap" and "block_size".
 
 XLA's compiled plan for forward+backward (bf16, B=1, 16 heads of 128; `compile().memory_analysis()`
 on CPU, 2026-11-30): 5.8 GB of temporaries at n = 64k, w = 4096 (the autodiff version it replaces
@@ -91,6 +92,7 @@ class _Band:
   front: int
   shift: int
   S: int
+  softcap: object = None  # None, or the cap c of logits -> c * tanh(logits / c)
 
   @property
   def span(self):
@@ -135,10 +137,12 @@ def _loop(band, step, init):
 
 
 def _logits(band, q_BqCKGH, k_BqsKH):
-  return (
+  """float32 scaled (and soft-capped) logits [B, q, K, G, C, s]."""
+  logits = (
     jnp.einsum("BqCKGH,BqsKH->BqKGCs", q_BqCKGH, k_BqsKH, preferred_element_type=jnp.float32)
     * band.scale
   )
+  return logits if band.softcap is None else band.softcap * jnp.tanh(logits / band.softcap)
 
 
 def _sink(sink_KG):
@@ -246,7 +250,8 @@ def _backward(
     k_win, v_win = _windows(band, k_BSpKH, b0), _windows(band, v_BSpKD, b0)
     mask_qCs = _group_mask(band, q_offset, b0)[None, :, None, None]
     lse = _group_slice(lse_BqKGC, band, g)[..., None]
-    probs_BqKGCs = jnp.where(mask_qCs, jnp.exp(_logits(band, q_g, k_win) - lse), 0.0)
+    logits_BqKGCs = _logits(band, q_g, k_win)
+    probs_BqKGCs = jnp.where(mask_qCs, jnp.exp(logits_BqKGCs - lse), 0.0)
     dv_win = jnp.einsum(
       "BqKGCs,BqCKGD->BqsKD",
       probs_BqKGCs.astype(dout_g.dtype),
@@ -257,6 +262,8 @@ def _backward(
       "BqCKGD,BqsKD->BqKGCs", dout_g, v_win, preferred_element_type=jnp.float32
     )
     dlogits_BqKGCs = probs_BqKGCs * (dprobs_BqKGCs - _group_slice(delta_BqKGC, band, g)[..., None])
+    if band.softcap is not None:  # d(c * tanh(s / c)) / ds = 1 - tanh(s / c)^2
+      dlogits_BqKGCs = dlogits_BqKGCs * (1.0 - jnp.square(logits_BqKGCs / band.softcap))
     dlogits_BqKGCs = (dlogits_BqKGCs * band.scale).astype(q_g.dtype)
     dq = jnp.einsum(
       "BqKGCs,BqsKH->BqCKGH", dlogits_BqKGCs, k_win, preferred_element_type=jnp.float32
@@ -295,6 +302,7 @@ def chunked_attention(
   q_offset=0,
   k_offset=None,
   sink_logits=None,
+  logit_softcap=None,
   block_size=None,
   blocks_per_step=None,
 ):
@@ -311,6 +319,7 @@ def chunked_attention(
       (k_offset = q_offset + T - S; self-attention when S == T). q_offset - k_offset must be a
       Python int (`key_shift`). Keys at negative positions are padding.
     sink_logits: optional float32 [N], learned sinks (one denominator logit per query head).
+    logit_softcap: None, or a cap c > 0: scaled logits s become c * tanh(s / c).
     block_size: the query block C; default `default_block_size`.
     blocks_per_step: query blocks per loop step; default: as many as fit
       SCORE_BYTES_PER_STEP of float32 scores (all of them for short sequences).
@@ -343,6 +352,7 @@ def chunked_attention(
     front=num_prev * C - shift,
     shift=shift,
     S=S,
+    softcap=None if logit_softcap is None else float(logit_softcap),
   )
   # Queries: pad the end to whole groups of blocks. Keys/values: laid out so that block i's
   # window is key blocks i .. i + num_prev (padded row j holds key index j - front).

@@ -5,6 +5,13 @@ Token embedding -> L x [RMSNorm -> attention -> residual, RMSNorm -> MLP -> resi
 only on the distance between query and key, so a window means the same thing
 anywhere in a stream. Parameters are float32; activations run in `dtype`.
 
+Architecture options, all off by default, let the same forward run the sliding-window families of
+the Hugging Face Hub (swa/hf/, docs/hf.md): a gated MLP without bias (SwiGLU, GeGLU), the RMSNorm
+epsilon, an explicit head dim, q/k/v biases, tied embeddings, a RoPE base per layer, and Gemma 2's
+extras (RMSNorm by 1 + scale, embeddings times sqrt(d_model), norms after attention and MLP, a
+logit scale, attention and final logit soft-caps), Gemma 3's norm of each head's query and key.
+Learned sinks (gpt-oss) are one more option.
+
 One forward serves training, evaluation and streaming: `Transformer(tokens)` gives logits, and
 `Transformer(tokens, cache=cache)` (gemma style) continues a stream held in an explicit KV cache
 (swa/cache.py), returning the logits and the new cache; swa/streaming.py builds prefill, decoding
@@ -12,6 +19,7 @@ and generation on it.
 """
 
 import dataclasses
+import functools
 from typing import Optional, Sequence, Union
 
 import jax
@@ -39,9 +47,23 @@ class ModelConfig:
   block_size: Optional[int] = None
   blocks_per_step: Optional[int] = None
   dtype: str = "float32"
-  rope_base: float = 10_000.0
+  rope_base: Union[float, Sequence[float]] = 10_000.0  # one base, or one per layer
   remat: bool = False
   num_sinks: int = 0
+  # Architecture options for other families (configs/base.py documents each; off by default).
+  mlp: str = "gelu"
+  norm_eps: float = 1e-6
+  norm_plus_one: bool = False
+  attention_head_dim: Optional[int] = None
+  qkv_bias: bool = False
+  tie_embeddings: bool = False
+  embed_scale: bool = False
+  post_norms: bool = False
+  attention_scale: Optional[float] = None
+  attention_softcap: Optional[float] = None
+  final_softcap: Optional[float] = None
+  learned_sinks: bool = False
+  qk_norm: bool = False
 
   def __post_init__(self):
     for name in ("vocab_size", "num_layers", "d_model", "num_heads", "num_kv_heads", "mlp_dim"):
@@ -52,15 +74,50 @@ class ModelConfig:
       isinstance(self.num_sinks, bool) or not isinstance(self.num_sinks, int) or self.num_sinks < 0
     ):
       raise ValueError(f"model.num_sinks must be an integer >= 0, got {self.num_sinks!r}.")
-    if isinstance(self.rope_base, bool) or not isinstance(self.rope_base, (int, float)):
-      raise ValueError(f"model.rope_base must be a number > 1, got {self.rope_base!r}.")
-    if not self.rope_base > 1:  # base^(-2i/H) must fall with i; NaN fails here too.
-      raise ValueError(f"model.rope_base must be a number > 1, got {self.rope_base!r}.")
+    # Configs restored from JSON give lists; keep the window and RoPE bases hashable.
+    for name in ("window_size", "rope_base"):
+      if isinstance(getattr(self, name), list):
+        object.__setattr__(self, name, tuple(getattr(self, name)))
+    self.layer_rope_bases  # Validates the RoPE base(s).
+    if self.mlp not in MLP_KINDS:
+      raise ValueError(f"model.mlp must be one of {MLP_KINDS}, got {self.mlp!r}.")
+    for name in ("norm_eps", "attention_scale", "attention_softcap", "final_softcap"):
+      value = getattr(self, name)
+      if (value is not None or name == "norm_eps") and not _positive_number(value):
+        allowed = "a number > 0" + ("" if name == "norm_eps" else " or None")
+        raise ValueError(f"model.{name} must be {allowed}, got {value!r}.")
+    for name in (
+      "norm_plus_one",
+      "qkv_bias",
+      "tie_embeddings",
+      "embed_scale",
+      "post_norms",
+      "learned_sinks",
+      "qk_norm",
+    ):
+      if not isinstance(getattr(self, name), bool):
+        raise ValueError(f"model.{name} must be true or false, got {getattr(self, name)!r}.")
+    if self.attention_head_dim is not None and (
+      isinstance(self.attention_head_dim, bool)
+      or not isinstance(self.attention_head_dim, int)
+      or self.attention_head_dim < 2
+      or self.attention_head_dim % 2
+    ):
+      raise ValueError(
+        "model.attention_head_dim must be an even integer >= 2 (RoPE rotates pairs) or None, "
+        f"got {self.attention_head_dim!r}."
+      )
     for name in ("block_size", "blocks_per_step"):
       value = getattr(self, name)
       if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
         raise ValueError(f"model.{name} must be a positive integer or None, got {value!r}.")
-    if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+    if self.vocab_size < 2:
+      raise ValueError(
+        f"model.vocab_size must be >= 2 (a model predicts among tokens), got {self.vocab_size}."
+      )
+    if self.attention_head_dim is None and (
+      self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2
+    ):
       raise ValueError(
         f"model.d_model ({self.d_model}) must split into {self.num_heads} heads "
         "of an even size (RoPE rotates pairs of dimensions)."
@@ -74,16 +131,44 @@ class ModelConfig:
       raise ValueError(
         f"model.attention must be one of {attention.implementations()}, got {self.attention!r}."
       )
+    for option, feature in (
+      ("attention_softcap", "logit_softcap"),
+      ("learned_sinks", "sink_logits"),
+    ):
+      if (
+        getattr(self, option) not in (None, False)
+        and self.attention != "auto"
+        and feature not in attention.implementation_features(self.attention)
+      ):
+        raise ValueError(
+          f"model.attention={self.attention!r} does not support {feature} (model.{option}); "
+          "use auto or one that does."
+        )
     if self.dtype not in ("float32", "bfloat16", "float16"):
       raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}.")
-    # Configs restored from JSON give lists; keep the window hashable.
-    if isinstance(self.window_size, list):
-      object.__setattr__(self, "window_size", tuple(self.window_size))
     self.layer_windows  # Validates the window(s).
 
   @property
   def head_dim(self):
-    return self.d_model // self.num_heads
+    """Query/key/value head dim: attention_head_dim, or d_model // num_heads."""
+    return self.attention_head_dim or self.d_model // self.num_heads
+
+  @property
+  def layer_rope_bases(self):
+    """The RoPE base of each layer: a tuple of num_layers numbers > 1."""
+    bases = self.rope_base
+    if isinstance(bases, (tuple, list)):
+      if len(bases) != self.num_layers:
+        raise ValueError(
+          f"model.rope_base lists {len(bases)} bases for {self.num_layers} layers: {bases!r}."
+        )
+    else:
+      bases = (bases,) * self.num_layers
+    for base in bases:
+      # base^(-2i/H) must fall with i; NaN fails here too.
+      if isinstance(base, bool) or not isinstance(base, (int, float)) or not base > 1:
+        raise ValueError(f"model.rope_base must be a number > 1, got {self.rope_base!r}.")
+    return tuple(bases)
 
   @property
   def layer_windows(self):
@@ -111,6 +196,15 @@ class ModelConfig:
   def from_config(cls, config):
     """The architecture from the `model` section of an experiment config (configs/base.py)."""
     return cls(**config.model.to_dict())
+
+
+MLP_KINDS = ("gelu", "swiglu", "geglu")
+
+
+def _positive_number(value):
+  return (
+    not isinstance(value, bool) and isinstance(value, (int, float)) and 0 < value < float("inf")
+  )
 
 
 def window_name(w) -> str:
@@ -160,20 +254,69 @@ def apply_rope(x_BTNH, positions_BT, base):
   return rotated.astype(x_BTNH.dtype)
 
 
+class OffsetRMSNorm(nnx.Module):
+  """RMSNorm whose scale is stored as an offset from 1 (Gemma): x / rms(x) * (1 + scale).
+
+  Computed in float32 and cast to `dtype` at the end, as Gemma does; the scale starts at 0.
+  """
+
+  def __init__(self, num_features, *, epsilon, dtype):
+    self.scale = nnx.Param(jnp.zeros((num_features,), jnp.float32))
+    self.epsilon, self.dtype = epsilon, dtype
+
+  def __call__(self, x_BTD):
+    x_BTD32 = x_BTD.astype(jnp.float32)
+    mean_square_BT1 = jnp.mean(jnp.square(x_BTD32), axis=-1, keepdims=True)
+    normed_BTD = x_BTD32 * jax.lax.rsqrt(mean_square_BT1 + self.epsilon)
+    return (normed_BTD * (1.0 + self.scale[...])).astype(self.dtype)
+
+
+def rms_norm(config: ModelConfig, rngs: nnx.Rngs, num_features=None):
+  """The model's RMSNorm over the last axis (default d_model): scale, or 1 + scale (norm_plus_one)."""
+  dtype, num_features = jnp.dtype(config.dtype), num_features or config.d_model
+  if config.norm_plus_one:
+    return OffsetRMSNorm(num_features, epsilon=config.norm_eps, dtype=dtype)
+  return nnx.RMSNorm(num_features, epsilon=config.norm_eps, dtype=dtype, rngs=rngs)
+
+
 class Attention(nnx.Module):
   """Multi-head (GQA) self-attention over a sliding window, with RoPE."""
 
   def __init__(
-    self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs, attention_fn=None
+    self,
+    config: ModelConfig,
+    window_size: Window,
+    *,
+    rngs: nnx.Rngs,
+    attention_fn=None,
+    rope_base=None,
   ):
-    # attention_fn: see Transformer; None = the registry's config.attention.
+    # attention_fn: see Transformer; None = the registry's config.attention. rope_base: this
+    # layer's (default config.rope_base).
     self.config, self.window_size, self.attention_fn = config, window_size, attention_fn
+    self.rope_base = config.layer_rope_bases[0] if rope_base is None else rope_base
     c, dtype = config, jnp.dtype(config.dtype)
-    dense = lambda i, o: nnx.Linear(i, o, use_bias=False, dtype=dtype, rngs=rngs)
-    self.query = dense(c.d_model, c.num_heads * c.head_dim)
-    self.key = dense(c.d_model, c.num_kv_heads * c.head_dim)
-    self.value = dense(c.d_model, c.num_kv_heads * c.head_dim)
+    dense = lambda i, o, bias=False: nnx.Linear(i, o, use_bias=bias, dtype=dtype, rngs=rngs)
+    self.query = dense(c.d_model, c.num_heads * c.head_dim, c.qkv_bias)
+    self.key = dense(c.d_model, c.num_kv_heads * c.head_dim, c.qkv_bias)
+    self.value = dense(c.d_model, c.num_kv_heads * c.head_dim, c.qkv_bias)
     self.out = dense(c.num_heads * c.head_dim, c.d_model)
+    if c.learned_sinks:  # gpt-oss: one sink logit per query head (attention.py's sink_logits).
+      self.sinks = nnx.Param(jnp.zeros((c.num_heads,), jnp.float32))
+    if c.qk_norm:  # Gemma 3, Qwen3: RMSNorm over each head's query and key, before RoPE
+      self.query_norm = rms_norm(c, rngs, c.head_dim)
+      self.key_norm = rms_norm(c, rngs, c.head_dim)
+
+  def _options(self):
+    """Keyword options of the attention call that only the architecture options set."""
+    c, options = self.config, {}
+    if c.attention_scale is not None:
+      options["scale"] = c.attention_scale
+    if c.attention_softcap is not None:
+      options["logit_softcap"] = c.attention_softcap
+    if c.learned_sinks:
+      options["sink_logits"] = self.sinks[...]
+    return options
 
   def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
     """Attention over x's own tokens, or over a cache and a chunk that continues its stream.
@@ -194,8 +337,10 @@ class Attention(nnx.Module):
     q_BTNH = self.query(x_BTD).reshape(B, T, c.num_heads, c.head_dim)
     k_BTKH = self.key(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     v_BTKH = self.value(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
-    q_BTNH = apply_rope(q_BTNH, positions_BT, c.rope_base)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, c.rope_base)
+    if c.qk_norm:
+      q_BTNH, k_BTKH = self.query_norm(q_BTNH), self.key_norm(k_BTKH)
+    q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
+    k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
     if cache is None:
       out_BTNH, new_cache = self._attend(q_BTNH, k_BTKH, v_BTKH), None
     else:
@@ -205,7 +350,7 @@ class Attention(nnx.Module):
   def _attend(self, q_BTNH, k_BTKH, v_BTKH):
     """Self-attention of one whole sequence (training, teacher-forced evaluation)."""
     c = self.config
-    blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step)
+    blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step, **self._options())
     if c.num_sinks:
       blocks["num_sinks"] = c.num_sinks
     if self.attention_fn is not None:
@@ -239,28 +384,61 @@ class Attention(nnx.Module):
       k_positions=k_pos_S,
       num_sinks=layer["sinks"],
       implementation="reference",
+      **self._options(),
     )
     return out_BTNH, new_layer
 
 
 class Block(nnx.Module):
-  """Pre-norm residual block: attention then a GELU MLP."""
+  """Pre-norm residual block: attention then an MLP (GELU, or gated: SwiGLU / GeGLU).
+
+  With post_norms (Gemma 2) the attention and MLP outputs are normed again before each residual.
+  """
 
   def __init__(
-    self, config: ModelConfig, window_size: Window, *, rngs: nnx.Rngs, attention_fn=None
+    self,
+    config: ModelConfig,
+    window_size: Window,
+    *,
+    rngs: nnx.Rngs,
+    attention_fn=None,
+    rope_base=None,
   ):
-    dtype = jnp.dtype(config.dtype)
-    self.attention_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
-    self.attention = Attention(config, window_size, rngs=rngs, attention_fn=attention_fn)
-    self.mlp_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
-    self.mlp_in = nnx.Linear(config.d_model, config.mlp_dim, dtype=dtype, rngs=rngs)
-    self.mlp_out = nnx.Linear(config.mlp_dim, config.d_model, dtype=dtype, rngs=rngs)
+    c, dtype = config, jnp.dtype(config.dtype)
+    self.config = config
+    self.attention_norm = rms_norm(c, rngs)
+    self.attention = Attention(
+      c, window_size, rngs=rngs, attention_fn=attention_fn, rope_base=rope_base
+    )
+    self.mlp_norm = rms_norm(c, rngs)
+    gated = c.mlp != "gelu"  # gated MLPs have no biases (Llama, Mistral, Qwen2, Gemma)
+    dense = lambda i, o: nnx.Linear(i, o, use_bias=not gated, dtype=dtype, rngs=rngs)
+    if gated:
+      self.mlp_gate = dense(c.d_model, c.mlp_dim)
+    self.mlp_in = dense(c.d_model, c.mlp_dim)
+    self.mlp_out = dense(c.mlp_dim, c.d_model)
+    if c.post_norms:
+      self.post_attention_norm = rms_norm(c, rngs)
+      self.post_mlp_norm = rms_norm(c, rngs)
+
+  def mlp(self, x_BTD):
+    """gelu: out(gelu(in x)); swiglu: out(silu(gate x) * in x); geglu: out(gelu(gate x) * in x)."""
+    kind = self.config.mlp
+    if kind == "gelu":
+      return self.mlp_out(jax.nn.gelu(self.mlp_in(x_BTD)))
+    act = jax.nn.silu if kind == "swiglu" else functools.partial(jax.nn.gelu, approximate=True)
+    return self.mlp_out(act(self.mlp_gate(x_BTD)) * self.mlp_in(x_BTD))
 
   def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
     """Returns (x [B, T, D], the layer's new cache or None); arguments as in Attention."""
     attended_BTD, cache = self.attention(self.attention_norm(x_BTD), positions_BT, cache, num_valid)
+    if self.config.post_norms:
+      attended_BTD = self.post_attention_norm(attended_BTD)
     x_BTD = x_BTD + attended_BTD
-    return x_BTD + self.mlp_out(jax.nn.gelu(self.mlp_in(self.mlp_norm(x_BTD)))), cache
+    mlp_BTD = self.mlp(self.mlp_norm(x_BTD))
+    if self.config.post_norms:
+      mlp_BTD = self.post_mlp_norm(mlp_BTD)
+    return x_BTD + mlp_BTD, cache
 
 
 class Transformer(nnx.Module):
@@ -277,12 +455,16 @@ class Transformer(nnx.Module):
     dtype = jnp.dtype(config.dtype)
     self.embed = nnx.Embed(config.vocab_size, config.d_model, dtype=dtype, rngs=rngs)
     self.blocks = nnx.List(
-      [Block(config, w, rngs=rngs, attention_fn=attention_fn) for w in config.layer_windows]
+      [
+        Block(config, w, rngs=rngs, attention_fn=attention_fn, rope_base=base)
+        for w, base in zip(config.layer_windows, config.layer_rope_bases)
+      ]
     )
-    self.final_norm = nnx.RMSNorm(config.d_model, dtype=dtype, rngs=rngs)
-    self.head = nnx.Linear(
-      config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
-    )
+    self.final_norm = rms_norm(config, rngs)
+    if not config.tie_embeddings:  # tied: the head is the embedding table, transposed
+      self.head = nnx.Linear(
+        config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
+      )
 
   def from_embeddings(self, x_BTD, positions_BT=None, cache=None, *, num_valid=None):
     """The forward from input embeddings [B, T, D]; arguments and results as in __call__."""
@@ -310,7 +492,13 @@ class Transformer(nnx.Module):
       else:
         x_BTD, layer = block(x_BTD, positions_BT, None if cache is None else cache[i], num_valid)
         new_cache.append(layer)
-    logits_BTV = self.head(self.final_norm(x_BTD)).astype(jnp.float32)
+    x_BTD = self.final_norm(x_BTD)
+    if self.config.tie_embeddings:
+      logits_BTV = self.embed.attend(x_BTD).astype(jnp.float32)
+    else:
+      logits_BTV = self.head(x_BTD).astype(jnp.float32)
+    if self.config.final_softcap is not None:
+      logits_BTV = attention.softcap(logits_BTV, self.config.final_softcap)
     return logits_BTV if cache is None else (logits_BTV, new_cache)
 
   def __call__(self, tokens_BT, positions_BT=None, cache=None, *, num_valid=None):
@@ -340,6 +528,7 @@ class Transformer(nnx.Module):
     The same values as indexing the table (self.embed), but the gradient is a matmul: indexing's
     gradient is a scatter-add of every token into the table's few rows, which serialises on a
     GPU's atomics (44-91 % of a training step on an H200 with this 72-token vocabulary).
+    With embed_scale (Gemma) the rows are multiplied by sqrt(d_model), rounded to `dtype`.
     """
     dtype = jnp.dtype(self.config.dtype)
     table_VD = self.embed.embedding[...].astype(dtype)
@@ -351,7 +540,10 @@ class Transformer(nnx.Module):
       precision=jax.lax.Precision.HIGHEST,
       preferred_element_type=jnp.float32,
     )
-    return x_BTD.astype(dtype)
+    x_BTD = x_BTD.astype(dtype)
+    if self.config.embed_scale:
+      x_BTD = x_BTD * jnp.asarray(self.config.d_model**0.5, dtype)
+    return x_BTD
 
 
 def config_of(graphdef, params) -> ModelConfig:

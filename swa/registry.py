@@ -15,11 +15,20 @@ from typing import Callable, Optional
 #                  self-attention kernels get it from `kernel_adapters.tail_aligned`.
 #   key_positions  q_offset, k_positions ([S] or [B, S] ints, -1 = empty slot)
 #   sinks          num_sinks (attention sinks: the first positions stay visible)
+#   sink_logits    sink_logits (learned sinks, one denominator logit per query head)
+#   logit_softcap  logit_softcap (Gemma 2: scaled logits become cap * tanh(logits / cap))
 #   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
 # Any other declared name is a keyword option of that name, passed through **options. A call that
 # needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
 # implementation then computes plain self-attention from position 0.
-SEMANTIC_FEATURES = ("offsets", "tail_offsets", "key_positions", "sinks", "sink_logits")
+SEMANTIC_FEATURES = (
+  "offsets",
+  "tail_offsets",
+  "key_positions",
+  "sinks",
+  "sink_logits",
+  "logit_softcap",
+)
 
 
 @dataclasses.dataclass(frozen=True)

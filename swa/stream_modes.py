@@ -3,7 +3,9 @@
   * stream: a long stream (passkey text or any file) fed through the rolling cache, then greedy
     generation (`streaming.stream_tokens`);
   * passkey: exact match through the streaming path with each sink count, against the batch path;
-  * benchmark: decode speed and memory against stream length (swa/bench/decode.py).
+  * benchmark: decode speed and memory against stream length (swa/bench/decode.py);
+  * with hf_checkpoint: the stream mode on a Hugging Face checkpoint (swa/hf/), its tokenizer
+    reading --prompt or --text_file (`run_hf_stream`).
 
 `run(StreamSettings(...))` is the one call; every setting is checked before the model loads, in
 one line naming the flag. Device memory is jax.devices()[0].memory_stats()["bytes_in_use"] where
@@ -18,6 +20,7 @@ from typing import Optional
 import numpy as np
 
 from swa import data, evaluate, reports, streaming, train_lib
+from swa.attention import implementations
 from swa.bench import decode
 from swa.checks import check_int
 from swa.model import config_of
@@ -49,6 +52,10 @@ class StreamSettings:
   lengths: tuple = (1024, 4096, 16384, 65536, 262144, 1048576)
   decode_steps: int = 100
   batch_size: int = 16
+  hf_checkpoint: Optional[str] = None  # a Hugging Face checkpoint folder (swa/hf/)
+  prompt: Optional[str] = None  # with hf_checkpoint: the text streamed (else text_file's)
+  attention: str = "auto"  # with hf_checkpoint: the attention implementation
+  hf_dtype: str = "float32"  # with hf_checkpoint: weights and activations
 
   def check(self):
     """One-line ValueErrors naming the flag, for values no mode can use."""
@@ -83,7 +90,18 @@ class StreamSettings:
       raise ValueError(f"--text_file={self.text_file}: no such file.")
     if self.workdir is not None and not os.path.isdir(self.workdir):
       raise ValueError(f"--workdir={self.workdir}: no such folder.")
-    if self.workdir is None and self.config is None:
+    if self.hf_checkpoint is not None:
+      if not os.path.isdir(self.hf_checkpoint):
+        raise ValueError(f"--hf_checkpoint={self.hf_checkpoint}: no such folder.")
+      if self.mode != "stream":
+        raise ValueError("--hf_checkpoint streams text: --passkey and --benchmark do not apply.")
+      if (self.prompt is None) == (self.text_file is None):
+        raise ValueError("With --hf_checkpoint pass one of --prompt and --text_file.")
+      if self.attention not in implementations():
+        raise ValueError(f"--attention={self.attention} must be one of {implementations()}.")
+    elif self.prompt is not None:
+      raise ValueError("--prompt needs --hf_checkpoint (other models read --text_file).")
+    if self.workdir is None and self.config is None and self.hf_checkpoint is None:
       raise ValueError("Pass --workdir (a trained model) or --config (random init).")
     if self.mode != "stream" and self.out is None and self.workdir is None:
       raise ValueError("Pass --out (where to write the results) when there is no --workdir.")
@@ -96,6 +114,8 @@ class StreamSettings:
 def run(settings: StreamSettings):
   """Checks the settings, loads the model and runs the mode they name."""
   settings.check()
+  if settings.hf_checkpoint:
+    return run_hf_stream(settings)
   if settings.workdir:
     config, graphdef, params = train_lib.restore_params(settings.workdir)
     source = f"checkpoint {settings.workdir}"
@@ -228,6 +248,51 @@ def run_benchmark(s: StreamSettings, graphdef, params, model_config, source):
 
 
 # --- Stream mode ---------------------------------------------------------------------------------
+
+
+def run_hf_stream(s: StreamSettings):
+  """A Hugging Face checkpoint: its tokens of --prompt / --text_file through the rolling cache."""
+  from swa import hf  # noqa: PLC0415 (a wing, imported only for this mode)
+
+  dtype = dict(dtype=s.hf_dtype, param_dtype=s.hf_dtype)
+  graphdef, params = hf.load_checkpoint(s.hf_checkpoint, attention=s.attention, **dtype)
+  tokenizer = hf.load_tokenizer(s.hf_checkpoint)
+  model_config = config_of(graphdef, params)
+  if s.prompt is None:
+    with open(s.text_file) as f:
+      text = f.read()
+  else:
+    text = s.prompt
+  ids = np.asarray(tokenizer.encode(text).ids, np.int32)
+  if ids.size == 0:
+    raise ValueError("The prompt gives no tokens.")
+  print(f"Model: {s.hf_checkpoint}; {describe(model_config)}", file=sys.stderr)
+  print(f"Device: {reports.device_description()}", file=sys.stderr)
+  print(
+    f"Stream: {ids.size:,} tokens; chunks of {s.chunk_size}; {s.num_sinks} sinks; attention "
+    f"{s.attention}",
+    file=sys.stderr,
+  )
+  result = streaming.stream_tokens(
+    graphdef,
+    params,
+    model_config,
+    [ids],
+    total=ids.size,
+    chunk_size=s.chunk_size,
+    num_sinks=s.num_sinks,
+    max_len=s.max_len,
+    num_generate=s.generate,
+  )
+  print(f"Prefill: {result['fed']:,} tokens in {result['seconds']:.1f} s (compilation included).")
+  print(f"Cache arrays: {reports.format_mib(result['cache_bytes'])} MiB.")
+  generated = result["generated"]
+  if generated.size:
+    print(
+      f"Generated {generated.size} tokens in {result['generate_seconds']:.2f} s: "
+      f"{tokenizer.decode(generated.tolist())!r}"
+    )
+  return result
 
 
 def describe(model_config):

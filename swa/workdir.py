@@ -51,7 +51,23 @@ FREE_FIELDS = (
 FLAG_FIELDS = ("num_steps",)
 # Fields added to the config since older runs were saved, with the value those runs implied: a
 # config.json without one resumes only if the new config has that value.
-ADDED_FIELDS = {"task": "passkey"}
+ADDED_FIELDS = {
+  "task": "passkey",
+  # The architecture options of swa/hf/ (off: swa's own architecture).
+  "model.mlp": "gelu",
+  "model.norm_eps": 1e-6,
+  "model.norm_plus_one": False,
+  "model.attention_head_dim": None,
+  "model.qkv_bias": False,
+  "model.tie_embeddings": False,
+  "model.embed_scale": False,
+  "model.post_norms": False,
+  "model.attention_scale": None,
+  "model.attention_softcap": None,
+  "model.final_softcap": None,
+  "model.learned_sinks": False,
+  "model.qk_norm": False,
+}
 LOCK_FILE = ".lock"
 EVENTS_LOG = "events.log"
 
