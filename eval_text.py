@@ -1,5 +1,5 @@
 """The text-LM report of finished runs: bits/byte vs window, by position, at other inference
-windows, and streamed through the rolling cache (swa/tasks/text_report.py, swa/analysis/text.py).
+windows, and streamed through the rolling cache (swa/tasks/text_experiments.py, swa/analysis/text.py).
 
   python eval_text.py --workdirs=OUT/runs --out=OUT/report      # what text_experiments.sh runs
   python eval_text.py --workdirs=workdirs/text_tiny --out=/tmp/r --experiments=window,position
@@ -15,7 +15,7 @@ report.md, CSVs and PNGs into --out; nothing is written into the workdirs.
 from absl import flags, logging
 
 from swa import cli
-from swa.tasks import text_report
+from swa.tasks import text_experiments
 
 
 def define_flags():
@@ -24,7 +24,7 @@ def define_flags():
   flags.DEFINE_string("out", None, "Folder for report.md, the CSVs and the figures.")
   flags.DEFINE_list(
     "experiments",
-    list(text_report.EXPERIMENTS),
+    list(text_experiments.EXPERIMENTS),
     "Which of window, position, shrink, stream (window and position are always written: "
     "they only read eval.json).",
   )
@@ -56,8 +56,8 @@ def main(argv):
   f = flags.FLAGS
   if not f.out:
     raise cli.UserError("--out is required (the report's folder).")
-  text_report.run(
-    text_report.EvalTextSettings(
+  text_experiments.run(
+    text_experiments.EvalTextSettings(
       workdirs=tuple(f.workdirs or ()),
       out=f.out,
       experiments=tuple(f.experiments),

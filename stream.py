@@ -14,7 +14,7 @@
   python stream.py --hf_checkpoint=Mistral-7B-v0.1 --prompt="The capital of France is" --generate=20
 
 A text run (train.py --config=configs/text_*.py) streams bytes instead and reports the loss
-(swa/tasks/text_report.py stream_text): bits/byte per segment of --text_file (default: the
+(swa/tasks/text_experiments.py stream_text): bits/byte per segment of --text_file (default: the
 held-out stream of swa/corpora.py), optionally through a smaller window cache:
   python stream.py --workdir=workdirs/text_full --text_file=notes.txt --text_window=128 --num_sinks=4
 
@@ -32,7 +32,7 @@ from absl import flags, logging
 from ml_collections import config_flags
 
 from swa import cli, stream_modes
-from swa.tasks import text_report
+from swa.tasks import text_experiments
 
 _CONFIG = config_flags.DEFINE_config_file(
   "config",
@@ -129,8 +129,8 @@ def main(argv):
   if _PASSKEY.value and _BENCHMARK.value:
     raise cli.UserError("Choose one of --passkey and --benchmark.")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore step at INFO.
-  if _WORKDIR.value and text_report.is_text_workdir(_WORKDIR.value):
-    text_report.stream_text(
+  if _WORKDIR.value and text_experiments.is_text_workdir(_WORKDIR.value):
+    text_experiments.stream_text(
       _WORKDIR.value,
       _TEXT_FILE.value,
       chunk_size=_CHUNK.value,

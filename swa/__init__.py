@@ -25,6 +25,7 @@ The wings (tooling; they import the core, never the reverse):
   sweep/      grids x seeds of training runs (grid, workers, runner)
   profiling/  memory and time of full vs sliding attention (profile_memory.py)
   bench/      every attention implementation checked and timed (bench_attention.py); decoding
+  hf/         Hugging Face checkpoints in and out (config.json, safetensors; stream.py --hf_checkpoint)
 
 The attention names below load swa.attention (and JAX) on first use, so the JAX-free wing
 (swa.analysis) imports without it.

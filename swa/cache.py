@@ -120,6 +120,12 @@ def check_capacity(model_config, cache, new_tokens):
     )
 
 
+def device_bytes_in_use():
+  """Bytes the default device's allocator holds, or None where the backend does not say."""
+  stats = jax.devices()[0].memory_stats()
+  return None if not stats or "bytes_in_use" not in stats else int(stats["bytes_in_use"])
+
+
 def cache_bytes(cache):
   """Bytes held by the cache's arrays (the same on every device)."""
   return sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(cache))

@@ -19,6 +19,7 @@ from typing import Optional
 
 import numpy as np
 
+from swa import cache as cache_lib
 from swa import data, evaluate, reports, streaming, train_lib
 from swa.attention import implementations
 from swa.bench import decode
@@ -374,7 +375,7 @@ def format_stream(result, answer=None, key_distance=None, reach=None):
         + (f"; {note}" if note else ".")
       )
   lines.append(
-    f"Device memory in use at the end: {reports.format_mib(streaming.device_bytes_in_use())} MiB."
+    f"Device memory in use at the end: {reports.format_mib(cache_lib.device_bytes_in_use())} MiB."
   )
   return lines
 

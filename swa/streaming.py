@@ -196,12 +196,6 @@ def passkey_accuracy_streaming(graphdef, params, distances, *, chunk_size, num_s
 # --- A long stream through the rolling cache --------------------------------------------------
 
 
-def device_bytes_in_use():
-  """Bytes the default device's allocator holds, or None where the backend does not say."""
-  stats = jax.devices()[0].memory_stats()
-  return None if not stats or "bytes_in_use" not in stats else int(stats["bytes_in_use"])
-
-
 def fixed_chunks(pieces, size):
   """Regroups arrays of any lengths into arrays of exactly `size` (the last may be shorter)."""
   buffer = np.zeros(0, np.int32)
@@ -273,7 +267,7 @@ def stream_tokens(
     pending, fed = (last_logits, n), fed + n
     if fed >= next_sample:
       jax.block_until_ready(last_logits)
-      samples.append((fed, device_bytes_in_use()))
+      samples.append((fed, cache_lib.device_bytes_in_use()))
       bar.set_postfix(device_mib=reports.format_mib(samples[-1][1]))
       next_sample += max(total // 10, 1)
   if pending is not None:
@@ -282,7 +276,7 @@ def stream_tokens(
   bar.close()
   end = time.perf_counter()
   if not samples or samples[-1][0] != fed:
-    samples.append((fed, device_bytes_in_use()))
+    samples.append((fed, cache_lib.device_bytes_in_use()))
   rate = None
   if compiled_at is not None and end > compiled_at:
     rate = (fed - fed_at_compile) / (end - compiled_at)

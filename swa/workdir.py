@@ -53,6 +53,8 @@ FLAG_FIELDS = ("num_steps",)
 # config.json without one resumes only if the new config has that value.
 ADDED_FIELDS = {
   "task": "passkey",
+  "model.num_sinks": 0,  # attention sinks trained in (2026-12-03)
+  "eval.hop_distances": False,  # in-training recall at each hop's distance (2026-12-03)
   # The architecture options of swa/hf/ (off: swa's own architecture).
   "model.mlp": "gelu",
   "model.norm_eps": 1e-6,

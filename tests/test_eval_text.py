@@ -1,4 +1,4 @@
-"""eval_text.py, swa/tasks/text_report.py and swa/analysis/text.py on tiny runs (fast)."""
+"""eval_text.py, swa/tasks/text_experiments.py and swa/analysis/text.py on tiny runs (fast)."""
 
 import csv
 import json
@@ -13,7 +13,7 @@ import pytest
 from configs import text_tiny
 from swa import train_lib
 from swa.analysis import text as analysis
-from swa.tasks import text_eval, text_report
+from swa.tasks import text_eval, text_experiments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -54,7 +54,7 @@ def read_csv(path):
 
 def test_report_of_tiny_runs(runs, tmp_path):
   out = str(tmp_path / "report")
-  settings = text_report.EvalTextSettings(
+  settings = text_experiments.EvalTextSettings(
     workdirs=(str(runs),),
     out=out,
     shrink_windows=(8, 16),
@@ -64,7 +64,7 @@ def test_report_of_tiny_runs(runs, tmp_path):
     segment=200,
     batch_size=2,
   )
-  md = text_report.run(settings, command="python eval_text.py (test)")
+  md = text_experiments.run(settings, command="python eval_text.py (test)")
   files = sorted(os.listdir(out))
   assert files == sorted(
     ["report.md", "runs.csv", "window_summary.csv", "window.png", "position.csv"]
@@ -108,9 +108,9 @@ def test_eval_text_command(runs, tmp_path):
 
 def test_missing_workdir_is_one_line_error(tmp_path):
   with pytest.raises(ValueError, match="is not a folder"):
-    text_report.find_workdirs([str(tmp_path / "nope")])
+    text_experiments.find_workdirs([str(tmp_path / "nope")])
   with pytest.raises(ValueError, match="holds no training workdir"):
-    text_report.find_workdirs([str(tmp_path)])
+    text_experiments.find_workdirs([str(tmp_path)])
 
 
 def _run(window="128", seed=0, bpb=1.0, **kw):
@@ -185,9 +185,11 @@ def test_stream_summary_weights_segments_by_size():
 def test_stream_py_text_mode(runs, tmp_path):
   path = tmp_path / "notes.txt"
   path.write_bytes(b"In the beginning was the byte. " * 10)
-  result = text_report.stream_text(str(runs / "kjv_w16_s0"), str(path), chunk_size=64, segment=100)
+  result = text_experiments.stream_text(
+    str(runs / "kjv_w16_s0"), str(path), chunk_size=64, segment=100
+  )
   config, graphdef, params = train_lib.restore_params(str(runs / "kjv_w16_s0"))
-  tokens = text_report.file_stream(str(path))
+  tokens = text_experiments.file_stream(str(path))
   batch = text_eval.position_losses(graphdef, params, tokens[None, :-1], tokens[None, 1:], 1)
   np.testing.assert_allclose(result["losses"], batch[0], atol=2e-5)
   done = subprocess.run(
@@ -235,7 +237,7 @@ def test_stream_segments_restart_at_the_corpus_boundary():
     tokens_per_second=None,
     device_bytes=[(4, 100), (8, 200), (10, 300)],
   )
-  rows = text_report.segment_rows("s", Run, "16", 0, result, segment=4, kjv_tokens=6)
+  rows = text_experiments.segment_rows("s", Run, "16", 0, result, segment=4, kjv_tokens=6)
   assert [(r.segment_end, r.domain, r.device_bytes) for r in rows] == [
     (4, "kjv", 100),
     (6, "kjv", None),
@@ -246,7 +248,7 @@ def test_stream_segments_restart_at_the_corpus_boundary():
 
 def test_stream_text_refuses_a_full_length_stream_for_full_attention(runs):
   with pytest.raises(ValueError, match="pass --text_window=W to stream through a window cache"):
-    text_report.stream_text(str(runs / "kjv_wfull_s0"))
+    text_experiments.stream_text(str(runs / "kjv_wfull_s0"))
 
 
 def test_the_analysis_of_text_imports_no_jax():

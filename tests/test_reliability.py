@@ -124,6 +124,8 @@ def test_free_fields_change_and_num_steps_only_when_allowed():
     ({"model.d_model": 32}, {"model.d_model": 32, "model.new": 1}, r"model.new: \(absent\) -> 1"),
     ({"model.d_model": 32, "model.gone": 1}, {"model.d_model": 32}, r"model.gone: 1 -> \(absent"),
     ({"model.d_model": 32}, {"model.d_model": 32, "task": "passkey"}, None),  # ADDED_FIELDS
+    ({"x": 1}, {"x": 1, "model.num_sinks": 0}, None),  # a run from before sinks were trainable
+    ({"x": 1}, {"x": 1, "model.num_sinks": 2}, r"model.num_sinks: 0 -> 2"),
     ({"model.d_model": 32}, {"model.d_model": 32, "task": "text"}, r"task: \"passkey\" -> \"text"),
     ({"x": 1}, {"x": 1, "model.block_size": 8}, None),  # a FREE_FIELDS one may be missing
     ({f"f{i}": 0 for i in range(8)}, {f"f{i}": 1 for i in range(8)}, r"f5: 0 -> 1; and 2 more\)"),

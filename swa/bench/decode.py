@@ -13,7 +13,6 @@ import numpy as np
 from swa import cache as cache_lib
 from swa import data, reports, streaming
 from swa.reports import MIB, format_mib
-from swa.streaming import device_bytes_in_use
 
 
 def full_length_cache(model_config, batch_size, length, max_len, num_sinks=0):
@@ -88,7 +87,7 @@ def decode_benchmark(
       tps=B / seconds,
       ms=1e3 * seconds,
       cache=cache_lib.cache_bytes(cache),
-      device=device_bytes_in_use(),
+      device=cache_lib.device_bytes_in_use(),
     )
 
   for length in lengths:

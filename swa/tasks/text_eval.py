@@ -6,7 +6,7 @@
   stream_losses        loss of every token of a long stream fed through the rolling KV cache
 
 All losses are in nats; bits/byte = loss / ln 2 (each token is one byte; SEP counts as one).
-swa/tasks/text.py (training, evaluation) and swa/tasks/text_report.py (eval_text.py) use these;
+swa/tasks/text.py (training, evaluation) and swa/tasks/text_experiments.py (eval_text.py) use these;
 swa/analysis/text.py turns their numbers into tables and figures without JAX.
 
 Shape letters: N windows, B batch, T/C tokens, V vocabulary.
@@ -22,7 +22,6 @@ import numpy as np
 from flax import nnx
 
 from swa import cache as cache_lib
-from swa import streaming
 from swa.checks import check_int
 from swa.model import Transformer, config_of
 
@@ -121,7 +120,7 @@ def stream_losses(
       after_first = time.perf_counter()
     if start + n >= next_sample or start + n == inputs.size:
       jax.block_until_ready(losses_C)
-      samples.append((start + n, streaming.device_bytes_in_use()))
+      samples.append((start + n, cache_lib.device_bytes_in_use()))
       next_sample += sample_every or inputs.size
   losses = np.concatenate([np.asarray(p) for p in pieces])
   end = time.perf_counter()
