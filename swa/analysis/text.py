@@ -281,7 +281,8 @@ def stream_summary(rows):
 # --- Tables --------------------------------------------------------------------------------------
 
 
-def _window_key(w):
+def window_key(w):
+  """Sort key of a window label: its number, "full" last."""
   return math.inf if w == "full" else int(w)
 
 

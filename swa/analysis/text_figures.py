@@ -6,7 +6,7 @@ import math
 import numpy as np
 
 from swa.analysis import stats
-from swa.analysis.text import PLATEAU_TOLERANCE, _window_key, group
+from swa.analysis.text import PLATEAU_TOLERANCE, group, window_key
 
 
 def plot_window(runs, path):
@@ -87,10 +87,10 @@ def plot_shrink(rows, path):
   by_run = {}
   for r in rows:
     by_run.setdefault((r.corpus, r.model, r.run), []).append(r)
-  finite = sorted({_window_key(r.eval_window) for r in rows} - {math.inf})
+  finite = sorted({window_key(r.eval_window) for r in rows} - {math.inf})
   full_x = (finite[-1] * 2) if finite else 1
   for (corpus, model, run), rs in by_run.items():
-    rs = sorted(rs, key=lambda r: _window_key(r.eval_window))
+    rs = sorted(rs, key=lambda r: window_key(r.eval_window))
     xs = [full_x if r.eval_window == "full" else int(r.eval_window) for r in rs]
     ax.plot(xs, [r.bits_per_byte for r in rs], "o-", label=f"{corpus} {model} ({run})")
   ax.set_xscale("log", base=2)

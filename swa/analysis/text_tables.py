@@ -2,7 +2,7 @@
 where loss by position stops improving, bits/byte against the inference window, and streams."""
 
 from swa import reports
-from swa.analysis.text import _window_key
+from swa.analysis.text import window_key
 
 
 def _f(x, digits=4):
@@ -47,7 +47,7 @@ def format_plateau_table(plateaus):
 
 
 def format_shrink_table(rows):
-  windows = sorted({r.eval_window for r in rows}, key=_window_key)
+  windows = sorted({r.eval_window for r in rows}, key=window_key)
   by_run = {}
   for r in rows:
     by_run.setdefault((r.corpus, r.model, r.run), {})[r.eval_window] = r.bits_per_byte
