@@ -45,6 +45,7 @@ def _cells(text):
   return rows
 
 
+@pytest.mark.slow
 def test_cpu_run_checks_and_writes_every_row(tmp_path):
   text, rows = _run(tmp_path)
   assert "Command: `python bench_attention.py --lengths=64" in text

@@ -52,6 +52,7 @@ def read_csv(path):
     return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_report_of_tiny_runs(runs, tmp_path):
   out = str(tmp_path / "report")
   settings = text_experiments.EvalTextSettings(
@@ -182,6 +183,7 @@ def test_stream_summary_weights_segments_by_size():
   np.testing.assert_allclose(s["stdlib_bits_per_byte"], (50 * 4.0 + 10 * 1.0) / 60)
 
 
+@pytest.mark.slow
 def test_stream_py_text_mode(runs, tmp_path):
   path = tmp_path / "notes.txt"
   path.write_bytes(b"In the beginning was the byte. " * 10)

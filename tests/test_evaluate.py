@@ -390,6 +390,7 @@ def test_eval_passkey_creates_nothing_in_a_workdir_it_cannot_read(tmp_path):
   assert os.listdir(run) == ["config.json"]
 
 
+@pytest.mark.slow
 def test_eval_passkey_command_line_smoke(tmp_path):
   """The real command: a merge of a small CSV, then a user mistake in one line."""
   rows = _rows("m", "8", 80, [1.0, 0.5, 0.0])

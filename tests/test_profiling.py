@@ -51,6 +51,7 @@ def test_blocks_per_step_bounds_chunked_attention_memory():
   assert looped["memory_bytes"] < plain["memory_bytes"]
 
 
+@pytest.mark.slow
 def test_train_step_measures_memory_and_time():
   # Recomputation and the query-block loop (how a 1M-token step fits) shrink the plan.
   config = base.get_config()
@@ -76,6 +77,7 @@ def test_unavailable_cudnn_is_reported_not_raised():
   assert row["status"].startswith("unsupported"), row
 
 
+@pytest.mark.slow
 def test_profile_runs_each_config_in_a_subprocess(tmp_path, monkeypatch):
   monkeypatch.setenv("JAX_PLATFORMS", "cpu")  # the subprocesses inherit it
   out, text = report.profile(

@@ -181,6 +181,7 @@ def test_plots_save_and_report_measured_field(tmp_path):
   assert all((tmp_path / name).stat().st_size > 0 for name in ("mask.png", "rf.png"))
 
 
+@pytest.mark.slow
 def test_the_command_writes_figures_and_table(tmp_path):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   done = subprocess.run(
