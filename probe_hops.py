@@ -24,13 +24,9 @@ from absl import flags, logging
 
 from swa import cli, evaluate_workdirs, hop_probe, reports
 from swa.analysis import hops
-from swa.analysis import report as report_lib
 
 PROFILE_FIELDS = ("run", "model", "seed", "distance", "fraction", "layer", "offset", "change")
 ANSWER_FIELDS = ("run", "model", "seed", "distance", "fraction", "layer", "change", "beyond_bound")
-FORMATION_FIELDS = (
-  "model", "seed", "hop", "distance", "formed_at", "final_train_exact_match", "all_hops",
-)  # fmt: skip
 
 
 def define_flags():
@@ -72,64 +68,6 @@ def probe(workdirs, out, fractions, num, bin_width):
   return profile, answers
 
 
-def write_report(workdirs, out, profile, answers, *, measured_here):
-  """The report of the module docstring, in `out`."""
-  if not workdirs:
-    raise ValueError("No run given; pass e.g. --workdirs=sweeps/hops/w512/seed=0.")
-  runs = [w.rstrip("/") for w in workdirs]
-  rows = [r for w in runs for r in hops.train_eval_rows(w)]
-  header = reports.header_lines(
-    None,
-    device=measured_here,
-    extra=[
-      "Rows: train.py's final evaluation of each run (eval.json: eval.examples_per_distance keys "
-      "at each of eval.num_distances even distances and each hop's distance)",
-    ],
-  )
-  report_lib.write_report(rows, out, header=header)
-  formation = hops.formation_rows(runs)
-  reports.write_csv(os.path.join(out, "hop_formation.csv"), formation, FORMATION_FIELDS)
-  hops.plot_formation(runs, os.path.join(out, "hops_formation.png"))
-  text = [
-    reports.markdown_header("When each hop formed", header),
-    f"First evaluated step with recall >= {hops.FORMED:.0%} at each hop's distance "
-    "(0.95 x the reach of the first k layers; evaluated every eval.every_steps):",
-    "",
-    hops.formation_table(formation),
-  ]
-  models = list(dict.fromkeys(hops.model_of(w) for w in runs))
-  for model in models:
-    mine = [f for f in formation if f["model"] == model and f["hop"] == 1]
-    good = [f["seed"] for f in mine if f["all_hops"]]
-    lost = [f["seed"] for f in mine if not f["all_hops"]]
-    if good and lost:
-      hops.plot_probe(
-        profile, answers, model, good[0], lost[0], path=os.path.join(out, f"hops_probe_{model}.png")
-      )
-  last = {}
-  for a in answers:
-    last[a["model"]] = max(last.get(a["model"], 0), a["layer"])
-  text += [
-    "Change of the residual stream at the answer position after the last layer (probe_hops.py; "
-    "|h - h'| / |h| for key digits swapped), by distance / reach:",
-    "",
-    "| model | seed | "
-    + " | ".join(f"{f:g}" for f in sorted({a["fraction"] for a in answers}))
-    + " | largest change beyond the mask's bound |",
-    "|---|---:|" + "---:|" * len({a["fraction"] for a in answers}) + "---:|",
-  ]
-  for model in models:
-    for seed in sorted({a["seed"] for a in answers if a["model"] == model}):
-      mine = [a for a in answers if a["model"] == model and a["seed"] == seed]
-      at_last = sorted((a["fraction"], a["change"]) for a in mine if a["layer"] == last[model])
-      beyond = max(a["beyond_bound"] for a in mine)
-      text.append(
-        f"| {model} | {seed} | " + " | ".join(f"{c:.2f}" for _, c in at_last) + f" | {beyond:g} |"
-      )
-  with open(os.path.join(out, "hops.md"), "w") as f:
-    f.write("\n".join(text) + "\n")
-
-
 def run(workdirs, out, fractions, num, bin_width, probe_csv=None):
   """Probes (or reads the probe's CSVs) and writes the report; returns (profile, answers)."""
   if probe_csv:
@@ -139,7 +77,7 @@ def run(workdirs, out, fractions, num, bin_width, probe_csv=None):
     profile, answers = hops.read_probe(probe_csv)
   else:
     profile, answers = probe(workdirs, out, fractions, num, bin_width)
-  write_report(workdirs, out, profile, answers, measured_here=not probe_csv)
+  hops.write_report(workdirs, out, profile, answers, measured_here=not probe_csv)
   return profile, answers
 
 

@@ -24,12 +24,16 @@ import os
 import matplotlib.pyplot as plt
 import numpy as np
 
-from swa import data
+from swa import data, reports
+from swa.analysis import report as report_lib
 from swa.analysis import rows as rows_lib
 from swa.analysis import stats
 
 FORMED = 0.9  # a hop has formed once recall at its distance reaches this
 FINAL_STEPS = 5  # final training exact match: the mean over this many last logged steps
+FORMATION_FIELDS = (
+  "model", "seed", "hop", "distance", "formed_at", "final_train_exact_match", "all_hops",
+)  # fmt: skip
 
 
 def read_run(run_dir):
@@ -233,3 +237,62 @@ def plot_probe(profile, answers, model, good_seed, lost_seed, fraction=0.9, path
   if path:
     fig.savefig(path, dpi=120)
   return fig
+
+
+def write_report(workdirs, out, profile, answers, *, measured_here):
+  """probe_hops.py's report in `out`: passkey.md (the one pipeline, from each run's eval.json),
+  hops.md, hop_formation.csv and the figures. measured_here: the header names this device."""
+  if not workdirs:
+    raise ValueError("No run given; pass e.g. --workdirs=sweeps/hops/w512/seed=0.")
+  runs = [w.rstrip("/") for w in workdirs]
+  rows = [r for w in runs for r in train_eval_rows(w)]
+  header = reports.header_lines(
+    None,
+    device=measured_here,
+    extra=[
+      "Rows: train.py's final evaluation of each run (eval.json: eval.examples_per_distance keys "
+      "at each of eval.num_distances even distances and each hop's distance)",
+    ],
+  )
+  report_lib.write_report(rows, out, header=header)
+  formation = formation_rows(runs)
+  reports.write_csv(os.path.join(out, "hop_formation.csv"), formation, FORMATION_FIELDS)
+  plot_formation(runs, os.path.join(out, "hops_formation.png"))
+  text = [
+    reports.markdown_header("When each hop formed", header),
+    f"First evaluated step with recall >= {FORMED:.0%} at each hop's distance "
+    "(0.95 x the reach of the first k layers; evaluated every eval.every_steps):",
+    "",
+    formation_table(formation),
+  ]
+  models = list(dict.fromkeys(model_of(w) for w in runs))
+  for model in models:
+    mine = [f for f in formation if f["model"] == model and f["hop"] == 1]
+    good = [f["seed"] for f in mine if f["all_hops"]]
+    lost = [f["seed"] for f in mine if not f["all_hops"]]
+    if good and lost:
+      plot_probe(
+        profile, answers, model, good[0], lost[0], path=os.path.join(out, f"hops_probe_{model}.png")
+      )
+  last = {}
+  for a in answers:
+    last[a["model"]] = max(last.get(a["model"], 0), a["layer"])
+  text += [
+    "Change of the residual stream at the answer position after the last layer (probe_hops.py; "
+    "|h - h'| / |h| for key digits swapped), by distance / reach:",
+    "",
+    "| model | seed | "
+    + " | ".join(f"{f:g}" for f in sorted({a["fraction"] for a in answers}))
+    + " | largest change beyond the mask's bound |",
+    "|---|---:|" + "---:|" * len({a["fraction"] for a in answers}) + "---:|",
+  ]
+  for model in models:
+    for seed in sorted({a["seed"] for a in answers if a["model"] == model}):
+      mine = [a for a in answers if a["model"] == model and a["seed"] == seed]
+      at_last = sorted((a["fraction"], a["change"]) for a in mine if a["layer"] == last[model])
+      beyond = max(a["beyond_bound"] for a in mine)
+      text.append(
+        f"| {model} | {seed} | " + " | ".join(f"{c:.2f}" for _, c in at_last) + f" | {beyond:g} |"
+      )
+  with open(os.path.join(out, "hops.md"), "w") as f:
+    f.write("\n".join(text) + "\n")
