@@ -11,6 +11,9 @@ Measured twice on H200s, 2026-11-30, seeds 0, 1, 2 (0 % beyond the reach is the 
 So the fourth hop is fragile: it comes with some seeds and some numerics. With 8 heads of dimension
 32 (this file before 2026-11-30; results/w512_recipe/) no seed relayed more than three layers.
 One run alone trains at ~4.2M tokens/s on an H200 (3,000 steps in ~50 s plus compilation).
+With a short first layer in front (results/hops_h200/, one H200, 2026-12-03, seeds 0-7):
+  python train.py --config=configs/w512.py --config.model.num_layers=5 --config.model.window_size=16,512,512,512,512
+every hop on 6 of 8 seeds (the other two keep one long hop).
 """
 
 from configs import base
