@@ -9,7 +9,8 @@ The core, read top-down (each module imports only those above it):
                                the implementations, and the adapters (shard offsets, cudnn_pallas)
   data.py curriculum.py        passkey prompts, the evaluation grid, hop distances; curriculum
   corpora.py                   real text shipped in packages (KJV, Python's stdlib) as bytes
-  cache.py model.py            the rolling KV cache; the decoder (ModelConfig: reach, window labels)
+  model_config.py              ModelConfig: the architecture, checked; reach, window labels
+  cache.py model.py            the rolling KV cache; the decoder
   sharding.py                  meshes, data and sequence parallelism
   evaluate.py erf.py           one prompt stream, exact match, sweeps; effective receptive field
   hop_probe.py                 the relay probe: where each layer has carried the key
