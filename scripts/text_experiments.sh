@@ -7,9 +7,9 @@
 #
 # Runs (configs/text_w128.py with --config.model.window_size=W, text_mix.py, text_sink.py), on both
 # corpora (--config.data.corpus=kjv|stdlib), 400 steps of 8 x 4096 bytes each (13M tokens):
-#   windows 64, 256, full: seeds 0, 1, 2       windows 32, 128, 512, 1024: seed 0 only (time)
-#   mix (5 x w128 : 1 full) and sink (w128 + 1 sink token): seed 0
-# = 2 x (9 + 4 + 2) = 30 runs, PARALLEL (default 8) train.py processes at a time on the one GPU,
+#   windows 32, 64, 128, 256, 512, 1024, full, mix (5 x w128 : 1 full) and sink (w128 + 1 sink
+#   token), seeds 0, 1, 2 (all of seed 0 first)
+# = 2 x 9 x 3 = 54 runs, PARALLEL (default 8) train.py processes at a time on the one GPU,
 # each with XLA_PYTHON_CLIENT_MEM_FRACTION = 0.85 / PARALLEL. Every run is exactly
 #   python train.py --config=configs/text_w128.py --workdir=OUT_DIR/runs/<corpus>_w<W>_s<seed> \
 #     --config.data.corpus=<corpus> --config.model.window_size=<W> --config.seed=<seed> \
@@ -74,12 +74,10 @@ else
   CONFIG=configs/text_w128.py
   MIX_WINDOWS=""
   COMMON=""
-  RUNS=()
-  for corpus in kjv stdlib; do
-    for w in 64 256 full; do for seed in 0 1 2; do RUNS+=("$corpus:$w:$seed"); done; done
-    for w in 32 128 512 1024; do RUNS+=("$corpus:$w:0"); done
-    RUNS+=("$corpus:mix:0" "$corpus:sink:0")
-  done
+  RUNS=()  # Seed by seed, so a run cut short still has whole seeds of every model.
+  for seed in 0 1 2; do for corpus in kjv stdlib; do
+    for w in 32 64 128 256 512 1024 full mix sink; do RUNS+=("$corpus:$w:$seed"); done
+  done; done
   EVAL_DEFAULT=""
 fi
 if [[ -n "${ONLY:-}" ]]; then read -r -a RUNS <<<"$ONLY"; fi  # e.g. ONLY="kjv:64:0 kjv:sink:0"
