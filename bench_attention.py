@@ -1,9 +1,11 @@
 """Times sliding-window attention against cuDNN in one run, after checking every path is right.
 
-For each sequence length n and window w, every implementation -- cudnn (the yardstick:
-jax.nn.dot_product_attention with local_window_size=(w - 1, 0), is_causal=True), chunked, pallas
-(one row per --pallas_blocks tile setting), the dense reference where its scores fit, and torch
-FlexAttention as a peer where torch and a CUDA GPU are there -- is
+For each head dim H (--head_dim, a list), key/value head count K (--kv_heads, GQA), sequence
+length n and window w, every implementation -- cudnn (the yardstick:
+jax.nn.dot_product_attention with local_window_size=(w - 1, 0), is_causal=True), fa3
+(FlashAttention-3, where flash-attn3-jax is installed: pip install swa[fa3]; else a "skipped" row),
+chunked, pallas (one row per --pallas_blocks tile setting), the dense reference where its scores
+fit, and torch FlexAttention as a peer where torch and a CUDA GPU are there -- is
   - checked: output and gradients against a float32 reference at the benchmark's own shapes (the
     dense one where its scores fit, else the exact slice of the last --tail_rows query rows);
   - timed: fwd and fwd+bwd, the median of --repeats samples after compilation and warm-ups, each
@@ -11,17 +13,20 @@ FlexAttention as a peer where torch and a CUDA GPU are there -- is
     (torch: between two CUDA events), its time divided by that count; inputs alternate between
     two random sets;
   - reported in TFLOP/s of band FLOPs (forward 2·P·N·(H + D), P = the band's query-key pairs;
-    fwd+bwd 3.5x that) and as a time ratio to cuDNN in the same run.
-The card's bf16 matmul rate and copy bandwidth are measured first. A row that runs out of memory
-or fails is recorded and the run goes on; rows are skipped once --deadline_minutes have passed.
-Three passes over the (n, w): the core rows, the extra pallas tile settings, FlexAttention (its
-compilations are the slowest). --out (markdown) and the same path with .json (every number) are
-rewritten after every configuration. The work is swa/bench/ (report.run); this file parses the
+    fwd+bwd 3.5x that: bwd = 2.5x fwd), as a time ratio to cuDNN in the same run, and against a
+    roofline: the band FLOPs at the card's bf16 matmul rate and the fewest bytes (q, k, v, o;
+    fwd+bwd also dO, dq, dk, dv) at its copy rate, both measured at the start of the run.
+A row that runs out of memory or fails is recorded and the run goes on; rows are skipped once
+--deadline_minutes have passed. Three passes over the configurations: FlexAttention first (its
+first compilation takes minutes; timed last, it was lost to the deadline twice), the core rows,
+the extra pallas tile settings. --out (markdown), the same path with .json (every number) and
+.csv (one line per row) are rewritten after every configuration. The work is swa/bench/ (report.run); this file parses the
 flags.
 
   python bench_attention.py --out=results/attention_bench_h200/attention_bench.md   # one H200, < 8 min
   python bench_attention.py --check_only   # correctness only, n = 4096 (exit 1 if a row is wrong,
                                            # crashed or unchecked)
+  python bench_attention.py --head_dim=128,64,256 --kv_heads=16,4 --out=...   # H and GQA grid
   python bench_attention.py --lengths=256 --windows=16,64 --heads=2 --head_dim=16 --dtype=float32
       --repeats=1 --out=/tmp/bench.md       # CPU smoke run (pallas interpreted), one command line
 """
@@ -61,8 +66,20 @@ def define_flags(fv):
     flag_values=fv,
   )
   flags.DEFINE_integer("batch", 1, "Batch B.", flag_values=fv)
-  flags.DEFINE_integer("heads", 16, "Heads N (query and key/value).", flag_values=fv)
-  flags.DEFINE_integer("head_dim", 128, "Head dim H = D.", flag_values=fv)
+  flags.DEFINE_integer("heads", 16, "Query heads N.", flag_values=fv)
+  flags.DEFINE_list(
+    "kv_heads",
+    [],
+    "Key/value head counts K (a grid axis; each divides --heads; GQA where K < N); "
+    "default: --heads (no GQA).",
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    "head_dim",
+    ["128"],
+    "Head dims H = D (a grid axis; the summary covers the first with the first K).",
+    flag_values=fv,
+  )
   flags.DEFINE_enum("dtype", "bfloat16", list(check.TOLERANCE), "Input dtype.", flag_values=fv)
   flags.DEFINE_integer("repeats", 20, "Timed samples; the median is reported.", flag_values=fv)
   flags.DEFINE_integer(
@@ -121,6 +138,8 @@ def settings_from_flags(fv):
   values.update(
     lengths=[4096] if fv.check_only and not fv["lengths"].present else ints("lengths"),
     windows=ints("windows"),
+    head_dim=ints("head_dim"),
+    kv_heads=ints("kv_heads"),
     repeats=max(1, fv.repeats),
     calls_per_sample=max(1, fv.calls_per_sample),
     warmup=max(1, fv.warmup),

@@ -26,14 +26,18 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
   pallas     Pallas (Triton) kernels, forward and backward, visiting only the band's blocks
              (swa/pallas_attention.py, swa/pallas_kernels.py); self-attention, tail offsets and
              sinks (Python ints); interpret mode off GPU.
+  fa3        FlashAttention-3 through the optional package flash-attn3-jax (`pip install
+             swa[fa3]`; swa/fa3.py): Hopper GPUs, 16-bit dtypes, H == D == 128 (its wheels);
+             self-attention, GQA, and tail offsets (through `kernel_adapters.tail_aligned`).
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
-             inputs: splash on a TPU; on a GPU pallas for w <= pallas_attention.AUTO_MAX_WINDOW
-             (where bench_attention.py's run found its forward and fwd+bwd faster than cuDNN's),
+             inputs: splash on a TPU; on a Hopper GPU with flash-attn3-jax installed fa3 where it
+             applies (fa3.AUTO_MAX_WINDOW); otherwise, on a GPU, pallas for
+             w <= pallas_attention.AUTO_MAX_WINDOW (where bench_attention.py's run found its forward and fwd+bwd faster than cuDNN's),
              cudnn_pallas for w <= AUTO_TRAIN_MAX_WINDOW (its fwd+bwd faster), else cudnn
              where it applies; elsewhere (CPU, 32-bit inputs, offsets) chunked when the window is
              shorter than the keys, else reference.
@@ -47,7 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swa import chunked, cudnn, pallas_attention, splash
+from swa import chunked, cudnn, fa3, pallas_attention, splash
 from swa.chunked import default_block_size  # noqa: F401  (public: the chunked block rule)
 from swa.cudnn import cudnn_available  # noqa: F401  (public: is there a GPU for cudnn)
 from swa.kernel_adapters import forward_and_training, static_int, tail_aligned
@@ -171,6 +175,17 @@ register(
   check=cudnn.unsupported_reason,
   auto_rank=7,
   auto_when=pallas_attention.auto_train_when,
+)
+# FlashAttention-3 (optional package): ahead of the Pallas and cuDNN rows on a Hopper GPU where
+# it applies (fa3.AUTO_MAX_WINDOW says why); without the package its check fails and auto is as
+# before.
+register(
+  "fa3",
+  tail_aligned(fa3.fa3_attention),
+  features=("tail_offsets",),
+  check=fa3.unsupported_reason,
+  auto_rank=3,
+  auto_when=fa3.auto_when,
 )
 register(
   "splash",

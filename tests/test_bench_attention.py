@@ -51,11 +51,12 @@ def test_cpu_run_checks_and_writes_every_row(tmp_path):
   assert "Command: `python bench_attention.py --lengths=64" in text
   assert "a sample is 2 calls dispatched back to back" in text
   assert "## Summary" in text and "AUTO_MAX_WINDOW = 0" in text
-  # Per (n, w): the core rows, then the second pallas tile setting, then FlexAttention.
+  # Per (n, w): the core rows, then the second pallas tile setting, then FlexAttention (it runs
+  # first, measure.jobs_in_order, and is listed last).
   assert [(r["w"], r["impl"]) for r in rows] == [
     (w, impl)
     for w in (32,)
-    for impl in ("cudnn", "pallas", "chunked", "reference", "pallas", "flex")
+    for impl in ("cudnn", "fa3", "pallas", "chunked", "reference", "pallas", "flex")
   ]
   for r in rows:
     if r["impl"] in ("pallas", "chunked", "reference"):
@@ -232,3 +233,94 @@ def test_summary_targets_and_auto_rule():
   rows[1]["fwd_ms"] = 1.5  # faster fwd+bwd, slower forward: cuDNN unless differentiated
   line = report.summary_lines(rows, [64], [8, 512])[2]
   assert "AUTO_MAX_WINDOW = 0 " in line and "AUTO_TRAIN_MAX_WINDOW = 8 " in line
+
+
+def test_roofline_on_a_hand_computed_case():
+  # n=4, w=2: P = 7 pairs; B=1, N=2, K=1, H=8, bf16. fwd FLOPs 4·7·8·2 = 448; bytes: q, o
+  # 1·4·2·8·2 = 128 each, k, v 64 each: 384 forward, 768 with dO, dq, dk, dv.
+  assert check.band_flops(4, 2, 1, 2, 8) == 448
+  got = check.roofline(4, 2, 1, 2, 1, 8, 2, flop_s=448e3, byte_s=384e3)
+  assert got == {
+    "fwd_roofline_ms": 1.0,
+    "fwd_bytes_ms": 1.0,
+    "fwd_bwd_roofline_ms": 3.5,
+    "fwd_bwd_bytes_ms": 2.0,
+  }
+
+
+@pytest.mark.slow
+def test_rows_carry_the_roofline_columns_when_the_rates_are_known(tmp_path, monkeypatch):
+  monkeypatch.setattr(measure, "machine_rates", lambda s: (1e12, 1e12))
+  text, rows = _run(tmp_path, "--impls=chunked", "--windows=8")
+  # n=64, w=8: P = 64·8 − 28 = 484; B=1, N=2, H=16: 4·484·16·2 = 61952 FLOPs = 6.1952e-5 ms.
+  assert rows[0]["fwd_roofline_ms"] == pytest.approx(6.1952e-5)
+  assert rows[0]["fwd_x_roofline"] == pytest.approx(rows[0]["fwd_ms"] / 6.1952e-5)
+  assert rows[0]["fwd_bwd_bytes_ms"] == pytest.approx(1e3 * 8 * 64 * 2 * 16 * 4 / 1e12)
+  assert "fwd+bwd ÷ roofline" in text
+  csv_text = (tmp_path / "bench.csv").read_text().splitlines()
+  assert csv_text[0].startswith("H,K,n,w,impl") and "fwd_bwd_x_roofline" in csv_text[0]
+  assert csv_text[1].startswith("16,2,64,8,chunked,default")
+
+
+def test_fa3_without_its_package_is_a_skipped_row(tmp_path):
+  if attention.lookup("fa3").check(*(jnp.zeros((1, 8, 2, 16)),) * 3, 8) is None:
+    pytest.skip("fa3 runs here")
+  text, rows = _run(tmp_path, "--impls=fa3", "--windows=8")
+  assert rows[0]["note"].startswith("skipped: ") and "fwd_ms" not in rows[0]
+  assert "| 8 | fa3 | default | skipped: " in text
+
+
+@pytest.mark.slow
+def test_head_dim_and_gqa_grid(tmp_path):
+  _, rows = _run(
+    tmp_path, "--impls=chunked", "--windows=8", "--head_dim=8,16", "--kv_heads=2,1", "--repeats=1"
+  )
+  assert [(r["H"], r["K"]) for r in rows] == [(8, 2), (8, 1), (16, 2), (16, 1)]
+  assert all(r["ok"] for r in rows)
+
+
+def test_jobs_run_flex_first_over_the_head_dim_and_gqa_grid():
+  s = measure.Settings(
+    lengths=[64],
+    windows=[8],
+    impls=["cudnn", "flex"],
+    head_dim=[8, 16],
+    kv_heads=[2, 1],
+    heads=2,
+    out="/tmp/unused.md",
+  )
+  jobs = measure.jobs_in_order(s)
+  assert [(h, k, impls[0][0]) for h, k, _, _, impls in jobs] == [
+    (8, 2, "flex"), (8, 1, "flex"), (16, 2, "flex"), (16, 1, "flex"),
+    (8, 2, "cudnn"), (8, 1, "cudnn"), (16, 2, "cudnn"), (16, 1, "cudnn"),
+  ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+  "flag, match",
+  [
+    ("--kv_heads=3", r"^--kv_heads=3 must divide --heads=2\.$"),
+    ("--kv_heads=0", r"^--kv_heads=0 must be an integer >= 1\.$"),
+    ("--head_dim=64,x", r"^--head_dim takes integers, got '64,x'\.$"),
+  ],
+)
+def test_bad_grid_flags_raise_one_line(tmp_path, monkeypatch, flag, match):
+  monkeypatch.setattr(report, "run", lambda *a, **k: pytest.fail("the run started"))
+  with pytest.raises(ValueError, match=match):
+    _run(tmp_path, flag)
+
+
+@pytest.mark.slow
+def test_gqa_tail_reference_is_the_dense_reference_on_its_rows():
+  n, w, t0 = 24, 5, 17
+  keys = jax.random.split(jax.random.PRNGKey(4), 4)
+  q, dout = (jax.random.normal(key, (1, n, 4, 8)) for key in keys[:2])
+  k, v = (jax.random.normal(key, (1, n, 2, 8)) for key in keys[2:])
+  dense = check.reference_f32(q, k, v, dout, w)
+  tail = check.reference_f32(q, k, v, dout, w, t0, t0 - w + 1)
+  fn = lambda q, k, v: attention.sliding_window_attention(q, k, v, w, implementation="reference")
+  out, vjp = jax.vjp(fn, q, k, v)
+  for got, want in zip(dense, (out,) + vjp(dout)):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-5, rtol=1e-5)
+  for got, want in zip(tail, dense):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want[:, t0:]), atol=1e-5, rtol=1e-5)

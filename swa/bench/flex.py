@@ -34,7 +34,8 @@ class Flex:
     self.mask_mod = lambda b, h, qi, ki: (qi >= ki) & (qi - ki < self.window)
 
   def functions(self, q, k, v, dout, w):
-    """(fwd, fwd_bwd) thunks on [B, n, N, H] JAX inputs: the output, and the grads of q, k, v."""
+    """(fwd, fwd_bwd) thunks on JAX inputs (q, dout [B, n, N, H], k, v [B, n, K, H]): the output,
+    and the grads of q, k, v."""
     torch, n = self.torch, q.shape[1]
     self.window.fill_(w)
     block_mask = self.create_block_mask(
@@ -48,11 +49,12 @@ class Flex:
     to_t = lambda x: torch.from_dlpack(x).permute(0, 2, 1, 3).contiguous()  # [B, N, n, H]
     qt, kt, vt, dt = map(to_t, (q, k, v, dout))
     scale = 1.0 / math.sqrt(q.shape[-1])
-    fwd = lambda: self.attend(qt, kt, vt, block_mask=block_mask, scale=scale)
+    gqa = dict(enable_gqa=True) if k.shape[2] != q.shape[2] else {}  # fewer key/value heads
+    fwd = lambda: self.attend(qt, kt, vt, block_mask=block_mask, scale=scale, **gqa)
 
     def fwd_bwd():
       leaves = [x.detach().requires_grad_() for x in (qt, kt, vt)]
-      out = self.attend(*leaves, block_mask=block_mask, scale=scale)
+      out = self.attend(*leaves, block_mask=block_mask, scale=scale, **gqa)
       return torch.autograd.grad(out, leaves, dt)
 
     return fwd, fwd_bwd

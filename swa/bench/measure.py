@@ -1,7 +1,9 @@
 """One (n, w) of the attention benchmark: its inputs, its reference, every row checked and timed.
 
-A row is one implementation (and tile setting) at one (n, w): a dict with n, w, impl, variant,
-tiles, reference, fwd_ms / fwd_bwd_ms (median), their times and TFLOP/s, the errors and "ok"
+A row is one implementation (and tile setting) at one (H, K, n, w): a dict with H (head dim), K
+(key/value heads), n, w, impl, variant, tiles, reference, fwd_ms / fwd_bwd_ms (median), their
+times and TFLOP/s, the roofline columns (`check.roofline`: <key>_roofline_ms, <key>_x_roofline =
+the time over it, <key>_bytes_ms) where the card's rates were measured, the errors and "ok"
 (swa/bench/check.py), or a "note" (skipped) or "<key>_note" (OOM or failed).
 """
 
@@ -22,7 +24,7 @@ from swa.bench import check as check_lib
 from swa.bench.flex import Flex
 from swa.checks import check_int
 
-CORE = ("cudnn", "pallas", "chunked", "flex", "reference")
+CORE = ("cudnn", "fa3", "pallas", "chunked", "flex", "reference")
 INPUT_SETS = 2  # timed calls alternate between this many random input sets
 _CLOCK = [time.perf_counter()]  # the run's start: log times and --deadline_minutes count from it
 
@@ -42,7 +44,8 @@ class Settings:
   chunked_blocks: list = ("default",)
   batch: int = 1
   heads: int = 16
-  head_dim: int = 128
+  head_dim: list = (128,)  # head dims H = D: one grid axis (an int is one value)
+  kv_heads: list = ()  # key/value head counts K (GQA), each dividing heads; () = [heads]
   dtype: str = "bfloat16"
   repeats: int = 20
   warmup: int = 3
@@ -64,8 +67,16 @@ class Settings:
       )
     self.lengths = [check_int("--lengths", n) for n in self.lengths]
     self.windows = [check_int("--windows", w) for w in self.windows]
-    for name in ("batch", "heads", "head_dim", "tail_rows"):
+    for name in ("batch", "heads", "tail_rows"):
       setattr(self, name, check_int(f"--{name}", getattr(self, name)))
+    dims = [self.head_dim] if isinstance(self.head_dim, int) else list(self.head_dim)
+    self.head_dim = [check_int("--head_dim", h) for h in dims]
+    if not self.head_dim:
+      raise ValueError("--head_dim needs a value.")
+    self.kv_heads = [check_int("--kv_heads", k) for k in self.kv_heads] or [self.heads]
+    for k in self.kv_heads:
+      if self.heads % k:
+        raise ValueError(f"--kv_heads={k} must divide --heads={self.heads}.")
     for text in self.pallas_blocks:
       if text != "default":
         pallas_attention.BlockSizes.parse(text).validate()
@@ -123,12 +134,17 @@ def jax_row(impl, variant, w, n):
   """(fwd, fwd_bwd) jitted functions of one JAX implementation row, and its tile description.
 
   Args:
-    impl: "cudnn", "pallas", "chunked" or "reference".
+    impl: "cudnn", "fa3", "pallas", "chunked" or "reference".
     variant: "default", or the tile setting (pallas: a BlockSizes string; chunked: C).
     w: the window.
     n: the sequence length.
   """
-  options, tiles = {}, {"cudnn": "local_window_size=(w-1, 0)", "reference": "dense"}.get(impl)
+  tiles = {
+    "cudnn": "local_window_size=(w-1, 0)",
+    "fa3": "flash_mha window_size=(w-1, 0)",
+    "reference": "dense",
+  }.get(impl)
+  options = {}
   if impl == "chunked":
     block = attention.default_block_size(w, n) if variant == "default" else int(variant)
     options, tiles = dict(block_size=block), f"C={block}"
@@ -181,27 +197,40 @@ def _flex(state):
   return state["flex"]
 
 
-def measure_config(s, n, w, jobs, state):
-  """Checks and times the rows `jobs` at one (n, w).
+def _inputs(s, n, w, H, K):
+  """INPUT_SETS random (q, k, v, dout) sets: q, dout [B, n, N, H], k, v [B, n, K, H]."""
+  dtype, seed = jnp.dtype(s.dtype), jax.random.PRNGKey(s.seed + 7919 * n + w + 104729 * (H + K))
+  q_shape, kv_shape = (s.batch, n, s.heads, H), (s.batch, n, K, H)
+  sets = []
+  for key in jax.random.split(seed, INPUT_SETS):
+    keys = jax.random.split(key, 4)
+    shapes = (q_shape, kv_shape, kv_shape, q_shape)
+    sets.append(tuple(jax.random.normal(k, shape, dtype) for k, shape in zip(keys, shapes)))
+  return sets
+
+
+def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
+  """Checks and times the rows `jobs` at one (H, K, n, w).
 
   Args:
     s: the Settings.
     n: the sequence length.
     w: the window.
     jobs: [(impl, variant)], in the order to run them.
-    state: a dict kept across calls (the torch FlexAttention peer, made once).
+    state: a dict kept across calls (the torch FlexAttention peer, made once; "rates": the card's
+      (matmul FLOP/s, copy bytes/s) or absent).
+    head_dim: H = D (default s.head_dim[0]).
+    kv_heads: K (default s.kv_heads[0]).
 
   Returns:
     the rows' dicts, in the order of jobs.
   """
+  H = s.head_dim[0] if head_dim is None else head_dim
+  K = s.kv_heads[0] if kv_heads is None else kv_heads
   if past_deadline(s):
     note = "skipped: past --deadline_minutes"
-    return [dict(n=n, w=w, impl=i, variant=v, note=note) for i, v in jobs]
-  dtype = jnp.dtype(s.dtype)
-  shape = (4 * INPUT_SETS, s.batch, n, s.heads, s.head_dim)
-  arrays = list(jax.random.normal(jax.random.PRNGKey(s.seed + 7919 * n + w), shape, dtype))
-  sets = [tuple(arrays[i : i + 4]) for i in range(0, len(arrays), 4)]
-  del arrays
+    return [dict(H=H, K=K, n=n, w=w, impl=i, variant=v, note=note) for i, v in jobs]
+  sets = _inputs(s, n, w, H, K)
   dense = s.batch * s.heads * n * n * 4 / 1e9 <= s.reference_max_gb
   t0 = 0 if dense else max(0, n - max(s.tail_rows, 2 * w))
   s0 = max(0, t0 - w + 1) if t0 else 0
@@ -216,10 +245,14 @@ def measure_config(s, n, w, jobs, state):
   if ref is None:  # time the rows anyway; they go unchecked
     ref_name = f"none ({ref_name} reference: {failure['reference_note']})"
   log(f"n={n} w={w}: reference {ref_name}")
-  flops = 2 * check_lib.band_pairs(n, w) * s.batch * s.heads * 2 * s.head_dim
+  flops = check_lib.band_flops(n, w, s.batch, s.heads, H)
+  bounds = {}
+  if state.get("rates"):
+    itemsize = jnp.dtype(s.dtype).itemsize
+    bounds = check_lib.roofline(n, w, s.batch, s.heads, K, H, itemsize, *state["rates"])
   rows = []
   for impl, variant in jobs:
-    row = dict(n=n, w=w, impl=impl, variant=variant, reference=ref_name)
+    row = dict(H=H, K=K, n=n, w=w, impl=impl, variant=variant, reference=ref_name)
     rows.append(row)
     if past_deadline(s):
       row["note"] = "skipped: past --deadline_minutes"
@@ -227,6 +260,11 @@ def measure_config(s, n, w, jobs, state):
     if impl == "cudnn" and not attention.cudnn_available():
       row["note"] = f"skipped: no cuDNN on {jax.default_backend()}"
       continue
+    if impl == "fa3":
+      reason = attention.lookup("fa3").check(*sets[0][:3], w)
+      if reason:
+        row["note"] = f"skipped: {reason}"
+        continue
     if impl == "reference" and not dense:
       row["note"] = f"skipped: n² scores {s.batch * s.heads * n * n * 4 / 1e9:.3g} GB"
       continue
@@ -252,7 +290,7 @@ def measure_config(s, n, w, jobs, state):
       fns = (fwd, fwd_bwd)
       timer = lambda fn: time_jax(s, fn, sets)
       to_jax = lambda x: x
-    for key, fn, mult in (("fwd", fns[0], 1.0), ("fwd_bwd", fns[1], 3.5)):
+    for key, fn, mult in (("fwd", fns[0], 1.0), ("fwd_bwd", fns[1], check_lib.FWD_BWD_FACTOR)):
       log(f"n={n} w={w}: {impl} {variant} {key}")
       result = guarded(row, key, lambda: timer(fn))
       if result is None:
@@ -261,6 +299,10 @@ def measure_config(s, n, w, jobs, state):
       row.update({f"{key}_ms": ms, f"{key}_times_ms": times, f"{key}_first_s": first_s})
       if ms:
         row[f"{key}_tflops"] = mult * flops / (ms * 1e9)
+        if bounds:
+          row[f"{key}_roofline_ms"] = bounds[f"{key}_roofline_ms"]
+          row[f"{key}_x_roofline"] = ms / bounds[f"{key}_roofline_ms"]
+          row[f"{key}_bytes_ms"] = bounds[f"{key}_bytes_ms"]
       if ref is not None:
         pair = lambda: (to_jax(out), None) if key == "fwd" else (None, [to_jax(g) for g in out])
         guarded(row, f"{key}_check", lambda: check_lib.check(row, *pair(), ref, t0, s.dtype))
@@ -276,23 +318,28 @@ def machine_rates(s):
   """(bf16 matmul FLOP/s, copy bytes/s) of this card; (None, None) off GPU or in check_only."""
   if jax.default_backend() != "gpu" or s.check_only:
     return None, None
+  # Timed like the rows: samples of calls_per_sample calls dispatched back to back.
+  timing = dict(repeats=30, warmup=3, calls_per_sample=s.calls_per_sample)
   a, b = jax.random.normal(jax.random.PRNGKey(1), (2, 8192, 8192), jnp.bfloat16)
-  matmul = reports.time_fn(jax.jit(jnp.matmul), (a, b), repeats=30, warmup=3)
+  matmul = reports.time_fn(jax.jit(jnp.matmul), (a, b), **timing)
   x = jax.random.normal(jax.random.PRNGKey(2), (2**29,), jnp.bfloat16)  # 1 GiB
-  copy = reports.time_fn(jax.jit(lambda x: x + 1), (x,), repeats=30, warmup=3)
+  copy = reports.time_fn(jax.jit(lambda x: x + 1), (x,), **timing)
   return 2 * 8192**3 / (matmul.median_ms / 1e3), 2 * x.nbytes / (copy.median_ms / 1e3)
 
 
 def jobs_in_order(s):
-  """[(n, w, [(impl, variant)])] in three passes over the configurations: the core rows, then the
-  extra tile settings, then torch FlexAttention (its compilations are the slowest part: a run cut
-  short by --deadline_minutes loses peer rows first)."""
+  """[(H, K, n, w, [(impl, variant)])] in three passes over the configurations: torch
+  FlexAttention first (its first compilation took 3-4 minutes on the H200, and two runs that
+  timed it last lost it to --deadline_minutes), then the core rows, then the extra tile
+  settings. The report lists flex after the JAX rows of its (n, w) all the same."""
   core, extra = [], []
   for impl in s.impls:
     variants = {"pallas": s.pallas_blocks, "chunked": s.chunked_blocks}.get(impl, ["default"])
     (extra if impl == "flex" else core).append((impl, variants[0]))
     if not s.check_only:
       extra[:0] = [(impl, v) for v in variants[1:]]  # before flex
-  configs = [(n, w) for n in s.lengths for w in s.windows]
-  passes = [core, [j for j in extra if j[0] != "flex"], [j for j in extra if j[0] == "flex"]]
-  return [(n, w, jobs) for jobs in passes if jobs for n, w in configs]
+  configs = [
+    (h, k, n, w) for h in s.head_dim for k in s.kv_heads for n in s.lengths for w in s.windows
+  ]
+  passes = [[j for j in extra if j[0] == "flex"], core, [j for j in extra if j[0] != "flex"]]
+  return [(h, k, n, w, jobs) for jobs in passes if jobs for h, k, n, w in configs]

@@ -20,6 +20,12 @@ COLUMNS = [
   "fwd+bwd TFLOP/s",
   "fwd ÷ cuDNN",
   "fwd+bwd ÷ cuDNN",
+  "fwd roofline ms",
+  "fwd ÷ roofline",
+  "fwd bytes ms",
+  "fwd+bwd roofline ms",
+  "fwd+bwd ÷ roofline",
+  "fwd+bwd bytes ms",
   "out rel err",
   "grad rel err",
   "check",
@@ -141,7 +147,7 @@ def summary_lines(rows, lengths, windows):
 def _table_row(r, cudnn):
   """The cells of one row; cudnn is cuDNN's row at the same (n, w), or None."""
   if "note" in r:
-    return [r["w"], r["impl"], r["variant"], r["note"]] + ["—"] * 8
+    return [r["w"], r["impl"], r["variant"], r["note"]] + ["—"] * (len(COLUMNS) - 4)
   check = "—" if "ok" not in r else ("ok" if r["ok"] else "**WRONG**")
   return [
     r["w"],
@@ -153,37 +159,99 @@ def _table_row(r, cudnn):
     fmt(r.get("fwd_bwd_tflops"), ".3g"),
     fmt(_ratio(r, cudnn, "fwd"), ".2f"),
     fmt(_ratio(r, cudnn, "fwd_bwd"), ".2f"),
+    fmt(r.get("fwd_roofline_ms"), ".3f"),
+    fmt(r.get("fwd_x_roofline"), ".2f"),
+    fmt(r.get("fwd_bytes_ms"), ".3f"),
+    fmt(r.get("fwd_bwd_roofline_ms"), ".3f"),
+    fmt(r.get("fwd_bwd_x_roofline"), ".2f"),
+    fmt(r.get("fwd_bwd_bytes_ms"), ".3f"),
     fmt(r.get("out_rel_err"), ".2e"),
     fmt(r.get("grad_rel_err"), ".2e"),
     check,
   ]
 
 
+# The CSV beside the report: one line per row (its times, ratios and roofline columns).
+CSV_FIELDS = [
+  "H",
+  "K",
+  "n",
+  "w",
+  "impl",
+  "variant",
+  "tiles",
+  "note",
+  "fwd_ms",
+  "fwd_tflops",
+  "fwd_bwd_ms",
+  "fwd_bwd_tflops",
+  "fwd_vs_cudnn",
+  "fwd_bwd_vs_cudnn",
+  "fwd_roofline_ms",
+  "fwd_x_roofline",
+  "fwd_bytes_ms",
+  "fwd_bwd_roofline_ms",
+  "fwd_bwd_x_roofline",
+  "fwd_bwd_bytes_ms",
+  "out_rel_err",
+  "grad_rel_err",
+  "ok",
+]
+
+
+def _shape(r):
+  """A row's (head dim, key/value heads): rows from before the grid had neither."""
+  return r.get("H"), r.get("K")
+
+
+def _cudnn_row(rows, r):
+  """cuDNN's row at r's shape and (n, w), or None."""
+  return next(
+    (
+      c
+      for c in rows
+      if c["impl"] == "cudnn" and (c["n"], c["w"], _shape(c)) == (r["n"], r["w"], _shape(r))
+    ),
+    None,
+  )
+
+
 def write_report(path, header, rows, lengths, windows):
-  """Writes the markdown report and its .json (header and rows); returns the markdown.
+  """Writes the markdown report, its .json (header and rows) and .csv; returns the markdown.
+
+  The summary covers the first shape (head dim, key/value heads) of the rows only.
 
   Args:
-    path: the markdown file; the .json goes beside it (same name, .json).
+    path: the markdown file; the .json and .csv go beside it (same name).
     header: the provenance lines (reports.header_lines).
     rows: the row dicts, sorted by (n, w).
     lengths: the run's sequence lengths (for the summary).
     windows: the run's windows (for the summary).
   """
   text = reports.markdown_header("Sliding-window attention benchmark", header)
-  for n in sorted({r["n"] for r in rows}):
-    table = []
-    for r in (r for r in rows if r["n"] == n):
-      cudnn = next(
-        (c for c in rows if c["n"] == n and c["w"] == r["w"] and c["impl"] == "cudnn"), None
+  shapes = list(dict.fromkeys(_shape(r) for r in rows))
+  for shape in shapes:
+    for n in sorted({r["n"] for r in rows if _shape(r) == shape}):
+      table = [
+        _table_row(r, _cudnn_row(rows, r)) for r in rows if (_shape(r), r["n"]) == (shape, n)
+      ]
+      title = (
+        f"n = {n}" if shape == (None, None) else f"n = {n}, H = D = {shape[0]}, K = {shape[1]}"
       )
-      table.append(_table_row(r, cudnn))
-    text += f"## n = {n}\n\n" + reports.markdown_table(COLUMNS, table, align="rll" + "r" * 9) + "\n"
-  text += "## Summary\n\n" + "\n".join(summary_lines(rows, lengths, windows)) + "\n"
+      align = "rll" + "r" * (len(COLUMNS) - 3)
+      text += f"## {title}\n\n" + reports.markdown_table(COLUMNS, table, align=align) + "\n"
+  first = [r for r in rows if shapes and _shape(r) == shapes[0]]
+  text += "## Summary\n\n" + "\n".join(summary_lines(first, lengths, windows)) + "\n"
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   with open(path, "w") as f:
     f.write(text)
   with open(os.path.splitext(path)[0] + ".json", "w") as f:
     json.dump(dict(header=header, rows=rows), f, indent=1)
+  ratios = [
+    dict(r, fwd_vs_cudnn=_ratio(r, c, "fwd"), fwd_bwd_vs_cudnn=_ratio(r, c, "fwd_bwd"))
+    for r, c in ((r, _cudnn_row(rows, r)) for r in rows)
+  ]
+  reports.write_csv(os.path.splitext(path)[0] + ".csv", ratios, CSV_FIELDS)
   return text
 
 
@@ -198,7 +266,8 @@ def header(s, command, flop_s=None, byte_s=None):
   return reports.header_lines(
     command,
     extra=[
-      f"Shapes: B={s.batch}, N={s.heads} heads, H=D={s.head_dim}, {s.dtype}. "
+      f"Shapes: B={s.batch}, N={s.heads} query heads, K={'/'.join(map(str, s.kv_heads))} "
+      f"key/value heads, H=D={'/'.join(map(str, s.head_dim))}, {s.dtype}. "
       + (
         "Check only: one call each, nothing timed."
         if s.check_only
@@ -208,8 +277,14 @@ def header(s, command, flop_s=None, byte_s=None):
         f"between {measure.INPUT_SETS} random sets; fwd+bwd = grads of sum(out · dout) w.r.t. "
         "q, k, v."
       ),
-      "TFLOP/s: band FLOPs (fwd 2·P·N·(H + D), P = query-key pairs in the window; fwd+bwd "
-      "3.5× that) over the time. ÷ cuDNN: time ratio to cuDNN in this run (< 1 = faster).",
+      "TFLOP/s: band FLOPs (fwd 2·P·N·(H + D) = 4·n·w_eff·H per head, P = query-key pairs in "
+      f"the window, w_eff = P / n; fwd+bwd {check_lib.FWD_BWD_FACTOR:g}× that: the backward's "
+      "five band matmuls against the forward's two) over the time. ÷ cuDNN: time ratio to cuDNN "
+      "in this run (< 1 = faster).",
+      "Roofline: roofline ms = those band FLOPs at the card's matmul rate (below); ÷ roofline = "
+      "the row's time over it (1 = at the matmul rate; its inverse is the fraction of the "
+      "roofline reached); bytes ms = the fewest bytes (q, k, v, o; fwd+bwd also dO, dq, dk, dv; "
+      "each read or written once) at the card's copy rate.",
       f"Check: out rel err = ‖out − ref‖/‖ref‖, grad rel err = max over dq, dk, dv, against the "
       f"float32 reference (matmul precision {check_lib.reference_precision()}) on the inputs "
       f"upcast; ok within {check_lib.TOLERANCE[s.dtype]} (out, grads).",
@@ -221,6 +296,9 @@ def header(s, command, flop_s=None, byte_s=None):
 def run(s, command=None):
   """The whole benchmark: every row checked and timed, the report rewritten after each (n, w).
 
+  FlexAttention's rows run first, then the JAX rows (measure.jobs_in_order); the card's matmul
+  and copy rates are measured before them all, for the roofline columns.
+
   Args:
     s: a measure.Settings.
     command: the command line for the report's header (default reports.command_line()).
@@ -230,11 +308,14 @@ def run(s, command=None):
   """
   measure.restart_clock()
   measure.log(reports.device_description())
-  head = header(s, command, *measure.machine_rates(s))
-  rows, state = [], {}
-  for n, w, jobs in measure.jobs_in_order(s):
-    rows += measure.measure_config(s, n, w, jobs, state)
-    rows.sort(key=lambda r: (r["n"], r["w"]))
+  rates = measure.machine_rates(s)
+  head = header(s, command, *rates)
+  rows, state = [], {"rates": rates if rates[0] else None}
+  shapes = [(h, k) for h in s.head_dim for k in s.kv_heads]
+  for H, K, n, w, jobs in measure.jobs_in_order(s):
+    rows += measure.measure_config(s, n, w, jobs, state, head_dim=H, kv_heads=K)
+    # Flex runs first (measure.jobs_in_order) but is listed after its (n, w)'s JAX rows.
+    rows.sort(key=lambda r: (shapes.index(_shape(r)), r["n"], r["w"], r["impl"] == "flex"))
     write_report(s.out, head, rows, s.lengths, s.windows)
     jax.clear_caches()
   text = write_report(s.out, head, rows, s.lengths, s.windows)
