@@ -16,6 +16,11 @@ last, progress goes to stderr.
 merges earlier results (each file keeps its rows; a model and seed found in several files takes
 its file's folder name) into the same table and figures, with no checkpoints and no accelerator:
 the same report as `sweep.py --aggregate` of the same files.
+
+  python eval_passkey.py --workdirs=workdirs/full1024 --full_max_factor=4 --rope_scale=2 \
+    --out=evals/full1024_pi2
+
+runs a model with position interpolation (RoPE angles at position / 2) beyond its trained length.
 """
 
 from absl import flags, logging
@@ -83,6 +88,12 @@ def define_flags():
     "Optional windows (e.g. 128,256,512,1024 or full) to run every model "
     "with, reusing its trained parameters (evaluate.test_passkey_retrieval).",
   )
+  flags.DEFINE_float(
+    "rope_scale",
+    None,
+    "Run every model with position interpolation: RoPE angles at position / rope_scale (>= 1), "
+    "same parameters; its rows are named '<run> @ rope_scale=<s>'. Default: as trained.",
+  )
 
 
 def run(**settings):
@@ -109,6 +120,7 @@ def main(argv):
     max_batch_tokens=f.max_batch_tokens,
     cross_windows=tuple(f.cross_windows),
     edge_examples_per_distance=f.edge_examples_per_distance,
+    rope_scale=f.rope_scale,
   )
 
 

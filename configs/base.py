@@ -40,6 +40,13 @@ def get_config():
   model.dtype = "bfloat16"  # Activation dtype; parameters are always float32.
   # RoPE frequency base (ModelConfig also takes one per layer, a tuple, as loaded checkpoints use).
   model.rope_base = 10_000.0
+  # "rope" (rotary embeddings) | "none" (NoPE: no position embedding, the causal mask alone
+  # tells the model where a token is).
+  model.position_encoding = "rope"
+  # Position interpolation (Chen et al. 2023): RoPE angles use position / rope_scale (>= 1; 1 =
+  # off). Meant for evaluation beyond the trained length (eval_passkey.py --rope_scale=2 on a model
+  # trained at T and run at 2T), or for fine-tuning with it.
+  model.rope_scale = 1.0
   model.remat = False  # Recompute each block in the backward pass (saves memory).
   # Attention sinks: positions 0 .. num_sinks-1 stay visible to every query of every layer
   # (StreamingLLM's sink tokens, trained in; the rolling cache then keeps them: stream with

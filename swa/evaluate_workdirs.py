@@ -4,13 +4,16 @@
 effective receptive field at the key digits (swa/erf.py), then swa/analysis/report.py's folder
 (`write_report`), plus passkey_cross_window.{md,csv} with cross_windows. `evaluate_run` is one
 sweep run's evaluation (sweep.py --evaluate_run): its passkey.csv, prompts seeded by its
-config.seed. Rows carry the run's training seed (config.seed).
+config.seed. Rows carry the run's training seed (config.seed). `with_rope_scale` runs a trained
+model with position interpolation (eval_passkey.py --rope_scale), its rows named "<run> @ rope_scale=s".
 """
 
 import dataclasses
 import os
 import sys
 import time
+
+import ml_collections
 
 from swa import data, erf, evaluate, reports, train_lib
 from swa.analysis import report, rows, summary, tables
@@ -59,6 +62,23 @@ def load_runs(workdirs):
     config, graphdef, params = train_lib.restore_params(workdir)
     runs.append(Run(name, config, graphdef, params))
   return runs
+
+
+def with_rope_scale(run, rope_scale):
+  """The run with its RoPE angles at position / rope_scale (position interpolation), same params.
+
+  Its config says so (model.rope_scale, which the ERF's graphdef reads too) and its name becomes
+  "<name> @ rope_scale=<s>", so its rows stay apart from the run's own in every table.
+  """
+  config = ml_collections.ConfigDict(run.config.to_dict())
+  config.model.rope_scale = float(rope_scale)
+  model_config = ModelConfig.from_config(config)  # one-line error for a bad scale or NoPE
+  return Run(
+    f"{run.name} @ rope_scale={rope_scale:g}",
+    config,
+    evaluate.graphdef_for(model_config),
+    run.params,
+  )
 
 
 def _sweep(run, **sweep_kwargs):
@@ -247,6 +267,7 @@ class Settings:
   max_batch_tokens: int = evaluate.MAX_BATCH_TOKENS
   cross_windows: tuple = ()
   edge_examples_per_distance: int = 0
+  rope_scale: float = None
   command: str = None
 
 
@@ -294,6 +315,8 @@ def main(s):
     raise ValueError(f"--max_factor={s.max_factor} must be > 0.")
   if not s.full_max_factor >= 1:
     raise ValueError(f"--full_max_factor={s.full_max_factor} must be >= 1.")
+  if s.rope_scale is not None and not s.rope_scale >= 1:  # NaN fails too
+    raise ValueError(f"--rope_scale={s.rope_scale} must be >= 1.")
   distances = _ints("distances", s.distances) if s.distances else None
   cross_windows = _ints("cross_windows", s.cross_windows or (), full_ok=True)
   workdirs = list(s.workdirs)
@@ -305,8 +328,11 @@ def main(s):
   check_workdirs(workdirs)
   out = out or os.path.join(workdirs[0], "eval")
   report.check_writable(out)
+  runs = load_runs(workdirs)
+  if s.rope_scale is not None:
+    runs = [with_rope_scale(run, s.rope_scale) for run in runs]
   return evaluate_runs(
-    load_runs(workdirs),
+    runs,
     out=out,
     examples_per_distance=s.examples_per_distance,
     max_factor=s.max_factor,

@@ -32,11 +32,18 @@ from swa import cache as cache_lib
 from swa.model_config import ModelConfig, Window, layer_windows, window_name  # noqa: F401
 
 
-def apply_rope(x_BTNH, positions_BT, base):
-  """Rotates pairs (x[..., :H/2], x[..., H/2:]) by angles positions * base^(-2i/H)."""
+def apply_rope(x_BTNH, positions_BT, base, scale=1.0):
+  """Rotates pairs (x[..., :H/2], x[..., H/2:]) by angles (positions / scale) * base^(-2i/H).
+
+  scale > 1 is position interpolation (Chen et al. 2023): a model run at scale x its trained
+  length sees only the angles of its trained length, at finer steps.
+  """
   half = x_BTNH.shape[-1] // 2
   inv_freq_F = base ** (-jnp.arange(half, dtype=jnp.float32) / half)
-  angles_BTF = positions_BT[..., None].astype(jnp.float32) * inv_freq_F
+  positions_BT = positions_BT.astype(jnp.float32)
+  if scale != 1:  # scale 1 leaves the angles bit for bit as they were
+    positions_BT = positions_BT / scale
+  angles_BTF = positions_BT[..., None] * inv_freq_F
   sin_BT1F, cos_BT1F = jnp.sin(angles_BTF)[:, :, None], jnp.cos(angles_BTF)[:, :, None]
   x1, x2 = jnp.split(x_BTNH.astype(jnp.float32), 2, axis=-1)
   rotated = jnp.concatenate([x1 * cos_BT1F - x2 * sin_BT1F, x2 * cos_BT1F + x1 * sin_BT1F], -1)
@@ -128,8 +135,9 @@ class Attention(nnx.Module):
     v_BTKH = self.value(x_BTD).reshape(B, T, c.num_kv_heads, c.head_dim)
     if c.qk_norm:
       q_BTNH, k_BTKH = self.query_norm(q_BTNH), self.key_norm(k_BTKH)
-    q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base)
-    k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base)
+    if c.position_encoding == "rope":  # "none" (NoPE): the causal mask alone orders tokens
+      q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base, c.rope_scale)
+      k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base, c.rope_scale)
     if cache is None:
       out_BTNH, new_cache = self._attend(q_BTNH, k_BTKH, v_BTKH), None
     else:

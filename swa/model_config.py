@@ -2,7 +2,7 @@
 
 `ModelConfig` is a frozen dataclass, one field per `model.*` entry of configs/base.py (which says
 what each means), checked on construction with one-line errors; its properties give each layer's
-window and RoPE base, the receptive reach sum_l (w_l - 1) and the window label used in tables.
+window and RoPE base (RoPE, or none: NoPE), the receptive reach sum_l (w_l - 1) and the window label used in tables.
 `layer_windows` expands an int, None or a per-layer list (also "128,128,none,128" from the command
 line); `window_name` names one window. No JAX arrays here: only the attention registry's names.
 """
@@ -31,6 +31,8 @@ class ModelConfig:
   blocks_per_step: Optional[int] = None
   dtype: str = "float32"
   rope_base: Union[float, Sequence[float]] = 10_000.0  # one base, or one per layer
+  position_encoding: str = "rope"  # "rope" | "none" (NoPE: causal attention alone)
+  rope_scale: float = 1.0  # position interpolation: RoPE angles use position / rope_scale
   remat: bool = False
   num_sinks: int = 0
   # Architecture options for other families (configs/base.py documents each; off by default).
@@ -62,6 +64,18 @@ class ModelConfig:
       if isinstance(getattr(self, name), list):
         object.__setattr__(self, name, tuple(getattr(self, name)))
     self.layer_rope_bases  # Validates the RoPE base(s).
+    if self.position_encoding not in POSITION_ENCODINGS:
+      raise ValueError(
+        f"model.position_encoding must be one of {POSITION_ENCODINGS}, "
+        f"got {self.position_encoding!r}."
+      )
+    if not _positive_number(self.rope_scale) or self.rope_scale < 1:
+      raise ValueError(f"model.rope_scale must be a number >= 1, got {self.rope_scale!r}.")
+    if self.position_encoding == "none" and self.rope_scale != 1:
+      raise ValueError(
+        f"model.rope_scale={self.rope_scale!r} needs model.position_encoding='rope' "
+        "(NoPE has no RoPE angles to scale)."
+      )
     if self.mlp not in MLP_KINDS:
       raise ValueError(f"model.mlp must be one of {MLP_KINDS}, got {self.mlp!r}.")
     for name in ("norm_eps", "attention_scale", "attention_softcap", "final_softcap"):
@@ -182,6 +196,7 @@ class ModelConfig:
 
 
 MLP_KINDS = ("gelu", "swiglu", "geglu")
+POSITION_ENCODINGS = ("rope", "none")
 
 
 def _positive_number(value):

@@ -198,6 +198,7 @@ def _bad_csv(tmp_path, field, text):
     (lambda t, w: {"workdirs": [w], "step": 0}, r"--step=0 must be an integer >= 1"),
     (lambda t, w: {"workdirs": [w], "examples_per_distance": 0}, "--examples_per_distance=0"),
     (lambda t, w: {"workdirs": [w], "erf_examples": -1}, "--erf_examples=-1"),
+    (lambda t, w: {"workdirs": [w], "rope_scale": 0.5}, r"--rope_scale=0.5 must be >= 1"),
     (lambda t, w: {"workdirs": [w], "out": w + "/config.json"}, "is a file, not a folder"),
     (lambda t, w: {"workdirs": [w], "out": w + "/config.json/x"}, "cannot be created"),
   ],

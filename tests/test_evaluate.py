@@ -310,6 +310,21 @@ def test_eval_passkey_main_writes_every_file(workdir, tmp_path, capsys):
   assert stdout.endswith(table[-1])  # the summary table is printed last
 
 
+def test_rope_scale_runs_the_trained_params_with_position_interpolation(workdir, tmp_path):
+  """eval_passkey.py --rope_scale: same params, RoPE at position / s, rows named apart."""
+  (run,) = evaluate_workdirs.load_runs([workdir])
+  del run.config.model["rope_scale"]  # as in a workdir saved before the field existed
+  scaled = evaluate_workdirs.with_rope_scale(run, 2.0)
+  assert scaled.name == "w32 @ rope_scale=2" and scaled.params is run.params
+  assert scaled.config.model.rope_scale == 2.0 and "rope_scale" not in run.config.model
+  assert evaluate.config_of(scaled.graphdef, scaled.params).rope_scale == 2.0
+  evaluate_workdirs.evaluate_runs(
+    [run, scaled], out=str(tmp_path), distances=[42], examples_per_distance=2, erf_examples=0
+  )
+  rows = rows_lib.read_rows(tmp_path / "passkey.csv")
+  assert [r.model for r in rows] == ["w32", "w32 @ rope_scale=2"]
+
+
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
   runs = evaluate_workdirs.load_runs([workdir])

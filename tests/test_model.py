@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from swa import cache as cache_lib
-from swa.model import ModelConfig, Transformer, layer_windows
+from swa.model import ModelConfig, Transformer, apply_rope, layer_windows
 
 CONFIG = ModelConfig(
   vocab_size=72,
@@ -86,6 +86,10 @@ def test_bad_windows_raise(window, match):
     ("rope_base", float("nan"), "model.rope_base must be a number > 1"),
     ("num_sinks", -1, "model.num_sinks must be an integer >= 0, got -1"),
     ("block_size", 0, "model.block_size must be a positive integer or None, got 0"),
+    ("position_encoding", "alibi", r"model.position_encoding must be one of \('rope', 'none'\)"),
+    ("rope_scale", 0.5, "model.rope_scale must be a number >= 1, got 0.5"),
+    ("rope_scale", float("nan"), "model.rope_scale must be a number >= 1"),
+    ("rope_scale", True, "model.rope_scale must be a number >= 1, got True"),
   ],
 )
 def test_bad_config_raises(field, value, match):
@@ -123,14 +127,49 @@ def test_positions_shift_nothing_but_rope_phase():
   np.testing.assert_allclose(base, shifted, atol=2e-3, rtol=2e-3)
 
 
+def test_nope_logits_do_not_depend_on_absolute_position():
+  """NoPE: no rotary phase, so positions p and p + 100 give the very same logits."""
+  model = make(dataclasses.replace(CONFIG, position_encoding="none", window_size=(3, None, 7)))
+  x = tokens(2, 24, seed=3)
+  np.testing.assert_array_equal(model(x), model(x, positions_BT=jnp.arange(24)[None] + 100))
+
+
+def test_nope_refuses_a_rope_scale():
+  with pytest.raises(ValueError, match="model.rope_scale=2.0 needs model.position_encoding='rope'"):
+    dataclasses.replace(CONFIG, position_encoding="none", rope_scale=2.0)
+
+
+def test_rope_scale_is_rope_at_positions_over_scale():
+  """Position interpolation: rope_scale=2 at positions p is RoPE at p / 2, bit for bit."""
+  x_BTNH = jax.random.normal(jax.random.PRNGKey(0), (2, 9, 3, 8))
+  p_BT = jnp.broadcast_to(jnp.arange(9) * 7, (2, 9))
+  np.testing.assert_array_equal(
+    apply_rope(x_BTNH, p_BT, 10_000.0, 2.0), apply_rope(x_BTNH, p_BT / 2, 10_000.0)
+  )
+  np.testing.assert_array_equal(
+    apply_rope(x_BTNH, p_BT, 10_000.0, 1.0), apply_rope(x_BTNH, p_BT, 10_000.0)
+  )
+  # The model: same parameters, scale 2 at even positions 2t = scale 1 at positions t.
+  scaled = make(dataclasses.replace(CONFIG, rope_scale=2.0))
+  plain = make()
+  x = tokens(1, 20, seed=5)
+  np.testing.assert_array_equal(scaled(x, positions_BT=2 * jnp.arange(20)[None]), plain(x))
+  assert not np.array_equal(scaled(x), plain(x))
+
+
 @nnx.jit
 def _forward(model, tokens_BT, cache=None, num_valid=None):
   return model(tokens_BT, cache=cache, num_valid=num_valid)
 
 
-def test_forward_with_a_cache_returns_logits_and_the_new_cache():
-  """One forward: without a cache, logits; with one, (logits, new cache) continuing the stream."""
-  config = dataclasses.replace(CONFIG, window_size=(3, None, 7))
+@pytest.mark.parametrize(
+  "positions", [{}, {"position_encoding": "none"}, {"rope_scale": 2.0}], ids=str
+)
+def test_forward_with_a_cache_returns_logits_and_the_new_cache(positions):
+  """One forward: without a cache, logits; with one, (logits, new cache) continuing the stream.
+
+  With RoPE, NoPE and position interpolation alike (the cache holds keys after RoPE)."""
+  config = dataclasses.replace(CONFIG, window_size=(3, None, 7), **positions)
   model = make(config)
   x = tokens(2, 16, seed=4)
   cache = cache_lib.init_cache(config, 2, max_len=16)

@@ -126,6 +126,10 @@ def test_free_fields_change_and_num_steps_only_when_allowed():
     ({"model.d_model": 32}, {"model.d_model": 32, "task": "passkey"}, None),  # ADDED_FIELDS
     ({"x": 1}, {"x": 1, "model.num_sinks": 0}, None),  # a run from before sinks were trainable
     ({"x": 1}, {"x": 1, "model.num_sinks": 2}, r"model.num_sinks: 0 -> 2"),
+    # a run from before NoPE and position interpolation
+    ({"x": 1}, {"x": 1, "model.position_encoding": "rope", "model.rope_scale": 1.0}, None),
+    ({"x": 1}, {"x": 1, "model.position_encoding": "none"}, r"position_encoding: \"rope\" -> \"no"),
+    ({"x": 1}, {"x": 1, "model.rope_scale": 2.0}, r"model.rope_scale: 1.0 -> 2.0"),
     ({"model.d_model": 32}, {"model.d_model": 32, "task": "text"}, r"task: \"passkey\" -> \"text"),
     ({"x": 1}, {"x": 1, "model.block_size": 8}, None),  # a FREE_FIELDS one may be missing
     ({f"f{i}": 0 for i in range(8)}, {f"f{i}": 1 for i in range(8)}, r"f5: 0 -> 1; and 2 more\)"),

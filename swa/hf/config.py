@@ -349,6 +349,8 @@ def _fits(model_config: ModelConfig, family: Family):
     final_softcap=None,
     learned_sinks=False,
     num_sinks=0,
+    position_encoding="rope",
+    rope_scale=1.0,
   )
   wanted.update(family.fixed)
   if _gemma(family):
