@@ -69,6 +69,7 @@ ADDED_FIELDS = {
   "model.final_softcap": None,
   "model.learned_sinks": False,
   "model.qk_norm": False,
+  "data.segment_ids": False,  # text: packed documents, attention inside each (2026-12-03)
 }
 LOCK_FILE = ".lock"
 EVENTS_LOG = "events.log"
