@@ -36,6 +36,9 @@ def get_config():
   d.seq_len = 4096  # Training context T (tokens = bytes).
   d.batch_size = 8  # Windows per step (32k tokens).
   d.sink_token = False  # True: the input at position 0 of every window is SINK (257).
+  # True: a window's documents are packed sequences (swa/tasks/text.py): SEP starts each one,
+  # attention never crosses a SEP, positions restart at each document (no sinks then).
+  d.segment_ids = False
 
   # Optimiser
   o = config.optim

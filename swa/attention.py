@@ -15,6 +15,12 @@ Shape letters: B batch, T query positions, S key positions, N query heads, K key
 (N % K == 0; G = N // K query heads share one key/value head), H query/key head dim, D value head
 dim.
 
+Packed sequences. segment_ids [B, T] (and k_segment_ids [B, S], default segment_ids) give every
+query and key a segment: a query sees only keys of its own segment, and the window still applies.
+Supported by reference, chunked, pallas, splash and sequence_parallel; not by cudnn or
+cudnn_pallas (jax.nn.dot_product_attention takes sequence lengths, not segment ids), which auto
+then passes over.
+
 Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
 `implementations()` lists them), all computing the same function (tests/test_attention.py):
   reference  dense masked attention; O(T * S) memory; the ground truth; every feature (the
@@ -109,6 +115,8 @@ def reference_attention(
   num_sinks=0,
   sink_logits=None,
   logit_softcap=None,
+  segment_ids=None,
+  k_segment_ids=None,
 ):
   """Dense masked attention: builds the full [T, S] score matrix (every feature)."""
   B, T, N, H = q_BTNH.shape
@@ -116,12 +124,15 @@ def reference_attention(
   q_pos_T = q_offset + jnp.arange(T)
   if k_positions is None:
     k_offset = q_offset + T - S if k_offset is None else k_offset
-    mask_TS = visible(q_pos_T[:, None], (k_offset + jnp.arange(S))[None, :], window_size, num_sinks)
-    mask_BKGTS = mask_TS
+    mask_BTS = visible(
+      q_pos_T[:, None], (k_offset + jnp.arange(S))[None, :], window_size, num_sinks
+    )
   else:
     k_pos_BS = jnp.asarray(k_positions).reshape(-1, S)
     mask_BTS = visible(q_pos_T[None, :, None], k_pos_BS[:, None, :], window_size, num_sinks)
-    mask_BKGTS = mask_BTS[:, None, None]
+  if segment_ids is not None:  # packed sequences: only the query's own segment
+    mask_BTS = mask_BTS & (segment_ids[:, :, None] == k_segment_ids[:, None, :])
+  mask_BKGTS = mask_BTS[:, None, None] if mask_BTS.ndim == 3 else mask_BTS
   q_BTKGH = q_BTNH.reshape(B, T, K, N // K, H)
   logits_BKGTS = (
     jnp.einsum("BTKGH,BSKH->BKGTS", q_BTKGH, k_BSKH, preferred_element_type=jnp.float32) * scale
@@ -143,7 +154,7 @@ register("reference", reference_attention, features=SEMANTIC_FEATURES, auto_rank
 register(
   "chunked",
   chunked.chunked_attention,
-  features=("offsets", "sink_logits", "logit_softcap", "block_size"),
+  features=("offsets", "sink_logits", "logit_softcap", "segment_ids", "block_size"),
   auto_rank=20,
   auto_when=lambda q, k, v, w: w is not None and w < k.shape[1],
 )
@@ -159,7 +170,7 @@ register(
 register(
   "pallas",
   tail_aligned(pallas_attention.pallas_attention),
-  features=("tail_offsets", "sinks", "sink_logits", "block_sizes", "interpret"),
+  features=("tail_offsets", "sinks", "sink_logits", "segment_ids", "block_sizes", "interpret"),
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )
@@ -190,7 +201,7 @@ register(
 register(
   "splash",
   splash.splash_attention,
-  features=("interpret",),
+  features=("segment_ids", "interpret"),
   check=splash.unsupported_reason,
   auto_rank=0,
   auto_when=lambda q, k, v, w: jax.default_backend() == "tpu",
@@ -248,6 +259,31 @@ def _check_position(value, name):
     raise ValueError(f"{name} must be an integer scalar, got {value!r}.")
 
 
+def _check_segment_ids(segment_ids, k_segment_ids, B, T, S):
+  """Validated int32 (segment_ids [B, T], k_segment_ids [B, S]); k_segment_ids defaults to
+  segment_ids when S == T."""
+  if segment_ids is None:
+    if k_segment_ids is not None:
+      raise ValueError("k_segment_ids needs segment_ids (the queries' segments) as well.")
+    return None, None
+  if k_segment_ids is None:
+    if S != T:
+      raise ValueError(
+        f"With S={S} keys for T={T} queries, pass k_segment_ids [B, S] beside segment_ids."
+      )
+    k_segment_ids = segment_ids
+  ids = []
+  for name, x, shape in (
+    ("segment_ids", segment_ids, (B, T)),
+    ("k_segment_ids", k_segment_ids, (B, S)),
+  ):
+    x = jnp.asarray(x)
+    if x.shape != shape or not jnp.issubdtype(x.dtype, jnp.integer):
+      raise ValueError(f"{name} must be ints of shape {shape}, got {x.dtype} {x.shape}.")
+    ids.append(x.astype(jnp.int32))
+  return tuple(ids)
+
+
 def sliding_window_attention(
   q,
   k,
@@ -262,6 +298,8 @@ def sliding_window_attention(
   num_sinks=0,
   sink_logits=None,
   logit_softcap=None,
+  segment_ids=None,
+  k_segment_ids=None,
   block_size=None,
   blocks_per_step=None,
   **options,
@@ -289,6 +327,10 @@ def sliding_window_attention(
       Differentiable (gradients flow to sink_logits).
     logit_softcap: a number > 0, or None: the scaled logits s become cap * tanh(s / cap)
       before the mask and softmax (Gemma 2's attn_logit_softcapping); reference and chunked.
+    segment_ids: int [B, T], the queries' segments (packed sequences): a query sees only the
+      keys of its own segment, inside its window. Sinks are keys like others: seen only from
+      their own segment.
+    k_segment_ids: int [B, S], the keys' segments; default segment_ids (needed when S != T).
     block_size: query block C of implementations with "block_size" (chunked); default theirs.
     blocks_per_step: if set, such implementations process this many query blocks at a time in a
       loop and recompute them in the backward pass (bounded memory for long sequences).
@@ -354,6 +396,10 @@ def sliding_window_attention(
       raise ValueError(f"logit_softcap must be a number > 0 or None, got {logit_softcap!r}.")
     features.add("logit_softcap")
     semantic.update(logit_softcap=float(logit_softcap))
+  segment_ids, k_segment_ids = _check_segment_ids(segment_ids, k_segment_ids, B, T, S)
+  if segment_ids is not None:
+    features.add("segment_ids")
+    semantic.update(segment_ids=segment_ids, k_segment_ids=k_segment_ids)
   sinks = window_size is not None and not (static_int(num_sinks) and num_sinks == 0)
   if sinks:
     features.add("sinks")

@@ -13,8 +13,9 @@ A group holds as many query blocks as fit SCORE_BYTES_PER_STEP of float32 scores
 comes from `mask.visible`, the rule every implementation shares. Learned sinks (sink_logits) join
 each row's max and denominator; their gradient is -sum over the rows of p_sink * (dO . O).
 A soft-cap (Gemma 2) squashes the scaled logits, s -> c * tanh(s / c); the backward multiplies by
-its derivative 1 - tanh^2. Registered in swa/attention.py as "chunked" with the features
-"offsets", "sink_logits", "logit_softcap" and "block_size".
+its derivative 1 - tanh^2. Segment ids (packed sequences) add a same-segment test to every block's mask. Registered in
+swa/attention.py as "chunked" with the features "offsets", "sink_logits", "logit_softcap",
+"segment_ids" and "block_size".
 
 XLA's compiled plan for forward+backward (bf16, B=1, 16 heads of 128; `compile().memory_analysis()`
 on CPU, 2026-11-30): 5.8 GB of temporaries at n = 64k, w = 4096 (the autodiff version it replaces
@@ -103,19 +104,26 @@ class _Band:
     return self.groups * self.per_group
 
 
-def _group_mask(band, q_offset, b0):
-  """bool [per_group, C, span]: which keys of its window each query of blocks b0... sees."""
+def _group_mask(band, q_offset, b0, seg):
+  """bool [B or 1, per_group, 1, 1, C, span]: which keys of its window each query of blocks b0...
+  sees (against [B, q, K, G, C, s] logits); seg: None, or the padded segment ids (q_BqC, k_BSp)."""
   block_q = b0 + jnp.arange(band.per_group)
   q_pos_qC1 = q_offset + (block_q[:, None, None] * band.C + jnp.arange(band.C)[:, None])
   index_q1s = block_q[:, None, None] * band.C + jnp.arange(band.span)[None, None, :] - band.front
   k_pos_q1s = jnp.where(
     (index_q1s >= 0) & (index_q1s < band.S), q_offset - band.shift + index_q1s, -1
   )
-  return mask.visible(q_pos_qC1, k_pos_q1s, band.window_size)
+  mask_BqCs = mask.visible(q_pos_qC1, k_pos_q1s, band.window_size)[None]
+  if seg is not None:  # packed sequences: only keys of the query's own segment
+    q_seg_BqC, k_seg_BSp = seg
+    q_seg_BqC1 = _group_slice(q_seg_BqC, band, b0 // band.per_group)[..., None]
+    mask_BqCs = mask_BqCs & (q_seg_BqC1 == _windows(band, k_seg_BSp, b0)[:, :, None, :])
+  return mask_BqCs[:, :, None, None]
 
 
 def _windows(band, x_BSpKX, b0):
-  """[B, per_group, span, K, X]: the key window of each query block b0 ... of the group."""
+  """[B, per_group, span, K, X]: the key window of each query block b0 ... of the group (any
+  trailing axes: [B, Sp] segment ids give [B, per_group, span])."""
   rows = (band.per_group + band.num_prev) * band.C
   x_BbCKX = jax.lax.dynamic_slice_in_dim(x_BSpKX, b0 * band.C, rows, axis=1)
   x_BbCKX = x_BbCKX.reshape(x_BSpKX.shape[0], -1, band.C, *x_BSpKX.shape[2:])
@@ -151,7 +159,7 @@ def _sink(sink_KG):
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
+def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg):
   """Output [B, blocks, C, K, G, D] and float32 log-sum-exp [B, blocks, K, G, C] (sinks in it)."""
   B, _, C, K, G, _ = q_BqCKGH.shape
   D = v_BSpKD.shape[-1]
@@ -160,7 +168,7 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
   def step(g, carry):
     out_BqCKGD, lse_BqKGC = carry
     b0 = g * band.per_group
-    mask_qCs = _group_mask(band, q_offset, b0)[None, :, None, None]
+    mask_qCs = _group_mask(band, q_offset, b0, seg)
     logits_BqKGCs = jnp.where(
       mask_qCs,
       _logits(band, _group_slice(q_BqCKGH, band, g), _windows(band, k_BSpKH, b0)),
@@ -200,13 +208,13 @@ def _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
-  return _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG)[0]
+def _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg):
+  return _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg)[0]
 
 
-def _attend_fwd(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG):
-  out_BqCKGD, lse_BqKGC = _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG)
-  return out_BqCKGD, (q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, out_BqCKGD, lse_BqKGC)
+def _attend_fwd(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg):
+  out_BqCKGD, lse_BqKGC = _forward(band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg)
+  return out_BqCKGD, (q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg, out_BqCKGD, lse_BqKGC)
 
 
 def _add_windows(band, acc_BSpKX, win_BqsKX, b0):
@@ -226,12 +234,12 @@ def _add_windows(band, acc_BSpKX, win_BqsKX, b0):
 
 def _attend_bwd(band, res, dout_BqCKGD):
   dq, dk, dv, dsink = _backward(band, *res, dout_BqCKGD)
-  return dq, dk, dv, None, dsink
+  return dq, dk, dv, None, dsink, None
 
 
 @functools.partial(jax.jit, static_argnums=0)
 def _backward(
-  band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, out_BqCKGD, lse_BqKGC, dout_BqCKGD
+  band, q_BqCKGH, k_BSpKH, v_BSpKD, q_offset, sink_KG, seg, out_BqCKGD, lse_BqKGC, dout_BqCKGD
 ):
   """(dq, dk, dv) of the padded layout: one more pass over the groups, recomputing scores; and
   d/dsink = -sum over the rows of p_sink * (dO . O) (None without sinks)."""
@@ -248,7 +256,7 @@ def _backward(
     b0 = g * band.per_group
     q_g, dout_g = _group_slice(q_BqCKGH, band, g), _group_slice(dout_BqCKGD, band, g)
     k_win, v_win = _windows(band, k_BSpKH, b0), _windows(band, v_BSpKD, b0)
-    mask_qCs = _group_mask(band, q_offset, b0)[None, :, None, None]
+    mask_qCs = _group_mask(band, q_offset, b0, seg)
     lse = _group_slice(lse_BqKGC, band, g)[..., None]
     logits_BqKGCs = _logits(band, q_g, k_win)
     probs_BqKGCs = jnp.where(mask_qCs, jnp.exp(logits_BqKGCs - lse), 0.0)
@@ -303,6 +311,8 @@ def chunked_attention(
   k_offset=None,
   sink_logits=None,
   logit_softcap=None,
+  segment_ids=None,
+  k_segment_ids=None,
   block_size=None,
   blocks_per_step=None,
 ):
@@ -320,6 +330,8 @@ def chunked_attention(
       Python int (`key_shift`). Keys at negative positions are padding.
     sink_logits: optional float32 [N], learned sinks (one denominator logit per query head).
     logit_softcap: None, or a cap c > 0: scaled logits s become c * tanh(s / c).
+    segment_ids, k_segment_ids: None, or int [B, T] and [B, S] segment ids (packed sequences):
+      each block's mask also needs the key in the query's segment.
     block_size: the query block C; default `default_block_size`.
     blocks_per_step: query blocks per loop step; default: as many as fit
       SCORE_BYTES_PER_STEP of float32 scores (all of them for short sequences).
@@ -361,5 +373,12 @@ def chunked_attention(
   total = (band.blocks + num_prev) * C
   k_BSpKH, v_BSpKD = _fit(k_BSKH, band.front, total), _fit(v_BSKD, band.front, total)
   sink_KG = None if sink_logits is None else sink_logits.astype(jnp.float32).reshape(K, G)
-  out_BqCKGD = _attend(band, q_BqCKGH, k_BSpKH, v_BSpKD, jnp.asarray(q_offset, jnp.int32), sink_KG)
+  seg = None
+  if segment_ids is not None:  # laid out as the queries and keys (padding rows: -1, masked)
+    q_seg_BqC = jnp.pad(segment_ids, ((0, 0), (0, band.blocks * C - T)), constant_values=-1)
+    k_seg_BSp = _fit(k_segment_ids[:, :, None, None], band.front, total)[:, :, 0, 0]
+    seg = (q_seg_BqC.reshape(B, band.blocks, C), k_seg_BSp)
+  out_BqCKGD = _attend(
+    band, q_BqCKGH, k_BSpKH, v_BSpKD, jnp.asarray(q_offset, jnp.int32), sink_KG, seg
+  )
   return out_BqCKGD.reshape(B, band.blocks * C, N, D)[:, :T]

@@ -19,6 +19,10 @@ One forward serves training, evaluation and streaming: `Transformer(tokens)` giv
 `Transformer(tokens, cache=cache)` (gemma style) continues a stream held in an explicit KV cache
 (swa/cache.py), returning the logits and the new cache; swa/streaming.py builds prefill, decoding
 and generation on it.
+
+Packed sequences: `Transformer(tokens, positions, segment_ids_BT=ids)` keeps every attention layer
+inside each token's segment; with `segment_positions(ids)` as the positions each segment's logits
+are those of running it alone (tests/test_model.py).
 """
 
 import functools
@@ -114,7 +118,7 @@ class Attention(nnx.Module):
       options["sink_logits"] = self.sinks[...]
     return options
 
-  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
+  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None, segment_ids_BT=None):
     """Attention over x's own tokens, or over a cache and a chunk that continues its stream.
 
     Args:
@@ -124,6 +128,8 @@ class Attention(nnx.Module):
         cache["end"] .. cache["end"] + T - 1 (positions_BT must say the same).
       num_valid: with a cache, how many leading tokens of the chunk are real (int32 []); the
         rest is padding, never stored.
+      segment_ids_BT: optional int [B, T] (packed sequences, no cache): a token attends only to
+        tokens of its own segment.
 
     Returns:
       (out [B, T, D], the layer's new cache, or None without a cache).
@@ -139,17 +145,21 @@ class Attention(nnx.Module):
       q_BTNH = apply_rope(q_BTNH, positions_BT, self.rope_base, c.rope_scale)
       k_BTKH = apply_rope(k_BTKH, positions_BT, self.rope_base, c.rope_scale)
     if cache is None:
-      out_BTNH, new_cache = self._attend(q_BTNH, k_BTKH, v_BTKH), None
+      out_BTNH, new_cache = self._attend(q_BTNH, k_BTKH, v_BTKH, segment_ids_BT), None
+    elif segment_ids_BT is not None:
+      raise ValueError("segment_ids_BT is for whole sequences; the cached path does not take it.")
     else:
       out_BTNH, new_cache = self._attend_cached(q_BTNH, k_BTKH, v_BTKH, cache, num_valid)
     return self.out(out_BTNH.reshape(B, T, -1)), new_cache
 
-  def _attend(self, q_BTNH, k_BTKH, v_BTKH):
+  def _attend(self, q_BTNH, k_BTKH, v_BTKH, segment_ids_BT=None):
     """Self-attention of one whole sequence (training, teacher-forced evaluation)."""
     c = self.config
     blocks = dict(block_size=c.block_size, blocks_per_step=c.blocks_per_step, **self._options())
     if c.num_sinks:
       blocks["num_sinks"] = c.num_sinks
+    if segment_ids_BT is not None:
+      blocks["segment_ids"] = segment_ids_BT
     if self.attention_fn is not None:
       return self.attention_fn(q_BTNH, k_BTKH, v_BTKH, self.window_size, **blocks)
     return attention.sliding_window_attention(
@@ -226,9 +236,11 @@ class Block(nnx.Module):
     act = jax.nn.silu if kind == "swiglu" else functools.partial(jax.nn.gelu, approximate=True)
     return self.mlp_out(act(self.mlp_gate(x_BTD)) * self.mlp_in(x_BTD))
 
-  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None):
+  def __call__(self, x_BTD, positions_BT, cache=None, num_valid=None, segment_ids_BT=None):
     """Returns (x [B, T, D], the layer's new cache or None); arguments as in Attention."""
-    attended_BTD, cache = self.attention(self.attention_norm(x_BTD), positions_BT, cache, num_valid)
+    attended_BTD, cache = self.attention(
+      self.attention_norm(x_BTD), positions_BT, cache, num_valid, segment_ids_BT
+    )
     if self.config.post_norms:
       attended_BTD = self.post_attention_norm(attended_BTD)
     x_BTD = x_BTD + attended_BTD
@@ -263,9 +275,15 @@ class Transformer(nnx.Module):
         config.d_model, config.vocab_size, use_bias=False, dtype=dtype, rngs=rngs
       )
 
-  def from_embeddings(self, x_BTD, positions_BT=None, cache=None, *, num_valid=None):
+  def from_embeddings(
+    self, x_BTD, positions_BT=None, cache=None, *, num_valid=None, segment_ids_BT=None
+  ):
     """The forward from input embeddings [B, T, D]; arguments and results as in __call__."""
     B, T, _ = x_BTD.shape
+    if cache is not None and segment_ids_BT is not None:
+      raise ValueError(
+        "segment_ids_BT (packed sequences) is for whole sequences, not a cached stream."
+      )
     if cache is not None:
       if positions_BT is not None:
         raise ValueError(
@@ -285,9 +303,12 @@ class Transformer(nnx.Module):
     new_cache = []
     for i, block in enumerate(self.blocks):
       if cache is None and self.config.remat:
-        x_BTD = nnx.remat(lambda blk, x, p: blk(x, p)[0])(block, x_BTD, positions_BT)
+        x_BTD = nnx.remat(lambda blk, x, p, s: blk(x, p, segment_ids_BT=s)[0])(
+          block, x_BTD, positions_BT, segment_ids_BT
+        )
       else:
-        x_BTD, layer = block(x_BTD, positions_BT, None if cache is None else cache[i], num_valid)
+        layer_cache = None if cache is None else cache[i]
+        x_BTD, layer = block(x_BTD, positions_BT, layer_cache, num_valid, segment_ids_BT)
         new_cache.append(layer)
     x_BTD = self.final_norm(x_BTD)
     if self.config.tie_embeddings:
@@ -298,7 +319,9 @@ class Transformer(nnx.Module):
       logits_BTV = attention.softcap(logits_BTV, self.config.final_softcap)
     return logits_BTV if cache is None else (logits_BTV, new_cache)
 
-  def __call__(self, tokens_BT, positions_BT=None, cache=None, *, num_valid=None):
+  def __call__(
+    self, tokens_BT, positions_BT=None, cache=None, *, num_valid=None, segment_ids_BT=None
+  ):
     """The one forward: whole sequences (training, evaluation) or a chunk of a cached stream.
 
     Args:
@@ -310,13 +333,20 @@ class Transformer(nnx.Module):
         cached keys as well as their own, and are written into it.
       num_valid: with a cache, how many leading tokens are real (default T); the rest is
         padding that is neither stored nor counted, so a padded last chunk keeps its shape.
+      segment_ids_BT: optional int [B, T], packed sequences (no cache): every attention layer
+        lets a token see only tokens of its own segment. With positions_BT restarting at 0 at
+        each segment (`segment_positions`), each segment's logits are those of running it alone.
 
     Returns:
       logits [B, T, V] float32 without a cache; (logits, new cache) with one. Logits of
       padding positions are meaningless.
     """
     return self.from_embeddings(
-      self.embed_tokens(tokens_BT), positions_BT, cache, num_valid=num_valid
+      self.embed_tokens(tokens_BT),
+      positions_BT,
+      cache,
+      num_valid=num_valid,
+      segment_ids_BT=segment_ids_BT,
     )
 
   def embed_tokens(self, tokens_BT):
@@ -341,6 +371,21 @@ class Transformer(nnx.Module):
     if self.config.embed_scale:
       x_BTD = x_BTD * jnp.asarray(self.config.d_model**0.5, dtype)
     return x_BTD
+
+
+def segment_positions(segment_ids_BT):
+  """int32 [B, T]: each token's position inside its segment (0 where a new segment starts).
+
+  A segment is a run of equal ids along T (numpy or jax arrays).
+  """
+  seg_BT = jnp.asarray(segment_ids_BT)
+  T = seg_BT.shape[-1]
+  index_BT = jnp.broadcast_to(jnp.arange(T, dtype=jnp.int32), seg_BT.shape)
+  starts_BT = jnp.concatenate(
+    [jnp.ones_like(seg_BT[..., :1], bool), seg_BT[..., 1:] != seg_BT[..., :-1]], axis=-1
+  )
+  start_BT = jax.lax.cummax(jnp.where(starts_BT, index_BT, 0), axis=seg_BT.ndim - 1)
+  return index_BT - start_BT
 
 
 def config_of(graphdef, params) -> ModelConfig:

@@ -17,6 +17,8 @@ from typing import Callable, Optional
 #   sinks          num_sinks (attention sinks: the first positions stay visible)
 #   sink_logits    sink_logits (learned sinks, one denominator logit per query head)
 #   logit_softcap  logit_softcap (Gemma 2: scaled logits become cap * tanh(logits / cap))
+#   segment_ids    segment_ids [B, T], k_segment_ids [B, S] int32 (packed sequences: a query sees
+#                  only the keys of its own segment, the window still applies); both always given
 #   block_size     block_size, blocks_per_step (tuning hints; dropped for those without it)
 # Any other declared name is a keyword option of that name, passed through **options. A call that
 # needs no placement (S == T, keys at the queries' positions >= 0) sends no offsets: an
@@ -28,6 +30,7 @@ SEMANTIC_FEATURES = (
   "sinks",
   "sink_logits",
   "logit_softcap",
+  "segment_ids",
 )
 
 

@@ -19,6 +19,8 @@ shard with q_offset = i * L: the keys [halo; local] end where the queries end,
 and halo rows before position 0 are padding by the one mask rule. The transpose
 of a ppermute is the reverse ppermute, so the backward pass sends the halo's key
 and value gradients back to the shards they came from: gradients are exact.
+Segment ids (packed sequences) are split like the sequence; the halo's key segment
+ids are sent with the halo.
 `sequence_parallel(mesh)` gives the model (and the trainer) that choice as an
 attention function.
 
@@ -171,6 +173,8 @@ def sequence_parallel_attention(
   seq_axis=SEQ_AXIS,
   data_axis=DATA_AXIS,
   local_implementation="auto",
+  segment_ids=None,
+  k_segment_ids=None,
   block_size=None,
   blocks_per_step=None,
 ):
@@ -195,7 +199,10 @@ def sequence_parallel_attention(
     data_axis: mesh axis the batch is split over, or None to replicate the batch; if B is not
       divisible by its size the batch is replicated.
     local_implementation: the per-shard implementation; it must support "tail_offsets" (cudnn,
-      pallas, chunked, reference; "auto" picks among those as for one device).
+      pallas, chunked, reference; "auto" picks among those as for one device), and
+      "segment_ids" when they are given (pallas, chunked, reference).
+    segment_ids, k_segment_ids: None, or int [B, T] segment ids of the queries and keys
+      (packed sequences): split like q, the halo's key segment ids travel with the halo.
     block_size, blocks_per_step: passed to the per-shard call.
 
   Returns:
@@ -227,11 +234,16 @@ def sequence_parallel_attention(
   spec = PartitionSpec(batch_axis, seq_axis)
   H = k_BTKH.shape[-1]
 
-  def per_shard(q_BLNH, k_BLKH, v_BLKD):
+  def per_shard(q_BLNH, k_BLKH, v_BLKD, *seg):
     # One ppermute per hop for keys and values together.
     kv_halo = _halo_from_left(jnp.concatenate([k_BLKH, v_BLKD], axis=-1), halo, seq_axis, P)
     k_BSKH = jnp.concatenate([kv_halo[..., :H], k_BLKH], axis=1)
     v_BSKD = jnp.concatenate([kv_halo[..., H:], v_BLKD], axis=1)
+    segments = {}
+    if seg:  # the halo keys' segment ids come from the same neighbours (halo rows < 0: masked)
+      q_seg_BL, k_seg_BL = seg
+      k_seg_BS = jnp.concatenate([_halo_from_left(k_seg_BL, halo, seq_axis, P), k_seg_BL], 1)
+      segments = dict(segment_ids=q_seg_BL, k_segment_ids=k_seg_BS)
     return attention.sliding_window_attention(
       q_BLNH,
       k_BSKH,
@@ -242,19 +254,21 @@ def sequence_parallel_attention(
       q_offset=jax.lax.axis_index(seq_axis) * L,
       block_size=block_size,
       blocks_per_step=blocks_per_step,
+      **segments,
     )
 
+  seg = () if segment_ids is None else (segment_ids, k_segment_ids)
   # check_vma off: kernels (Pallas calls, cuDNN's custom call) do not declare how their outputs
   # vary over the mesh axes; the halo exchange has no collective whose transpose depends on it.
   return jax.shard_map(
-    per_shard, mesh=mesh, in_specs=(spec, spec, spec), out_specs=spec, check_vma=False
-  )(q_BTNH, k_BTKH, v_BTKD)
+    per_shard, mesh=mesh, in_specs=(spec,) * (3 + len(seg)), out_specs=spec, check_vma=False
+  )(q_BTNH, k_BTKH, v_BTKD, *seg)
 
 
 attention.register(
   "sequence_parallel",
   sequence_parallel_attention,
-  features=("block_size", "mesh", "seq_axis", "data_axis", "local_implementation"),
+  features=("segment_ids", "block_size", "mesh", "seq_axis", "data_axis", "local_implementation"),
 )
 
 

@@ -9,7 +9,7 @@ Layout: splash takes one sequence with the heads first; here `make_splash_mqa` r
 heads that share a key/value head, vmapped over batch and key/value heads (GQA; G = 1 is plain
 multi-head attention). The logit scale is folded into q (splash has no scale argument). Any
 length: the sequence is padded at the end to a multiple of the block (padded keys come after every
-real query, so causality hides them).
+real query, so causality hides them). Segment ids (packed sequences) go to splash as SegmentIds.
 
 Off TPU the kernel runs in Pallas interpret mode (tests/test_splash.py checks it against the
 reference, forward and gradients, on CPU). Nothing here has been run on a TPU.
@@ -59,7 +59,16 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
 
 
 def splash_attention(
-  q_BTNH, k_BSKH, v_BSKD, window_size, scale, *, block_size=None, interpret=None
+  q_BTNH,
+  k_BSKH,
+  v_BSKD,
+  window_size,
+  scale,
+  *,
+  segment_ids=None,
+  k_segment_ids=None,
+  block_size=None,
+  interpret=None,
 ):
   """Sliding-window causal attention through TPU splash attention.
 
@@ -69,6 +78,9 @@ def splash_attention(
     v_BSKD: [B, T, K, H] values (splash needs D == H).
     window_size: w >= 1, or None for full causal attention.
     scale: logit scale.
+    segment_ids, k_segment_ids: None, or int [B, T] segment ids of the queries and keys (packed
+      sequences; splash's SegmentIds). Splash needs every query to see a key: with
+      k_segment_ids equal to segment_ids (the contract's default) each sees itself.
     block_size: the q and kv block of every splash kernel (a multiple of 128); default
       `default_block`.
     interpret: run in Pallas interpret mode; default: off TPU.
@@ -109,5 +121,12 @@ def splash_attention(
   q_BKGTH = q_BKGTH.transpose(0, 2, 3, 1, 4)
   k_BKSH = pad(k_BSKH).transpose(0, 2, 1, 3)
   v_BKSD = pad(v_BSKD).transpose(0, 2, 1, 3)
-  out_BKGTD = jax.vmap(jax.vmap(kernel))(q_BKGTH, k_BKSH, v_BKSD)
+  if segment_ids is None:
+    out_BKGTD = jax.vmap(jax.vmap(kernel))(q_BKGTH, k_BKSH, v_BKSD)
+  else:  # one SegmentIds per sequence, shared by its key/value heads; padding rows: -1
+    k_segment_ids = segment_ids if k_segment_ids is None else k_segment_ids
+    pad_seg = lambda x: jnp.pad(x, ((0, 0), (0, T_pad - T)), constant_values=-1)
+    seg_B = sa.SegmentIds(q=pad_seg(segment_ids), kv=pad_seg(k_segment_ids))
+    per_head = jax.vmap(lambda q, k, v, seg: kernel(q, k, v, segment_ids=seg), (0, 0, 0, None))
+    out_BKGTD = jax.vmap(per_head)(q_BKGTH, k_BKSH, v_BKSD, seg_B)
   return out_BKGTD.transpose(0, 3, 1, 2, 4).reshape(B, T_pad, N, D)[:, :T]

@@ -79,11 +79,17 @@ def create_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 def apply_step(state, batch, graphdef, optimizer, loss_fn):
   """One optimiser step of loss_fn(logits_BTV, batch) -> (loss, metrics); pure.
 
+  The model reads batch["inputs"], and batch["positions"] and batch["segment_ids"] where present.
+
   Returns (new_state, metrics): the loss's metrics plus loss and the grad/param/update norms.
   """
 
   def loss_of(params):
-    return loss_fn(nnx.merge(graphdef, params)(batch["inputs"]), batch)
+    # A batch of packed documents (text with data.segment_ids) also brings their ids and
+    # per-document positions.
+    model = nnx.merge(graphdef, params)
+    logits = model(batch["inputs"], batch.get("positions"), segment_ids_BT=batch.get("segment_ids"))
+    return loss_fn(logits, batch)
 
   (loss, metrics), grads = jax.value_and_grad(loss_of, has_aux=True)(state["params"])
   updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])

@@ -69,8 +69,9 @@ ADDED_FIELDS = {
   "model.final_softcap": None,
   "model.learned_sinks": False,
   "model.qk_norm": False,
-  "model.position_encoding": "rope",  # NoPE (2026-12-04)
-  "model.rope_scale": 1.0,  # position interpolation (2026-12-04)
+  "model.position_encoding": "rope",  # NoPE (2026-12-03)
+  "model.rope_scale": 1.0,  # position interpolation (2026-12-03)
+  "data.segment_ids": False,  # text: packed documents, attention inside each (2026-12-03)
 }
 LOCK_FILE = ".lock"
 EVENTS_LOG = "events.log"

@@ -211,3 +211,39 @@ def test_embedding_is_the_table_row_and_its_gradient_is_no_scatter(dtype):
   # Each row's gradient counts the row's tokens (d_model ones per use).
   grad = jax.grad(loss)(params)["embed"]["embedding"][...]
   np.testing.assert_array_equal(grad[:, 0], np.bincount(np.ravel(x), minlength=grad.shape[0]))
+
+
+@pytest.mark.parametrize("attention", ["chunked", "reference"])
+def test_packed_documents_give_each_document_its_own_logits(attention):
+  """Two documents packed into one row with segment ids and per-document positions give, per
+  document, the logits of running it alone (and remat changes nothing)."""
+  from swa.model import segment_positions
+
+  lengths = (13, 24)  # T = 37; both longer than the window (5) of every layer
+  for remat in (False, True):
+    model = make(dataclasses.replace(CONFIG, attention=attention, remat=remat))
+    docs = [tokens(1, n, seed=i + 1) for i, n in enumerate(lengths)]
+    seg_BT = jnp.asarray(np.repeat([0, 1], lengths)[None], jnp.int32)
+    positions_BT = segment_positions(seg_BT)
+    np.testing.assert_array_equal(positions_BT[0], np.r_[np.arange(13), np.arange(24)])
+    packed = model(jnp.concatenate(docs, axis=1), positions_BT, segment_ids_BT=seg_BT)
+    np.testing.assert_allclose(packed[:, :13], model(docs[0]), atol=2e-5, rtol=2e-5)
+    np.testing.assert_allclose(packed[:, 13:], model(docs[1]), atol=2e-5, rtol=2e-5)
+    # Without the segment ids the second document sees the end of the first.
+    assert (
+      np.abs(np.asarray(model(jnp.concatenate(docs, axis=1))[:, 13:] - packed[:, 13:])).max() > 1e-3
+    )
+
+
+def test_segment_positions_restart_at_each_segment():
+  from swa.model import segment_positions
+
+  seg = np.array([[0, 0, 1, 1, 1, 2], [5, 5, 5, 5, 7, 7]])
+  np.testing.assert_array_equal(segment_positions(seg), [[0, 1, 0, 1, 2, 0], [0, 1, 2, 3, 0, 1]])
+
+
+def test_segment_ids_with_a_cache_are_refused():
+  model = make()
+  cache = cache_lib.init_cache(CONFIG, 1, 16)
+  with pytest.raises(ValueError, match="segment_ids_BT .* not a cached stream"):
+    model(tokens(1, 4), cache=cache, segment_ids_BT=jnp.zeros((1, 4), jnp.int32))

@@ -49,6 +49,10 @@ ATTENTION_CASES = [
   ("data4_seq2_w45_whole_prefix", "data:4,seq:2", 45, "chunked", {}),
   ("data4_seq2_w20_reference", "data:4,seq:2", 20, "reference", {}),
   ("data4_seq2_w13_pallas", "data:4,seq:2", 13, "pallas", {}),
+  # Packed sequences: segments cross the shard boundaries, so the halo's segment ids matter.
+  ("seq8_w20_segments", "seq:8", 20, "chunked", {"segments": True}),
+  ("seq8_w20_segments_pallas", "seq:8", 20, "pallas", {"segments": True}),
+  ("data2_seq4_w37_segments_reference", "data:2,seq:4", 37, "reference", {"segments": True}),
 ]
 # (name, mesh, per-layer windows): two train steps with plain data parallelism, and with
 # sequence parallelism where one layer's window fits a shard and the other spans 2-3.
@@ -77,6 +81,11 @@ def _attention_case(mesh_spec, window, implementation, extra):
   if extra.get("rank3"):
     q, k, v, ct = q[:, :, 0], k[:, :, 0], v[:, :, 0], ct[:, :, 0]
   kwargs = {n: extra[n] for n in ("block_size", "blocks_per_step") if n in extra}
+  segments = {}
+  if extra.get("segments"):  # segments of 5, 1, 20, 11, ... tokens, different per row
+    lengths = np.resize([5, 1, 20, 11, 3, 24], T + 3 * B)
+    ids = np.repeat(np.arange(lengths.size), lengths)
+    segments = dict(segment_ids=jnp.asarray(np.stack([ids[3 * b : 3 * b + T] for b in range(B)])))
 
   def value_and_grads(fn, q, k, v):
     out, vjp = jax.vjp(fn, q, k, v)
@@ -93,6 +102,7 @@ def _attention_case(mesh_spec, window, implementation, extra):
         mesh=mesh,
         local_implementation=implementation,
         **kwargs,
+        **segments,
       ),
       q,
       k,
@@ -102,7 +112,7 @@ def _attention_case(mesh_spec, window, implementation, extra):
   single = jax.jit(
     lambda q, k, v: value_and_grads(
       lambda q, k, v: attention.sliding_window_attention(
-        q, k, v, window, implementation="reference"
+        q, k, v, window, implementation="reference", **segments
       ),
       q,
       k,

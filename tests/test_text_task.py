@@ -175,3 +175,72 @@ def test_every_text_config_loads_and_validates():
     config = importlib.import_module(f"configs.{name}").get_config()
     train_lib.validate_config(config)
     assert config.task == "text" and config.model.vocab_size == corpora.VOCAB_SIZE
+
+
+def test_document_segments_start_at_each_sep():
+  S = corpora.SEP_ID
+  inputs = np.array([[7, 8, S, 9, 9, S, S, 1], [S, 1, 2, 3, 4, 5, 6, 7]])
+  segment_ids, positions = text.document_segments(inputs)
+  np.testing.assert_array_equal(segment_ids, [[0, 0, 1, 1, 1, 2, 3, 3], [1, 1, 1, 1, 1, 1, 1, 1]])
+  np.testing.assert_array_equal(positions, [[0, 1, 0, 1, 2, 0, 0, 1], np.arange(8)])
+  assert segment_ids.dtype == positions.dtype == np.int32
+  tokens = np.r_[np.arange(10), S, np.arange(10)].astype(np.int32)
+  batch = text.make_windows(tokens, [0, 5], 12, segment_ids=True)
+  assert set(batch) == {"inputs", "targets", "segment_ids", "positions"}
+  np.testing.assert_array_equal(batch["segment_ids"][1], np.repeat([0, 1], [5, 7]))
+  assert set(text.make_windows(tokens, [0], 12)) == {"inputs", "targets"}  # off: as before
+
+
+def test_packed_documents_are_scored_as_if_each_ran_alone():
+  """With segment ids a window that holds a SEP gives, on each side of it, the losses of that
+  piece run alone: no window crosses the document boundary (without ids it does)."""
+  graphdef, params = _model()
+  tokens = corpora.stream("kjv", "validation")
+  sep = int(np.flatnonzero(tokens == corpora.SEP_ID)[0])
+  start = sep - 20  # the window's inputs: 20 bytes of one document, then SEP and the next one
+  packed = text.make_windows(tokens, [start], 64, segment_ids=True)
+  losses = lambda w, **kw: text_eval.position_losses(
+    graphdef, params, w["inputs"], w["targets"], 1, **kw
+  )[0]
+  got = losses(packed, segment_ids_NT=packed["segment_ids"], positions_NT=packed["positions"])
+  before = losses(text.make_windows(tokens, [start], 20))
+  after = losses(text.make_windows(tokens, [sep], 44))
+  np.testing.assert_allclose(got, np.r_[before, after], atol=2e-5)
+  assert np.abs(losses(packed)[20:] - after).max() > 1e-3  # plain packing sees across
+
+
+def test_training_with_packed_documents(tmp_path):
+  config = small_config(num_steps=3, log_every_steps=1, checkpoint_every_steps=3)
+  config.data.segment_ids = True
+  task = tasks.get_task("text", config)
+  assert task.batch_keys == ("inputs", "targets", "segment_ids", "positions")
+  summary = train_lib.train_and_evaluate(config, str(tmp_path))
+  assert summary["segment_ids"] is True and np.isfinite(summary["loss"])
+  assert tasks.get_task("text", small_config()).batch_keys == ("inputs", "targets")
+
+
+@pytest.mark.parametrize(
+  "changes, message",
+  [
+    ({"data.segment_ids": 1}, "data.segment_ids=1 must be True or False"),
+    ({"data.segment_ids": True, "data.sink_token": True}, "data.segment_ids=True takes no sink"),
+    ({"data.segment_ids": True, "model.num_sinks": 1}, "data.segment_ids=True takes no sink"),
+  ],
+)
+def test_packed_documents_config_errors(changes, message):
+  config = small_config()
+  with config.ignore_type():
+    for key, value in changes.items():
+      section, _, field = key.rpartition(".")
+      setattr(config[section], field, value)
+  with pytest.raises(ValueError, match=message):
+    train_lib.validate_config(config)
+
+
+def test_a_workdir_from_before_segment_ids_still_resumes():
+  from swa import workdir as workdir_lib
+
+  saved = {"data.seq_len": 256}
+  workdir_lib.check_config(saved, {**saved, "data.segment_ids": False}, "w")
+  with pytest.raises(workdir_lib.ConfigMismatchError, match="data.segment_ids: false -> true"):
+    workdir_lib.check_config(saved, {**saved, "data.segment_ids": True}, "w")

@@ -8,6 +8,14 @@ window[1:]. With data.sink_token the input at position 0 is SINK_ID instead of t
 byte; the targets stay the same, so every model is scored on the same bytes (the sink model sees
 one byte less of context, at position 0 only).
 
+Packed documents (data.segment_ids): each window's documents become packed sequences. SEP starts a
+document (it plays the beginning-of-document token; the byte before it predicts it as the end of
+its own document), so an input's segment is the number of SEPs at or before it in the window
+(`document_segments`), and positions restart at 0 at each one. The batch then carries
+"segment_ids" and "positions" as well, the model attends only inside each document (no window
+crosses a SEP) and every document is scored as if it were run alone from its SEP on. The targets
+are the same bytes either way; only the first, partial document of a window has no SEP in front.
+
 Loss: the mean next-byte cross-entropy over every position (float32 log-softmax,
 text_eval.token_losses); bits/byte = loss / ln 2 is logged beside it.
 
@@ -40,14 +48,32 @@ def text_loss(logits_BTV, batch):
   return loss, {"bits_per_byte": loss / LN2, "accuracy": accuracy}
 
 
-def make_windows(tokens, offsets, seq_len, sink_token=False):
-  """{"inputs", "targets"} int32 [len(offsets), seq_len] of the windows starting at `offsets`."""
+def document_segments(inputs_NT):
+  """(segment_ids, positions) int32 [N, T] of windows of a packed stream (the module docstring).
+
+  A SEP input starts a new document: segment = the number of SEPs at or before each position;
+  position = the distance from the start of its document (or of the window).
+  """
+  inputs_NT = np.asarray(inputs_NT)
+  starts_NT = inputs_NT == corpora.SEP_ID
+  segment_ids = np.cumsum(starts_NT, axis=1, dtype=np.int32)
+  index_NT = np.broadcast_to(np.arange(inputs_NT.shape[1], dtype=np.int32), inputs_NT.shape)
+  start_NT = np.maximum.accumulate(np.where(starts_NT, index_NT, 0), axis=1)
+  return segment_ids, (index_NT - start_NT).astype(np.int32)
+
+
+def make_windows(tokens, offsets, seq_len, sink_token=False, segment_ids=False):
+  """{"inputs", "targets"} int32 [len(offsets), seq_len] of the windows starting at `offsets`;
+  with segment_ids also their documents' "segment_ids" and "positions" (`document_segments`)."""
   index_NT = np.asarray(offsets, np.int64)[:, None] + np.arange(seq_len + 1)
   windows = np.asarray(tokens, np.int32)[index_NT]
   inputs = windows[:, :-1].copy()
   if sink_token:
     inputs[:, 0] = corpora.SINK_ID
-  return {"inputs": inputs, "targets": windows[:, 1:]}
+  batch = {"inputs": inputs, "targets": windows[:, 1:]}
+  if segment_ids:
+    batch["segment_ids"], batch["positions"] = document_segments(inputs)
+  return batch
 
 
 def check_stream_length(tokens, seq_len, what):
@@ -69,21 +95,27 @@ def validation_windows(config):
   tokens = corpora.stream(d.corpus, "validation")
   check_stream_length(tokens, d.seq_len, f"the {d.corpus} validation split")
   offsets = eval_offsets(tokens.size, d.seq_len, config.eval.num_windows)
-  return make_windows(tokens, offsets, d.seq_len, d.sink_token)
+  return make_windows(tokens, offsets, d.seq_len, d.sink_token, packed_documents(config))
+
+
+def packed_documents(config):
+  """config.data.segment_ids (False for a config from before the field)."""
+  return bool(config.data.get("segment_ids", False))
 
 
 class TextBatches:
   """Resumable training batches of random windows (the module docstring): state {"step"}."""
 
-  def __init__(self, tokens, *, seq_len, batch_size, seed, sink_token=False):
+  def __init__(self, tokens, *, seq_len, batch_size, seed, sink_token=False, segment_ids=False):
     self.tokens, self.seq_len, self.batch_size = tokens, seq_len, batch_size
     self.seed, self.sink_token, self.step = seed, sink_token, 0
+    self.segment_ids = segment_ids
 
   def __next__(self):
     rng = np.random.default_rng([self.seed, self.step])
     offsets = rng.integers(0, self.tokens.size - self.seq_len, size=self.batch_size)
     self.step += 1
-    return make_windows(self.tokens, offsets, self.seq_len, self.sink_token)
+    return make_windows(self.tokens, offsets, self.seq_len, self.sink_token, self.segment_ids)
 
   def get_state(self):
     return {"step": self.step}
@@ -104,6 +136,8 @@ class TextTask:
   feedback = False
 
   def __init__(self, config=None):
+    if config is not None and packed_documents(config):  # the model reads these too
+      self.batch_keys = ("inputs", "targets", "segment_ids", "positions")
     self.position_loss = None  # [T] mean loss by position of the last evaluation
     self.loss_sd = None  # standard deviation of one byte's loss in it (nats)
 
@@ -115,6 +149,14 @@ class TextTask:
     check_int("eval.batch_size", e.batch_size, 1)
     if not isinstance(d.sink_token, bool):
       raise ValueError(f"data.sink_token={d.sink_token!r} must be True or False.")
+    packed = d.get("segment_ids", False)
+    if not isinstance(packed, bool):
+      raise ValueError(f"data.segment_ids={packed!r} must be True or False.")
+    if packed and (d.sink_token or config.model.num_sinks):
+      raise ValueError(
+        "data.segment_ids=True takes no sink (data.sink_token, model.num_sinks): a window's sink "
+        "would serve only its first document."
+      )
     if config.model.vocab_size != corpora.VOCAB_SIZE:
       raise ValueError(
         f"model.vocab_size={config.model.vocab_size!r} must be {corpora.VOCAB_SIZE} for "
@@ -131,6 +173,7 @@ class TextTask:
       batch_size=d.batch_size,
       seed=config.seed,
       sink_token=d.sink_token,
+      segment_ids=packed_documents(config),
     )
 
   def loss(self, logits_BTV, batch):
@@ -143,7 +186,13 @@ class TextTask:
     """Validation loss on the fixed windows: {"bits_per_byte", "loss"}."""
     windows = validation_windows(config)
     losses_NT = text_eval.position_losses(
-      graphdef, params, windows["inputs"], windows["targets"], config.eval.batch_size
+      graphdef,
+      params,
+      windows["inputs"],
+      windows["targets"],
+      config.eval.batch_size,
+      segment_ids_NT=windows.get("segment_ids"),
+      positions_NT=windows.get("positions"),
     )
     self.position_loss, self.loss_sd = losses_NT.mean(0), float(losses_NT.std())
     loss = float(losses_NT.mean())
@@ -166,6 +215,7 @@ class TextTask:
       "num_layers": model.num_layers,
       "num_sinks": model.num_sinks,
       "sink_token": config.data.sink_token,
+      "segment_ids": packed_documents(config),
       "seed": config.seed,
       "num_params": num_params,
       "eval_windows": config.eval.num_windows,

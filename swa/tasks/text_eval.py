@@ -33,14 +33,18 @@ def token_losses(logits_BTV, targets_BT):
 
 
 @functools.partial(jax.jit, static_argnames="graphdef")
-def _batch_losses(graphdef, params, inputs_BT, targets_BT):
-  return token_losses(nnx.merge(graphdef, params)(inputs_BT), targets_BT)
+def _batch_losses(graphdef, params, inputs_BT, targets_BT, positions_BT=None, segment_ids_BT=None):
+  logits_BTV = nnx.merge(graphdef, params)(inputs_BT, positions_BT, segment_ids_BT=segment_ids_BT)
+  return token_losses(logits_BTV, targets_BT)
 
 
-def position_losses(graphdef, params, inputs_NT, targets_NT, batch_size):
+def position_losses(
+  graphdef, params, inputs_NT, targets_NT, batch_size, *, segment_ids_NT=None, positions_NT=None
+):
   """float32 numpy [N, T]: the loss at every position of N windows, batch_size at a time.
 
-  The last batch is padded to batch_size (one compilation), its padding dropped.
+  The last batch is padded to batch_size (one compilation), its padding dropped. segment_ids_NT
+  and positions_NT (packed documents, text.document_segments) go to the model with the inputs.
   """
   check_int("batch_size", batch_size, 1)
   inputs_NT, targets_NT = np.asarray(inputs_NT, np.int32), np.asarray(targets_NT, np.int32)
@@ -48,7 +52,10 @@ def position_losses(graphdef, params, inputs_NT, targets_NT, batch_size):
   out = []
   for start in range(0, n, batch_size):
     rows = np.arange(start, start + batch_size) % n  # pads the last batch with earlier rows
-    losses = _batch_losses(graphdef, params, inputs_NT[rows], targets_NT[rows])
+    extra = [
+      None if x is None else np.asarray(x, np.int32)[rows] for x in (positions_NT, segment_ids_NT)
+    ]
+    losses = _batch_losses(graphdef, params, inputs_NT[rows], targets_NT[rows], *extra)
     out.append(np.asarray(losses)[: min(batch_size, n - start)])
   return np.concatenate(out) if out else np.zeros((0, inputs_NT.shape[1]), np.float32)
 

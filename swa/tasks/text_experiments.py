@@ -100,7 +100,15 @@ def shrink_rows(run, workdir, windows, batch_size):
   rows = []
   for w in list(windows) + [None]:
     g = text_eval.with_windows(graphdef, params, w)
-    losses = text_eval.position_losses(g, params, val["inputs"], val["targets"], batch_size)
+    losses = text_eval.position_losses(
+      g,
+      params,
+      val["inputs"],
+      val["targets"],
+      batch_size,
+      segment_ids_NT=val.get("segment_ids"),
+      positions_NT=val.get("positions"),
+    )
     rows.append(
       text_analysis.ShrinkRow(
         run=run.run,
