@@ -19,8 +19,6 @@ shard with q_offset = i * L: the keys [halo; local] end where the queries end,
 and halo rows before position 0 are padding by the one mask rule. The transpose
 of a ppermute is the reverse ppermute, so the backward pass sends the halo's key
 and value gradients back to the shards they came from: gradients are exact.
-Segment ids (packed sequences) are split like the sequence; the halo's key segment
-ids are sent with the halo.
 `sequence_parallel(mesh)` gives the model (and the trainer) that choice as an
 attention function.
 
@@ -199,10 +197,9 @@ def sequence_parallel_attention(
     data_axis: mesh axis the batch is split over, or None to replicate the batch; if B is not
       divisible by its size the batch is replicated.
     local_implementation: the per-shard implementation; it must support "tail_offsets" (cudnn,
-      pallas, chunked, reference; "auto" picks among those as for one device), and
-      "segment_ids" when they are given (pallas, chunked, reference).
-    segment_ids, k_segment_ids: None, or int [B, T] segment ids of the queries and keys
-      (packed sequences): split like q, the halo's key segment ids travel with the halo.
+      pallas, chunked, reference; "auto" picks as for one device; with segment ids: no cudnn).
+    segment_ids, k_segment_ids: None, or int [B, T] ids (packed sequences); split like q, the
+      halo's key ids travel with the halo.
     block_size, blocks_per_step: passed to the per-shard call.
 
   Returns:
@@ -241,9 +238,8 @@ def sequence_parallel_attention(
     v_BSKD = jnp.concatenate([kv_halo[..., H:], v_BLKD], axis=1)
     segments = {}
     if seg:  # the halo keys' segment ids come from the same neighbours (halo rows < 0: masked)
-      q_seg_BL, k_seg_BL = seg
-      k_seg_BS = jnp.concatenate([_halo_from_left(k_seg_BL, halo, seq_axis, P), k_seg_BL], 1)
-      segments = dict(segment_ids=q_seg_BL, k_segment_ids=k_seg_BS)
+      k_seg_BS = jnp.concatenate([_halo_from_left(seg[1], halo, seq_axis, P), seg[1]], 1)
+      segments = dict(segment_ids=seg[0], k_segment_ids=k_seg_BS)
     return attention.sliding_window_attention(
       q_BLNH,
       k_BSKH,
