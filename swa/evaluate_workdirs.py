@@ -32,8 +32,16 @@ class Run:
 
 
 def model_names(workdirs):
-  """Short unique names: the workdir's last component, or the whole path when they clash."""
-  names = [os.path.basename(os.path.normpath(w)) for w in workdirs]
+  """Short unique names: the workdir's last component ("w128"), with its parent's when that is
+  only a seed ("tiny/seed=1", so seeds of one model group as "tiny"), or the whole path when
+  names clash."""
+
+  def short(workdir):
+    parent, last = os.path.split(os.path.normpath(workdir))
+    only_seed = rows.strip_seed(last) == last and rows.seed_of(last) is not None
+    return os.path.join(os.path.basename(parent), last) if only_seed and parent else last
+
+  names = [short(w) for w in workdirs]
   return [n if names.count(n) == 1 else w for n, w in zip(names, workdirs)]
 
 

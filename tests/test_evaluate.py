@@ -152,6 +152,27 @@ def _rows(model, window, reach, accuracies, start=50, step=10):
   )
 
 
+def test_model_names_group_seed_folders_by_their_parent():
+  names = evaluate_workdirs.model_names(
+    [
+      "w/tiny1500/seed=0",
+      "w/tiny750/seed=0",
+      "w/tiny750/seed=1",
+      "s/window_size=128,seed=1",
+      "w128",
+    ]
+  )
+  assert names == [
+    "tiny1500/seed=0",
+    "tiny750/seed=0",
+    "tiny750/seed=1",
+    "window_size=128,seed=1",
+    "w128",
+  ]
+  assert [rows_lib.strip_seed(n) for n in names[:3]] == ["tiny1500", "tiny750", "tiny750"]
+  assert evaluate_workdirs.model_names(["a/w128", "b/w128"]) == ["a/w128", "b/w128"]
+
+
 def test_format_accuracy_table():
   table = evaluate.format_accuracy_table({100: 0.0, 42: 0.96875}, 93).splitlines()
   assert table == [
