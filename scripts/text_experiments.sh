@@ -23,19 +23,12 @@
 # Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
 # (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
 #
-# Time (an estimate from a CPU timing and an H200 measurement, not a GPU run of this script).
-# Measured on the 2-core CPU box (shared), 2026-12-03: one step of text_w128.py (8 x 4096 tokens,
-# 4.86M parameters) took ~38 s after compilation (python train.py --config=configs/text_w128.py
-# --config.num_steps=6: steps 3 -> 4), i.e. ~1.0 TFLOP per step (6 x params x tokens + the band
-# attention) at ~27 GFLOP/s. The CPU says little about a GPU, so the GPU side is scaled from
-# results/step_rate_h200: 8.94M tokens/s for the 3.2M-parameter passkey model = ~170 TFLOP/s
-# effective. At that rate a windowed run's 400 steps take ~2.5 s of compute and a full-attention
-# run (causal T = 4096 attention, +1.2 TFLOP per step) ~5 s: ~100 s for all 30 runs if the
-# GPU is shared perfectly. What dominates is per-process start-up and compilation (~30-60 s each,
-# on the host's cores, overlapped 8 at a time): ~4 waves x ~1 min = ~4-5 min of training. Then
-# eval_text: inference windows (2 corpora x {full, w1024} x 6 windows, one compilation each, ~3 s)
-# ~1.5 min; streaming (8 streams of 1.5M tokens in 1024-token chunks, each chunk a few ms) ~1 min.
-# Total ~7-8 min; if it runs long, STEPS=300 or PARALLEL=10 (or rerun: finished runs are kept).
+# Time, measured on one H200 (results/text/README.md, 2026-12-03): 8 runs at a time, sharing the
+# GPU with a passkey sweep, each run took 190-245 s (start-up and compilation on the host's cores
+# dominate); 39 of the 54 runs finished in 966 s, so all 54 take ~22 min there, less alone. Four
+# kjv runs alone (ONLY=..., PARALLEL=4) with their shrink and stream evaluation: 144 s; three
+# stdlib runs with the stream evaluation: 105 s. A machine call of 10 minutes holds ~20 runs:
+# split the campaign with ONLY (finished runs are kept and skipped), or STEPS=300.
 #
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
