@@ -4,8 +4,9 @@
 
 750 steps at learning rate 5e-3 with the curriculum over the first half of them (since 2026-12-03,
 second change): about half the wall time of the 1,500 steps at 3e-3 with a 70 % curriculum before
-it, with the same sharp wall (results/tiny_cpu/README.md, "750 steps": 5 seeds of this recipe
-beside the old one, fine evaluation near the reach).
+it; the wall is as sharp on 3 of 5 seeds and 2-3 tokens earlier on the other 2
+(results/tiny_cpu/README.md, "750 steps": 5 seeds of this recipe beside the old one, fine
+evaluation near the reach).
 
 Context T = 128 (training distances stop at the reach, data.cap_at_reach, so 128 holds every one
 of them; distances to 108 are evaluated) and chunked attention in query blocks of 32: 3.1-3.2
