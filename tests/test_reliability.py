@@ -376,12 +376,15 @@ def test_bad_inputs_end_in_one_line(straight, tmp_path):
   """Each user mistake: exit 1 and one line `error: ...` on stderr naming what was given."""
   a_file = tmp_path / "a_file"
   a_file.write_text("")
+  # The cases run at once, and each trainer locks its workdir: every case that reuses the
+  # finished run gets its own copy, or all but one would be refused for the lock instead.
+  done = [copy_run(straight, tmp_path / f"done{i}") for i in range(3)]
   cases = [  # (arguments, what the one line must contain)
     (
-      (f"--workdir={straight}", *ARGS, "--config.model.window_size=16"),
+      (f"--workdir={done[0]}", *ARGS, "--config.model.window_size=16"),
       "model.window_size: [8, 8] -> [16, 16]); use a new --workdir",
     ),
-    ((f"--workdir={straight}", *ARGS, "--config.num_steps=9"), "--allow_change=num_steps"),
+    ((f"--workdir={done[1]}", *ARGS, "--config.num_steps=9"), "--allow_change=num_steps"),
     (
       (f"--workdir={tmp_path / 'w1'}", *ARGS, "--config.data.seq_len=8"),
       "data.seq_len=8 is too short",
@@ -401,7 +404,7 @@ def test_bad_inputs_end_in_one_line(straight, tmp_path):
       "Loss became nan at step 2; stopping.",
     ),
     (
-      (f"--workdir={straight}", *ARGS, "--allow_change=model.d_model"),
+      (f"--workdir={done[2]}", *ARGS, "--allow_change=model.d_model"),
       "--allow_change=model.d_model: only num_steps",
     ),
   ]
@@ -431,7 +434,8 @@ def test_bad_inputs_end_in_one_line(straight, tmp_path):
     last = err.strip().splitlines()[-1]
     assert proc.returncode == 1 and last.startswith("error: ") and expected in last, (args, err)
     assert "Traceback" not in err, err
-  assert sorted(os.listdir(os.path.join(straight, "checkpoints"))) == ["3", "6"]
+  for workdir in done:  # refused runs leave the finished run as it was
+    assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["3", "6"]
 
 
 # Issue 28: one run per workdir, checksummed checkpoints, data states, full disks, quiet fallbacks.
