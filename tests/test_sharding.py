@@ -1,12 +1,14 @@
 """Data and sequence parallelism (swa/sharding.py) against the single-device computation.
 
 Multi-device checks need 8 CPU devices, i.e. XLA_FLAGS set before JAX starts, so
-they run in one child process (this file with --child), started with the file's
-first test, that prints one JSON line per case; each case is a test here that
-reads its line. Single-device checks (the per-shard call on hand-made halos,
-mesh specs, the multi-host launch rules) run in this process meanwhile.
+they run in one child process (this file with --child), once per test session
+(pytest-xdist's workers share its results through a file), that prints one JSON
+line per case; each case is a test here that reads its line. Single-device checks
+(the per-shard call on hand-made halos, mesh specs, the multi-host launch rules)
+run in this process.
 """
 
+import fcntl
 import json
 import os
 import subprocess
@@ -238,46 +240,51 @@ def _child():
 # ----------------------------------------------------------------- the parent
 
 
-@pytest.fixture(scope="module", autouse=True)
-def child_process(request):
-  """Starts the child with the file's first test, so it works while the others run here."""
-  if not any("child_results" in item.fixturenames for item in request.session.items):
-    yield None  # No multi-device test selected.
-    return
+def _run_child():
+  """The child's results by case name, or a failure message."""
   env = dict(
     os.environ,
     JAX_PLATFORMS="cpu",
     XLA_FLAGS=f"--xla_force_host_platform_device_count={NUM_DEVICES}",
     PYTHONPATH=os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")])),
   )
-  child = subprocess.Popen(
-    [sys.executable, os.path.abspath(__file__), "--child"],
-    cwd=REPO,
-    env=env,
-    stdout=subprocess.PIPE,
-    stderr=subprocess.PIPE,
-    text=True,
-  )
-  yield child
-  if child.poll() is None:
-    child.kill()
-    child.communicate()
-
-
-@pytest.fixture(scope="module")
-def child_results(child_process):
   try:
-    stdout, stderr = child_process.communicate(timeout=600)
+    child = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), "--child"],
+      cwd=REPO,
+      env=env,
+      capture_output=True,
+      text=True,
+      timeout=600,
+    )
   except subprocess.TimeoutExpired:
-    pytest.fail("the multi-device child ran for over 600 s")
+    return {"failure": "the multi-device child ran for over 600 s"}
   results = {}
-  for line in stdout.splitlines():
+  for line in child.stdout.splitlines():
     if line.startswith("RESULT "):
       row = json.loads(line[len("RESULT ") :])
       results[row["case"]] = row
-  if child_process.returncode or not results:
-    pytest.fail(f"child exited with {child_process.returncode}:\n{stderr[-3000:]}")
-  return results
+  if child.returncode or not results:
+    return {"failure": f"child exited with {child.returncode}:\n{child.stderr[-3000:]}"}
+  return {"results": results}
+
+
+@pytest.fixture(scope="module")
+def child_results(tmp_path_factory, worker_id):
+  """The child's results, run once per test session: under pytest-xdist the first worker to
+  need them runs the child while holding a lock, the others wait for it and read its file."""
+  shared = tmp_path_factory.getbasetemp()
+  if worker_id != "master":
+    shared = shared.parent  # the session's folder, above each worker's own
+  path = shared / "sharding_child.json"
+  with open(shared / "sharding_child.lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    if not path.exists():
+      path.write_text(json.dumps(_run_child()))
+  outcome = json.loads(path.read_text())
+  if "failure" in outcome:
+    pytest.fail(outcome["failure"])
+  return outcome["results"]
 
 
 def _value(results, name):
