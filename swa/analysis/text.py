@@ -58,6 +58,9 @@ class TextRun:
   eval_windows: int
   python: str
   train_sha256: str
+  # The corpus as the run recorded it (eval.json's "corpus", JSON): source and each split's
+  # documents, tokens and sha256; the report's header quotes it.
+  corpus_record: str = dataclasses.field(default="{}", repr=False, compare=False)
   loss_by_position: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
   @property
@@ -129,6 +132,7 @@ def read_run(workdir):
     eval_windows=e["eval_windows"],
     python=e["corpus"]["python"],
     train_sha256=e["corpus"]["splits"]["train"]["sha256"],
+    corpus_record=json.dumps(e["corpus"], sort_keys=True),
     loss_by_position=tuple(e["loss_by_position"]),
   )
 

@@ -70,6 +70,19 @@ class EvalTextSettings:
       raise ValueError("--workdirs is empty: pass run folders or a folder of runs.")
 
 
+_SPLIT_ORDER = ("train", "validation", "test")
+
+
+def _splits(record):
+  """A corpus record (JSON of corpora.corpus_info) as one line: source; each split's size, hash."""
+  info = json.loads(record)
+  splits = ", ".join(
+    f"{s} {v['documents']} docs / {v['tokens']:,} tokens / sha256 {v['sha256'][:16]}"
+    for s, v in sorted(info["splits"].items(), key=lambda kv: _SPLIT_ORDER.index(kv[0]))
+  )
+  return f"{info['source']}; {splits}"
+
+
 def find_workdirs(paths):
   """Training workdirs (folders with config.json) among paths: each a run, a folder of runs or a
   glob. One-line ValueError for a path that is neither."""
@@ -229,17 +242,21 @@ def run(settings: EvalTextSettings, command: Optional[str] = None):
   if not runs:
     raise ValueError(f"No finished text run among {len(paths)} workdir(s).")
   notes = [f"Runs: {len(runs)} finished ({len(skipped)} skipped)."]
+  local = bool({"shrink", "stream"} & set(settings.experiments))  # they read this machine's corpus
   for corpus in sorted({r.corpus for r in runs}):
-    info = corpora.corpus_info(corpus)
-    if {r.train_sha256 for r in runs if r.corpus == corpus} != {info["splits"]["train"]["sha256"]}:
-      notes.append(
-        f"WARNING: some {corpus} runs were trained on another train split than this Python's."
-      )
-    splits = ", ".join(
-      f"{s} {v['documents']} docs / {v['tokens']:,} tokens / sha256 {v['sha256'][:16]}"
-      for s, v in info["splits"].items()
-    )
-    notes.append(f"Corpus {corpus}: {info['source']}; {splits}.")
+    records = sorted({r.corpus_record for r in runs if r.corpus == corpus})
+    for i, record in enumerate(records):  # what the runs trained on, not this machine's corpus
+      which = "" if len(records) == 1 else f" (form {i + 1} of {len(records)}: the runs differ)"
+      notes.append(f"Corpus {corpus} as its runs recorded it{which}: {_splits(record)}.")
+    if local:
+      info = corpora.corpus_info(corpus)
+      if {r.train_sha256 for r in runs if r.corpus == corpus} != {
+        info["splits"]["train"]["sha256"]
+      }:
+        notes.append(
+          f"WARNING: shrink and stream read this machine's {corpus} corpus, which is not the one "
+          f"every run was trained on: {_splits(json.dumps(info))}."
+        )
   shrink, stream = [], []
   if "shrink" in settings.experiments:
     seed0 = min(r.seed for r in runs)
