@@ -2,7 +2,8 @@
 
   python train.py --config=configs/text_mix.py --config.data.corpus=stdlib
 
-Not yet measured on a GPU (2026-12-03): scripts/text_experiments.sh runs it on both corpora.
+Measured (results/text/, one H200, 3 seeds, 400 steps): validation bits/byte 1.595 kjv / 1.641
+stdlib, level with w128 (scripts/text_experiments.sh runs it).
 """
 
 from configs import text_base

@@ -6,7 +6,8 @@ model.num_sinks = 1 keeps position 0 visible in every layer (batch and cache); d
 puts SINK (257) there in every window, whose embedding the model learns (swa/tasks/text.py).
 Attention is "pallas": of the kernels only Pallas takes sinks, and `auto` would fall back to the
 dense reference, whose 8 x 8 x 4096^2 float32 scores per layer (4.3 GB) do not fit a shared GPU.
-Not yet measured on a GPU (2026-12-03): scripts/text_experiments.sh runs it on both corpora.
+Measured (results/text/, one H200, 3 seeds, 400 steps): validation bits/byte 1.604 kjv / 1.642
+stdlib, level with w128 (scripts/text_experiments.sh runs it).
 """
 
 from configs import text_base

@@ -23,13 +23,12 @@
 # Resumable: a run with eval.json is skipped; an unfinished one resumes from its newest checkpoint
 # (train.py resumes a workdir; checkpoints every 200 steps); start the same command again.
 #
-# Time, measured on one H200 (results/text/README.md, 2026-12-03): 8 runs at a time, sharing the
-# GPU with a passkey sweep, each run took 190-245 s (start-up and compilation on the host's cores
-# dominate); 39 of the 54 runs finished in 966 s, so all 54 take ~22 min there, less alone. Four
-# kjv runs alone (ONLY=..., PARALLEL=4) with their shrink and stream evaluation: 144 s; three
-# stdlib runs with the stream evaluation: 105 s. A machine call of 10 minutes holds ~20 runs:
-# split the campaign with ONLY (finished runs are kept and skipped), or STEPS=300.
-#
+# Time, measured on one H200 (results/text/README.md): start-up and compilation on the host's 16
+# cores dominate, so more runs at once are slower each. 2026-12-03: 8 runs at a time beside a
+# passkey sweep, 190-245 s a run, 39 of the 54 runs in 966 s. 2026-12-04: 6 STEPS=400 runs beside
+# 12 STEPS=1600 ones, 304-343 s (400) and 358-432 s (1600) a run; 6 STEPS=1600 runs beside 5
+# STEPS=400 ones, 213-241 s and 182-208 s. A machine call of 10 minutes holds ~20 runs: split the
+# campaign with ONLY (finished runs are kept and skipped).
 # Environment: PYTHON (default .venv/bin/python, else python3), PARALLEL (8), STEPS (400),
 # TINY=1 (configs/text_tiny.py, 12 steps, 6 runs, CPU-sized evaluation), EVAL_FLAGS (extra flags
 # for eval_text.py), ONLY (a subset of runs as corpus:window:seed, e.g. "kjv:64:0 kjv:sink:0" for
