@@ -18,9 +18,10 @@ INSTALL = f"pip install swa[fa3], or pip install {PACKAGE}"
 # The PyPI wheels are built for Hopper (SM90) with head dim 128 only (the package's README; other
 # head dims need a build from source). The kernels take K and V of one shape: D == H.
 HEAD_DIMS = (128,)
-# auto's rule: fa3 for every window where it applies. Measured 2026-12-02 on an H200 (bf16, B=1,
-# 16 heads, H=128): FA3 fwd+bwd was 1.16-1.29x cuDNN's speed at n = 16k/64k x w = 128/512/4096,
-# Pallas 0.72-1.26x. To be re-measured with bench_attention.py (its fa3 row); None = no limit.
+# auto's rule: fa3 for every window where it applies. Measured with bench_attention.py on an H200
+# (results/attention_bench_h200/peers_2026-12-04/: bf16, B=1, 16 heads, H=128): FA3 fwd+bwd is
+# 1.15-1.30x cuDNN's speed at n = 16k/64k x w = 128/512/4096 and its forward 1.07-1.23x, the
+# fastest of every implementation at every one of those rows (Pallas 0.73-1.27x). None = no limit.
 AUTO_MAX_WINDOW = None
 
 
