@@ -2,6 +2,8 @@
 
   python eval_passkey.py --workdirs=workdirs/w128                 # writes workdirs/w128/eval/
   python eval_passkey.py --workdirs=workdirs/w128,workdirs/full --out=evals/both
+  python eval_passkey.py --workdirs='sweeps/length/position_encoding=rope*' --out=evals/rope
+                                      # a glob: a sweep's run folders (key=value,seed=s) hold commas
 
 Each workdir is a training run of train.py (config.json + checkpoints/); nothing is written
 into it except, for a single run without --out, its own eval/ folder. Several runs need --out.
@@ -31,7 +33,12 @@ from swa import cli, evaluate, evaluate_workdirs
 def define_flags():
   """The command's flags; defined only when it runs as a program, so that importing this file
   (tests, other tools) adds nothing to absl's global flags."""
-  flags.DEFINE_list("workdirs", None, "Training workdirs, comma-separated.")
+  flags.DEFINE_list(
+    "workdirs",
+    None,
+    "Training workdirs, comma-separated; globs too (a sweep's run folders hold commas: "
+    "--workdirs='sweeps/length/position_encoding=rope*').",
+  )
   flags.DEFINE_list(
     "from_csv",
     [],

@@ -9,6 +9,7 @@ model with position interpolation (eval_passkey.py --rope_scale), its rows named
 """
 
 import dataclasses
+import glob
 import os
 import sys
 import time
@@ -43,6 +44,22 @@ def model_names(workdirs):
 
   names = [short(w) for w in workdirs]
   return [n if names.count(n) == 1 else w for n, w in zip(names, workdirs)]
+
+
+def expand_workdirs(patterns):
+  """Each --workdirs entry with a glob character (* ? [) as its matches, sorted; a sweep's run
+  folders are named key=value,seed=s, and their commas cannot pass through a comma-separated
+  flag: sweeps/length/position_encoding=rope* can. One-line error for a pattern matching nothing."""
+  out = []
+  for pattern in patterns:
+    if not glob.has_magic(pattern):
+      out.append(pattern)
+      continue
+    matches = sorted(glob.glob(pattern))
+    if not matches:
+      raise ValueError(f"--workdirs: {pattern} matches no folder.")
+    out += matches
+  return out
 
 
 def check_workdirs(workdirs):
@@ -327,7 +344,7 @@ def main(s):
     raise ValueError(f"--rope_scale={s.rope_scale} must be >= 1.")
   distances = _ints("distances", s.distances) if s.distances else None
   cross_windows = _ints("cross_windows", s.cross_windows or (), full_ok=True)
-  workdirs = list(s.workdirs)
+  workdirs = expand_workdirs(s.workdirs)
   out = s.out
   if not all(workdirs):
     raise ValueError(f"--workdirs={','.join(workdirs)} holds an empty name.")

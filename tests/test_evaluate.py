@@ -173,6 +173,19 @@ def test_model_names_group_seed_folders_by_their_parent():
   assert evaluate_workdirs.model_names(["a/w128", "b/w128"]) == ["a/w128", "b/w128"]
 
 
+def test_workdir_globs_reach_a_sweeps_comma_named_folders(tmp_path):
+  for name in ("position_encoding=rope,seed=1", "position_encoding=rope,seed=0", "other"):
+    os.makedirs(tmp_path / name)
+  got = evaluate_workdirs.expand_workdirs([f"{tmp_path}/position_encoding=rope*", "plain/w128"])
+  assert got == [
+    f"{tmp_path}/position_encoding=rope,seed=0",
+    f"{tmp_path}/position_encoding=rope,seed=1",
+    "plain/w128",  # no glob character: kept as given (checked later)
+  ]
+  with pytest.raises(ValueError, match=r"^--workdirs: .*/nothing\* matches no folder\.$"):
+    evaluate_workdirs.expand_workdirs([f"{tmp_path}/nothing*"])
+
+
 def test_format_accuracy_table():
   table = evaluate.format_accuracy_table({100: 0.0, 42: 0.96875}, 93).splitlines()
   assert table == [
