@@ -1,6 +1,22 @@
 """Helpers shared by the test files (importable as `conftest`: pytest puts tests/ on the path)."""
 
+import pytest
+
 from swa.analysis import rows as rows_lib
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _sharding_child_in_background(request, tmp_path_factory):
+  """Starts tests/test_sharding.py's multi-device child at the session's first test, where
+  its tests are selected, so that it runs beside the others rather than ahead of its own."""
+  items = [i for i in request.session.items if i.path.name == "test_sharding.py"]
+  child = None
+  if items:
+    module = items[0].module
+    child = module.start_child(module.shared_folder(tmp_path_factory, request.config))
+  yield
+  if child is not None:  # another worker may still wait for its file
+    child.wait()
 
 
 def passkey_rows(

@@ -76,15 +76,18 @@ def test_mask_counts_window_keys():
 
 # (B, T, N, K, H, D, window, block_size): odd lengths, T < w, T = w, T not a
 # multiple of the block, w = 1, GQA and MQA, D != H, full attention.
+# B, T, N, K, H, D, window, block. The default run keeps one of each kind (GQA, w = 1, H != D,
+# full attention); the others (7-11 s each on 2 cores) run with -m slow.
+_slow = pytest.mark.slow
 SHAPES = [
   (2, 37, 4, 2, 8, 8, 5, None),
-  (1, 100, 2, 1, 16, 8, 33, 16),
+  pytest.param((1, 100, 2, 1, 16, 8, 33, 16), marks=_slow),
   (2, 64, 2, 2, 8, 8, 1, 8),
-  (1, 50, 2, 2, 8, 8, 64, None),
+  pytest.param((1, 50, 2, 2, 8, 8, 64, None), marks=_slow),
   (1, 48, 3, 3, 8, 16, 48, 16),
-  (1, 77, 4, 4, 8, 8, 20, 8),
+  pytest.param((1, 77, 4, 4, 8, 8, 20, 8), marks=_slow),
   (2, 33, 4, 1, 8, 8, None, 8),
-  (1, 130, 2, 2, 8, 8, 128, 32),
+  pytest.param((1, 130, 2, 2, 8, 8, 128, 32), marks=_slow),
 ]
 
 
@@ -130,7 +133,7 @@ def test_matches_reference_forward_and_gradients(impl, shape, use_jit):
     )
 
 
-@pytest.mark.parametrize("blocks_per_step", [1, 3])
+@pytest.mark.parametrize("blocks_per_step", [pytest.param(1, marks=pytest.mark.slow), 3])
 def test_chunked_blocks_per_step_matches_reference(blocks_per_step):
   q, k, v = random_qkv(2, 77, 4, 2, 8, 8)
   kwargs = dict(block_size=8, blocks_per_step=blocks_per_step)

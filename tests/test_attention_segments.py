@@ -55,7 +55,7 @@ def test_every_implementation_with_segments_is_declared():
   assert "segment_ids" in attention.SEMANTIC_FEATURES
 
 
-@pytest.mark.parametrize("window", [1, 3, 8, None])
+@pytest.mark.parametrize("window", [1, 3, pytest.param(8, marks=pytest.mark.slow), None])
 @pytest.mark.parametrize("impl", SEGMENT_IMPLEMENTATIONS)
 def test_segments_match_the_dense_segment_mask_forward_and_gradients(impl, window):
   q, k, v, dout = _inputs()

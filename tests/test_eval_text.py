@@ -94,6 +94,7 @@ def test_report_of_tiny_runs(runs, tmp_path):
   assert {r["domain"] for r in stream} == {"kjv"}
 
 
+@pytest.mark.slow  # trains the three tiny runs (about 20 s on 2 cores)
 def test_eval_text_command(runs, tmp_path):
   out = tmp_path / "cli"
   command = [sys.executable, "eval_text.py", f"--workdirs={runs}/kjv_w16_s0", f"--out={out}"]
@@ -277,6 +278,7 @@ def test_stream_segments_restart_at_the_corpus_boundary():
   np.testing.assert_allclose([r.bits_per_byte for r in rows], [1.5, 4.5, 7.5])
 
 
+@pytest.mark.slow  # trains the three tiny runs (about 20 s on 2 cores)
 def test_stream_text_refuses_a_full_length_stream_for_full_attention(runs):
   with pytest.raises(ValueError, match="pass --text_window=W to stream through a window cache"):
     text_experiments.stream_text(str(runs / "kjv_wfull_s0"))

@@ -499,8 +499,16 @@ def rewrite_data(workdir, change):
   [
     (flip_bytes, ""),  # Orbax's error or our checksum, whichever sees it first
     (lambda w: rewrite_data(w, lambda d: {**d, "step": 2}), "the data state is at step 2"),
-    (lambda w: rewrite_data(w, lambda d: {k: v for k, v in d.items() if k != "step"}), "no step"),
-    (lambda w: rewrite_data(w, lambda d: {**d, "step": -1}), "the data state is at step -1"),
+    pytest.param(  # ~5 s a case: two of the data-state cases run with -m slow
+      lambda w: rewrite_data(w, lambda d: {k: v for k, v in d.items() if k != "step"}),
+      "no step",
+      marks=pytest.mark.slow,
+    ),
+    pytest.param(
+      lambda w: rewrite_data(w, lambda d: {**d, "step": -1}),
+      "the data state is at step -1",
+      marks=pytest.mark.slow,
+    ),
     (  # What bytes that Orbax reads without complaint would give: leaves unlike their checksums.
       lambda w: rewrite_data(
         w, lambda d: {**d, "leaf_checksums": {**d["leaf_checksums"], "['step']": 0}}

@@ -1,18 +1,20 @@
 """Data and sequence parallelism (swa/sharding.py) against the single-device computation.
 
 Multi-device checks need 8 CPU devices, i.e. XLA_FLAGS set before JAX starts, so
-they run in one child process (this file with --child), once per test session
-(pytest-xdist's workers share its results through a file), that prints one JSON
-line per case; each case is a test here that reads its line. Single-device checks
+they run in one child process (this file with --child), once per test session, that
+prints one JSON line per case; each case is a test here that reads its line. The child
+starts in the background at the session's first test (tests/conftest.py), so the
+tests before these run beside it, and pytest-xdist's workers share its results
+through a file. Single-device checks
 (the per-shard call on hand-made halos, mesh specs, the multi-host launch rules)
 run in this process.
 """
 
-import fcntl
 import json
 import os
 import subprocess
 import sys
+import time
 import traceback
 import zlib
 
@@ -269,18 +271,42 @@ def _run_child():
   return {"results": results}
 
 
+def shared_folder(tmp_path_factory, config):
+  """The test session's folder: under pytest-xdist (a worker's config has workerinput) the one
+  above each worker's own."""
+  base = tmp_path_factory.getbasetemp()
+  return base.parent if hasattr(config, "workerinput") else base
+
+
+def start_child(shared):
+  """Starts the child in the background, once per session (the first caller wins): it writes
+  shared/sharding_child.json when done. Returns its Popen, or None where it was started."""
+  try:
+    os.close(os.open(shared / "sharding_child.started", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+  except FileExistsError:
+    return None
+  command = [sys.executable, os.path.abspath(__file__), "--results", str(shared)]
+  return subprocess.Popen(command, cwd=REPO)
+
+
+def _write_results(shared):
+  """The background job: runs the child and writes its outcome (atomically: the readers poll)."""
+  path = os.path.join(shared, "sharding_child.json")
+  with open(path + ".tmp", "w") as f:
+    json.dump(_run_child(), f)
+  os.replace(path + ".tmp", path)
+
+
 @pytest.fixture(scope="module")
-def child_results(tmp_path_factory, worker_id):
-  """The child's results, run once per test session: under pytest-xdist the first worker to
-  need them runs the child while holding a lock, the others wait for it and read its file."""
-  shared = tmp_path_factory.getbasetemp()
-  if worker_id != "master":
-    shared = shared.parent  # the session's folder, above each worker's own
-  path = shared / "sharding_child.json"
-  with open(shared / "sharding_child.lock", "w") as lock:
-    fcntl.flock(lock, fcntl.LOCK_EX)
-    if not path.exists():
-      path.write_text(json.dumps(_run_child()))
+def child_results(tmp_path_factory, pytestconfig):
+  """The child's results: started here if the session has not started it, then waited for."""
+  shared = shared_folder(tmp_path_factory, pytestconfig)
+  start_child(shared)
+  path, deadline = shared / "sharding_child.json", time.monotonic() + 700
+  while not path.exists():
+    if time.monotonic() > deadline:
+      pytest.fail("the multi-device child wrote no results in 700 s")
+    time.sleep(0.2)
   outcome = json.loads(path.read_text())
   if "failure" in outcome:
     pytest.fail(outcome["failure"])
@@ -520,3 +546,5 @@ def test_indivisible_sequence_is_refused(child_results):
 
 if __name__ == "__main__" and sys.argv[1:] == ["--child"]:
   _child()
+elif __name__ == "__main__" and sys.argv[1:2] == ["--results"]:
+  _write_results(sys.argv[2])

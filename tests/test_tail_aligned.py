@@ -11,14 +11,15 @@ from swa import attention
 from swa.attention import sliding_window_attention
 
 # (T, S, q_offset, window): S - T keys before the queries, some at negative positions (padding).
+_slow = pytest.mark.slow  # 8-10 s a case on 2 cores: the default run keeps four kinds
 CASES = [
-  (6, 6, 0, 3),  # plain self-attention
+  pytest.param(6, 6, 0, 3, marks=_slow),  # plain self-attention
   (5, 5, 0, 2),  # odd length (even_length pads one slot)
   (6, 10, 0, 5),  # shard 0: all 4 halo keys at negative positions
-  (6, 10, 12, 5),  # a later shard: every halo key real
+  pytest.param(6, 10, 12, 5, marks=_slow),  # a later shard: every halo key real
   (7, 11, 3, 5),  # one halo key at position -1, three real; odd S
   (4, 9, 2, None),  # full attention over the whole prefix
-  (8, 8, 5, 3),  # S == T with q_offset: keys at the queries' positions
+  pytest.param(8, 8, 5, 3, marks=_slow),  # S == T with q_offset: keys at the queries' positions
 ]
 
 
