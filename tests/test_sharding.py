@@ -3,11 +3,10 @@
 Multi-device checks need 8 CPU devices, i.e. XLA_FLAGS set before JAX starts, so
 they run in one child process (this file with --child), once per test session, that
 prints one JSON line per case; each case is a test here that reads its line. The child
-starts in the background at the session's first test (tests/conftest.py), so the
-tests before these run beside it, and pytest-xdist's workers share its results
-through a file. Single-device checks
-(the per-shard call on hand-made halos, mesh specs, the multi-host launch rules)
-run in this process.
+starts in the background at the session's first test (tests/conftest.py), so the tests
+before these run beside it, and pytest-xdist's workers share its results through a file.
+Single-device checks (the per-shard call on hand-made halos, mesh specs, the multi-host
+launch rules) run in this process.
 """
 
 import json
