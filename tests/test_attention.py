@@ -75,9 +75,8 @@ def test_mask_counts_window_keys():
 
 
 # (B, T, N, K, H, D, window, block_size): odd lengths, T < w, T = w, T not a
-# multiple of the block, w = 1, GQA and MQA, D != H, full attention.
-# B, T, N, K, H, D, window, block. The default run keeps one of each kind (GQA, w = 1, H != D,
-# full attention); the others (7-11 s each on 2 cores) run with -m slow.
+# multiple of the block, w = 1, GQA and MQA, D != H, full attention. The default run keeps one of
+# each kind (GQA, w = 1, H != D, full attention); the others (7-11 s each on 2 cores) run with -m slow.
 _slow = pytest.mark.slow
 SHAPES = [
   (2, 37, 4, 2, 8, 8, 5, None),

@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -114,8 +115,7 @@ def test_the_header_quotes_the_corpus_each_run_recorded(tmp_path):
   for name in ("stdlib_w32_s0", "stdlib_wfull_s0"):  # trained on the GPU machine's Python 3.12.3
     os.makedirs(tmp_path / name)
     for f in ("config.json", "eval.json"):
-      with open(os.path.join(committed, name, f)) as src, open(tmp_path / name / f, "w") as dst:
-        dst.write(src.read())
+      shutil.copy(os.path.join(committed, name, f), tmp_path / name / f)
   with open(tmp_path / "stdlib_w32_s0" / "eval.json") as f:
     record = json.load(f)["corpus"]
   settings = text_experiments.EvalTextSettings(
