@@ -278,8 +278,9 @@ def shared_folder(tmp_path_factory, config):
 
 
 def start_child(shared):
-  """Starts the child in the background, once per session (the first caller wins): it writes
-  shared/sharding_child.json when done. Returns its Popen, or None where it was started."""
+  """Starts the child in the background, once per session (the first xdist worker to call it
+  wins): it writes shared/sharding_child.json when done. Returns its Popen, or None where
+  another worker started it."""
   try:
     os.close(os.open(shared / "sharding_child.started", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
   except FileExistsError:
@@ -298,9 +299,8 @@ def _write_results(shared):
 
 @pytest.fixture(scope="module")
 def child_results(tmp_path_factory, pytestconfig):
-  """The child's results: started here if the session has not started it, then waited for."""
+  """The child's results, waited for (tests/conftest.py started the child at the first test)."""
   shared = shared_folder(tmp_path_factory, pytestconfig)
-  start_child(shared)
   path, deadline = shared / "sharding_child.json", time.monotonic() + 700
   while not path.exists():
     if time.monotonic() > deadline:
