@@ -229,3 +229,17 @@ def test_an_empty_name_in_a_list_of_csvs_is_refused():
 
   with pytest.raises(ValueError, match="holds an empty name"):
     rows_module.csv_paths(["", ""])
+
+
+def test_the_brief_row_applies_to_four_layers_of_one_window_alone_or_behind_a_short_first():
+  assert summary.reference_for("512", 4) == (2048, 0.85)
+  assert summary.reference_for("16,512,512,512,512", 5) == (2048, 0.85)
+  assert summary.reference_for("128,128,128,128", 4) == (512, 0.95)
+  assert summary.reference_for("full", 8) == (None, 1.0)
+  for window, layers in (
+    ("128", 8),
+    ("512,16,512,512,512", 5),
+    ("16,512,512,512", 4),
+    ("16,256,512,512,512", 5),
+  ):
+    assert summary.reference_for(window, layers) is None, window

@@ -340,7 +340,7 @@ def test_seeds_come_from_the_column_the_name_or_the_folder(tmp_path):
 
 
 def test_two_sweeps_of_one_model_keep_their_seeds_apart_by_sweep(tmp_path):
-  """Full attention trained at two lengths is "full" in both sweeps: each gets its sweep's name."""
+  """Full attention trained at two lengths is "full" in both files: each sweep's runs take its name."""
   for sweep_name, accuracy in (("full2176", 1.0), ("full1024", 0.5)):
     for seed in (0, 1):
       write_csv(
@@ -350,11 +350,31 @@ def test_two_sweeps_of_one_model_keep_their_seeds_apart_by_sweep(tmp_path):
       )
   rows = rows_lib.collect([str(tmp_path / "full2176"), str(tmp_path / "full1024")])
   assert [(r.model, r.seed) for r in rows] == [
-    ("full2176/full", 0),
-    ("full2176/full", 1),
-    ("full1024/full", 0),
-    ("full1024/full", 1),
+    ("full2176", 0),
+    ("full2176", 1),
+    ("full1024", 0),
+    ("full1024", 1),
   ]
+
+
+def test_sweep_runs_are_named_by_grid_point_and_clashes_by_sweep(tmp_path):
+  """A grid point in two sweeps, or two sweeps of one folder name, get the next folder up."""
+  for where in (
+    "a/depth/num_layers=2,seed=0",
+    "a/wide/num_layers=2,seed=0",
+    "a/wide/num_layers=4,seed=0",
+  ):
+    write_csv(
+      str(tmp_path / where / "passkey.csv"), synthetic("128", 0, {100: 1.0}), with_seed=True
+    )
+  for where in ("h100/w512/seed=0", "h200/w512/seed=0", "h200/w512/seed=1"):
+    write_csv(
+      str(tmp_path / where / "passkey.csv"), synthetic("512", 0, {100: 1.0}), with_seed=False
+    )
+  rows = rows_lib.collect([str(tmp_path / "a" / "depth"), str(tmp_path / "a" / "wide")])
+  assert [r.model for r in rows] == ["depth/num_layers=2", "wide/num_layers=2", "num_layers=4"]
+  rows = rows_lib.collect([str(tmp_path / "h100" / "w512"), str(tmp_path / "h200" / "w512")])
+  assert [(r.model, r.seed) for r in rows] == [("h100/w512", 0), ("h200/w512", 0), ("h200/w512", 1)]
 
 
 def test_the_same_model_and_seed_in_two_files_take_their_folder_names(tmp_path):

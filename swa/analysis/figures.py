@@ -3,7 +3,7 @@
 plot_accuracy_heatmap (model x distance bucket -> recall), plot_seed_curves (recall against
 distance, one panel per model, one line per seed), plot_erf_curves (effective receptive field
 against distance), plot_training_curves (answer loss and training exact match against the step,
-from metrics.jsonl) and plot_depth_sweep (the measured 50 % wall against the reach L (w - 1)).
+from metrics.jsonl) and plot_depth_sweep (the measured 50 % wall against the reach sum_l (w_l - 1)).
 The passkey figures take PasskeyRows (swa/analysis/rows.py) and group seeds with
 stats.group_by_model. Each returns its matplotlib Figure and saves it when given a path.
 
@@ -305,7 +305,8 @@ def plot_training_curves(metrics, path=None, smooth=5):
 
 
 def plot_depth_sweep(rows, path=None):
-  """The measured 50 % wall against the reach L (w - 1), one point per seed of each windowed model.
+  """The measured 50 % wall against the reach sum_l (w_l - 1), one point per seed of each windowed
+  model.
 
   Small dots are each seed's crossing (stats.crossing of its own curve), a ring the crossing of
   the mean over seeds; the diagonal is wall = reach, the band the ±3 % goal. Models that never
@@ -321,20 +322,24 @@ def plot_depth_sweep(rows, path=None):
     line, line * (1 - stats.CROSSING_GOAL), line * (1 + stats.CROSSING_GOAL), color="green",
     alpha=0.12, lw=0, label=f"±{100 * stats.CROSSING_GOAL:g} % of the reach",
   )  # fmt: skip
-  ax.plot(line, line, "--", color="grey", lw=1, label="wall = reach L·(w−1)")
-  for s in summaries:
+  ax.plot(line, line, "--", color="grey", lw=1, label="wall = reach Σ_l (w_l − 1)")
+  colors = plt.get_cmap("tab20").colors  # tab10's 10 colours repeat in a campaign's legend
+  for i, s in enumerate(summaries):
     first = next(iter(groups[s["model"]].values()))[0]
     label = model_label(s["model"], first)
     per_seed = [c for c in s["crossing_per_seed"].values() if math.isfinite(c)]
     if not per_seed:
       ax.plot([], [], " ", label=f"{label}: no 50 % crossing")
       continue
-    (dots,) = ax.plot([s["reach"]] * len(per_seed), per_seed, "o", ms=4, alpha=0.7, label=label)
+    (dots,) = ax.plot(
+      [s["reach"]] * len(per_seed), per_seed, "o", ms=4, alpha=0.7, label=label,
+      color=colors[i % len(colors)],
+    )  # fmt: skip
     if math.isfinite(s["crossing"]):
       ax.plot(s["reach"], s["crossing"], "o", ms=10, mfc="none", color=dots.get_color())
   ax.set_xlim(0, 1.08 * top)
   ax.set_ylim(0, 1.08 * top)
-  ax.set_xlabel("reach L·(w−1) (tokens)")
+  ax.set_xlabel("reach Σ_l (w_l − 1) = L·(w−1) for one window (tokens)")
   ax.set_ylabel("measured 50 % crossing (tokens)")
   ax.set_title(
     "Where recall falls below 50 % against the reach\n(dots: seeds; rings: mean over seeds)",

@@ -248,32 +248,50 @@ def csv_paths(paths):
 def collect(paths):
   """Every row of the passkey.csv files that `paths` (files or folders) stand for.
 
-  Where several files hold the same model and seed (a continued run evaluated again, say), each
-  is named after its file's folder (folder/model if the file holds several models); a sweep run's
-  file (its folder ends in seed=N) is named after its sweep's folder instead, sweep/model, so
-  that the seeds of one sweep stay together.
+  A sweep run's file (its folder ends in seed=N) is named by the run's grid point
+  ("num_layers=2" for num_layers=2,seed=1), or by its sweep's folder when the sweep had no grid
+  ("depth8" for depth8/seed=1, whose file says only its window, "128"), so that the seeds of one
+  sweep stay together under a name that says which sweep. Any other file keeps the model names
+  written in it. Where several files hold the same name and seed (a continued run evaluated
+  again, two sweeps of one grid point), every row of that name is named after its file's folder
+  instead (folder/model if the file holds several models; sweep/grid point, or parent/sweep, for
+  a sweep's run).
   """
   return collect_named(paths)[0]
+
+
+def _names(path, rows):
+  """(name of each model of one file's rows, the name to use instead on a clash)."""
+  folder = os.path.dirname(os.path.abspath(path))
+  run = os.path.basename(folder)
+  if re.search(r"(^|,)seed=\d+$", run):  # A sweep's run: named by its grid point or sweep.
+    sweep_dir = os.path.dirname(folder)
+    sweep, label = os.path.basename(sweep_dir), re.sub(r"(^|,)seed=\d+$", "", run)
+    name = label or sweep
+    clash = (
+      f"{sweep}/{label}" if label else f"{os.path.basename(os.path.dirname(sweep_dir))}/{sweep}"
+    )
+    return {r.model: (name, clash) for r in rows}
+  several = len({r.model for r in rows}) > 1
+  folder = os.path.basename(folder)
+  return {r.model: (r.model, f"{folder}/{r.model}" if several else folder) for r in rows}
 
 
 def collect_named(paths):
   """(collect's rows, {(file, model name in the file): its name in the rows})."""
   tables = [(path, read_rows(path)) for path in csv_paths(paths)]
+  named = [(path, rows, _names(path, rows)) for path, rows in tables]
   files_of = collections.defaultdict(set)
-  for path, rows in tables:
+  for path, rows, names_of in named:
     for r in rows:
-      files_of[r.model, r.seed].add(path)
+      files_of[names_of[r.model][0], r.seed].add(path)
+  clashing = {name for (name, _), files in files_of.items() if len(files) > 1}
   out, names, owner = [], {}, {}
-  for path, rows in tables:
-    folder = os.path.dirname(os.path.abspath(path))
-    several = len({r.model for r in rows}) > 1
-    if re.search(r"(^|,)seed=\d+$", os.path.basename(folder)):  # A sweep's run.
-      folder, several = os.path.dirname(folder), True
-    folder = os.path.basename(folder)
+  for path, rows, names_of in named:
     for r in rows:
-      name = r.model
-      if len(files_of[r.model, r.seed]) > 1:
-        name = f"{folder}/{r.model}" if several else folder
+      name, clash = names_of[r.model]
+      if name in clashing:  # every seed of it, so that one sweep's seeds stay together
+        name = clash
       names[path, r.model] = name
       if owner.setdefault((name, r.seed), path) != path:
         raise ValueError(

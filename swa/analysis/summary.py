@@ -18,10 +18,19 @@ REFERENCE = {"128": (512, 0.95), "256": (1024, 0.90), "512": (2048, 0.85), "full
 
 
 def reference_for(window, layers):
-  """The brief's (distance or None, accuracy) for this model, or None: its windowed rows are for
-  4 layers (512 = 4 x 128); full attention has no depth limit."""
-  applies = window == "full" or layers == 4
-  return REFERENCE.get(window) if applies else None
+  """The brief's (distance or None, accuracy) for this model, or None. Its windowed rows are for
+  4 layers of one window (512 = 4 x 128), also behind one shorter first layer ("16,512,512,512,512":
+  the recipe of results/hops_recipe_h200/, whose reach is 15 tokens longer); full attention has no
+  depth limit."""
+  if window == "full":
+    return REFERENCE["full"]
+  windows = str(window).split(",")
+  if len(windows) == 5 and windows[0].isdigit() and windows[1].isdigit():
+    if int(windows[0]) < int(windows[1]):
+      windows, layers = windows[1:], layers - 1
+  if layers != 4 or len(set(windows)) != 1:
+    return None
+  return REFERENCE.get(windows[0])
 
 
 def summarize_model(name, rows_by_seed, reference=None, threshold=THRESHOLD):

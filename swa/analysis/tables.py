@@ -159,7 +159,8 @@ def headline_notes(keys_per_point):
     f'"Seeds with all hops": seeds whose recall is ≥ {100 * stats.HOPS_LEVEL:g} % at every '
     f"tested d ≤ {stats.HOPS_FRACTION:g} × reach (a lost hop collapses recall well before the "
     "reach; 100 keys put the sampling noise of a 95 % recall at about ±4 points). "
-    '"Seed table expects": the brief\'s row for this window (4 layers; full attention '
+    '"Seed table expects": the brief\'s row for this window (4 layers, alone or behind one '
+    "shorter first layer; full attention "
     "unlimited, judged on every tested distance), the same mean over d up to that distance, and "
     "a verdict only where the interval decides it: ✓ when the whole seed-level interval (the "
     "key-level one for a single seed) reaches the expected recall, ✗ when all of it falls short, "
