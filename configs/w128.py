@@ -6,6 +6,12 @@ Measured (results/passkey_campaign_h200/, 2 x H200, 2026-11-30, seeds 0, 1, 2): 
 tested distance up to 471-482 per seed, 50 % crossing at 495-501 (reach 508), 97.1 % [96.6, 97.5]
 inside the reach; 0 % beyond it is the mask's guarantee. ~4.4M tokens/s alone on an H200.
 With --config.model.num_layers=1, 2, 8 (8: --config.data.seq_len=1152) the wall follows L * 127.
+With a short first layer in front, every hop on 8 of 8 seeds (one H200, seeds 0-7), at L = 4
+(results/hops_recipe_h200/: >= 95 % to d = 484-496, reach 523) and at L = 8 (results/hops_h200/:
+100 % at every tested d <= 914, reach 1,031):
+  python train.py --config=configs/w128.py --config.model.num_layers=5 --config.model.window_size=16,128,128,128,128
+  python train.py --config=configs/w128.py --config.model.num_layers=9 --config.data.seq_len=1152 \
+    --config.model.window_size=16,128,128,128,128,128,128,128,128
 """
 
 from configs import base
