@@ -61,6 +61,15 @@ def test_formation_rows_and_train_eval_rows(tmp_path):
     hops.read_run(str(tmp_path))
 
 
+def test_curriculum_reaches_is_the_first_step_whose_top_covers_the_distance():
+  metrics = [{"step": 50, "curriculum_top": 60.0}, {"step": 60, "eval/x": 1.0}]
+  metrics += [{"step": 100, "curriculum_top": 133.0}, {"step": 150, "curriculum_top": 140.0}]
+  assert hops.curriculum_reaches(metrics, 60) == 50
+  assert hops.curriculum_reaches(metrics, 61) == 100
+  assert hops.curriculum_reaches(metrics, 141) is None
+  assert hops.curriculum_reaches([{"step": 10}], 42) is None  # a run that did not log it
+
+
 @pytest.mark.slow
 def test_the_committed_hop_report_rebuilds_identically(tmp_path):
   import probe_hops

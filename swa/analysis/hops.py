@@ -154,33 +154,53 @@ def formation_table(rows):
   return "\n".join(lines)
 
 
+def curriculum_reaches(metrics, distance):
+  """The first logged step whose training batch reached `distance` (metrics' curriculum_top), or
+  None (never, or a run that did not log it)."""
+  return next(
+    (m["step"] for m in metrics if m.get("curriculum_top", -1) >= distance), None
+  )  # fmt: skip
+
+
 def plot_formation(run_dirs, path=None):
-  """Recall at each hop's distance against the step: rows = models, columns = hops."""
+  """Recall at each hop's distance against the step: rows = models, columns = hops; a dotted line
+  where the distance curriculum first reached the hop's distance (each seed's, usually one step)."""
   by_model = {}
   for run_dir in run_dirs:
     by_model.setdefault(model_of(run_dir), []).append(run_dir)
   num_hops = max(len(hop_curves(r)) for r in run_dirs)
   fig, axes = plt.subplots(
-    len(by_model), num_hops, figsize=(3.2 * num_hops, 2.6 * len(by_model)), squeeze=False
-  )
+    len(by_model), num_hops, figsize=(3.2 * num_hops, 2.6 * len(by_model) + 0.5), squeeze=False,
+    layout="constrained",
+  )  # fmt: skip
   for row, (model, runs) in enumerate(by_model.items()):
+    used = 0
     for run_dir in runs:
-      seed = read_run(run_dir)[0]["seed"]
+      config, metrics, _ = read_run(run_dir)
       passkey_rows = train_eval_rows(run_dir)
       lost = not stats.relays_all_hops(passkey_rows, passkey_rows[0].reach)
-      for col, (d, curve) in enumerate(sorted(hop_curves(run_dir).items())):
+      curves = sorted(hop_curves(run_dir).items())
+      used = max(used, len(curves))
+      for col, (d, curve) in enumerate(curves):
         steps, acc = zip(*curve)
         ax = axes[row, col]
         ax.plot(steps, acc, color="tab:red" if lost else "tab:blue", alpha=0.8, lw=1.2)
+        reached = curriculum_reaches(metrics, d)
+        if reached is not None:
+          ax.axvline(reached, color="grey", ls=":", lw=1)
         if lost:
-          ax.annotate(f"s{seed}", (steps[-1], acc[-1]), fontsize=7, color="tab:red")
+          ax.annotate(f"s{config['seed']}", (steps[-1], acc[-1]), fontsize=7, color="tab:red")
         ax.set_title(f"{model}: hop {col + 1}, d = {d}", fontsize=9)
         ax.set_ylim(-0.03, 1.03)
+        ax.set_xlabel("training step", fontsize=8)
+    for ax in axes[row, used:]:
+      ax.set_visible(False)
     axes[row, 0].set_ylabel("exact match")
-  for ax in axes[-1]:
-    ax.set_xlabel("training step")
-  fig.suptitle("When each hop forms (blue: seeds relaying every hop; red: a hop lost)", fontsize=10)
-  fig.tight_layout()
+  fig.suptitle(
+    "When each hop forms (blue: runs relaying every hop; red: a hop lost; dotted: the step the "
+    "training distances first reach the hop's distance)",
+    fontsize=10,
+  )
   if path:
     fig.savefig(path, dpi=120)
   return fig
