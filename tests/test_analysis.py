@@ -243,3 +243,20 @@ def test_the_brief_row_applies_to_four_layers_of_one_window_alone_or_behind_a_sh
     ("16,256,512,512,512", 5),
   ):
     assert summary.reference_for(window, layers) is None, window
+
+
+@pytest.mark.slow
+def test_the_committed_headline_table_rebuilds_from_the_command_it_names(tmp_path):
+  """results/passkey.md names the aggregate that made it: run again, its CSVs come out the same."""
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  with open(os.path.join(repo, "results", "passkey.md")) as f:
+    command = next(line for line in f if line.startswith("- Command: "))
+  sources = command.split("--aggregate=")[1].split(" ")[0]
+  done = subprocess.run(
+    [sys.executable, "sweep.py", f"--aggregate={sources}", f"--out={tmp_path}"],
+    cwd=repo, capture_output=True, text=True, timeout=600,
+  )  # fmt: skip
+  assert done.returncode == 0, done.stderr
+  for name in ("passkey.csv", "passkey_by_distance.csv"):
+    with open(os.path.join(repo, "results", name)) as a, open(tmp_path / name) as b:
+      assert a.read() == b.read(), name

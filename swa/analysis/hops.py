@@ -164,7 +164,8 @@ def curriculum_reaches(metrics, distance):
 
 def plot_formation(run_dirs, path=None):
   """Recall at each hop's distance against the step: rows = models, columns = hops; a dotted line
-  where the distance curriculum first reached the hop's distance (each seed's, usually one step)."""
+  per run where its distance curriculum first reached the hop's distance (one model's runs share
+  a pace, so their lines coincide)."""
   by_model = {}
   for run_dir in run_dirs:
     by_model.setdefault(model_of(run_dir), []).append(run_dir)
