@@ -175,6 +175,14 @@ def evaluate_runs(
   for run in runs:
     model_config, train_seq_len, model_rows = _sweep(run, **sweep)
     found += model_rows
+    reach = model_rows[0].reach if model_rows else None
+    if distances is not None and reach is not None and min(distances) > reach:
+      print(
+        f"Warning: {run.name}: every distance given is beyond its reach of {reach}, where recall "
+        "is 0 by construction (the mask leaves no path): these rows test the evaluation, not the "
+        "model.",
+        file=sys.stderr,
+      )
     if erf_examples:
       # Float32 activations for the gradients, so that small far-away values are not lost to
       # bfloat16 rounding; the parameters are the trained float32 ones either way.

@@ -359,6 +359,17 @@ def test_rope_scale_runs_the_trained_params_with_position_interpolation(workdir,
   assert [r.model for r in rows] == ["w32", "w32 @ rope_scale=2"]
 
 
+def test_distances_all_beyond_the_reach_are_evaluated_with_a_warning(workdir, tmp_path, capsys):
+  (run,) = evaluate_workdirs.load_runs([workdir])
+  for distances, warned in (([REACH + 1, 100], True), ([REACH, 100], False)):
+    evaluate_workdirs.evaluate_runs(
+      [run], out=str(tmp_path), distances=distances, examples_per_distance=2, erf_examples=0
+    )
+    err = capsys.readouterr().err
+    assert (f"w32: every distance given is beyond its reach of {REACH}" in err) == warned, err
+  assert [r.distance for r in rows_lib.read_rows(tmp_path / "passkey.csv")] == [REACH, 100]
+
+
 def test_from_csv_merges_earlier_results(workdir, tmp_path):
   first = tmp_path / "run_a"
   runs = evaluate_workdirs.load_runs([workdir])
