@@ -121,6 +121,11 @@ def get_config():
 
   # Run
   config.seed = 0
+  # A training workdir whose newest parameters start this run instead of a fresh initialisation
+  # (fine-tuning, e.g. at a longer data.seq_len or another model.rope_scale); the same parameter
+  # shapes are required and the optimiser starts afresh. Only a fresh start uses it: a workdir
+  # with checkpoints resumes from its own. "" = none.
+  config.init_from = ""
   config.num_steps = 2000
   config.log_every_steps = 50
   config.checkpoint_every_steps = 500

@@ -143,6 +143,21 @@ def restore_params(workdir):
   return config, graphdef, restored["state"]["params"]
 
 
+def initial_params(init_from, params):
+  """The newest parameters of the training workdir `init_from`, checked against `params` (this
+  run's fresh ones): same names and shapes, else a one-line ValueError."""
+  _, _, found = restore_params(init_from)
+  ours = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
+  theirs = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(found)}
+  for name in sorted(set(ours) | set(theirs)):
+    if ours.get(name) != theirs.get(name):
+      raise ValueError(
+        f"init_from={init_from}: its parameter {name} has shape {theirs.get(name)}, this model's "
+        f"{ours.get(name)}; fine-tuning needs the same architecture."
+      )
+  return jax.tree.map(lambda ref, x: jnp.asarray(x, ref.dtype), params, found)
+
+
 def validate_config(config: ml_collections.ConfigDict, task=None):
   """One-line ValueErrors, naming the value given, for config values a run cannot use.
 
@@ -324,6 +339,9 @@ class Trainer:
     if restored is not None:
       state = restored["state"]
       print(f"Resumed from step {int(state['step'])} in {workdir}.", file=sys.stderr)
+    elif config.get("init_from"):
+      state = init_state(initial_params(config.init_from, state["params"]), self.optimizer)
+      print(f"Parameters from {config.init_from}.", file=sys.stderr)
     start = int(state["step"])
     if start > config.num_steps:
       raise ValueError(
@@ -342,6 +360,9 @@ class Trainer:
     """The whole run in workdir (resumed if it has checkpoints), holding its lock; returns the
     final summary."""
     batches = self.task.batches(self.config)  # Its errors come before the workdir is touched.
+    init_from = self.config.get("init_from")
+    if init_from and not os.path.isfile(os.path.join(init_from, "config.json")):
+      raise ValueError(f"init_from={init_from} is not a training workdir: it has no config.json.")
     workdir_lib.prepare(workdir)
     # The run's first process holds the lock for all of them.
     with workdir_lib.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():

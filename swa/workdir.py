@@ -53,6 +53,7 @@ FLAG_FIELDS = ("num_steps",)
 # config.json without one resumes only if the new config has that value.
 ADDED_FIELDS = {
   "task": "passkey",
+  "init_from": "",  # fine-tuning from another run's parameters (2026-12-04)
   "model.num_sinks": 0,  # attention sinks trained in (2026-12-03)
   "eval.hop_distances": False,  # in-training recall at each hop's distance (2026-12-03)
   # The architecture options of swa/hf/ (off: swa's own architecture).

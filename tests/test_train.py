@@ -344,3 +344,32 @@ def test_passkey_task_refuses_a_vocabulary_below_its_tokenizer():
   config.model.vocab_size = 3
   with pytest.raises(ValueError, match="model.vocab_size=3 is below the passkey tokenizer's 72"):
     PasskeyTask(config).validate(config)
+
+
+def test_init_from_starts_a_run_from_another_runs_parameters(tmp_path):
+  """A fresh run with init_from takes that run's newest parameters (lr 0 keeps them exactly) at a
+  longer context; another architecture, or a folder that is not a run, is one line."""
+  first = str(tmp_path / "first")
+  train_lib.train_and_evaluate(small_config(num_steps=3), first)
+  tuned = small_config(num_steps=1)
+  tuned.init_from = first
+  tuned.data.seq_len = 128
+  tuned.optim.learning_rate = 0.0
+  train_lib.train_and_evaluate(tuned, str(tmp_path / "tuned"))
+  _, _, before = train_lib.restore_params(first)
+  _, _, after = train_lib.restore_params(str(tmp_path / "tuned"))
+  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, after))
+  fresh = small_config(num_steps=1)
+  fresh.optim.learning_rate = 0.0
+  train_lib.train_and_evaluate(fresh, str(tmp_path / "fresh"))
+  _, _, own = train_lib.restore_params(str(tmp_path / "fresh"))
+  assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, own))
+  wider = small_config(num_steps=1)
+  wider.init_from, wider.model.mlp_dim = first, 128
+  with pytest.raises(ValueError, match=r"first: its parameter .*mlp_in.* has shape \(64,\), this"):
+    train_lib.train_and_evaluate(wider, str(tmp_path / "wider"))
+  assert not os.path.exists(tmp_path / "wider" / "config.json")  # the run can start again
+  wider.init_from = str(tmp_path)
+  with pytest.raises(ValueError, match="is not a training workdir: it has no config.json"):
+    train_lib.train_and_evaluate(wider, str(tmp_path / "nowhere"))
+  assert not os.path.exists(tmp_path / "nowhere")
