@@ -116,16 +116,22 @@ def train_step(state, batch, *, graphdef, optimizer, lm_weight):
   return apply_step(state, batch, graphdef, optimizer, loss_fn)
 
 
+def check_training_workdir(workdir, what=None):
+  """A one-line ValueError unless `workdir` holds a training run's config.json (`what` names the
+  setting that gave it)."""
+  if not os.path.isfile(os.path.join(workdir, "config.json")):
+    name = f"{what}={workdir}" if what else workdir
+    raise ValueError(f"{name} is not a training workdir: it has no config.json.")
+
+
 def restore_params(workdir):
   """(config, graphdef, params) of the newest checkpoint of a training workdir that restores.
 
   Reads only: nothing is created or moved in the workdir. One-line ValueErrors for a folder that
   is not a training workdir or has no checkpoint.
   """
-  path = os.path.join(workdir, "config.json")
-  if not os.path.isfile(path):
-    raise ValueError(f"{workdir} is not a training workdir: it has no config.json.")
-  config = ml_collections.ConfigDict(workdir_lib.read_json(path))
+  check_training_workdir(workdir)
+  config = ml_collections.ConfigDict(workdir_lib.read_json(os.path.join(workdir, "config.json")))
   if not os.path.isdir(os.path.join(workdir, "checkpoints")):
     raise ValueError(f"No checkpoint under {workdir}/checkpoints.")
   graphdef, params = create_model(config)
@@ -147,8 +153,11 @@ def initial_params(init_from, params):
   """The newest parameters of the training workdir `init_from`, checked against `params` (this
   run's fresh ones): same names and shapes, else a one-line ValueError."""
   _, _, found = restore_params(init_from)
-  ours = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(params)}
-  theirs = {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(found)}
+
+  def shapes(tree):
+    return {jax.tree_util.keystr(k): v.shape for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+  ours, theirs = shapes(params), shapes(found)
   for name in sorted(set(ours) | set(theirs)):
     if ours.get(name) != theirs.get(name):
       raise ValueError(
@@ -360,9 +369,8 @@ class Trainer:
     """The whole run in workdir (resumed if it has checkpoints), holding its lock; returns the
     final summary."""
     batches = self.task.batches(self.config)  # Its errors come before the workdir is touched.
-    init_from = self.config.get("init_from")
-    if init_from and not os.path.isfile(os.path.join(init_from, "config.json")):
-      raise ValueError(f"init_from={init_from} is not a training workdir: it has no config.json.")
+    if self.config.get("init_from"):
+      check_training_workdir(self.config.init_from, "init_from")
     workdir_lib.prepare(workdir)
     # The run's first process holds the lock for all of them.
     with workdir_lib.Lock(workdir) if jax.process_index() == 0 else contextlib.nullcontext():

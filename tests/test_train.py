@@ -356,14 +356,15 @@ def test_init_from_starts_a_run_from_another_runs_parameters(tmp_path):
   tuned.data.seq_len = 128
   tuned.optim.learning_rate = 0.0
   train_lib.train_and_evaluate(tuned, str(tmp_path / "tuned"))
+  same = lambda x, y: jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), x, y))
   _, _, before = train_lib.restore_params(first)
   _, _, after = train_lib.restore_params(str(tmp_path / "tuned"))
-  assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, after))
+  assert same(before, after)
   fresh = small_config(num_steps=1)
   fresh.optim.learning_rate = 0.0
   train_lib.train_and_evaluate(fresh, str(tmp_path / "fresh"))
   _, _, own = train_lib.restore_params(str(tmp_path / "fresh"))
-  assert not jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), before, own))
+  assert not same(before, own)
   wider = small_config(num_steps=1)
   wider.init_from, wider.model.mlp_dim = first, 128
   with pytest.raises(ValueError, match=r"first: its parameter .*mlp_in.* has shape \(64,\), this"):

@@ -25,6 +25,7 @@ import re
 
 from swa import data
 from swa.checks import check_int
+from swa.sweep import grid
 
 # A seed inside a name: "seed=1", "seed1", "seed_1" or an "s1" token ("w512_s1_f03", "tiny_s0").
 _SEED_TOKEN = re.compile(r"(?:^|(?<=[_,\-/ ]))(?:seed[=_]?|s)(\d+)(?=$|[_,\-/ ])")
@@ -264,9 +265,10 @@ def _names(path, rows):
   """(name of each model of one file's rows, the name to use instead on a clash)."""
   folder = os.path.dirname(os.path.abspath(path))
   run = os.path.basename(folder)
-  if re.search(r"(^|,)seed=\d+$", run):  # A sweep's run: named by its grid point or sweep.
+  label = grid.model_name(run)  # the run's name without its seed
+  if label != run:  # A sweep's run: named by its grid point or sweep.
     sweep_dir = os.path.dirname(folder)
-    sweep, label = os.path.basename(sweep_dir), re.sub(r"(^|,)seed=\d+$", "", run)
+    sweep = os.path.basename(sweep_dir)
     name = label or sweep
     clash = (
       f"{sweep}/{label}" if label else f"{os.path.basename(os.path.dirname(sweep_dir))}/{sweep}"
