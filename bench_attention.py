@@ -4,7 +4,8 @@ For each head dim H (--head_dim, a list), key/value head count K (--kv_heads, GQ
 length n and window w, every implementation -- cudnn (the yardstick:
 jax.nn.dot_product_attention with local_window_size=(w - 1, 0), is_causal=True), fa3
 (FlashAttention-3, where flash-attn3-jax is installed: pip install swa[fa3]; else a "skipped" row),
-chunked, pallas (one row per --pallas_blocks tile setting), the dense reference where its scores
+mosaic (our warp-specialised Hopper kernels, one row per --mosaic_blocks tile setting; "skipped"
+off Hopper), chunked, pallas (one row per --pallas_blocks tile setting), the dense reference where its scores
 fit, and torch FlexAttention as a peer where torch and a CUDA GPU are there -- is
   - checked: output and gradients against a float32 reference at the benchmark's own shapes (the
     dense one where its scores fit, else the exact slice of the last --tail_rows query rows);
@@ -57,6 +58,13 @@ def define_flags(fv):
     ["default", "128x64/128x32/32x128/w4s3/w8s2"],
     "pallas tile settings (BlockSizes strings, e.g. 128x128/64x64/64x64/w8s2/w4s2); the first "
     "is a core row, the others run after every core row (before FlexAttention).",
+    flag_values=fv,
+  )
+  flags.DEFINE_list(
+    "mosaic_blocks",
+    ["default"],
+    "mosaic tile settings (BlockSizes strings, fwd_q x fwd_k / dkv_q x dkv_k / s stages, e.g. "
+    "64x64/64x64/s2); the first is a core row, the others run after every core row.",
     flag_values=fv,
   )
   flags.DEFINE_list(

@@ -35,6 +35,11 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
   fa3        FlashAttention-3 through the optional package flash-attn3-jax (`pip install
              swa[fa3]`; swa/fa3.py): Hopper GPUs, 16-bit dtypes, H == D == 128 (its wheels);
              self-attention, GQA, and tail offsets (through `kernel_adapters.tail_aligned`).
+  mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
+             only the band's blocks (swa/mosaic_attention.py, swa/mosaic_kernels.py): 16-bit
+             dtypes, H == D in (64, 128), GQA, self-attention and tail offsets; Mosaic GPU's
+             interpret mode off GPU (JAX >= 0.11). auto does not pick it until a GPU run of
+             bench_attention.py measures where it is faster.
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
@@ -57,7 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from swa import chunked, cudnn, fa3, pallas_attention, splash
+from swa import chunked, cudnn, fa3, mosaic_attention, pallas_attention, splash
 from swa.attention_inputs import check_position as _check_position
 from swa.attention_inputs import check_segment_ids as _check_segment_ids
 from swa.attention_inputs import check_shapes as _check_shapes
@@ -200,6 +205,14 @@ register(
   check=fa3.unsupported_reason,
   auto_rank=3,
   auto_when=fa3.auto_when,
+)
+# The Mosaic GPU kernels: explicit requests only (mosaic_attention.AUTO_MAX_WINDOW is None until a
+# GPU benchmark has measured them).
+register(
+  "mosaic",
+  tail_aligned(mosaic_attention.mosaic_attention),
+  features=("tail_offsets", "block_sizes", "interpret"),
+  check=mosaic_attention.unsupported_reason,
 )
 register(
   "splash",

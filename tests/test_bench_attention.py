@@ -228,14 +228,30 @@ def test_summary_targets_and_auto_rule():
   ]
   lines = report.summary_lines(rows, [64], [8, 512])
   assert lines[0] == (
-    "- n=64, w=8: best pallas (pallas tiles) fwd+bwd at 2.00× cuDNN's speed (meets ≥ 1.3×); "
-    "chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every row that ran is within tolerance."
+    "- n=64, w=8: best pallas (pallas tiles) fwd+bwd at 2.00× cuDNN's speed (meets ≥ 1.3×), "
+    "forward 1.00× (meets ≥ 1×); chunked fwd+bwd 2.00× cuDNN's time (meets ≤ 3×); every row "
+    "that ran is within tolerance."
   )
   assert "at 0.80× cuDNN's speed (misses ≥ 1.3×)" in lines[1] and "WRONG: pallas 1x1" in lines[1]
   assert "AUTO_MAX_WINDOW = 8 " in lines[2] and "AUTO_TRAIN_MAX_WINDOW = 8 " in lines[2]
   rows[1]["fwd_ms"] = 1.5  # faster fwd+bwd, slower forward: cuDNN unless differentiated
   line = report.summary_lines(rows, [64], [8, 512])[2]
   assert "AUTO_MAX_WINDOW = 0 " in line and "AUTO_TRAIN_MAX_WINDOW = 8 " in line
+
+
+def test_summary_puts_mosaic_against_cudnn_fa3_and_its_targets():
+  def row(w, impl, ms, fwd_ms):
+    return dict(n=64, w=w, impl=impl, variant="default", tiles=impl, fwd_ms=fwd_ms, fwd_bwd_ms=ms)
+
+  rows = [row(8, "cudnn", 2.0, 1.0), row(8, "fa3", 1.5, 0.8), row(8, "mosaic", 1.6, 1.25)]
+  rows[-1]["ok"] = True
+  lines = report.summary_lines(rows, [64], [8])
+  assert lines[0].startswith(
+    "- n=64, w=8: best mosaic (mosaic) fwd+bwd at 1.25× cuDNN's speed (misses ≥ 1.3×), forward "
+    "0.80× (misses ≥ 1×), 0.94× FA3's fwd+bwd speed;"
+  )
+  assert "mosaic: the largest w up to which its default tiles beat cuDNN" in lines[1]
+  assert "at every n measured: 0 (0: at none)" in lines[1]
 
 
 def test_roofline_on_a_hand_computed_case():

@@ -19,12 +19,12 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from swa import attention, cli, pallas_attention, reports
+from swa import attention, cli, mosaic_attention, pallas_attention, reports
 from swa.bench import check as check_lib
 from swa.bench.flex import Flex
 from swa.checks import check_int
 
-CORE = ("cudnn", "fa3", "pallas", "chunked", "flex", "reference")
+CORE = ("cudnn", "fa3", "mosaic", "pallas", "chunked", "flex", "reference")
 INPUT_SETS = 2  # timed calls alternate between this many random input sets
 _CLOCK = [time.perf_counter()]  # the run's start: log times and --deadline_minutes count from it
 
@@ -41,6 +41,7 @@ class Settings:
   windows: list
   impls: list = CORE
   pallas_blocks: list = ("default",)
+  mosaic_blocks: list = ("default",)
   chunked_blocks: list = ("default",)
   batch: int = 1
   heads: int = 16
@@ -80,6 +81,9 @@ class Settings:
     for text in self.pallas_blocks:
       if text != "default":
         pallas_attention.BlockSizes.parse(text).validate()
+    for text in self.mosaic_blocks:
+      if text != "default":
+        mosaic_attention.BlockSizes.parse(text).validate()
     for text in self.chunked_blocks:
       if text != "default":
         check_int("--chunked_blocks", int(text) if text.strip().isdigit() else text)
@@ -134,8 +138,8 @@ def jax_row(impl, variant, w, n):
   """(fwd, fwd_bwd) jitted functions of one JAX implementation row, and its tile description.
 
   Args:
-    impl: "cudnn", "fa3", "pallas", "chunked" or "reference".
-    variant: "default", or the tile setting (pallas: a BlockSizes string; chunked: C).
+    impl: "cudnn", "fa3", "mosaic", "pallas", "chunked" or "reference".
+    variant: "default", or the tile setting (pallas, mosaic: a BlockSizes string; chunked: C).
     w: the window.
     n: the sequence length.
   """
@@ -155,6 +159,10 @@ def jax_row(impl, variant, w, n):
       else pallas_attention.BlockSizes.parse(variant)
     )
     options, tiles = dict(block_sizes=blocks), str(blocks)
+  elif impl == "mosaic":
+    blocks = mosaic_attention.BlockSizes.parse(variant) if variant != "default" else None
+    options = dict(block_sizes=blocks)
+    tiles = str(blocks or mosaic_attention.BlockSizes())
   attend = functools.partial(
     attention.sliding_window_attention, window_size=w, implementation=impl, **options
   )
@@ -260,8 +268,8 @@ def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
     if impl == "cudnn" and not attention.cudnn_available():
       row["note"] = f"skipped: no cuDNN on {jax.default_backend()}"
       continue
-    if impl == "fa3":
-      reason = attention.lookup("fa3").check(*sets[0][:3], w)
+    if impl in ("fa3", "mosaic"):
+      reason = attention.lookup(impl).check(*sets[0][:3], w)
       if reason:
         row["note"] = f"skipped: {reason}"
         continue
@@ -334,7 +342,8 @@ def jobs_in_order(s):
   settings. The report lists flex after the JAX rows of its (n, w) all the same."""
   core, extra = [], []
   for impl in s.impls:
-    variants = {"pallas": s.pallas_blocks, "chunked": s.chunked_blocks}.get(impl, ["default"])
+    variants = {"pallas": s.pallas_blocks, "mosaic": s.mosaic_blocks, "chunked": s.chunked_blocks}
+    variants = variants.get(impl, ["default"])
     (extra if impl == "flex" else core).append((impl, variants[0]))
     if not s.check_only:
       extra[:0] = [(impl, v) for v in variants[1:]]  # before flex

@@ -41,27 +41,49 @@ def _ratio(row, cudnn, key):
   return row[f"{key}_ms"] / cudnn[f"{key}_ms"] if have else None
 
 
-def _speed_of_pallas(rows, n, w, default_only=False):
-  """The fastest correct pallas row at (n, w) and cuDNN's; (None, cudnn) if none."""
+def _fastest(rows, n, w, impl="pallas", default_only=False):
+  """The fastest correct row of a kernel implementation (pallas, mosaic) at (n, w), and cuDNN's;
+  (None, cudnn) if none."""
   at = [r for r in rows if r["n"] == n and r["w"] == w]
   cudnn = next((r for r in at if r["impl"] == "cudnn" and r.get("fwd_bwd_ms")), None)
-  pallas = [
+  kernel = [
     r
     for r in at
-    if r["impl"] == "pallas"
+    if r["impl"] == impl
     and r.get("fwd_bwd_ms")
     and r.get("ok")
     and (r["variant"] == "default" or not default_only)
   ]
-  return min(pallas, key=lambda r: r["fwd_bwd_ms"], default=None), cudnn
+  return min(kernel, key=lambda r: r["fwd_bwd_ms"], default=None), cudnn
 
 
-def _pallas_wins(pallas, cudnn):
-  """Whether the pallas row is at least as fast as cuDNN's, forward and fwd+bwd."""
+def _wins(kernel, cudnn):
+  """Whether the kernel's row is at least as fast as cuDNN's, forward and fwd+bwd."""
   keys = ("fwd_ms", "fwd_bwd_ms")
   return bool(
-    pallas and cudnn and all(pallas.get(k) and cudnn.get(k) and pallas[k] <= cudnn[k] for k in keys)
+    kernel and cudnn and all(kernel.get(k) and cudnn.get(k) and kernel[k] <= cudnn[k] for k in keys)
   )
+
+
+def _kernel_parts(rows, n, w, impl):
+  """The summary's words on one kernel implementation at (n, w): its best fwd+bwd and forward
+  speed against cuDNN's and the issue's targets (fwd+bwd >= 1.3x at w <= 512, else >= 1.0x;
+  forward >= 1.0x), and against FA3's fwd+bwd where FA3 ran."""
+  best, cudnn = _fastest(rows, n, w, impl)
+  if not (best and cudnn):
+    return []
+  speed, goal = cudnn["fwd_bwd_ms"] / best["fwd_bwd_ms"], 1.3 if w <= 512 else 1.0
+  fwd = cudnn["fwd_ms"] / best["fwd_ms"] if best.get("fwd_ms") and cudnn.get("fwd_ms") else None
+  words = (
+    f"best {impl} ({best['tiles']}) fwd+bwd at {speed:.2f}× cuDNN's speed "
+    f"({'meets' if speed >= goal else 'misses'} ≥ {goal:g}×)"
+  )
+  if fwd is not None:
+    words += f", forward {fwd:.2f}× ({'meets' if fwd >= 1 else 'misses'} ≥ 1×)"
+  fa3 = next((r for r in rows if (r["n"], r["w"], r["impl"]) == (n, w, "fa3")), None)
+  if fa3 and fa3.get("fwd_bwd_ms") and impl == "mosaic":
+    words += f", {fa3['fwd_bwd_ms'] / best['fwd_bwd_ms']:.2f}× FA3's fwd+bwd speed"
+  return [words]
 
 
 def problems(rows):
@@ -102,15 +124,9 @@ def summary_lines(rows, lengths, windows):
       at = [r for r in rows if r["n"] == n and r["w"] == w]
       wrong = [f"{r['impl']} {r['variant']}" for r in at if r.get("ok") is False]
       crashed = [p for p in problems(at) if "WRONG" not in p]
-      best, cudnn = _speed_of_pallas(rows, n, w)
+      _, cudnn = _fastest(rows, n, w)
       chunked = next((r for r in at if r["impl"] == "chunked" and r.get("fwd_bwd_ms")), None)
-      parts = []
-      if best and cudnn:
-        speed, goal = cudnn["fwd_bwd_ms"] / best["fwd_bwd_ms"], 1.3 if w <= 512 else 1.0
-        parts.append(
-          f"best pallas ({best['tiles']}) fwd+bwd at {speed:.2f}× cuDNN's speed "
-          f"({'meets' if speed >= goal else 'misses'} ≥ {goal:g}×)"
-        )
+      parts = _kernel_parts(rows, n, w, "mosaic") + _kernel_parts(rows, n, w, "pallas")
       if chunked and cudnn:
         ratio = chunked["fwd_bwd_ms"] / cudnn["fwd_bwd_ms"]
         parts.append(
@@ -124,19 +140,25 @@ def summary_lines(rows, lengths, windows):
         parts.append("every row that ran is within tolerance")
       lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
 
-  def largest_window(wins):
-    """The largest w up to which pallas (default tiles) wins at every n, by `wins`."""
+  def largest_window(wins, impl="pallas"):
+    """The largest w up to which impl (default tiles) wins at every n, by `wins`."""
     best = 0
     for w in sorted(windows):
-      if not all(wins(*_speed_of_pallas(rows, n, w, default_only=True)) for n in lengths):
+      if not all(wins(*_fastest(rows, n, w, impl, default_only=True)) for n in lengths):
         break
       best = w
     return best
 
   train_wins = lambda p, c: bool(p and c and p["fwd_bwd_ms"] <= c["fwd_bwd_ms"])
+  if any(r["impl"] == "mosaic" and r.get("fwd_bwd_ms") for r in rows):
+    lines.append(
+      f"- mosaic: the largest w up to which its default tiles beat cuDNN in the forward and in "
+      f"fwd+bwd at every n measured: {largest_window(_wins, 'mosaic')} (0: at none), the rule "
+      "for mosaic_attention.AUTO_MAX_WINDOW."
+    )
   lines.append(
     f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = "
-    f"{largest_window(_pallas_wins)} (the largest w up to which pallas with its default tiles beat "
+    f"{largest_window(_wins)} (the largest w up to which pallas with its default tiles beat "
     "cuDNN in the forward and in fwd+bwd at every n measured; 0 = keep cuDNN) and "
     f"AUTO_TRAIN_MAX_WINDOW = {largest_window(train_wins)} (the same for fwd+bwd alone: "
     "cudnn_pallas, cuDNN's forward where a call is not differentiated)."

@@ -1,0 +1,538 @@
+"""The Hopper kernels of `implementation="mosaic"` (Pallas Mosaic GPU): forward and backward.
+
+Three kernels, each warp-specialised in the manner of FlashAttention-3: a CTA runs three
+warpgroups, two that compute and one that only issues TMA copies into a ring of `stages`
+shared-memory slots; a slot is refilled once both computing warpgroups have arrived on its "used"
+barrier. Matrix products are wgmma with float32 accumulators; softmax statistics are float32, with
+log2(e) folded into the scale (exp2). Every loop visits only the blocks the window touches.
+
+forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of them (a 64-row
+          wgmma). The producer streams the key/value blocks the CTA's window touches, and only
+          those: keys max(0, q0 - w + 1) ... q0 + 2 block_q - 1. Each warpgroup computes the blocks
+          its own rows see, in three loops (window edge masked, interior unmasked, causal diagonal
+          masked), and waits out the other blocks. The two warpgroups take turns at the tensor
+          cores through a schedule barrier (ping-pong), so one's softmax hides under the other's
+          products. Outputs: O and the base-2 log-sum-exp per row.
+dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch), with the
+          saved log-sum-exp and delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
+dK/dV     A CTA owns 2 * block_k_dkv keys, each computing warpgroup block_k_dkv of them; the
+          producer streams the query blocks that see them (Q, dO, log-sum-exp, delta), on scores
+          transposed so that no tile is ever transposed: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
+          dK += dS^T Q.
+The backward thus does 7 products a block pair where FlashAttention-3 and cuDNN do 5 (they add
+each block's dQ into global memory instead of recomputing S and dP). Mosaic GPU's interpret mode
+has no TMA reduce-add or atomics, so a 5-product form could not be tested off a GPU; it waits for
+a GPU session to measure whether it is faster.
+
+The window has the project's one meaning (swa/mask.py): query t sees keys t - w + 1 ... t. The
+inputs arrive padded (swa/mosaic_attention.py): T a multiple of 2 * block, head dims a multiple of
+64, 16-bit dtype. GQA: query head n reads key/value head n // G; the backward writes dK and dV per
+query head and its caller sums each group. Off a GPU the kernels run in Mosaic GPU's interpret
+mode (JAX >= 0.11), which simulates the warpgroups, shared memory, barriers and TMA on the CPU.
+"""
+
+import dataclasses
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+_LOG2E = math.log2(math.e)
+_MASKED = -1e30  # a masked logit: finite, so a row whose first blocks are all masked stays NaN-free
+_COMPUTE_WGS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Everything the kernels need that is not an array (hashable: a custom_vjp static)."""
+
+  window: int  # >= 1; the padded length for full causal attention
+  scale: float
+  groups: int  # G = N // K
+  block_q: int  # forward and dQ: queries per computing warpgroup (64: one wgmma M)
+  block_k: int  # forward and dQ: keys per pipeline step
+  block_q_dkv: int  # dK/dV: queries per pipeline step
+  block_k_dkv: int  # dK/dV: keys per computing warpgroup (64)
+  stages: int  # shared-memory ring slots (>= 2)
+  interpret: bool
+
+
+def _smem(shape, dtype):
+  """A shared-memory buffer laid out for wgmma (8 x 64 tiles, 128-byte swizzle) when 16-bit."""
+  if jnp.dtype(dtype).itemsize == 2:
+    return plgpu.SMEM(
+      shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    )
+  return plgpu.SMEM(shape, dtype)
+
+
+def _interpret(st):
+  return plgpu.InterpretGPUParams() if st.interpret else None
+
+
+def _zeros(shape):
+  return plgpu.layout_cast(jnp.full(shape, 0, jnp.float32), plgpu.Layout.WGMMA)
+
+
+def _product(a, b, shape):
+  """a @ b as a float32 wgmma (a: registers or shared memory, b: shared memory)."""
+
+  def body(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+    return acc_ref[...]
+
+  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def _accumulate(acc, a, b, a_smem2, wg, st):
+  """acc + a @ b for a float32 accumulator acc and a 16-bit left operand a in registers.
+
+  On a GPU the wgmma adds into acc itself (`pl.run_state` on a pre-filled accumulator: a in
+  registers, no second accumulator). Mosaic GPU's interpret mode has neither `run_state` nor
+  register operands, so there a is stored into a_smem2.at[wg] (allocated in interpret mode only)
+  and its product added: the one difference between the two modes, the same arithmetic.
+  """
+  if not st.interpret:
+
+    def body(acc_ref):
+      plgpu.wgmma(acc_ref, a, b)
+
+    return pl.run_state(body)(plgpu.ACC.init(acc))
+  a_smem = a_smem2.at[wg]
+  a_smem[...] = a
+  plgpu.commit_smem()
+  return acc + _product(a_smem, b, acc.shape)
+
+
+def _mask(s, q_start, k_start, window, rows_are_queries=True):
+  """s with the logits of invisible pairs set to _MASKED (`mask.visible`'s rule: 0 <= q - k < w).
+
+  s is [rows, cols] in the wgmma layout; rows are queries (forward) or keys (backward)."""
+  rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+  cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+  if rows_are_queries:
+    diff = (rows + q_start) - (cols + k_start)
+  else:
+    diff = (cols + q_start) - (rows + k_start)
+  return jnp.where((diff >= 0) & (diff < window), s, _MASKED)
+
+
+def _regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
+  """Splits the CTA's pipeline steps [lo, hi) (in units of `block`) for one warpgroup.
+
+  keys_are_blocked (forward): the steps are key blocks, the warpgroup's rows are queries
+  first_row ... last_row. Otherwise (backward) the steps are query blocks, the rows keys.
+  Returns (a, b, c, d): steps [lo, a) and [d, hi) hold no visible pair (waited out), [a, b) and
+  [c, d) are masked, [b, c) are wholly visible (no mask).
+  """
+  div = lambda x: lax.div(x, jnp.int32(block))
+  cdiv = lambda x: lax.div(x + (block - 1), jnp.int32(block))
+  if keys_are_blocked:  # keys k with first_row - w + 1 <= k <= last_row
+    a = div(jnp.maximum(first_row - window + 1, 0))
+    d = cdiv(last_row + 1)
+    b = cdiv(jnp.maximum(last_row - window + 1, 0))  # first block wholly inside every row's window
+    c = div(first_row + 1)  # first block that reaches past the first row (causal edge)
+  else:  # queries q with first_row <= q <= last_row + w - 1
+    a = div(first_row)
+    d = cdiv(last_row + window)
+    b = cdiv(last_row)  # first block whose queries are all at or after every row
+    c = div(first_row + window)  # first block with a query past some row's window
+  a, d = jnp.clip(a, lo, hi), jnp.clip(d, lo, hi)
+  b = jnp.clip(b, a, d)
+  c = jnp.clip(c, b, d)
+  return a, b, c, d
+
+
+# ------------------------------------------------------------------------------- pipeline
+
+
+def _produce(copies, lo, hi, stages, used):
+  """The producer warpgroup: issues `copies(step, slot)` (its TMA loads, each on its own "loaded"
+  barrier of that slot) for the steps lo ... hi - 1, refilling a slot once both computing
+  warpgroups have arrived on its `used` barrier; at the end it waits for each slot's last use, so
+  that every phase of every barrier is observed before the CTA's barriers go away."""
+  plgpu.set_max_registers(40, action="decrease")
+  slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+  for i in range(stages):
+    pl.when(lo + i < hi)(functools.partial(copies, lo + i, i))
+
+  @pl.loop(lo + stages, hi)
+  def _refill(step):
+    plgpu.barrier_wait(used.at[slot_of(step)])
+    copies(step, slot_of(step))
+
+  @pl.loop(jnp.maximum(lo, hi - stages), hi)
+  def _drain(step):
+    plgpu.barrier_wait(used.at[slot_of(step)])
+
+
+def _consume(lo, hi, regions, step_fn, skip_fn, carry):
+  """A computing warpgroup's loop over the CTA's steps lo ... hi - 1: `regions` = (a, b, c, d) from
+  `_regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
+  a, b, c, d = regions
+  skip = lambda step, carry: (skip_fn(step), carry)[1]
+  lax.fori_loop(lo, a, skip, None)
+  carry = lax.fori_loop(a, b, functools.partial(step_fn, masked=True), carry)
+  carry = lax.fori_loop(b, c, functools.partial(step_fn, masked=False), carry)
+  carry = lax.fori_loop(c, d, functools.partial(step_fn, masked=True), carry)
+  lax.fori_loop(d, hi, skip, None)
+  return carry
+
+
+def _launch(entry, name, out_type, grid, grid_names, st):
+  """The kernel `entry` over `grid`, three warpgroups a CTA, named `name` in profiles."""
+  return plgpu.kernel(
+    entry,
+    out_type=out_type,
+    grid=grid,
+    grid_names=grid_names,
+    num_threads=_COMPUTE_WGS + 1,
+    thread_name="wg",
+    kernel_name=name,
+    compiler_params=plgpu.CompilerParams(approx_math=True),
+    interpret=_interpret(st),
+  )
+
+
+def _key_blocks(q0, rows, st, T):
+  """The CTA's key-block steps [lo, hi) for queries q0 ... q0 + rows - 1."""
+  lo = lax.div(jnp.maximum(q0 - st.window + 1, 0), jnp.int32(st.block_k))
+  hi = lax.div(q0 + rows + st.block_k - 1, jnp.int32(st.block_k))
+  return lo, jnp.minimum(hi, T // st.block_k)
+
+
+# --------------------------------------------------------------------------------- forward
+
+
+def forward(q_BTNH, k_BTKH, v_BTKH, st):
+  """(out [B, T, N, H], lse2 [B, N, T] float32): the forward kernel on padded inputs."""
+  B, T, N, H = q_BTNH.shape
+  bq, bk, stages = st.block_q, st.block_k, st.stages
+  dtype = q_BTNH.dtype
+  scale2 = st.scale * _LOG2E
+
+  def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
+    (qo_smem2, k_smem, v_smem, lse_smem2, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
+    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
+    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, st, T)
+    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+
+    def rendezvous():  # the ping-pong: each call meets the other warpgroup's matching call
+      plgpu.barrier_arrive(sched)
+      plgpu.barrier_wait(sched)
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
+      first = q0 + wg * bq
+      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(first, bq), n], qo_smem, q_bar.at[wg])
+      plgpu.barrier_wait(q_bar.at[wg])
+
+      def skip(step):  # a block none of this warpgroup's rows see
+        slot = slot_of(step)
+        plgpu.barrier_wait(k_bar.at[slot])
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_arrive(used.at[slot])
+        rendezvous()
+        rendezvous()
+
+      def step_fn(step, carry, masked):
+        acc, m_i, l_i = carry
+        slot = slot_of(step)
+        plgpu.barrier_wait(k_bar.at[slot])
+
+        def qk(acc_ref):
+          plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+          rendezvous()
+          return acc_ref[...]
+
+        s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
+        if masked:
+          s = _mask(s, first, step * bk, st.window)
+        m_new = jnp.maximum(m_i, s.max(axis=1))
+        alpha = jnp.exp2(m_i - m_new)
+        p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+        l_i = l_i * alpha + p.sum(axis=1)
+        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+        p16 = p.astype(dtype)
+        plgpu.barrier_arrive(sched)  # softmax done
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_wait(sched)  # the tensor cores are ours
+        acc = _accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
+        plgpu.barrier_arrive(used.at[slot])
+        return acc, m_new, l_i
+
+      carry = (
+        _zeros((bq, H)),
+        plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+      )
+      pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
+      regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
+      acc, m_i, l_i = _consume(lo, hi, regions, step_fn, skip, carry)
+      pl.when(wg == 0)(rendezvous)
+      qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
+      lse_smem[...] = m_i + jnp.log2(l_i)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[b, pl.ds(first, bq), n])
+      plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, n, pl.ds(first, bq)])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _COMPUTE_WGS)
+    def _produce_kv():
+      kv_head = lax.div(n, jnp.int32(st.groups))
+
+      def copies(step, slot):
+        rows = (b, pl.ds(step * bk, bk), kv_head)
+        plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_bar.at[slot])
+
+      _produce(copies, lo, hi, stages, used)
+
+  def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
+    smem = (
+      _smem((_COMPUTE_WGS, bq, H), dtype),
+      _smem((stages, bk, H), dtype),
+      _smem((stages, bk, H), dtype),
+      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
+      _smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,  # P, in interpret mode
+    )
+    loaded = (
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_barriers=_COMPUTE_WGS),
+    )
+    pl.run_scoped(
+      lambda *scratch: kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
+      smem,
+      loaded,
+      plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=_COMPUTE_WGS),
+      collective_axes="wg",
+    )
+
+  out_type = (
+    jax.ShapeDtypeStruct((B, T, N, H), dtype),
+    jax.ShapeDtypeStruct((B, N, T), jnp.float32),
+  )
+  grid = (T // (_COMPUTE_WGS * bq), N, B)
+  names = ("q_tiles", "heads", "batch")
+  return _launch(entry, "swa_mosaic_fwd", out_type, grid, names, st)(q_BTNH, k_BTKH, v_BTKH)
+
+
+# -------------------------------------------------------------------------------- backward
+
+
+def _load_rows(lse_smem, delta_smem, rows_are_queries):
+  """The log-sum-exp and delta rows as float32 vectors laid out for the scores' rows (dQ) or
+  columns (dK/dV)."""
+  layout = plgpu.Layout.WGMMA.reduce(1 if rows_are_queries else 0)
+  return plgpu.load(lse_smem, layout=layout), plgpu.load(delta_smem, layout=layout)
+
+
+def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
+  """dQ [B, T, N, H] (q's dtype): a CTA owns 2 * block_q queries and streams the key blocks their
+  windows touch; three products a block (S = Q K^T, dP = dO V^T, dQ += dS K)."""
+  B, T, N, H = q_BTNH.shape
+  bq, bk, stages = st.block_q, st.block_k, st.stages
+  dtype = q_BTNH.dtype
+  scale2 = st.scale * _LOG2E
+
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch):
+    (q_smem2, do_smem2, lse_smem2, delta_smem2, k_smem, v_smem, ds_smem2), bars, used = scratch
+    k_bar, v_bar, row_bar = bars
+    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
+    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, st, T)
+    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
+      first = q0 + wg * bq
+      rows = (b, pl.ds(first, bq), n)
+      plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem, row_bar.at[wg])
+      plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem, row_bar.at[wg])
+      plgpu.copy_gmem_to_smem(lse_ref.at[b, n, pl.ds(first, bq)], lse_smem2.at[wg], row_bar.at[wg])
+      plgpu.copy_gmem_to_smem(
+        delta_ref.at[b, n, pl.ds(first, bq)], delta_smem2.at[wg], row_bar.at[wg]
+      )
+      plgpu.barrier_wait(row_bar.at[wg])
+      lse, delta = _load_rows(lse_smem2.at[wg], delta_smem2.at[wg], True)
+      rows_of = lambda x: lax.broadcast_in_dim(x, (bq, bk), [0])
+
+      def skip(step):
+        slot = slot_of(step)
+        plgpu.barrier_wait(k_bar.at[slot])
+        plgpu.barrier_wait(v_bar.at[slot])
+        plgpu.barrier_arrive(used.at[slot])
+
+      def step_fn(step, dq, masked):
+        slot = slot_of(step)
+        plgpu.barrier_wait(k_bar.at[slot])
+        s = _product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
+        if masked:
+          s = _mask(s, first, step * bk, st.window)
+        p = jnp.exp2(s - rows_of(lse))
+        plgpu.barrier_wait(v_bar.at[slot])
+        dp = _product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
+        ds = (p * (dp - rows_of(delta))).astype(dtype)
+        dq = _accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
+        plgpu.barrier_arrive(used.at[slot])
+        return dq
+
+      regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
+      dq = _consume(lo, hi, regions, step_fn, skip, _zeros((bq, H)))
+      q_smem[...] = (dq * st.scale).astype(dtype)
+      plgpu.commit_smem()
+      plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _COMPUTE_WGS)
+    def _produce_kv():
+      kv_head = lax.div(n, jnp.int32(st.groups))
+
+      def copies(step, slot):
+        keys = (b, pl.ds(step * bk, bk), kv_head)
+        plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
+        plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
+
+      _produce(copies, lo, hi, stages, used)
+
+  def entry(*refs):
+    smem = (
+      _smem((_COMPUTE_WGS, bq, H), dtype),
+      _smem((_COMPUTE_WGS, bq, H), dtype),
+      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
+      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
+      _smem((stages, bk, H), dtype),
+      _smem((stages, bk, H), dtype),
+      _smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,  # dS, in interpret mode
+    )
+    bars = (
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_barriers=stages),
+      plgpu.Barrier(num_arrivals=4, num_barriers=_COMPUTE_WGS),  # one arrival per TMA copy
+    )
+    pl.run_scoped(
+      lambda *scratch: kernel(*refs, scratch),
+      smem,
+      bars,
+      plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+      collective_axes="wg",
+    )
+
+  out_type = jax.ShapeDtypeStruct((B, T, N, H), dtype)
+  grid = (T // (_COMPUTE_WGS * bq), N, B)
+  return _launch(entry, "swa_mosaic_dq", out_type, grid, ("q_tiles", "heads", "batch"), st)(
+    q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
+  )
+
+
+def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
+  """(dK, dV), each [B, T, N, H] per query head (q's dtype): a CTA owns 2 * block_k_dkv keys and
+  streams the query blocks that see them; four products a block (S^T = K Q^T, dP^T = V dO^T,
+  dV += P^T dO, dK += dS^T Q), on scores transposed so that no tile is ever transposed."""
+  B, T, N, H = q_BTNH.shape
+  bq, bk, stages = st.block_q_dkv, st.block_k_dkv, st.stages
+  dtype = q_BTNH.dtype
+  scale2 = st.scale * _LOG2E
+
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, scratch):
+    (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2) = scratch[0]
+    (q_bar, kv_bar), used = scratch[1], scratch[2]
+    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
+    k0 = lax.axis_index("k_tiles") * (_COMPUTE_WGS * bk)
+    lo = lax.div(k0, jnp.int32(bq))
+    hi = lax.div(k0 + _COMPUTE_WGS * bk - 1 + st.window + bq - 1, jnp.int32(bq))
+    hi = jnp.minimum(hi, T // bq)
+    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+
+    @pl.when(wg < _COMPUTE_WGS)
+    def _compute():
+      plgpu.set_max_registers(232, action="increase")
+      k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
+      first = k0 + wg * bk
+      keys = (b, pl.ds(first, bk), lax.div(n, jnp.int32(st.groups)))
+      plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem, kv_bar.at[wg])
+      plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem, kv_bar.at[wg])
+      plgpu.barrier_wait(kv_bar.at[wg])
+
+      def skip(step):
+        slot = slot_of(step)
+        plgpu.barrier_wait(q_bar.at[slot])
+        plgpu.barrier_arrive(used.at[slot])
+
+      def step_fn(step, carry, masked):
+        dk, dv = carry
+        slot = slot_of(step)
+        plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
+        lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
+        s_t = _product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
+        if masked:
+          s_t = _mask(s_t, step * bq, first, st.window, rows_are_queries=False)
+        pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
+        dpt = _product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
+        dst = pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))
+        dv = _accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
+        dk = _accumulate(dk, dst.astype(dtype), q_smem.at[slot], dst_smem2, wg, st)
+        plgpu.barrier_arrive(used.at[slot])
+        return dk, dv
+
+      regions = _regions(lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False)
+      dk, dv = _consume(lo, hi, regions, step_fn, skip, (_zeros((bk, H)), _zeros((bk, H))))
+      k_smem[...] = (dk * st.scale).astype(dtype)
+      v_smem[...] = dv.astype(dtype)
+      plgpu.commit_smem()
+      out_rows = (b, pl.ds(first, bk), n)
+      plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[out_rows])
+      plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[out_rows])
+      plgpu.wait_smem_to_gmem(0)
+
+    @pl.when(wg == _COMPUTE_WGS)
+    def _produce_q():
+      def copies(step, slot):
+        rows, cols = (b, pl.ds(step * bq, bq), n), (b, n, pl.ds(step * bq, bq))
+        plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], q_bar.at[slot])
+        plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], q_bar.at[slot])
+        plgpu.copy_gmem_to_smem(lse_ref.at[cols], lse_smem.at[slot], q_bar.at[slot])
+        plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
+
+      _produce(copies, lo, hi, stages, used)
+
+  def entry(*refs):
+    interpret_only = lambda shape: _smem(shape, dtype) if st.interpret else None
+    smem = (
+      _smem((_COMPUTE_WGS, bk, H), dtype),
+      _smem((_COMPUTE_WGS, bk, H), dtype),
+      _smem((stages, bq, H), dtype),
+      _smem((stages, bq, H), dtype),
+      plgpu.SMEM((stages, bq), jnp.float32),
+      plgpu.SMEM((stages, bq), jnp.float32),
+      interpret_only((_COMPUTE_WGS, bk, bq)),  # P^T, in interpret mode
+      interpret_only((_COMPUTE_WGS, bk, bq)),  # dS^T, in interpret mode
+    )
+    bars = (  # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=4, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=2, num_barriers=_COMPUTE_WGS),
+    )
+    pl.run_scoped(
+      lambda *scratch: kernel(*refs, scratch),
+      smem,
+      bars,
+      plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
+      collective_axes="wg",
+    )
+
+  out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
+  grid = (T // (_COMPUTE_WGS * bk), N, B)
+  return _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)(
+    q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
+  )

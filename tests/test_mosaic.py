@@ -1,0 +1,164 @@
+"""swa/mosaic_attention.py: the warp-specialised Mosaic GPU kernels equal the float32 reference,
+forward and gradients, in Mosaic GPU's interpret mode on the CPU (JAX >= 0.11: it simulates the
+three warpgroups, shared memory, barriers and TMA copies) and, on a Hopper GPU, compiled.
+
+Interpret mode checks the arithmetic, the indexing, the window's loop bounds and that the barrier
+protocol neither deadlocks nor mismatches arrivals; it runs TMA copies at once, so it cannot show a
+missing wait on a copy (a GPU run can)."""
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from swa import attention, mosaic_attention
+
+needs_mosaic = pytest.mark.skipif(
+  mosaic_attention._import_reason() is not None,
+  reason=f"Mosaic GPU kernels unavailable here: {mosaic_attention._import_reason()}",
+)
+on_hopper = pytest.mark.skipif(
+  jax.default_backend() != "gpu"
+  or not str(getattr(jax.devices()[0], "compute_capability", "")).startswith("9."),
+  reason="compiles the Mosaic GPU kernels: needs a Hopper GPU",
+)
+
+
+def _qkv(B, T, N, K, H, dtype, seed=0, S=None):
+  kq, kk, kv, kd = jax.random.split(jax.random.PRNGKey(seed), 4)
+  S = T if S is None else S
+  shapes = ((B, T, N, H), (B, S, K, H), (B, S, K, H), (B, T, N, H))
+  return tuple(jax.random.normal(key, shape, dtype) for key, shape in zip((kq, kk, kv, kd), shapes))
+
+
+def _out_and_grads(fn, q, k, v, dout):
+  out, vjp = jax.vjp(fn, q, k, v)
+  return (out,) + vjp(dout)
+
+
+def _assert_close(fast, q, k, v, dout, slow=None, tol=(5e-3, 1e-2)):
+  """fast's output and gradients against the float32 reference on the same (rounded) inputs: the
+  error's norm relative to the reference's, under tol (output, gradients). The reference's norm
+  counts as at least 1e-3 per entry (w = 1: dQ is a difference of two equal products, ~0)."""
+  slow = slow or (lambda q, k, v: attention.sliding_window_attention(q, k, v, None))
+  got = _out_and_grads(fast, q, k, v, dout)
+  want = _out_and_grads(slow, *(x.astype(jnp.float32) for x in (q, k, v, dout)))
+  for i, (g, w) in enumerate(zip(got, want)):
+    assert g.dtype == q.dtype and g.shape == w.shape, (i, g.dtype, g.shape)
+    norm = max(float(jnp.linalg.norm(w)), 1e-3 * w.size**0.5)
+    err = float(jnp.linalg.norm(g.astype(jnp.float32) - w)) / norm
+    assert err < tol[min(i, 1)], (i, err)
+
+
+def _contract(window, impl="mosaic", **options):
+  return lambda q, k, v: attention.sliding_window_attention(
+    q, k, v, window, implementation=impl, **options
+  )
+
+
+# (B, T, N, K, H, window, block sizes): GQA over an odd length with a window that starts inside a
+# block (every loop region: waited-out, masked, interior); a window shorter than a block (each
+# warpgroup waits out blocks the other needs); full attention at H = 128 (T padded to 256);
+# window 1; larger tiles with a 3-slot ring.
+CASES = [
+  (1, 200, 4, 2, 64, 100, None),
+  (1, 256, 2, 1, 64, 16, None),
+  pytest.param((2, 130, 2, 2, 128, None, None), marks=pytest.mark.slow),
+  pytest.param((1, 256, 2, 2, 64, 1, None), marks=pytest.mark.slow),
+  pytest.param((1, 384, 2, 1, 64, 200, "128x64/64x128/s3"), marks=pytest.mark.slow),
+]
+
+
+@needs_mosaic
+@pytest.mark.parametrize("case", CASES)
+def test_interpreted_kernels_match_the_reference_forward_and_gradients(case):
+  B, T, N, K, H, window, blocks = case
+  q, k, v, dout = _qkv(B, T, N, K, H, jnp.float16, seed=T + H)
+  slow = _contract(window, "reference")
+  _assert_close(_contract(window, block_sizes=blocks), q, k, v, dout, slow)
+
+
+@needs_mosaic
+def test_bfloat16_and_a_sequence_shard_over_its_halo():
+  """bf16 inputs, and a shard's call: 96 queries at positions 160.. over 256 keys from 0 (tail
+  offsets, through kernel_adapters.tail_aligned)."""
+  q, k, v, dout = _qkv(1, 96, 2, 1, 64, jnp.bfloat16, seed=5, S=256)
+  fast = _contract(70, q_offset=160)
+  slow = _contract(70, "reference", q_offset=160)
+  _assert_close(fast, q, k, v, dout, slow, tol=(2e-2, 4e-2))
+
+
+def test_bad_inputs_get_one_line_errors():
+  q, k, v, _ = _qkv(1, 128, 2, 1, 64, jnp.float32)
+  with pytest.raises(ValueError, match="not available: .*bfloat16 or float16") as e:
+    attention.sliding_window_attention(q, k, v, 16, implementation="mosaic")
+  assert "\n" not in str(e.value)
+  h32 = [x.astype(jnp.float16)[..., :32] for x in (q, k, v)]
+  with pytest.raises(ValueError, match=r"head dims in \(64, 128\), got \(32, 32\)"):
+    attention.sliding_window_attention(*h32, 16, implementation="mosaic")
+  with pytest.raises(ValueError, match="does not support .*sinks"):
+    attention.sliding_window_attention(*h32, 16, implementation="mosaic", num_sinks=2)
+  with pytest.raises(ValueError, match="multiples of 64 and stages >= 2"):
+    mosaic_attention.BlockSizes(block_q=32).validate()
+  with pytest.raises(ValueError, match="look like '64x64/64x64/s2'"):
+    mosaic_attention.BlockSizes.parse("64x64/s2")
+  blocks = mosaic_attention.BlockSizes(128, 64, 64, 128, 3)
+  assert mosaic_attention.BlockSizes.parse(str(blocks)) == blocks
+
+
+def test_without_interpret_mode_off_gpu_the_check_says_so(monkeypatch):
+  """JAX 0.10 has Mosaic GPU but not its interpret mode: off a GPU, a one-line reason."""
+  from jax.experimental.pallas import mosaic_gpu as plgpu
+
+  mosaic_attention._import_reason.cache_clear()
+  monkeypatch.delattr(plgpu, "InterpretGPUParams")
+  try:
+    q = jax.ShapeDtypeStruct((1, 128, 2, 64), jnp.float16)
+    reason = mosaic_attention.unsupported_reason(q, q, q, 16)
+    assert jax.default_backend() == "gpu" or "interpret mode" in reason
+  finally:
+    monkeypatch.undo()
+    mosaic_attention._import_reason.cache_clear()
+
+
+def test_auto_never_picks_mosaic_before_it_is_measured():
+  assert mosaic_attention.AUTO_MAX_WINDOW is None
+  assert attention.lookup("mosaic").auto_rank is None
+  for dtype in (jnp.float16, jnp.float32):
+    q = jax.ShapeDtypeStruct((1, 256, 2, 64), dtype)
+    assert attention.resolve_implementation("auto", q, q, q, 16) != "mosaic"
+
+
+@needs_mosaic
+@pytest.mark.parametrize(
+  "T, window, H, kv_heads, blocks",
+  [
+    (16384, 128, 128, 16, None),
+    (16384, 4096, 128, 16, None),
+    (1000, 100, 64, 4, "128x64/64x128/s3"),
+  ],
+)
+def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks):
+  """The forward, dQ and dK/dV kernels go through Pallas's Mosaic GPU lowering (wgmma operand
+  layouts, register arrays, TMA slices) at the benchmark's shapes, on the CPU: no GPU compiles
+  them here, so this is lowering only."""
+  q = jax.ShapeDtypeStruct((1, T, 16, H), jnp.bfloat16)
+  kv = jax.ShapeDtypeStruct((1, T, kv_heads, H), jnp.bfloat16)
+  attend = lambda q, k, v: mosaic_attention.mosaic_attention(
+    q, k, v, window, H**-0.5, block_sizes=blocks, interpret=False
+  )
+  loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+  text = grads.trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+  assert text.count("stablehlo.custom_call @mosaic_gpu") == 3  # forward, dQ, dK/dV
+
+
+@on_hopper
+@pytest.mark.parametrize("T, window", [(4096, 128), (4096, 512), (3000, 1000), (2048, None)])
+@pytest.mark.parametrize("H", [64, 128])
+def test_compiled_kernels_match_the_reference_on_hopper(T, window, H):
+  """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention) against the
+  float32 reference, with the benchmark's tolerances (tests/test_pallas.py's GPU test)."""
+  q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
+  _assert_close(
+    jax.jit(_contract(window)), q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2)
+  )
