@@ -56,7 +56,7 @@ def test_cpu_run_checks_and_writes_every_row(tmp_path):
   assert [(r["w"], r["impl"]) for r in rows] == [
     (w, impl)
     for w in (32,)
-    for impl in ("cudnn", "fa3", "pallas", "chunked", "reference", "pallas", "flex")
+    for impl in ("cudnn", "fa3", "mosaic", "pallas", "chunked", "reference", "pallas", "flex")
   ]
   for r in rows:
     if r["impl"] in ("pallas", "chunked", "reference"):
