@@ -63,8 +63,9 @@ def define_flags(fv):
   flags.DEFINE_list(
     "mosaic_blocks",
     ["default"],
-    "mosaic tile settings (BlockSizes strings, fwd_q x fwd_k / dkv_q x dkv_k / s stages, e.g. "
-    "64x64/64x64/s2); the first is a core row, the others run after every core row.",
+    "mosaic tile settings (BlockSizes strings: forward / dQ or 'fused' / dK-dV, each kernel "
+    "<rows>x<columns>s<stages>, e.g. 64x128s2/fused/64x64s2); the first is a core row, the "
+    "others run after every core row.",
     flag_values=fv,
   )
   flags.DEFINE_list(

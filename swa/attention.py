@@ -38,8 +38,8 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
   mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
              only the band's blocks (swa/mosaic_attention.py, swa/mosaic_kernels.py): 16-bit
              dtypes, H == D in (64, 128), GQA, self-attention and tail offsets; Mosaic GPU's
-             interpret mode off GPU (JAX >= 0.11). auto does not pick it until a GPU run of
-             bench_attention.py measures where it is faster.
+             interpret mode off GPU (JAX >= 0.11). auto does not pick it until a full GPU run
+             of bench_attention.py measures where it is faster.
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
@@ -207,7 +207,7 @@ register(
   auto_when=fa3.auto_when,
 )
 # The Mosaic GPU kernels: explicit requests only (mosaic_attention.AUTO_MAX_WINDOW is None until a
-# GPU benchmark has measured them).
+# full GPU benchmark has measured them; one H100 run at 16k has).
 register(
   "mosaic",
   tail_aligned(mosaic_attention.mosaic_attention),

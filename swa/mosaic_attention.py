@@ -3,8 +3,10 @@
 `mosaic_attention` checks and pads the inputs and joins the kernels of swa/mosaic_kernels.py
 (forward, dQ, dK/dV) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
 `kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo). `auto` does not
-pick it: its speed on a GPU has not been measured yet (bench_attention.py times it against cuDNN,
-FA3 and the Triton kernels; AUTO_MAX_WINDOW records the rule once it has).
+pick it yet: one H100 run at n = 16k (results/attention_bench_h100/mosaic_2026-12-07/) found it
+correct and its fwd+bwd 1.27-1.52x cuDNN's speed at w <= 512, 0.97x at 4,096, with tiles other
+than today's defaults; AUTO_MAX_WINDOW records the rule once a full bench_attention.py run (16k
+and 64k, these defaults) has measured it.
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
@@ -21,41 +23,78 @@ import jax
 import jax.numpy as jnp
 
 HEAD_DIMS = (64, 128)
-# Never picked by auto (None) until bench_attention.py's GPU run measures where it is faster.
+# Never picked by auto (None) until a full bench_attention.py GPU run measures where it is faster.
 AUTO_MAX_WINDOW = None
 
 
 @dataclasses.dataclass(frozen=True)
 class BlockSizes:
-  """Tiles of the three kernels (multiples of 64) and the shared-memory ring's depth.
+  """Each kernel's tiles (multiples of 64) and shared-memory ring depth, and how dQ is formed.
 
-  Written "fwd_q x fwd_k / dkv_q x dkv_k / s stages", e.g. "64x64/64x64/s2" (`parse` reads it
-  back); the dQ kernel uses the forward's tiles.
+  Written "forward / dQ / dK-dV", each kernel as "<rows>x<columns>s<stages>", e.g.
+  "64x128s2/64x64s3/64x64s3" (`parse` reads it back). Rows are what a computing warpgroup owns
+  (queries in the forward and dQ kernels, keys in dK/dV), columns what one pipeline step brings.
+  The dQ part "fused" drops the dQ kernel: the dK/dV kernel adds each block's dQ into a float32
+  buffer by TMA reduce-add (5 products a block pair instead of 7; interpret mode, which has no TMA
+  reductions, sums per-warpgroup slices instead). As of 2026-12-07 the fused form is checked in
+  interpret mode and lowered for CUDA, but has never been compiled or run on a GPU
+  (tests/test_mosaic.py's Hopper test checks it there).
   """
 
-  block_q: int = 64  # forward and dQ: queries per computing warpgroup
-  block_k: int = 64  # forward and dQ: keys per pipeline step
+  block_q: int = 64  # forward: queries per computing warpgroup
+  block_k: int = 64  # forward: keys per pipeline step
+  stages: int = 2  # forward: ring slots
+  block_q_dq: int = 64  # dQ: queries per computing warpgroup
+  block_k_dq: int = 64  # dQ: keys per pipeline step
+  stages_dq: int = 3  # dQ: ring slots
   block_q_dkv: int = 64  # dK/dV: queries per pipeline step
   block_k_dkv: int = 64  # dK/dV: keys per computing warpgroup
-  stages: int = 2
+  stages_dkv: int = 3  # dK/dV: ring slots
+  fused_dq: bool = False  # dQ in the dK/dV kernel (block_*_dq, stages_dq unused)
 
   def validate(self):
     """Returns self; a one-line ValueError unless every tile is a multiple of 64, stages >= 2."""
-    tiles = (self.block_q, self.block_k, self.block_q_dkv, self.block_k_dkv)
-    if any(t < 64 or t % 64 for t in tiles) or self.stages < 2:
+    tiles = (self.block_q, self.block_k, self.block_q_dq, self.block_k_dq)
+    tiles += (self.block_q_dkv, self.block_k_dkv)
+    if (
+      any(t < 64 or t % 64 for t in tiles) or min(self.stages, self.stages_dq, self.stages_dkv) < 2
+    ):
       raise ValueError(f"mosaic block sizes must be multiples of 64 and stages >= 2, got {self}.")
     return self
 
+  def kernels(self):
+    """(forward, dQ or None when fused, dK/dV), each (rows, columns, stages) as the kernels take."""
+    dq = None if self.fused_dq else (self.block_q_dq, self.block_k_dq, self.stages_dq)
+    fwd = (self.block_q, self.block_k, self.stages)
+    return fwd, dq, (self.block_q_dkv, self.block_k_dkv, self.stages_dkv)
+
   def __str__(self):
-    return f"{self.block_q}x{self.block_k}/{self.block_q_dkv}x{self.block_k_dkv}/s{self.stages}"
+    fwd, dq, dkv = self.kernels()
+    one = lambda rows, cols, stages: f"{rows}x{cols}s{stages}"
+    return "/".join([one(*fwd), "fused" if dq is None else one(*dq), one(*dkv)])
 
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
-    match = re.fullmatch(r"(\d+)x(\d+)/(\d+)x(\d+)/s(\d+)", text.strip())
+    kernel = r"(\d+)x(\d+)s(\d+)"
+    match = re.fullmatch(rf"{kernel}/(?:{kernel}|(fused))/{kernel}", text.strip())
     if not match:
-      raise ValueError(f"mosaic block sizes look like '64x64/64x64/s2', got {text!r}.")
-    return cls(*map(int, match.groups()))
+      raise ValueError(
+        f"mosaic block sizes look like '64x64s2/64x64s3/64x64s3' (or '.../fused/...'), got {text!r}."
+      )
+    g = match.groups()
+    number = lambda x: 64 if x is None else int(x)  # the unused dQ tiles of a fused setting
+    return cls(*map(int, g[:3]), *map(number, g[3:6]), *map(int, g[7:]), fused_dq=bool(g[6]))
+
+
+def default_block_sizes(window_size):
+  """Each kernel's fastest tiles in bench_attention.py's H100 run at n = 16k (2026-12-07,
+  results/attention_bench_h100/mosaic_2026-12-07/): forward steps of 64 keys up to w = 256 and of
+  128 beyond (0.99-1.01x cuDNN's forward at w = 512 and 4,096, against 0.85-0.93x with 64); both
+  backward kernels 64 x 64 with 3 ring slots (the fastest backward at every w)."""
+  if window_size is not None and window_size <= 256:
+    return BlockSizes()
+  return BlockSizes(block_k=128)
 
 
 def _kernels():
@@ -115,8 +154,14 @@ def _attend_bwd(st, residuals, do_BTNH):
     "BTNH,BTNH->BNT", out_BTNH.astype(jnp.float32), do_BTNH.astype(jnp.float32)
   )
   args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st)
-  dq_BTNH = _kernels().backward_dq(*args)
-  dk_BTNH, dv_BTNH = _kernels().backward_dkv(*args)
+  if st.dq is None:  # fused: the dK/dV kernel adds dS K into zeroed float32 (backward_dkv)
+    parts = 1 if not st.interpret else 2 * (q_BTNH.shape[1] // (2 * st.dkv[1]))
+    dq_acc_PBTNH = jax.new_ref(jnp.zeros((parts,) + q_BTNH.shape, jnp.float32))
+    dk_BTNH, dv_BTNH = _kernels().backward_dkv(*args, dq_acc=dq_acc_PBTNH)
+    dq_BTNH = (jax.freeze(dq_acc_PBTNH).sum(0) * st.scale).astype(q_BTNH.dtype)
+  else:
+    dq_BTNH = _kernels().backward_dq(*args)
+    dk_BTNH, dv_BTNH = _kernels().backward_dkv(*args)
   B, T, N, H = q_BTNH.shape
   K = k_BTKH.shape[2]
   group_sum = lambda x: x.reshape(B, T, K, N // K, H).astype(jnp.float32).sum(3).astype(x.dtype)
@@ -137,7 +182,7 @@ def mosaic_attention(
     v_BTKD: [B, T, K, D] values, D == H in HEAD_DIMS.
     window_size: w >= 1, or None for full causal attention.
     scale: logit scale (a Python number).
-    block_sizes: a BlockSizes (or its string form); default BlockSizes().
+    block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
     interpret: run in Mosaic GPU's interpret mode; default: off GPU.
 
   Returns:
@@ -150,21 +195,20 @@ def mosaic_attention(
     raise ValueError(f"implementation='mosaic' is not available: {reason}.")
   if isinstance(block_sizes, str):
     block_sizes = BlockSizes.parse(block_sizes)
-  blocks = (block_sizes or BlockSizes()).validate()
+  blocks = (block_sizes or default_block_sizes(window_size)).validate()
+  interpret = jax.default_backend() != "gpu" if interpret is None else interpret
+  fwd, dq, dkv = blocks.kernels()
   T = q_BTNH.shape[1]
-  tile = 2 * max(blocks.block_q, blocks.block_k, blocks.block_q_dkv, blocks.block_k_dkv)
+  tile = 2 * max(fwd[:2] + (dq or fwd)[:2] + dkv[:2])
   T_pad = -(-T // tile) * tile
   pad = lambda x: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, 0)))
-  interpret = jax.default_backend() != "gpu" if interpret is None else interpret
   st = _kernels().Static(
     window=int(T_pad if window_size is None else min(window_size, T_pad)),
     scale=float(scale),
     groups=q_BTNH.shape[2] // k_BTKH.shape[2],
-    block_q=blocks.block_q,
-    block_k=blocks.block_k,
-    block_q_dkv=blocks.block_q_dkv,
-    block_k_dkv=blocks.block_k_dkv,
-    stages=blocks.stages,
+    fwd=fwd,
+    dq=dq,
+    dkv=dkv,
     interpret=bool(interpret),
   )
   return _attend(pad(q_BTNH), pad(k_BTKH), pad(v_BTKD), st)[:, :T]

@@ -19,10 +19,12 @@ dK/dV     A CTA owns 2 * block_k_dkv keys, each computing warpgroup block_k_dkv 
           producer streams the query blocks that see them (Q, dO, log-sum-exp, delta), on scores
           transposed so that no tile is ever transposed: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
           dK += dS^T Q.
-The backward thus does 7 products a block pair where FlashAttention-3 and cuDNN do 5 (they add
-each block's dQ into global memory instead of recomputing S and dP). Mosaic GPU's interpret mode
-has no TMA reduce-add or atomics, so a 5-product form could not be tested off a GPU; it waits for
-a GPU session to measure whether it is faster.
+fused dQ  (Static.dq None) No dQ kernel: the dK/dV kernel also forms dQ's block dS K, as
+          FlashAttention-3 and cuDNN do: dS^T goes to shared memory, dQ_block = (dS^T)^T K is a
+          fifth product, and a TMA reduce-add puts it into a float32 buffer that every CTA whose
+          keys the block sees adds into. 5 products a block pair instead of 7, for float32 traffic.
+          Mosaic GPU's interpret mode has no TMA reductions: there each warpgroup writes its parts
+          into a slice of its own and the caller sums them (the same products and indices).
 
 The window has the project's one meaning (swa/mask.py): query t sees keys t - w + 1 ... t. The
 inputs arrive padded (swa/mosaic_attention.py): T a multiple of 2 * block, head dims a multiple of
@@ -53,11 +55,12 @@ class Static:
   window: int  # >= 1; the padded length for full causal attention
   scale: float
   groups: int  # G = N // K
-  block_q: int  # forward and dQ: queries per computing warpgroup (64: one wgmma M)
-  block_k: int  # forward and dQ: keys per pipeline step
-  block_q_dkv: int  # dK/dV: queries per pipeline step
-  block_k_dkv: int  # dK/dV: keys per computing warpgroup (64)
-  stages: int  # shared-memory ring slots (>= 2)
+  # Each kernel's (rows per computing warpgroup, columns per pipeline step, ring slots): the
+  # forward and dQ kernels' rows are queries and their steps key blocks; the dK/dV kernel's rows
+  # are keys and its steps query blocks. dq None: dQ accumulates in the dK/dV kernel (fused).
+  fwd: tuple
+  dq: tuple | None
+  dkv: tuple
   interpret: bool
 
 
@@ -198,11 +201,11 @@ def _launch(entry, name, out_type, grid, grid_names, st):
   )
 
 
-def _key_blocks(q0, rows, st, T):
-  """The CTA's key-block steps [lo, hi) for queries q0 ... q0 + rows - 1."""
-  lo = lax.div(jnp.maximum(q0 - st.window + 1, 0), jnp.int32(st.block_k))
-  hi = lax.div(q0 + rows + st.block_k - 1, jnp.int32(st.block_k))
-  return lo, jnp.minimum(hi, T // st.block_k)
+def _key_blocks(q0, rows, bk, window, T):
+  """The CTA's key-block steps [lo, hi) (blocks of bk keys) for queries q0 ... q0 + rows - 1."""
+  lo = lax.div(jnp.maximum(q0 - window + 1, 0), jnp.int32(bk))
+  hi = lax.div(q0 + rows + bk - 1, jnp.int32(bk))
+  return lo, jnp.minimum(hi, T // bk)
 
 
 # --------------------------------------------------------------------------------- forward
@@ -211,7 +214,7 @@ def _key_blocks(q0, rows, st, T):
 def forward(q_BTNH, k_BTKH, v_BTKH, st):
   """(out [B, T, N, H], lse2 [B, N, T] float32): the forward kernel on padded inputs."""
   B, T, N, H = q_BTNH.shape
-  bq, bk, stages = st.block_q, st.block_k, st.stages
+  bq, bk, stages = st.fwd
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
 
@@ -219,7 +222,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     (qo_smem2, k_smem, v_smem, lse_smem2, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
     b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
-    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, st, T)
+    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
     slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
 
     def rendezvous():  # the ping-pong: each call meets the other warpgroup's matching call
@@ -340,7 +343,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   """dQ [B, T, N, H] (q's dtype): a CTA owns 2 * block_q queries and streams the key blocks their
   windows touch; three products a block (S = Q K^T, dP = dO V^T, dQ += dS K)."""
   B, T, N, H = q_BTNH.shape
-  bq, bk, stages = st.block_q, st.block_k, st.stages
+  bq, bk, stages = st.dq
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
 
@@ -349,7 +352,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     k_bar, v_bar, row_bar = bars
     b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
-    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, st, T)
+    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
     slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
 
     @pl.when(wg < _COMPUTE_WGS)
@@ -436,17 +439,27 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   )
 
 
-def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
+def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st, dq_acc=None):
   """(dK, dV), each [B, T, N, H] per query head (q's dtype): a CTA owns 2 * block_k_dkv keys and
   streams the query blocks that see them; four products a block (S^T = K Q^T, dP^T = V dO^T,
-  dV += P^T dO, dK += dS^T Q), on scores transposed so that no tile is ever transposed."""
+  dV += P^T dO, dK += dS^T Q), on scores transposed so that no tile is ever transposed.
+
+  Fused (st.dq None): a fifth product, the query block's dQ part dS K (dS^T read transposed from
+  shared memory), added into dq_acc, a float32 [P, B, T, N, H] Ref of zeros, by a TMA reduce-add
+  (P = 1: the two warpgroups and every CTA whose keys the block sees add into the same rows). In
+  interpret mode, which has no TMA reductions, P = 2 * CTAs and each warpgroup copies into its own
+  slice (it writes each query block at most once); the caller sums the slices."""
   B, T, N, H = q_BTNH.shape
-  bq, bk, stages = st.block_q_dkv, st.block_k_dkv, st.stages
+  bq, bk, stages = st.dkv
+  fused = st.dq is None
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dk_ref, dv_ref, scratch):
-    (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2) = scratch[0]
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    *dq_acc_ref, dk_ref, dv_ref, scratch = refs
+    (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2, dq_smem2) = (
+      scratch[0]
+    )
     (q_bar, kv_bar), used = scratch[1], scratch[2]
     b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     k0 = lax.axis_index("k_tiles") * (_COMPUTE_WGS * bk)
@@ -470,6 +483,18 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.barrier_wait(q_bar.at[slot])
         plgpu.barrier_arrive(used.at[slot])
 
+      def add_dq(step, dst16):  # dQ[queries of step] += dS K, through shared memory
+        dst_smem, dq_smem = dst_smem2.at[wg], dq_smem2.at[wg]
+        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last block's dQ has left dq_smem
+        dst_smem[...] = dst16
+        plgpu.commit_smem()
+        dq_smem[...] = _product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
+        plgpu.commit_smem()
+        part = 0 if not st.interpret else lax.axis_index("k_tiles") * _COMPUTE_WGS + wg
+        rows = (part, b, pl.ds(step * bq, bq), n)
+        reduction = None if st.interpret else "add"
+        plgpu.copy_smem_to_gmem(dq_smem, dq_acc_ref[0].at[rows], reduction_op=reduction)
+
       def step_fn(step, carry, masked):
         dk, dv = carry
         slot = slot_of(step)
@@ -480,10 +505,12 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           s_t = _mask(s_t, step * bq, first, st.window, rows_are_queries=False)
         pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
         dpt = _product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
-        dst = pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))
+        dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
         dv = _accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
-        dk = _accumulate(dk, dst.astype(dtype), q_smem.at[slot], dst_smem2, wg, st)
+        dk = _accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
         plgpu.barrier_arrive(used.at[slot])
+        if fused:
+          add_dq(step, dst16)
         return dk, dv
 
       regions = _regions(lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False)
@@ -508,6 +535,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       _produce(copies, lo, hi, stages, used)
 
   def entry(*refs):
+    # P^T and dS^T go through shared memory only in interpret mode, but dS^T always when fused.
     interpret_only = lambda shape: _smem(shape, dtype) if st.interpret else None
     smem = (
       _smem((_COMPUTE_WGS, bk, H), dtype),
@@ -516,8 +544,9 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       _smem((stages, bq, H), dtype),
       plgpu.SMEM((stages, bq), jnp.float32),
       plgpu.SMEM((stages, bq), jnp.float32),
-      interpret_only((_COMPUTE_WGS, bk, bq)),  # P^T, in interpret mode
-      interpret_only((_COMPUTE_WGS, bk, bq)),  # dS^T, in interpret mode
+      interpret_only((_COMPUTE_WGS, bk, bq)),  # P^T
+      _smem((_COMPUTE_WGS, bk, bq), dtype) if fused else interpret_only((_COMPUTE_WGS, bk, bq)),
+      plgpu.SMEM((_COMPUTE_WGS, bq, H), jnp.float32) if fused else None,  # a block's dQ
     )
     bars = (  # one arrival per TMA copy
       plgpu.Barrier(num_arrivals=4, num_barriers=stages),
@@ -533,6 +562,5 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
 
   out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
   grid = (T // (_COMPUTE_WGS * bk), N, B)
-  return _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)(
-    q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
-  )
+  args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT) + ((dq_acc,) if fused else ())
+  return _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)(*args)

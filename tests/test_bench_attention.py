@@ -86,8 +86,12 @@ def test_a_failing_row_is_recorded_and_the_run_goes_on(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_check_only_times_nothing_and_exits_1_on_a_wrong_row(tmp_path, monkeypatch):
-  _, rows = _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")
-  assert rows[0]["ok"] and rows[0]["fwd_ms"] is None and "fwd_tflops" not in rows[0]
+  _, rows = _run(
+    tmp_path, "--check_only", "--impls=chunked", "--windows=8", "--chunked_blocks=64,16"
+  )
+  assert [r["tiles"] for r in rows] == ["C=64", "C=16"]  # every tile setting is checked
+  for r in rows:
+    assert r["ok"] and r["fwd_ms"] is None and "fwd_tflops" not in r
   monkeypatch.setitem(check.TOLERANCE, "float32", (0.0, 0.0))
   with pytest.raises(SystemExit) as stop:
     _run(tmp_path, "--check_only", "--impls=chunked", "--windows=8")

@@ -55,16 +55,21 @@ def _contract(window, impl="mosaic", **options):
   )
 
 
+FUSED = "64x128s2/fused/64x64s2"  # dQ added into float32 by the dK/dV kernel (5 products)
+
 # (B, T, N, K, H, window, block sizes): GQA over an odd length with a window that starts inside a
 # block (every loop region: waited-out, masked, interior); a window shorter than a block (each
 # warpgroup waits out blocks the other needs); full attention at H = 128 (T padded to 256);
-# window 1; larger tiles with a 3-slot ring.
+# window 1; larger tiles with per-kernel rings; the fused dQ (interpret mode sums per-warpgroup
+# slices where a GPU reduces into one buffer), GQA and full attention at H = 128.
 CASES = [
   (1, 200, 4, 2, 64, 100, None),
-  (1, 256, 2, 1, 64, 16, None),
+  (1, 200, 4, 2, 64, 100, "64x64s2/fused/64x64s2"),
+  pytest.param((1, 130, 2, 1, 128, None, FUSED), marks=pytest.mark.slow),
+  pytest.param((1, 256, 2, 1, 64, 16, None), marks=pytest.mark.slow),
   pytest.param((2, 130, 2, 2, 128, None, None), marks=pytest.mark.slow),
   pytest.param((1, 256, 2, 2, 64, 1, None), marks=pytest.mark.slow),
-  pytest.param((1, 384, 2, 1, 64, 200, "128x64/64x128/s3"), marks=pytest.mark.slow),
+  pytest.param((1, 384, 2, 1, 64, 200, "128x64s3/64x128s2/64x128s3"), marks=pytest.mark.slow),
 ]
 
 
@@ -99,10 +104,13 @@ def test_bad_inputs_get_one_line_errors():
     attention.sliding_window_attention(*h32, 16, implementation="mosaic", num_sinks=2)
   with pytest.raises(ValueError, match="multiples of 64 and stages >= 2"):
     mosaic_attention.BlockSizes(block_q=32).validate()
-  with pytest.raises(ValueError, match="look like '64x64/64x64/s2'"):
-    mosaic_attention.BlockSizes.parse("64x64/s2")
-  blocks = mosaic_attention.BlockSizes(128, 64, 64, 128, 3)
+  with pytest.raises(ValueError, match="look like '64x64s2/64x64s3/64x64s3'"):
+    mosaic_attention.BlockSizes.parse("64x64/64x64/s2")
+  blocks = mosaic_attention.BlockSizes(128, 64, 2, 64, 128, 3, 64, 192, 4)
+  assert str(blocks) == "128x64s2/64x128s3/64x192s4"
   assert mosaic_attention.BlockSizes.parse(str(blocks)) == blocks
+  fused = mosaic_attention.BlockSizes.parse("64x128s2/fused/64x64s2")
+  assert fused.fused_dq and fused.kernels()[1] is None and str(fused) == "64x128s2/fused/64x64s2"
 
 
 def test_without_interpret_mode_off_gpu_the_check_says_so(monkeypatch):
@@ -134,7 +142,8 @@ def test_auto_never_picks_mosaic_before_it_is_measured():
   [
     (16384, 128, 128, 16, None),
     (16384, 4096, 128, 16, None),
-    (1000, 100, 64, 4, "128x64/64x128/s3"),
+    (1000, 100, 64, 4, "128x64s3/64x128s2/64x128s3"),
+    (16384, 512, 128, 16, FUSED),
   ],
 )
 def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks):
@@ -149,16 +158,18 @@ def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, bloc
   loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
   text = grads.trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
-  assert text.count("stablehlo.custom_call @mosaic_gpu") == 3  # forward, dQ, dK/dV
+  kernels = 2 if blocks == FUSED else 3  # forward, dQ (unless fused), dK/dV
+  assert text.count("stablehlo.custom_call @mosaic_gpu") == kernels
 
 
 @on_hopper
 @pytest.mark.parametrize("T, window", [(4096, 128), (4096, 512), (3000, 1000), (2048, None)])
 @pytest.mark.parametrize("H", [64, 128])
-def test_compiled_kernels_match_the_reference_on_hopper(T, window, H):
-  """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention) against the
-  float32 reference, with the benchmark's tolerances (tests/test_pallas.py's GPU test)."""
+@pytest.mark.parametrize("blocks", [None, FUSED])
+def test_compiled_kernels_match_the_reference_on_hopper(T, window, H, blocks):
+  """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention; the default tiles
+  and the fused dQ, whose TMA reduce-add only a GPU runs) against the float32 reference, with the
+  benchmark's tolerances (tests/test_pallas.py's GPU test)."""
   q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
-  _assert_close(
-    jax.jit(_contract(window)), q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2)
-  )
+  fast = jax.jit(_contract(window, block_sizes=blocks))
+  _assert_close(fast, q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2))

@@ -346,6 +346,7 @@ def test_passkey_task_refuses_a_vocabulary_below_its_tokenizer():
     PasskeyTask(config).validate(config)
 
 
+@pytest.mark.slow  # two short training runs (~25 s on 2 cores)
 def test_init_from_starts_a_run_from_another_runs_parameters(tmp_path):
   """A fresh run with init_from takes that run's newest parameters (lr 0 keeps them exactly) at a
   longer context; another architecture, or a folder that is not a run, is one line."""

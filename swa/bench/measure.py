@@ -162,7 +162,7 @@ def jax_row(impl, variant, w, n):
   elif impl == "mosaic":
     blocks = mosaic_attention.BlockSizes.parse(variant) if variant != "default" else None
     options = dict(block_sizes=blocks)
-    tiles = str(blocks or mosaic_attention.BlockSizes())
+    tiles = str(blocks or mosaic_attention.default_block_sizes(w))
   attend = functools.partial(
     attention.sliding_window_attention, window_size=w, implementation=impl, **options
   )
@@ -345,8 +345,7 @@ def jobs_in_order(s):
     variants = {"pallas": s.pallas_blocks, "mosaic": s.mosaic_blocks, "chunked": s.chunked_blocks}
     variants = variants.get(impl, ["default"])
     (extra if impl == "flex" else core).append((impl, variants[0]))
-    if not s.check_only:
-      extra[:0] = [(impl, v) for v in variants[1:]]  # before flex
+    extra[:0] = [(impl, v) for v in variants[1:]]  # before flex; --check_only checks them too
   configs = [
     (h, k, n, w) for h in s.head_dim for k in s.kv_heads for n in s.lengths for w in s.windows
   ]
