@@ -20,11 +20,11 @@ fit, and torch FlexAttention as a peer where torch and a CUDA GPU are there -- i
 A row that runs out of memory or fails is recorded and the run goes on; rows are skipped once
 --deadline_minutes have passed. Three passes over the configurations: FlexAttention first (its
 first compilation takes minutes; timed last, it was lost to the deadline twice), the core rows,
-the extra pallas tile settings. --out (markdown), the same path with .json (every number) and
+the extra tile settings (pallas, mosaic, chunked). --out (markdown), the same path with .json (every number) and
 .csv (one line per row) are rewritten after every configuration. The work is swa/bench/ (report.run); this file parses the
 flags.
 
-  python bench_attention.py --out=results/attention_bench_h200/attention_bench.md   # one H200, < 8 min
+  python bench_attention.py --out=results/attention_bench_h200/attention_bench.md   # one GPU, ~8-12 min
   python bench_attention.py --check_only   # correctness only, n = 4096 (exit 1 if a row is wrong,
                                            # crashed or unchecked)
   python bench_attention.py --head_dim=128,64,256 --kv_heads=16,4 --out=...   # H and GQA grid
@@ -122,7 +122,12 @@ def define_flags(fv):
     flag_values=fv,
   )
   flags.DEFINE_float(
-    "deadline_minutes", 6.5, "Start no row after this (0: no limit).", flag_values=fv
+    "deadline_minutes",
+    0.0,
+    "Start no row after this many minutes from the start (0: no limit). FlexAttention runs "
+    "first and its first compilation counts: 3-4 min on a fresh GPU machine (2026-12-07: 244 s "
+    "on an H100); leave room for it or run --impls=flex apart.",
+    flag_values=fv,
   )
   flags.DEFINE_integer("seed", 0, "Input seed.", flag_values=fv)
   flags.DEFINE_string(

@@ -11,7 +11,8 @@ import functools
 import importlib.util
 
 import jax
-import jax.numpy as jnp
+
+from swa import kernel_adapters
 
 PACKAGE = "flash-attn3-jax==0.2.3"
 INSTALL = f"pip install swa[fa3], or pip install {PACKAGE}"
@@ -61,14 +62,7 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
   reason = _hopper_reason() or _import_error()
   if reason:
     return reason
-  if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16) or not (
-    q_BTNH.dtype == k_BSKH.dtype == v_BSKD.dtype
-  ):
-    return f"it takes bfloat16 or float16 inputs of one dtype, got {q_BTNH.dtype}"
-  head_dims = (q_BTNH.shape[-1], v_BSKD.shape[-1])
-  if head_dims[0] != head_dims[1] or head_dims[0] not in HEAD_DIMS:
-    return f"its wheels take equal query and value head dims in {HEAD_DIMS}, got {head_dims}"
-  return None
+  return kernel_adapters.sixteen_bit_reason(q_BTNH, k_BSKH, v_BSKD, HEAD_DIMS)
 
 
 def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size):

@@ -4,7 +4,8 @@
 "tail_offsets" (a sequence shard's queries over a halo of earlier keys), odd lengths, and the key
 segment ids of that halo; `forward_and_training` joins two implementations of one function, one for
 plain calls and one for differentiated ones. swa/attention.py registers cudnn, pallas and
-cudnn_pallas through them.
+cudnn_pallas through them. `sixteen_bit_reason` is the dtype and head-dim check of the Hopper
+kernels (fa3, mosaic).
 """
 
 import jax
@@ -15,6 +16,19 @@ import numpy as np
 def static_int(x):
   """Whether x is a Python or NumPy integer (known at trace time), not a bool."""
   return isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_))
+
+
+def sixteen_bit_reason(q_BTNH, k_BSKH, v_BSKD, head_dims):
+  """Why a Hopper kernel (fa3, mosaic) cannot take these inputs' dtypes or head dims, or None:
+  it takes 16-bit inputs of one dtype and equal query and value head dims in head_dims."""
+  if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16) or not (
+    q_BTNH.dtype == k_BSKH.dtype == v_BSKD.dtype
+  ):
+    return f"it takes bfloat16 or float16 inputs of one dtype, got {q_BTNH.dtype}"
+  got = (q_BTNH.shape[-1], v_BSKD.shape[-1])
+  if got[0] != got[1] or got[0] not in head_dims:
+    return f"it takes equal query and value head dims in {head_dims}, got {got}"
+  return None
 
 
 def tail_aligned(fn, *, even_length=False):

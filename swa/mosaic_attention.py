@@ -22,6 +22,8 @@ import re
 import jax
 import jax.numpy as jnp
 
+from swa import kernel_adapters
+
 HEAD_DIMS = (64, 128)
 # Never picked by auto (None) until a full bench_attention.py GPU run measures where it is faster.
 AUTO_MAX_WINDOW = None
@@ -127,14 +129,7 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
       return f"it needs a Hopper GPU (compute capability 9.x), got {device.device_kind}"
   if _import_reason():
     return _import_reason()
-  if q_BTNH.dtype not in (jnp.bfloat16, jnp.float16) or not (
-    q_BTNH.dtype == k_BSKH.dtype == v_BSKD.dtype
-  ):
-    return f"it takes bfloat16 or float16 inputs of one dtype, got {q_BTNH.dtype}"
-  head_dims = (q_BTNH.shape[-1], v_BSKD.shape[-1])
-  if head_dims[0] != head_dims[1] or head_dims[0] not in HEAD_DIMS:
-    return f"it takes equal query and value head dims in {HEAD_DIMS}, got {head_dims}"
-  return None
+  return kernel_adapters.sixteen_bit_reason(q_BTNH, k_BSKH, v_BSKD, HEAD_DIMS)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

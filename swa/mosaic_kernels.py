@@ -173,6 +173,20 @@ def _produce(copies, lo, hi, stages, used):
     plgpu.barrier_wait(used.at[slot_of(step)])
 
 
+def _produce_keys(refs, smems, bars, used, b, n, lo, hi, bk, stages, groups):
+  """The producer of the forward and dQ kernels (`_produce`): key blocks lo ... hi - 1 (bk keys
+  each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
+  (smems), each on its own "loaded" barrier (bars)."""
+  kv_head = lax.div(n, jnp.int32(groups))
+
+  def copies(step, slot):
+    keys = (b, pl.ds(step * bk, bk), kv_head)
+    for ref, smem, bar in zip(refs, smems, bars):
+      plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
+
+  _produce(copies, lo, hi, stages, used)
+
+
 def _consume(lo, hi, regions, step_fn, skip_fn, carry):
   """A computing warpgroup's loop over the CTA's steps lo ... hi - 1: `regions` = (a, b, c, d) from
   `_regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
@@ -289,14 +303,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
-      kv_head = lax.div(n, jnp.int32(st.groups))
-
-      def copies(step, slot):
-        rows = (b, pl.ds(step * bk, bk), kv_head)
-        plgpu.copy_gmem_to_smem(k_ref.at[rows], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[rows], v_smem.at[slot], v_bar.at[slot])
-
-      _produce(copies, lo, hi, stages, used)
+      kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
+      _produce_keys(*kv, used, b, n, lo, hi, bk, stages, st.groups)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     smem = (
@@ -400,14 +408,8 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
-      kv_head = lax.div(n, jnp.int32(st.groups))
-
-      def copies(step, slot):
-        keys = (b, pl.ds(step * bk, bk), kv_head)
-        plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem.at[slot], k_bar.at[slot])
-        plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem.at[slot], v_bar.at[slot])
-
-      _produce(copies, lo, hi, stages, used)
+      kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
+      _produce_keys(*kv, used, b, n, lo, hi, bk, stages, st.groups)
 
   def entry(*refs):
     smem = (

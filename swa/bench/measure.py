@@ -54,7 +54,7 @@ class Settings:
   reference_max_gb: float = 20.0
   tail_rows: int = 4096
   check_only: bool = False
-  deadline_minutes: float = 6.5
+  deadline_minutes: float = 0.0  # 0: no limit
   seed: int = 0
   out: Optional[str] = None  # None: default_out_path()
 
