@@ -149,11 +149,8 @@ def _attend_bwd(st, residuals, do_BTNH):
     "BTNH,BTNH->BNT", out_BTNH.astype(jnp.float32), do_BTNH.astype(jnp.float32)
   )
   args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st)
-  if st.dq is None:  # fused: the dK/dV kernel adds dS K into zeroed float32 (backward_dkv)
-    parts = 1 if not st.interpret else 2 * (q_BTNH.shape[1] // (2 * st.dkv[1]))
-    dq_acc_PBTNH = jax.new_ref(jnp.zeros((parts,) + q_BTNH.shape, jnp.float32))
-    dk_BTNH, dv_BTNH = _kernels().backward_dkv(*args, dq_acc=dq_acc_PBTNH)
-    dq_BTNH = (jax.freeze(dq_acc_PBTNH).sum(0) * st.scale).astype(q_BTNH.dtype)
+  if st.dq is None:  # fused: the dK/dV kernel forms dQ too
+    dk_BTNH, dv_BTNH, dq_BTNH = _kernels().backward_dkv(*args)
   else:
     dq_BTNH = _kernels().backward_dq(*args)
     dk_BTNH, dv_BTNH = _kernels().backward_dkv(*args)
@@ -191,12 +188,12 @@ def mosaic_attention(
   if isinstance(block_sizes, str):
     block_sizes = BlockSizes.parse(block_sizes)
   blocks = (block_sizes or default_block_sizes(window_size)).validate()
-  interpret = jax.default_backend() != "gpu" if interpret is None else interpret
   fwd, dq, dkv = blocks.kernels()
   T = q_BTNH.shape[1]
   tile = 2 * max(fwd[:2] + (dq or fwd)[:2] + dkv[:2])
   T_pad = -(-T // tile) * tile
   pad = lambda x: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, 0)))
+  interpret = jax.default_backend() != "gpu" if interpret is None else interpret
   st = _kernels().Static(
     window=int(T_pad if window_size is None else min(window_size, T_pad)),
     scale=float(scale),

@@ -24,7 +24,7 @@ fused dQ  (Static.dq None) No dQ kernel: the dK/dV kernel also forms dQ's block 
           fifth product, and a TMA reduce-add puts it into a float32 buffer that every CTA whose
           keys the block sees adds into. 5 products a block pair instead of 7, for float32 traffic.
           Mosaic GPU's interpret mode has no TMA reductions: there each warpgroup writes its parts
-          into a slice of its own and the caller sums them (the same products and indices).
+          into a slice of its own and backward_dkv sums them (the same products and indices).
 
 The window has the project's one meaning (swa/mask.py): query t sees keys t - w + 1 ... t. The
 inputs arrive padded (swa/mosaic_attention.py): T a multiple of 2 * block, head dims a multiple of
@@ -441,16 +441,17 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   )
 
 
-def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st, dq_acc=None):
+def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   """(dK, dV), each [B, T, N, H] per query head (q's dtype): a CTA owns 2 * block_k_dkv keys and
   streams the query blocks that see them; four products a block (S^T = K Q^T, dP^T = V dO^T,
   dV += P^T dO, dK += dS^T Q), on scores transposed so that no tile is ever transposed.
 
-  Fused (st.dq None): a fifth product, the query block's dQ part dS K (dS^T read transposed from
-  shared memory), added into dq_acc, a float32 [P, B, T, N, H] Ref of zeros, by a TMA reduce-add
-  (P = 1: the two warpgroups and every CTA whose keys the block sees add into the same rows). In
-  interpret mode, which has no TMA reductions, P = 2 * CTAs and each warpgroup copies into its own
-  slice (it writes each query block at most once); the caller sums the slices."""
+  Fused (st.dq None): (dK, dV, dQ), dQ [B, T, N, H] in q's dtype as backward_dq's. A fifth
+  product, the query block's dQ part dS K (dS^T read transposed from shared memory), is added into
+  a float32 [P, B, T, N, H] Ref of zeros by a TMA reduce-add (P = 1: the two warpgroups and every
+  CTA whose keys the block sees add into the same rows). In interpret mode, which has no TMA
+  reductions, P = 2 * CTAs and each warpgroup copies into its own slice (it writes each query
+  block at most once); the slices are summed here."""
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dkv
   fused = st.dq is None
@@ -564,5 +565,12 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st, dq_acc
 
   out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
   grid = (T // (_COMPUTE_WGS * bk), N, B)
-  args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT) + ((dq_acc,) if fused else ())
-  return _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)(*args)
+  kernel_dkv = _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)
+  args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT)
+  if not fused:
+    return kernel_dkv(*args)
+  parts = _COMPUTE_WGS * grid[0] if st.interpret else 1
+  dq_acc_PBTNH = jax.new_ref(jnp.zeros((parts, B, T, N, H), jnp.float32))
+  dk_BTNH, dv_BTNH = kernel_dkv(*args, dq_acc_PBTNH)
+  dq_BTNH = (jax.freeze(dq_acc_PBTNH).sum(0) * st.scale).astype(dtype)
+  return dk_BTNH, dv_BTNH, dq_BTNH
