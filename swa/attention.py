@@ -18,8 +18,8 @@ dim.
 Packed sequences. segment_ids [B, T] (and k_segment_ids [B, S], default segment_ids) give every
 query and key a segment: a query sees only keys of its own segment, and the window still applies.
 Supported by reference, chunked, pallas, splash and sequence_parallel; not by cudnn or
-cudnn_pallas (jax.nn.dot_product_attention takes sequence lengths, not segment ids), which auto
-then passes over.
+cudnn_pallas (jax.nn.dot_product_attention takes sequence lengths, not segment ids), nor by fa3,
+mosaic and their pairs, which auto then passes over.
 
 Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
 `implementations()` lists them), all computing the same function (tests/test_attention.py):
@@ -38,20 +38,20 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
   mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
              only the band's blocks (swa/mosaic_attention.py, swa/mosaic_kernels.py): 16-bit
              dtypes, H == D in (64, 128), GQA, self-attention and tail offsets; Mosaic GPU's
-             interpret mode off GPU (JAX >= 0.11). auto does not pick it until a full GPU run
-             of bench_attention.py measures where it is faster.
+             interpret mode off GPU (JAX >= 0.11).
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
+  cudnn_mosaic, fa3_mosaic  likewise cuDNN's or FlashAttention-3's forward, the mosaic kernels
+             where the call is differentiated; where both of their kernels apply.
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
-             inputs: splash on a TPU; on a Hopper GPU with flash-attn3-jax installed fa3 where it
-             applies (fa3.AUTO_MAX_WINDOW); otherwise, on a GPU, pallas for
-             w <= pallas_attention.AUTO_MAX_WINDOW (where bench_attention.py's run found its forward and fwd+bwd faster than cuDNN's),
-             cudnn_pallas for w <= AUTO_TRAIN_MAX_WINDOW (its fwd+bwd faster), else cudnn
-             where it applies; elsewhere (CPU, 32-bit inputs, offsets) chunked when the window is
-             shorter than the keys, else reference.
+             inputs: splash on a TPU; on a Hopper GPU fa3_mosaic, fa3, cudnn_mosaic (by
+             mosaic_attention.AUTO_TRAIN_* and fa3.AUTO_MAX_WINDOW); on other GPUs pallas for
+             w <= pallas_attention.AUTO_MAX_WINDOW, cudnn_pallas for w <= AUTO_TRAIN_MAX_WINDOW
+             (where bench_attention.py found them faster); else cudnn where it applies;
+             elsewhere (CPU, 32-bit inputs, offsets) chunked when w < S, else reference.
 swa/sharding.py registers "sequence_parallel" (options mesh, seq_axis, data_axis,
 local_implementation) when imported.
 """
@@ -182,16 +182,27 @@ register(
   auto_rank=5,
   auto_when=pallas_attention.auto_when,
 )
+
+
+def _register_pair(name, forward_fn, training_fn, checks, *, even_length=False, **auto):
+  """Registers forward_and_training(forward_fn, training_fn) with tail offsets, checked by the
+  first reason any of `checks` gives; `auto`: auto_rank, auto_when."""
+
+  def check(*args):
+    return next((reason for reason in (c(*args) for c in checks) if reason), None)
+
+  fn = tail_aligned(forward_and_training(forward_fn, training_fn), even_length=even_length)
+  register(name, fn, features=("tail_offsets",), check=check, **auto)
+
+
 # cuDNN's forward and the Pallas kernels' fwd+bwd, each where it is faster: auto takes it for
 # training-sized calls at small windows (pallas_attention.AUTO_TRAIN_MAX_WINDOW).
-register(
+_register_pair(
   "cudnn_pallas",
-  tail_aligned(
-    forward_and_training(cudnn.cudnn_attention, pallas_attention.pallas_attention),
-    even_length=True,
-  ),
-  features=("tail_offsets",),
-  check=cudnn.unsupported_reason,
+  cudnn.cudnn_attention,
+  pallas_attention.pallas_attention,
+  [cudnn.unsupported_reason],
+  even_length=True,
   auto_rank=7,
   auto_when=pallas_attention.auto_train_when,
 )
@@ -206,13 +217,32 @@ register(
   auto_rank=3,
   auto_when=fa3.auto_when,
 )
-# The Mosaic GPU kernels: explicit requests only (mosaic_attention.AUTO_MAX_WINDOW is None until a
-# full GPU benchmark has measured them; one H100 run at 16k has).
+
+
+# The Mosaic GPU kernels: explicitly anywhere (interpret mode off a GPU); by auto on Hopper, behind
+# FA3's or cuDNN's forward, where mosaic_attention's AUTO_TRAIN_* limits say they were faster.
 register(
   "mosaic",
   tail_aligned(mosaic_attention.mosaic_attention),
   features=("tail_offsets", "block_sizes", "interpret"),
   check=mosaic_attention.unsupported_reason,
+)
+_register_pair(
+  "fa3_mosaic",
+  fa3.fa3_attention,
+  mosaic_attention.mosaic_attention,
+  [fa3.unsupported_reason, mosaic_attention.unsupported_reason],
+  auto_rank=2,
+  auto_when=mosaic_attention.auto_train_over_fa3_when,
+)
+_register_pair(
+  "cudnn_mosaic",
+  cudnn.cudnn_attention,
+  mosaic_attention.mosaic_attention,
+  [cudnn.unsupported_reason, mosaic_attention.unsupported_reason],
+  even_length=True,
+  auto_rank=6,
+  auto_when=mosaic_attention.auto_train_when,
 )
 register(
   "splash",

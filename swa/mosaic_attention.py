@@ -2,11 +2,10 @@
 
 `mosaic_attention` checks and pads the inputs and joins the kernels of swa/mosaic_kernels.py
 (forward, dQ, dK/dV) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
-`kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo). `auto` does not
-pick it yet: one H100 run at n = 16k (results/attention_bench_h100/mosaic_2026-12-07/) found it
-correct and its fwd+bwd 1.27-1.52x cuDNN's speed at w <= 512, 0.97x at 4,096, with tiles other
-than today's defaults; AUTO_MAX_WINDOW records the rule once a full bench_attention.py run (16k
-and 64k, these defaults) has measured it.
+`kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo), and inside
+"cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where a call is not differentiated,
+these kernels' forward and backward where it is), which `auto` picks on a Hopper GPU by the rules
+below (AUTO_TRAIN_MAX_WINDOW, AUTO_TRAIN_OVER_FA3_MAX_WINDOW).
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
@@ -25,8 +24,15 @@ import jax.numpy as jnp
 from swa import kernel_adapters
 
 HEAD_DIMS = (64, 128)
-# Never picked by auto (None) until a full bench_attention.py GPU run measures where it is faster.
-AUTO_MAX_WINDOW = None
+# auto's rules, from two bench_attention.py runs in one session on one H100 (results/
+# attention_bench_h100/2026-12-07/: bf16, B = 1, 16 heads of 128, n = 16k and 64k, default tiles).
+# Their fwd+bwd beat cuDNN's at every n for w = 128 (1.52-1.55x its speed) and 512 (1.18-1.41x),
+# not at 4,096 (0.96-0.98x): "cudnn_mosaic" up to AUTO_TRAIN_MAX_WINDOW. They beat FlashAttention-3's
+# fwd+bwd at w = 128 (1.18-1.22x its speed), not at 512 (0.97x): with flash-attn3-jax installed,
+# "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW. Their forward alone ties cuDNN's at 64k
+# (0.98-1.02x) and loses to FA3's, so auto never runs "mosaic" itself.
+AUTO_TRAIN_MAX_WINDOW = 512
+AUTO_TRAIN_OVER_FA3_MAX_WINDOW = 128
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,9 +44,9 @@ class BlockSizes:
   (queries in the forward and dQ kernels, keys in dK/dV), columns what one pipeline step brings.
   The dQ part "fused" drops the dQ kernel: the dK/dV kernel adds each block's dQ into a float32
   buffer by TMA reduce-add (5 products a block pair instead of 7; interpret mode, which has no TMA
-  reductions, sums per-warpgroup slices instead). As of 2026-12-07 the fused form is checked in
-  interpret mode and lowered for CUDA, but has never been compiled or run on a GPU
-  (tests/test_mosaic.py's Hopper test checks it there).
+  reductions, sums per-warpgroup slices instead). On an H100 (2026-12-07,
+  results/attention_bench_h100/2026-12-07/) the fused form is correct but slower than the 7-product
+  default at every window measured (fwd+bwd 1.14-1.58x its time): an option, not the default.
   """
 
   block_q: int = 64  # forward: queries per computing warpgroup
@@ -130,6 +136,21 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
   if _import_reason():
     return _import_reason()
   return kernel_adapters.sixteen_bit_reason(q_BTNH, k_BSKH, v_BSKD, HEAD_DIMS)
+
+
+def auto_train_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=None):
+  """Where `auto` runs "cudnn_mosaic": a GPU and w <= max_window (AUTO_TRAIN_MAX_WINDOW by
+  default); the limits (Hopper, 16-bit, head dims) are in the entry's check."""
+  del q_BTNH, k_BSKH, v_BSKD
+  limit = AUTO_TRAIN_MAX_WINDOW if max_window is None else max_window
+  return jax.default_backend() == "gpu" and window_size is not None and window_size <= limit
+
+
+def auto_train_over_fa3_when(q_BTNH, k_BSKH, v_BSKD, window_size):
+  """Where `auto` runs "fa3_mosaic": as auto_train_when, w <= AUTO_TRAIN_OVER_FA3_MAX_WINDOW."""
+  return auto_train_when(
+    q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_OVER_FA3_MAX_WINDOW
+  )
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))

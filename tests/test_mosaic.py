@@ -128,12 +128,31 @@ def test_without_interpret_mode_off_gpu_the_check_says_so(monkeypatch):
     mosaic_attention._import_reason.cache_clear()
 
 
-def test_auto_never_picks_mosaic_before_it_is_measured():
-  assert mosaic_attention.AUTO_MAX_WINDOW is None
+def test_auto_runs_the_mosaic_pairs_by_the_measured_rules(monkeypatch):
+  """auto never runs "mosaic" alone; it runs "fa3_mosaic" ahead of fa3 and "cudnn_mosaic" ahead
+  of cudnn_pallas, on a GPU, for w up to the measured limits; elsewhere neither."""
   assert attention.lookup("mosaic").auto_rank is None
-  for dtype in (jnp.float16, jnp.float32):
-    q = jax.ShapeDtypeStruct((1, 256, 2, 64), dtype)
-    assert attention.resolve_implementation("auto", q, q, q, 16) != "mosaic"
+  rank = lambda name: attention.lookup(name).auto_rank
+  assert rank("fa3_mosaic") < rank("fa3") < rank("cudnn_mosaic") < rank("cudnn_pallas")
+  q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
+  if jax.default_backend() != "gpu":
+    picked = attention.resolve_implementation("auto", q, q, q, 16)
+    assert "mosaic" not in picked
+    for name in ("cudnn_mosaic", "fa3_mosaic"):  # an explicit request names the missing kernel
+      with pytest.raises(ValueError, match=f"implementation='{name}' is not available: "):
+        attention.resolve_implementation(name, q, q, q, 16)
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  over_fa3, over_cudnn = (
+    mosaic_attention.AUTO_TRAIN_OVER_FA3_MAX_WINDOW,
+    mosaic_attention.AUTO_TRAIN_MAX_WINDOW,
+  )
+  assert 0 < over_fa3 <= over_cudnn  # FA3 is faster than cuDNN wherever it was measured
+  for when, limit in (
+    (mosaic_attention.auto_train_over_fa3_when, over_fa3),
+    (mosaic_attention.auto_train_when, over_cudnn),
+  ):
+    assert when(q, q, q, limit) and when(q, q, q, 1)
+    assert not when(q, q, q, limit + 1) and not when(q, q, q, None)
 
 
 @needs_mosaic
@@ -173,3 +192,18 @@ def test_compiled_kernels_match_the_reference_on_hopper(T, window, H, blocks):
   q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
   fast = jax.jit(_contract(window, block_sizes=blocks))
   _assert_close(fast, q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2))
+
+
+@on_hopper
+@pytest.mark.parametrize("pair, forward", [("cudnn_mosaic", "cudnn"), ("fa3_mosaic", "fa3")])
+def test_pairs_are_one_forward_and_mosaic_gradients_on_hopper(pair, forward):
+  """A pair's plain call is its forward kernel's output, bit for bit; under jax.vjp, output and
+  gradients are the mosaic kernels' (an odd length: cudnn_mosaic pads one slot for cuDNN)."""
+  q, k, v, dout = _qkv(1, 2047, 4, 2, 128, jnp.bfloat16, seed=7)
+  if attention.lookup(pair).check(q, k, v, 128):
+    pytest.skip(attention.lookup(pair).check(q, k, v, 128))
+  assert (jax.jit(_contract(128, pair))(q, k, v) == _contract(128, forward)(q, k, v)).all()
+  got = _out_and_grads(jax.jit(_contract(128, pair)), q, k, v, dout)
+  want = _out_and_grads(jax.jit(_contract(128)), q, k, v, dout)
+  for g, w in zip(got, want):
+    assert (g == w).all()

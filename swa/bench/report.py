@@ -140,11 +140,20 @@ def summary_lines(rows, lengths, windows):
         parts.append("every row that ran is within tolerance")
       lines.append(f"- n={n}, w={w}: " + "; ".join(parts) + ".")
 
-  def largest_window(wins, impl="pallas"):
-    """The largest w up to which impl (default tiles) wins at every n, by `wins`."""
+  def largest_window(wins, impl="pallas", against="cudnn"):
+    """The largest w up to which impl (default tiles) wins against `against`'s row (cudnn, fa3)
+    at every n, by `wins`."""
+
+    def pair(n, w):
+      kernel, cudnn = _fastest(rows, n, w, impl, default_only=True)
+      if against == "cudnn":
+        return kernel, cudnn
+      at = (r for r in rows if (r["n"], r["w"], r["impl"]) == (n, w, against))
+      return kernel, next((r for r in at if r.get("fwd_bwd_ms")), None)
+
     best = 0
     for w in sorted(windows):
-      if not all(wins(*_fastest(rows, n, w, impl, default_only=True)) for n in lengths):
+      if not all(wins(*pair(n, w)) for n in lengths):
         break
       best = w
     return best
@@ -152,9 +161,12 @@ def summary_lines(rows, lengths, windows):
   train_wins = lambda p, c: bool(p and c and p["fwd_bwd_ms"] <= c["fwd_bwd_ms"])
   if any(r["impl"] == "mosaic" and r.get("fwd_bwd_ms") for r in rows):
     lines.append(
-      f"- mosaic: the largest w up to which its default tiles beat cuDNN in the forward and in "
-      f"fwd+bwd at every n measured: {largest_window(_wins, 'mosaic')} (0: at none), the rule "
-      "for mosaic_attention.AUTO_MAX_WINDOW."
+      "- mosaic: the largest w up to which its default tiles' fwd+bwd beat cuDNN's at every n "
+      f"measured: {largest_window(train_wins, 'mosaic')} (mosaic_attention.AUTO_TRAIN_MAX_WINDOW:"
+      " cudnn_mosaic); FA3's: "
+      f"{largest_window(train_wins, 'mosaic', 'fa3')} (AUTO_TRAIN_OVER_FA3_MAX_WINDOW: "
+      "fa3_mosaic); its forward and fwd+bwd both cuDNN's: "
+      f"{largest_window(_wins, 'mosaic')} (0: at none)."
     )
   lines.append(
     f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = "
