@@ -26,7 +26,7 @@ from swa import kernel_adapters
 HEAD_DIMS = (64, 128)
 # auto's rules, from two bench_attention.py runs in one session on one H100 (results/
 # attention_bench_h100/2026-12-07/: bf16, B = 1, 16 heads of 128, n = 16k and 64k, default tiles).
-# Their fwd+bwd beat cuDNN's at every n for w = 128 (1.52-1.55x its speed) and 512 (1.18-1.41x),
+# Their fwd+bwd beat cuDNN's at every n for w = 128 (1.52-1.55x its speed) and 512 (1.18-1.24x),
 # not at 4,096 (0.96-0.98x): "cudnn_mosaic" up to AUTO_TRAIN_MAX_WINDOW. They beat FlashAttention-3's
 # fwd+bwd at w = 128 (1.18-1.22x its speed), not at 512 (0.97x): with flash-attn3-jax installed,
 # "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW. Their forward alone ties cuDNN's at 64k
