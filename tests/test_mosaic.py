@@ -6,11 +6,13 @@ Interpret mode checks the arithmetic, the indexing, the window's loop bounds and
 protocol neither deadlocks nor mismatches arrivals; it runs TMA copies at once, so it cannot show a
 missing wait on a copy (a GPU run can)."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import pytest
 
-from swa import attention, mosaic_attention
+from swa import attention, chunked, kernel_adapters, mosaic_attention
 
 needs_mosaic = pytest.mark.skipif(
   mosaic_attention._import_reason() is not None,
@@ -90,6 +92,26 @@ def test_bfloat16_and_a_sequence_shard_over_its_halo():
   fast = _contract(70, q_offset=160)
   slow = _contract(70, "reference", q_offset=160)
   _assert_close(fast, q, k, v, dout, slow, tol=(2e-2, 4e-2))
+
+
+@needs_mosaic
+@pytest.mark.slow  # 15 s in interpret mode
+def test_a_pair_is_its_forward_plain_and_the_mosaic_kernels_under_vjp():
+  """The glue of cudnn_mosaic and fa3_mosaic (forward_and_training inside tail_aligned, an odd
+  length padded by one slot) around the interpreted kernels; chunked's forward stands in for
+  cuDNN's or FA3's, which need a GPU (test_pairs_..._on_hopper runs the real pairs)."""
+  mosaic = functools.partial(mosaic_attention.mosaic_attention, interpret=True)
+  pair = kernel_adapters.forward_and_training(chunked.chunked_attention, mosaic)
+  pair, mosaic = (kernel_adapters.tail_aligned(f, even_length=True) for f in (pair, mosaic))
+  q, k, v, dout = _qkv(1, 67, 2, 1, 64, jnp.float16, seed=3)
+  call = lambda fn: lambda q, k, v: fn(q, k, v, 20, 0.125)
+  assert (
+    call(pair)(q, k, v) == call(kernel_adapters.tail_aligned(chunked.chunked_attention))(q, k, v)
+  ).all()
+  for got, want in zip(
+    _out_and_grads(call(pair), q, k, v, dout), _out_and_grads(call(mosaic), q, k, v, dout)
+  ):
+    assert (got == want).all()
 
 
 def test_bad_inputs_get_one_line_errors():
