@@ -41,11 +41,16 @@ def _ratio(row, cudnn, key):
   return row[f"{key}_ms"] / cudnn[f"{key}_ms"] if have else None
 
 
+def _peer(rows, n, w, impl):
+  """The row of a one-variant implementation (cudnn, fa3) at (n, w) with a fwd+bwd time, or None."""
+  at = (r for r in rows if (r["n"], r["w"], r["impl"]) == (n, w, impl))
+  return next((r for r in at if r.get("fwd_bwd_ms")), None)
+
+
 def _fastest(rows, n, w, impl="pallas", default_only=False):
   """The fastest correct row of a kernel implementation (pallas, mosaic) at (n, w), and cuDNN's;
   (None, cudnn) if none."""
   at = [r for r in rows if r["n"] == n and r["w"] == w]
-  cudnn = next((r for r in at if r["impl"] == "cudnn" and r.get("fwd_bwd_ms")), None)
   kernel = [
     r
     for r in at
@@ -54,7 +59,7 @@ def _fastest(rows, n, w, impl="pallas", default_only=False):
     and r.get("ok")
     and (r["variant"] == "default" or not default_only)
   ]
-  return min(kernel, key=lambda r: r["fwd_bwd_ms"], default=None), cudnn
+  return min(kernel, key=lambda r: r["fwd_bwd_ms"], default=None), _peer(rows, n, w, "cudnn")
 
 
 def _wins(kernel, cudnn):
@@ -80,8 +85,8 @@ def _kernel_parts(rows, n, w, impl):
   )
   if fwd is not None:
     words += f", forward {fwd:.2f}× ({'meets' if fwd >= 1 else 'misses'} ≥ 1×)"
-  fa3 = next((r for r in rows if (r["n"], r["w"], r["impl"]) == (n, w, "fa3")), None)
-  if fa3 and fa3.get("fwd_bwd_ms") and impl == "mosaic":
+  fa3 = _peer(rows, n, w, "fa3")
+  if fa3 and impl == "mosaic":
     words += f", {fa3['fwd_bwd_ms'] / best['fwd_bwd_ms']:.2f}× FA3's fwd+bwd speed"
   return [words]
 
@@ -144,13 +149,7 @@ def summary_lines(rows, lengths, windows):
     """The largest w up to which impl (default tiles) wins against `against`'s row (cudnn, fa3)
     at every n, by `wins`."""
 
-    def pair(n, w):
-      kernel, cudnn = _fastest(rows, n, w, impl, default_only=True)
-      if against == "cudnn":
-        return kernel, cudnn
-      at = (r for r in rows if (r["n"], r["w"], r["impl"]) == (n, w, against))
-      return kernel, next((r for r in at if r.get("fwd_bwd_ms")), None)
-
+    pair = lambda n, w: (_fastest(rows, n, w, impl, True)[0], _peer(rows, n, w, against))
     best = 0
     for w in sorted(windows):
       if not all(wins(*pair(n, w)) for n in lengths):
