@@ -40,7 +40,8 @@ class BlockSizes:
   """Each kernel's tiles (multiples of 64) and shared-memory ring depth, and how dQ is formed.
 
   Written "forward / dQ / dK-dV", each kernel as "<rows>x<columns>s<stages>", e.g.
-  "64x128s2/64x64s3/64x64s3" (`parse` reads it back). Rows are what a computing warpgroup owns
+  "64x128s2/64x64s3/64x64s3" (`parse` reads it back); a "p" after the forward's, as in
+  "64x128s2p/64x64s3/64x64s3", makes it persistent. Rows are what a computing warpgroup owns
   (queries in the forward and dQ kernels, keys in dK/dV), columns what one pipeline step brings.
   The dQ part "fused" drops the dQ kernel: the dK/dV kernel adds each block's dQ into a float32
   buffer by TMA reduce-add (5 products a block pair instead of 7; interpret mode, which has no TMA
@@ -59,6 +60,10 @@ class BlockSizes:
   block_k_dkv: int = 64  # dK/dV: keys per computing warpgroup
   stages_dkv: int = 3  # dK/dV: ring slots
   fused_dq: bool = False  # dQ in the dK/dV kernel (block_*_dq, stages_dq unused)
+  # forward: one CTA an SM, each looping over tiles of 2 * block_q queries (prefetching the next
+  # tile's queries and keys under the current one's work), instead of one CTA a tile. Correct in
+  # interpret mode and through the GPU lowering; not yet compiled or timed on a GPU: off by default.
+  persistent: bool = False
 
   def validate(self):
     """Returns self; a one-line ValueError unless every tile is a multiple of 64, stages >= 2."""
@@ -79,20 +84,28 @@ class BlockSizes:
   def __str__(self):
     fwd, dq, dkv = self.kernels()
     one = lambda rows, cols, stages: f"{rows}x{cols}s{stages}"
-    return "/".join([one(*fwd), "fused" if dq is None else one(*dq), one(*dkv)])
+    forward = one(*fwd) + ("p" if self.persistent else "")
+    return "/".join([forward, "fused" if dq is None else one(*dq), one(*dkv)])
 
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
     kernel = r"(\d+)x(\d+)s(\d+)"
-    match = re.fullmatch(rf"{kernel}/(?:{kernel}|(fused))/{kernel}", text.strip())
+    match = re.fullmatch(rf"{kernel}(p?)/(?:{kernel}|(fused))/{kernel}", text.strip())
     if not match:
       raise ValueError(
-        f"mosaic block sizes look like '64x64s2/64x64s3/64x64s3' (or '.../fused/...'), got {text!r}."
+        "mosaic block sizes look like '64x64s2/64x64s3/64x64s3' (or '64x64s2p/...', "
+        f"'.../fused/...'), got {text!r}."
       )
     g = match.groups()
     number = lambda x: 64 if x is None else int(x)  # the unused dQ tiles of a fused setting
-    return cls(*map(int, g[:3]), *map(number, g[3:6]), *map(int, g[7:]), fused_dq=bool(g[6]))
+    return cls(
+      *map(int, g[:3]),
+      *map(number, g[4:7]),
+      *map(int, g[8:]),
+      fused_dq=bool(g[7]),
+      persistent=bool(g[3]),
+    )
 
 
 def default_block_sizes(window_size):
@@ -151,6 +164,14 @@ def auto_train_over_fa3_when(q_BTNH, k_BSKH, v_BSKD, window_size):
   return auto_train_when(
     q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_OVER_FA3_MAX_WINDOW
   )
+
+
+def _persistent_ctas(interpret):
+  """A persistent forward's CTAs: one an SM of the GPU; 3 in interpret mode (a few, so that the
+  tests' small grids give each CTA several tiles, and some one more than others)."""
+  if interpret:
+    return 3
+  return int(getattr(jax.devices()[0], "core_count", 0) or 132)  # 132: an H100 SXM's SMs
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -220,6 +241,7 @@ def mosaic_attention(
     scale=float(scale),
     groups=q_BTNH.shape[2] // k_BTKH.shape[2],
     fwd=fwd,
+    fwd_ctas=_persistent_ctas(interpret) if blocks.persistent else None,
     dq=dq,
     dkv=dkv,
     interpret=bool(interpret),

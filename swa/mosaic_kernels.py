@@ -12,7 +12,10 @@ forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of th
           its own rows see, in three loops (window edge masked, interior unmasked, causal diagonal
           masked), and waits out the other blocks. The two warpgroups take turns at the tensor
           cores through a schedule barrier (ping-pong), so one's softmax hides under the other's
-          products. Outputs: O and the base-2 log-sum-exp per row.
+          products. Outputs: O and the base-2 log-sum-exp per row. Persistent (Static.fwd_ctas):
+          one CTA an SM loops over tiles of 2 * block_q queries; its ring turns on across tiles, so
+          the producer loads the next tile's first key blocks under the current one's last, and
+          each warpgroup loads its next queries into a second buffer under its current work.
 dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch), with the
           saved log-sum-exp and delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
 dK/dV     A CTA owns 2 * block_k_dkv keys, each computing warpgroup block_k_dkv of them; the
@@ -59,6 +62,10 @@ class Static:
   # forward and dQ kernels' rows are queries and their steps key blocks; the dK/dV kernel's rows
   # are keys and its steps query blocks. dq None: dQ accumulates in the dK/dV kernel (fused).
   fwd: tuple
+  # The forward's CTAs: None, one a tile of 2 * block_q queries; else at most that many
+  # persistent CTAs (one an SM), each looping over tiles cta, cta + ctas, ... while its producer
+  # loads the next tile's key blocks and each warpgroup the next tile's queries.
+  fwd_ctas: int | None
   dq: tuple | None
   dkv: tuple
   interpret: bool
@@ -153,30 +160,36 @@ def _regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
 # ------------------------------------------------------------------------------- pipeline
 
 
-def _produce(copies, lo, hi, stages, used):
-  """The producer warpgroup: issues `copies(step, slot)` (its TMA loads, each on its own "loaded"
-  barrier of that slot) for the steps lo ... hi - 1, refilling a slot once both computing
-  warpgroups have arrived on its `used` barrier; at the end it waits for each slot's last use, so
-  that every phase of every barrier is observed before the CTA's barriers go away."""
-  plgpu.set_max_registers(40, action="decrease")
-  slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
-  for i in range(stages):
-    pl.when(lo + i < hi)(functools.partial(copies, lo + i, i))
+def _fill(copies, lo, hi, g0, stages, used):
+  """The producer warpgroup's TMA loads for pipeline steps lo ... hi - 1: `copies(step, slot)`
+  issues a step's copies, each on its own "loaded" barrier of that slot. g0 counts the steps this
+  CTA loaded before (earlier tiles of a persistent CTA), so the ring turns on across tiles: global
+  step g goes into slot g % stages once both computing warpgroups have arrived on that slot's `used`
+  barrier for step g - stages. Returns the count after these steps."""
+  slot_of = lambda g: lax.rem(g, jnp.int32(stages))
 
-  @pl.loop(lo + stages, hi)
-  def _refill(step):
-    plgpu.barrier_wait(used.at[slot_of(step)])
-    copies(step, slot_of(step))
+  @pl.loop(lo, hi)
+  def _load(step):
+    g = g0 + step - lo
+    pl.when(g >= stages)(lambda: plgpu.barrier_wait(used.at[slot_of(g)]))
+    copies(step, slot_of(g))
 
-  @pl.loop(jnp.maximum(lo, hi - stages), hi)
-  def _drain(step):
-    plgpu.barrier_wait(used.at[slot_of(step)])
+  return g0 + hi - lo
 
 
-def _produce_keys(refs, smems, bars, used, b, n, lo, hi, bk, stages, groups):
-  """The producer of the forward and dQ kernels (`_produce`): key blocks lo ... hi - 1 (bk keys
+def _drain(g, stages, used):
+  """The producer's last wait: each slot's last use (global steps g - stages ... g - 1), so that
+  every phase of every barrier is observed before the CTA's barriers go away."""
+
+  @pl.loop(jnp.maximum(g - stages, 0), g)
+  def _wait(step):
+    plgpu.barrier_wait(used.at[lax.rem(step, jnp.int32(stages))])
+
+
+def _produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
+  """The producer of the forward and dQ kernels (`_fill`): key blocks lo ... hi - 1 (bk keys
   each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
-  (smems), each on its own "loaded" barrier (bars)."""
+  (smems), each on its own "loaded" barrier (bars). Returns the step count as `_fill`."""
   kv_head = lax.div(n, jnp.int32(groups))
 
   def copies(step, slot):
@@ -184,7 +197,7 @@ def _produce_keys(refs, smems, bars, used, b, n, lo, hi, bk, stages, groups):
     for ref, smem, bar in zip(refs, smems, bars):
       plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
 
-  _produce(copies, lo, hi, stages, used)
+  return _fill(copies, lo, hi, g0, stages, used)
 
 
 def _consume(lo, hi, regions, step_fn, skip_fn, carry):
@@ -231,13 +244,24 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
   bq, bk, stages = st.fwd
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
+  rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
+  q_tiles = T // rows
+  tiles = q_tiles * N * B
+  ctas = tiles if st.fwd_ctas is None else min(st.fwd_ctas, tiles)
 
   def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
-    (qo_smem2, k_smem, v_smem, lse_smem2, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
-    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
-    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
-    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+    (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
+    cta, wg = lax.axis_index("ctas"), lax.axis_index("wg")
+    count = lax.div(tiles - 1 - cta, jnp.int32(ctas)) + 1  # this CTA's tiles: cta, cta + ctas, ...
+
+    def tile_of(i):  # (b, n, q0) of this CTA's i-th tile (query tiles fastest, then heads)
+      t = cta + i * ctas
+      q0 = lax.rem(t, jnp.int32(q_tiles)) * rows
+      n = lax.rem(lax.div(t, jnp.int32(q_tiles)), jnp.int32(N))
+      return lax.div(t, jnp.int32(q_tiles * N)), n, q0
+
+    def steps_of(q0):
+      return _key_blocks(q0, rows, bk, st.window, T)
 
     def rendezvous():  # the ping-pong: each call meets the other warpgroup's matching call
       plgpu.barrier_arrive(sched)
@@ -246,78 +270,105 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
-      qo_smem, lse_smem = qo_smem2.at[wg], lse_smem2.at[wg]
-      first = q0 + wg * bq
-      plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(first, bq), n], qo_smem, q_bar.at[wg])
-      plgpu.barrier_wait(q_bar.at[wg])
 
-      def skip(step):  # a block none of this warpgroup's rows see
-        slot = slot_of(step)
-        plgpu.barrier_wait(k_bar.at[slot])
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_arrive(used.at[slot])
-        rendezvous()
-        rendezvous()
+      def load_q(i, buf):  # tile i's queries of this warpgroup into Q buffer buf (of two)
+        b, n, q0 = tile_of(i)
+        queries = q_ref.at[b, pl.ds(q0 + wg * bq, bq), n]
+        plgpu.copy_gmem_to_smem(queries, qo_smem3.at[buf, wg], q_bar.at[buf * _COMPUTE_WGS + wg])
 
-      def step_fn(step, carry, masked):
-        acc, m_i, l_i = carry
-        slot = slot_of(step)
-        plgpu.barrier_wait(k_bar.at[slot])
+      def tile(i, g0):
+        b, n, q0 = tile_of(i)
+        lo, hi = steps_of(q0)
+        buf = lax.rem(i, 2)
+        qo_smem, lse_smem = qo_smem3.at[buf, wg], lse_smem3.at[buf, wg]
+        first = q0 + wg * bq
+        slot_of = lambda step: lax.rem(g0 + step - lo, jnp.int32(stages))
+        regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
+        plgpu.barrier_wait(q_bar.at[buf * _COMPUTE_WGS + wg])
 
-        def qk(acc_ref):
-          plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+        def prefetch_q():  # the next tile's queries, into the buffer the last tile's O left
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+          load_q(i + 1, 1 - buf)
+
+        def skip(step):  # a block none of this warpgroup's rows see
+          slot = slot_of(step)
+          plgpu.barrier_wait(k_bar.at[slot])
+          plgpu.barrier_wait(v_bar.at[slot])
+          plgpu.barrier_arrive(used.at[slot])
           rendezvous()
-          return acc_ref[...]
+          rendezvous()
 
-        s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
-        if masked:
-          s = _mask(s, first, step * bk, st.window)
-        m_new = jnp.maximum(m_i, s.max(axis=1))
-        alpha = jnp.exp2(m_i - m_new)
-        p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
-        l_i = l_i * alpha + p.sum(axis=1)
-        acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-        p16 = p.astype(dtype)
-        plgpu.barrier_arrive(sched)  # softmax done
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_wait(sched)  # the tensor cores are ours
-        acc = _accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
-        plgpu.barrier_arrive(used.at[slot])
-        return acc, m_new, l_i
+        def step_fn(step, carry, masked):
+          acc, m_i, l_i = carry
+          slot = slot_of(step)
+          plgpu.barrier_wait(k_bar.at[slot])
 
-      carry = (
-        _zeros((bq, H)),
-        plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-        plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-      )
-      pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
-      regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
-      acc, m_i, l_i = _consume(lo, hi, regions, step_fn, skip, carry)
-      pl.when(wg == 0)(rendezvous)
-      qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
-      lse_smem[...] = m_i + jnp.log2(l_i)
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[b, pl.ds(first, bq), n])
-      plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, n, pl.ds(first, bq)])
+          def qk(acc_ref):
+            plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
+            rendezvous()
+            return acc_ref[...]
+
+          s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
+          if masked:
+            s = _mask(s, first, step * bk, st.window)
+          m_new = jnp.maximum(m_i, s.max(axis=1))
+          alpha = jnp.exp2(m_i - m_new)
+          p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
+          l_i = l_i * alpha + p.sum(axis=1)
+          acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
+          p16 = p.astype(dtype)
+          plgpu.barrier_arrive(sched)  # softmax done
+          plgpu.barrier_wait(v_bar.at[slot])
+          plgpu.barrier_wait(sched)  # the tensor cores are ours
+          acc = _accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
+          plgpu.barrier_arrive(used.at[slot])
+          # Once the first block is done, this tile's Q no longer waits on the buffer it
+          # fills (the last tile's output has had a block's time to leave it).
+          pl.when((step == regions[0]) & (i + 1 < count))(prefetch_q)
+          return acc, m_new, l_i
+
+        carry = (
+          _zeros((bq, H)),
+          plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+          plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        )
+        pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
+        acc, m_i, l_i = _consume(lo, hi, regions, step_fn, skip, carry)
+        pl.when(wg == 0)(rendezvous)
+        qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
+        lse_smem[...] = m_i + jnp.log2(l_i)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[b, pl.ds(first, bq), n])
+        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, n, pl.ds(first, bq)])
+        return g0 + hi - lo
+
+      load_q(0, 0)
+      lax.fori_loop(0, count, tile, jnp.int32(0))
       plgpu.wait_smem_to_gmem(0)
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
+      plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
-      _produce_keys(*kv, used, b, n, lo, hi, bk, stages, st.groups)
+
+      def tile(i, g0):
+        b, n, q0 = tile_of(i)
+        return _produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
+
+      _drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     smem = (
-      _smem((_COMPUTE_WGS, bq, H), dtype),
+      _smem((2, _COMPUTE_WGS, bq, H), dtype),  # Q, then O, two tiles' worth
       _smem((stages, bk, H), dtype),
       _smem((stages, bk, H), dtype),
-      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
+      plgpu.SMEM((2, _COMPUTE_WGS, bq), jnp.float32),
       _smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,  # P, in interpret mode
     )
     loaded = (
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=_COMPUTE_WGS),
+      plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
@@ -332,9 +383,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     jax.ShapeDtypeStruct((B, T, N, H), dtype),
     jax.ShapeDtypeStruct((B, N, T), jnp.float32),
   )
-  grid = (T // (_COMPUTE_WGS * bq), N, B)
-  names = ("q_tiles", "heads", "batch")
-  return _launch(entry, "swa_mosaic_fwd", out_type, grid, names, st)(q_BTNH, k_BTKH, v_BTKH)
+  return _launch(entry, "swa_mosaic_fwd", out_type, (ctas,), ("ctas",), st)(q_BTNH, k_BTKH, v_BTKH)
 
 
 # -------------------------------------------------------------------------------- backward
@@ -408,8 +457,9 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
+      plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
-      _produce_keys(*kv, used, b, n, lo, hi, bk, stages, st.groups)
+      _drain(_produce_keys(*kv, used, b, n, lo, hi, 0, bk, stages, st.groups), stages, used)
 
   def entry(*refs):
     smem = (
@@ -535,7 +585,8 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.copy_gmem_to_smem(lse_ref.at[cols], lse_smem.at[slot], q_bar.at[slot])
         plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
 
-      _produce(copies, lo, hi, stages, used)
+      plgpu.set_max_registers(40, action="decrease")
+      _drain(_fill(copies, lo, hi, 0, stages, used), stages, used)
 
   def entry(*refs):
     # P^T and dS^T go through shared memory only in interpret mode, but dS^T always when fused.

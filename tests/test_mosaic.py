@@ -6,6 +6,7 @@ Interpret mode checks the arithmetic, the indexing, the window's loop bounds and
 protocol neither deadlocks nor mismatches arrivals; it runs TMA copies at once, so it cannot show a
 missing wait on a copy (a GPU run can)."""
 
+import dataclasses
 import functools
 
 import jax
@@ -63,10 +64,16 @@ FUSED = "64x128s2/fused/64x64s2"  # dQ added into float32 by the dK/dV kernel (5
 # block (every loop region: waited-out, masked, interior); a window shorter than a block (each
 # warpgroup waits out blocks the other needs); full attention at H = 128 (T padded to 256);
 # window 1; larger tiles with per-kernel rings; the fused dQ (interpret mode sums per-warpgroup
-# slices where a GPU reduces into one buffer), GQA and full attention at H = 128.
+# slices where a GPU reduces into one buffer), GQA and full attention at H = 128; the persistent
+# forward ("p": 3 CTAs in interpret mode, so the first case's 8 tiles of 128 queries, 2 a head,
+# fall to CTAs of 3, 3 and 2 tiles across heads), a window shorter than a block, full attention.
+PERSISTENT = "64x64s2p/64x64s3/64x64s3"
 CASES = [
   (1, 200, 4, 2, 64, 100, None),
   (1, 200, 4, 2, 64, 100, "64x64s2/fused/64x64s2"),
+  (1, 200, 4, 2, 64, 100, PERSISTENT),
+  pytest.param((1, 256, 2, 1, 64, 16, PERSISTENT), marks=pytest.mark.slow),
+  pytest.param((2, 130, 2, 2, 128, None, "64x128s2p/fused/64x64s2"), marks=pytest.mark.slow),
   pytest.param((1, 130, 2, 1, 128, None, FUSED), marks=pytest.mark.slow),
   pytest.param((1, 256, 2, 1, 64, 16, None), marks=pytest.mark.slow),
   pytest.param((2, 130, 2, 2, 128, None, None), marks=pytest.mark.slow),
@@ -129,8 +136,10 @@ def test_bad_inputs_get_one_line_errors():
   with pytest.raises(ValueError, match="look like '64x64s2/64x64s3/64x64s3'"):
     mosaic_attention.BlockSizes.parse("64x64/64x64/s2")
   blocks = mosaic_attention.BlockSizes(128, 64, 2, 64, 128, 3, 64, 192, 4)
-  assert str(blocks) == "128x64s2/64x128s3/64x192s4"
+  assert str(blocks) == "128x64s2/64x128s3/64x192s4" and not blocks.persistent
   assert mosaic_attention.BlockSizes.parse(str(blocks)) == blocks
+  persistent = mosaic_attention.BlockSizes.parse("128x64s2p/64x128s3/64x192s4")
+  assert persistent == dataclasses.replace(blocks, persistent=True)
   fused = mosaic_attention.BlockSizes.parse("64x128s2/fused/64x64s2")
   assert fused.fused_dq and fused.kernels()[1] is None and str(fused) == "64x128s2/fused/64x64s2"
 
@@ -185,6 +194,7 @@ def test_auto_runs_the_mosaic_pairs_by_the_measured_rules(monkeypatch):
     (16384, 4096, 128, 16, None),
     (1000, 100, 64, 4, "128x64s3/64x128s2/64x128s3"),
     (16384, 512, 128, 16, FUSED),
+    (16384, 512, 128, 16, "64x128s2p/64x64s3/64x64s3"),
   ],
 )
 def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks):
@@ -206,11 +216,12 @@ def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, bloc
 @on_hopper
 @pytest.mark.parametrize("T, window", [(4096, 128), (4096, 512), (3000, 1000), (2048, None)])
 @pytest.mark.parametrize("H", [64, 128])
-@pytest.mark.parametrize("blocks", [None, FUSED])
+@pytest.mark.parametrize("blocks", [None, FUSED, PERSISTENT])
 def test_compiled_kernels_match_the_reference_on_hopper(T, window, H, blocks):
-  """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention; the default tiles
-  and the fused dQ, whose TMA reduce-add only a GPU runs) against the float32 reference, with the
-  benchmark's tolerances (tests/test_pallas.py's GPU test)."""
+  """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention; the default tiles,
+  the fused dQ, whose TMA reduce-add only a GPU runs, and the persistent forward, whose copies
+  into reused buffers only a GPU can race) against the float32 reference, with the benchmark's
+  tolerances (tests/test_pallas.py's GPU test)."""
   q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
   fast = jax.jit(_contract(window, block_sizes=blocks))
   _assert_close(fast, q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2))
