@@ -2,8 +2,7 @@
 
 Three kernels, each warp-specialised in the manner of FlashAttention-3: a CTA runs three
 warpgroups, two that compute and one that only issues TMA copies into a ring of `stages`
-shared-memory slots; a slot is refilled once both computing warpgroups have arrived on its "used"
-barrier. Matrix products are wgmma with float32 accumulators; softmax statistics are float32, with
+shared-memory slots (the pipeline they share is swa/mosaic_pipeline.py). Matrix products are wgmma with float32 accumulators; softmax statistics are float32, with
 log2(e) folded into the scale (exp2). Every loop visits only the blocks the window touches.
 
 forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of them (a 64-row
@@ -37,7 +36,6 @@ mode (JAX >= 0.11), which simulates the warpgroups, shared memory, barriers and 
 """
 
 import dataclasses
-import functools
 import math
 
 import jax
@@ -46,9 +44,10 @@ from jax import lax
 from jax.experimental import pallas as pl
 from jax.experimental.pallas import mosaic_gpu as plgpu
 
+from swa import mosaic_pipeline as pipeline
+
 _LOG2E = math.log2(math.e)
-_MASKED = -1e30  # a masked logit: finite, so a row whose first blocks are all masked stays NaN-free
-_COMPUTE_WGS = 2
+_COMPUTE_WGS = pipeline.COMPUTE_WGS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,170 +68,6 @@ class Static:
   dq: tuple | None
   dkv: tuple
   interpret: bool
-
-
-def _smem(shape, dtype):
-  """A shared-memory buffer laid out for wgmma (8 x 64 tiles, 128-byte swizzle) when 16-bit."""
-  if jnp.dtype(dtype).itemsize == 2:
-    return plgpu.SMEM(
-      shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
-    )
-  return plgpu.SMEM(shape, dtype)
-
-
-def _interpret(st):
-  return plgpu.InterpretGPUParams() if st.interpret else None
-
-
-def _zeros(shape):
-  return plgpu.layout_cast(jnp.full(shape, 0, jnp.float32), plgpu.Layout.WGMMA)
-
-
-def _product(a, b, shape):
-  """a @ b as a float32 wgmma (a: registers or shared memory, b: shared memory)."""
-
-  def body(acc_ref):
-    plgpu.wgmma(acc_ref, a, b)
-    return acc_ref[...]
-
-  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
-
-
-def _accumulate(acc, a, b, a_smem2, wg, st):
-  """acc + a @ b for a float32 accumulator acc and a 16-bit left operand a in registers.
-
-  On a GPU the wgmma adds into acc itself (`pl.run_state` on a pre-filled accumulator: a in
-  registers, no second accumulator). Mosaic GPU's interpret mode has neither `run_state` nor
-  register operands, so there a is stored into a_smem2.at[wg] (allocated in interpret mode only)
-  and its product added: the one difference between the two modes, the same arithmetic.
-  """
-  if not st.interpret:
-
-    def body(acc_ref):
-      plgpu.wgmma(acc_ref, a, b)
-
-    return pl.run_state(body)(plgpu.ACC.init(acc))
-  a_smem = a_smem2.at[wg]
-  a_smem[...] = a
-  plgpu.commit_smem()
-  return acc + _product(a_smem, b, acc.shape)
-
-
-def _mask(s, q_start, k_start, window, rows_are_queries=True):
-  """s with the logits of invisible pairs set to _MASKED (`mask.visible`'s rule: 0 <= q - k < w).
-
-  s is [rows, cols] in the wgmma layout; rows are queries (forward) or keys (backward)."""
-  rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
-  cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
-  if rows_are_queries:
-    diff = (rows + q_start) - (cols + k_start)
-  else:
-    diff = (cols + q_start) - (rows + k_start)
-  return jnp.where((diff >= 0) & (diff < window), s, _MASKED)
-
-
-def _regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
-  """Splits the CTA's pipeline steps [lo, hi) (in units of `block`) for one warpgroup.
-
-  keys_are_blocked (forward): the steps are key blocks, the warpgroup's rows are queries
-  first_row ... last_row. Otherwise (backward) the steps are query blocks, the rows keys.
-  Returns (a, b, c, d): steps [lo, a) and [d, hi) hold no visible pair (waited out), [a, b) and
-  [c, d) are masked, [b, c) are wholly visible (no mask).
-  """
-  div = lambda x: lax.div(x, jnp.int32(block))
-  cdiv = lambda x: lax.div(x + (block - 1), jnp.int32(block))
-  if keys_are_blocked:  # keys k with first_row - w + 1 <= k <= last_row
-    a = div(jnp.maximum(first_row - window + 1, 0))
-    d = cdiv(last_row + 1)
-    b = cdiv(jnp.maximum(last_row - window + 1, 0))  # first block wholly inside every row's window
-    c = div(first_row + 1)  # first block that reaches past the first row (causal edge)
-  else:  # queries q with first_row <= q <= last_row + w - 1
-    a = div(first_row)
-    d = cdiv(last_row + window)
-    b = cdiv(last_row)  # first block whose queries are all at or after every row
-    c = div(first_row + window)  # first block with a query past some row's window
-  a, d = jnp.clip(a, lo, hi), jnp.clip(d, lo, hi)
-  b = jnp.clip(b, a, d)
-  c = jnp.clip(c, b, d)
-  return a, b, c, d
-
-
-# ------------------------------------------------------------------------------- pipeline
-
-
-def _fill(copies, lo, hi, g0, stages, used):
-  """The producer warpgroup's TMA loads for pipeline steps lo ... hi - 1: `copies(step, slot)`
-  issues a step's copies, each on its own "loaded" barrier of that slot. g0 counts the steps this
-  CTA loaded before (earlier tiles of a persistent CTA), so the ring turns on across tiles: global
-  step g goes into slot g % stages once both computing warpgroups have arrived on that slot's `used`
-  barrier for step g - stages. Returns the count after these steps."""
-  slot_of = lambda g: lax.rem(g, jnp.int32(stages))
-
-  @pl.loop(lo, hi)
-  def _load(step):
-    g = g0 + step - lo
-    pl.when(g >= stages)(lambda: plgpu.barrier_wait(used.at[slot_of(g)]))
-    copies(step, slot_of(g))
-
-  return g0 + hi - lo
-
-
-def _drain(g, stages, used):
-  """The producer's last wait: each slot's last use (global steps g - stages ... g - 1), so that
-  every phase of every barrier is observed before the CTA's barriers go away."""
-
-  @pl.loop(jnp.maximum(g - stages, 0), g)
-  def _wait(step):
-    plgpu.barrier_wait(used.at[lax.rem(step, jnp.int32(stages))])
-
-
-def _produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
-  """The producer of the forward and dQ kernels (`_fill`): key blocks lo ... hi - 1 (bk keys
-  each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
-  (smems), each on its own "loaded" barrier (bars). Returns the step count as `_fill`."""
-  kv_head = lax.div(n, jnp.int32(groups))
-
-  def copies(step, slot):
-    keys = (b, pl.ds(step * bk, bk), kv_head)
-    for ref, smem, bar in zip(refs, smems, bars):
-      plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
-
-  return _fill(copies, lo, hi, g0, stages, used)
-
-
-def _consume(lo, hi, regions, step_fn, skip_fn, carry):
-  """A computing warpgroup's loop over the CTA's steps lo ... hi - 1: `regions` = (a, b, c, d) from
-  `_regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
-  a, b, c, d = regions
-  skip = lambda step, carry: (skip_fn(step), carry)[1]
-  lax.fori_loop(lo, a, skip, None)
-  carry = lax.fori_loop(a, b, functools.partial(step_fn, masked=True), carry)
-  carry = lax.fori_loop(b, c, functools.partial(step_fn, masked=False), carry)
-  carry = lax.fori_loop(c, d, functools.partial(step_fn, masked=True), carry)
-  lax.fori_loop(d, hi, skip, None)
-  return carry
-
-
-def _launch(entry, name, out_type, grid, grid_names, st):
-  """The kernel `entry` over `grid`, three warpgroups a CTA, named `name` in profiles."""
-  return plgpu.kernel(
-    entry,
-    out_type=out_type,
-    grid=grid,
-    grid_names=grid_names,
-    num_threads=_COMPUTE_WGS + 1,
-    thread_name="wg",
-    kernel_name=name,
-    compiler_params=plgpu.CompilerParams(approx_math=True),
-    interpret=_interpret(st),
-  )
-
-
-def _key_blocks(q0, rows, bk, window, T):
-  """The CTA's key-block steps [lo, hi) (blocks of bk keys) for queries q0 ... q0 + rows - 1."""
-  lo = lax.div(jnp.maximum(q0 - window + 1, 0), jnp.int32(bk))
-  hi = lax.div(q0 + rows + bk - 1, jnp.int32(bk))
-  return lo, jnp.minimum(hi, T // bk)
 
 
 # --------------------------------------------------------------------------------- forward
@@ -261,7 +96,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
       return lax.div(t, jnp.int32(q_tiles * N)), n, q0
 
     def steps_of(q0):
-      return _key_blocks(q0, rows, bk, st.window, T)
+      return pipeline.key_blocks(q0, rows, bk, st.window, T)
 
     def rendezvous():  # the ping-pong: each call meets the other warpgroup's matching call
       plgpu.barrier_arrive(sched)
@@ -283,7 +118,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
         qo_smem, lse_smem = qo_smem3.at[buf, wg], lse_smem3.at[buf, wg]
         first = q0 + wg * bq
         slot_of = lambda step: lax.rem(g0 + step - lo, jnp.int32(stages))
-        regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
+        regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
         plgpu.barrier_wait(q_bar.at[buf * _COMPUTE_WGS + wg])
 
         def prefetch_q():  # the next tile's queries, into the buffer the last tile's O left
@@ -310,7 +145,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
           s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
           if masked:
-            s = _mask(s, first, step * bk, st.window)
+            s = pipeline.mask(s, first, step * bk, st.window)
           m_new = jnp.maximum(m_i, s.max(axis=1))
           alpha = jnp.exp2(m_i - m_new)
           p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -320,7 +155,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           plgpu.barrier_arrive(sched)  # softmax done
           plgpu.barrier_wait(v_bar.at[slot])
           plgpu.barrier_wait(sched)  # the tensor cores are ours
-          acc = _accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
+          acc = pipeline.accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
           plgpu.barrier_arrive(used.at[slot])
           # Once the first block is done, this tile's Q no longer waits on the buffer it
           # fills (the last tile's output has had a block's time to leave it).
@@ -328,12 +163,12 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           return acc, m_new, l_i
 
         carry = (
-          _zeros((bq, H)),
+          pipeline.zeros((bq, H)),
           plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
           plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
         )
         pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
-        acc, m_i, l_i = _consume(lo, hi, regions, step_fn, skip, carry)
+        acc, m_i, l_i = pipeline.consume(lo, hi, regions, step_fn, skip, carry)
         pl.when(wg == 0)(rendezvous)
         qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
         lse_smem[...] = m_i + jnp.log2(l_i)
@@ -353,17 +188,19 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
       def tile(i, g0):
         b, n, q0 = tile_of(i)
-        return _produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
+        return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
 
-      _drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
+      pipeline.drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     smem = (
-      _smem((2, _COMPUTE_WGS, bq, H), dtype),  # Q, then O, two tiles' worth
-      _smem((stages, bk, H), dtype),
-      _smem((stages, bk, H), dtype),
+      pipeline.smem((2, _COMPUTE_WGS, bq, H), dtype),  # Q, then O, two tiles' worth
+      pipeline.smem((stages, bk, H), dtype),
+      pipeline.smem((stages, bk, H), dtype),
       plgpu.SMEM((2, _COMPUTE_WGS, bq), jnp.float32),
-      _smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,  # P, in interpret mode
+      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype)
+      if st.interpret
+      else None,  # P, in interpret mode
     )
     loaded = (
       plgpu.Barrier(num_barriers=stages),
@@ -383,7 +220,9 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     jax.ShapeDtypeStruct((B, T, N, H), dtype),
     jax.ShapeDtypeStruct((B, N, T), jnp.float32),
   )
-  return _launch(entry, "swa_mosaic_fwd", out_type, (ctas,), ("ctas",), st)(q_BTNH, k_BTKH, v_BTKH)
+  return pipeline.launch(entry, "swa_mosaic_fwd", out_type, (ctas,), ("ctas",), st)(
+    q_BTNH, k_BTKH, v_BTKH
+  )
 
 
 # -------------------------------------------------------------------------------- backward
@@ -409,7 +248,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     k_bar, v_bar, row_bar = bars
     b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
-    lo, hi = _key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
+    lo, hi = pipeline.key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
     slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
 
     @pl.when(wg < _COMPUTE_WGS)
@@ -437,19 +276,19 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       def step_fn(step, dq, masked):
         slot = slot_of(step)
         plgpu.barrier_wait(k_bar.at[slot])
-        s = _product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
+        s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
         if masked:
-          s = _mask(s, first, step * bk, st.window)
+          s = pipeline.mask(s, first, step * bk, st.window)
         p = jnp.exp2(s - rows_of(lse))
         plgpu.barrier_wait(v_bar.at[slot])
-        dp = _product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
+        dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
         ds = (p * (dp - rows_of(delta))).astype(dtype)
-        dq = _accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
+        dq = pipeline.accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
         plgpu.barrier_arrive(used.at[slot])
         return dq
 
-      regions = _regions(lo, hi, first, first + bq - 1, bk, st.window)
-      dq = _consume(lo, hi, regions, step_fn, skip, _zeros((bq, H)))
+      regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
+      dq = pipeline.consume(lo, hi, regions, step_fn, skip, pipeline.zeros((bq, H)))
       q_smem[...] = (dq * st.scale).astype(dtype)
       plgpu.commit_smem()
       plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
@@ -459,17 +298,21 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     def _produce_kv():
       plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
-      _drain(_produce_keys(*kv, used, b, n, lo, hi, 0, bk, stages, st.groups), stages, used)
+      pipeline.drain(
+        pipeline.produce_keys(*kv, used, b, n, lo, hi, 0, bk, stages, st.groups), stages, used
+      )
 
   def entry(*refs):
     smem = (
-      _smem((_COMPUTE_WGS, bq, H), dtype),
-      _smem((_COMPUTE_WGS, bq, H), dtype),
+      pipeline.smem((_COMPUTE_WGS, bq, H), dtype),
+      pipeline.smem((_COMPUTE_WGS, bq, H), dtype),
       plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
       plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
-      _smem((stages, bk, H), dtype),
-      _smem((stages, bk, H), dtype),
-      _smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,  # dS, in interpret mode
+      pipeline.smem((stages, bk, H), dtype),
+      pipeline.smem((stages, bk, H), dtype),
+      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype)
+      if st.interpret
+      else None,  # dS, in interpret mode
     )
     bars = (
       plgpu.Barrier(num_barriers=stages),
@@ -486,7 +329,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
 
   out_type = jax.ShapeDtypeStruct((B, T, N, H), dtype)
   grid = (T // (_COMPUTE_WGS * bq), N, B)
-  return _launch(entry, "swa_mosaic_dq", out_type, grid, ("q_tiles", "heads", "batch"), st)(
+  return pipeline.launch(entry, "swa_mosaic_dq", out_type, grid, ("q_tiles", "heads", "batch"), st)(
     q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
   )
 
@@ -541,7 +384,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last block's dQ has left dq_smem
         dst_smem[...] = dst16
         plgpu.commit_smem()
-        dq_smem[...] = _product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
+        dq_smem[...] = pipeline.product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
         plgpu.commit_smem()
         part = 0 if not st.interpret else lax.axis_index("k_tiles") * _COMPUTE_WGS + wg
         rows = (part, b, pl.ds(step * bq, bq), n)
@@ -553,21 +396,25 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         slot = slot_of(step)
         plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
         lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
-        s_t = _product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
+        s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
         if masked:
-          s_t = _mask(s_t, step * bq, first, st.window, rows_are_queries=False)
+          s_t = pipeline.mask(s_t, step * bq, first, st.window, rows_are_queries=False)
         pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
-        dpt = _product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
+        dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
         dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
-        dv = _accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
-        dk = _accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
+        dv = pipeline.accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
+        dk = pipeline.accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
         plgpu.barrier_arrive(used.at[slot])
         if fused:
           add_dq(step, dst16)
         return dk, dv
 
-      regions = _regions(lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False)
-      dk, dv = _consume(lo, hi, regions, step_fn, skip, (_zeros((bk, H)), _zeros((bk, H))))
+      regions = pipeline.regions(
+        lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False
+      )
+      dk, dv = pipeline.consume(
+        lo, hi, regions, step_fn, skip, (pipeline.zeros((bk, H)), pipeline.zeros((bk, H)))
+      )
       k_smem[...] = (dk * st.scale).astype(dtype)
       v_smem[...] = dv.astype(dtype)
       plgpu.commit_smem()
@@ -586,20 +433,22 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
 
       plgpu.set_max_registers(40, action="decrease")
-      _drain(_fill(copies, lo, hi, 0, stages, used), stages, used)
+      pipeline.drain(pipeline.fill(copies, lo, hi, 0, stages, used), stages, used)
 
   def entry(*refs):
     # P^T and dS^T go through shared memory only in interpret mode, but dS^T always when fused.
-    interpret_only = lambda shape: _smem(shape, dtype) if st.interpret else None
+    interpret_only = lambda shape: pipeline.smem(shape, dtype) if st.interpret else None
     smem = (
-      _smem((_COMPUTE_WGS, bk, H), dtype),
-      _smem((_COMPUTE_WGS, bk, H), dtype),
-      _smem((stages, bq, H), dtype),
-      _smem((stages, bq, H), dtype),
+      pipeline.smem((_COMPUTE_WGS, bk, H), dtype),
+      pipeline.smem((_COMPUTE_WGS, bk, H), dtype),
+      pipeline.smem((stages, bq, H), dtype),
+      pipeline.smem((stages, bq, H), dtype),
       plgpu.SMEM((stages, bq), jnp.float32),
       plgpu.SMEM((stages, bq), jnp.float32),
       interpret_only((_COMPUTE_WGS, bk, bq)),  # P^T
-      _smem((_COMPUTE_WGS, bk, bq), dtype) if fused else interpret_only((_COMPUTE_WGS, bk, bq)),
+      pipeline.smem((_COMPUTE_WGS, bk, bq), dtype)
+      if fused
+      else interpret_only((_COMPUTE_WGS, bk, bq)),
       plgpu.SMEM((_COMPUTE_WGS, bq, H), jnp.float32) if fused else None,  # a block's dQ
     )
     bars = (  # one arrival per TMA copy
@@ -616,7 +465,9 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
 
   out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
   grid = (T // (_COMPUTE_WGS * bk), N, B)
-  kernel_dkv = _launch(entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st)
+  kernel_dkv = pipeline.launch(
+    entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st
+  )
   args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT)
   if not fused:
     return kernel_dkv(*args)

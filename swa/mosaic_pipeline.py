@@ -1,0 +1,182 @@
+"""The pipeline that swa/mosaic_kernels.py's three Hopper kernels share (Pallas Mosaic GPU).
+
+A CTA runs three warpgroups, two that compute (COMPUTE_WGS) and one, the producer, that only
+issues TMA copies into a ring of `stages` shared-memory slots (`fill`, `produce_keys`); a slot is
+refilled once both computing warpgroups have arrived on its "used" barrier, and the producer's
+last act is to wait out each slot's last use (`drain`). A computing warpgroup walks the CTA's
+pipeline steps in the loop regions of `regions` (`consume`): steps none of its rows see are waited
+out, the window's edge and the causal diagonal masked (`mask`), the interior not. Products are
+wgmma with float32 accumulators (`product`; `accumulate` adds a register operand's product into
+one). Off a GPU every kernel runs in Mosaic GPU's interpret mode (`launch`, JAX >= 0.11).
+"""
+
+import functools
+
+import jax.numpy as jnp
+from jax import lax
+from jax.experimental import pallas as pl
+from jax.experimental.pallas import mosaic_gpu as plgpu
+
+MASKED = -1e30  # a masked logit: finite, so a row whose first blocks are all masked stays NaN-free
+COMPUTE_WGS = 2
+
+
+def smem(shape, dtype):
+  """A shared-memory buffer laid out for wgmma (8 x 64 tiles, 128-byte swizzle) when 16-bit."""
+  if jnp.dtype(dtype).itemsize == 2:
+    return plgpu.SMEM(
+      shape, dtype, transforms=(plgpu.TilingTransform((8, 64)), plgpu.SwizzleTransform(128))
+    )
+  return plgpu.SMEM(shape, dtype)
+
+
+def interpret_params(st):
+  return plgpu.InterpretGPUParams() if st.interpret else None
+
+
+def zeros(shape):
+  return plgpu.layout_cast(jnp.full(shape, 0, jnp.float32), plgpu.Layout.WGMMA)
+
+
+def product(a, b, shape):
+  """a @ b as a float32 wgmma (a: registers or shared memory, b: shared memory)."""
+
+  def body(acc_ref):
+    plgpu.wgmma(acc_ref, a, b)
+    return acc_ref[...]
+
+  return pl.run_scoped(body, plgpu.ACC(shape, jnp.float32))
+
+
+def accumulate(acc, a, b, a_smem2, wg, st):
+  """acc + a @ b for a float32 accumulator acc and a 16-bit left operand a in registers.
+
+  On a GPU the wgmma adds into acc itself (`pl.run_state` on a pre-filled accumulator: a in
+  registers, no second accumulator). Mosaic GPU's interpret mode has neither `run_state` nor
+  register operands, so there a is stored into a_smem2.at[wg] (allocated in interpret mode only)
+  and its product added: the one difference between the two modes, the same arithmetic.
+  """
+  if not st.interpret:
+
+    def body(acc_ref):
+      plgpu.wgmma(acc_ref, a, b)
+
+    return pl.run_state(body)(plgpu.ACC.init(acc))
+  a_smem = a_smem2.at[wg]
+  a_smem[...] = a
+  plgpu.commit_smem()
+  return acc + product(a_smem, b, acc.shape)
+
+
+def mask(s, q_start, k_start, window, rows_are_queries=True):
+  """s with the logits of invisible pairs set to MASKED (`mask.visible`'s rule: 0 <= q - k < w).
+
+  s is [rows, cols] in the wgmma layout; rows are queries (forward) or keys (backward)."""
+  rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
+  cols = plgpu.broadcasted_iota(jnp.int32, s.shape, 1, layout=plgpu.Layout.WGMMA)
+  if rows_are_queries:
+    diff = (rows + q_start) - (cols + k_start)
+  else:
+    diff = (cols + q_start) - (rows + k_start)
+  return jnp.where((diff >= 0) & (diff < window), s, MASKED)
+
+
+def regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
+  """Splits the CTA's pipeline steps [lo, hi) (in units of `block`) for one warpgroup.
+
+  keys_are_blocked (forward): the steps are key blocks, the warpgroup's rows are queries
+  first_row ... last_row. Otherwise (backward) the steps are query blocks, the rows keys.
+  Returns (a, b, c, d): steps [lo, a) and [d, hi) hold no visible pair (waited out), [a, b) and
+  [c, d) are masked, [b, c) are wholly visible (no mask).
+  """
+  div = lambda x: lax.div(x, jnp.int32(block))
+  cdiv = lambda x: lax.div(x + (block - 1), jnp.int32(block))
+  if keys_are_blocked:  # keys k with first_row - w + 1 <= k <= last_row
+    a = div(jnp.maximum(first_row - window + 1, 0))
+    d = cdiv(last_row + 1)
+    b = cdiv(jnp.maximum(last_row - window + 1, 0))  # first block wholly inside every row's window
+    c = div(first_row + 1)  # first block that reaches past the first row (causal edge)
+  else:  # queries q with first_row <= q <= last_row + w - 1
+    a = div(first_row)
+    d = cdiv(last_row + window)
+    b = cdiv(last_row)  # first block whose queries are all at or after every row
+    c = div(first_row + window)  # first block with a query past some row's window
+  a, d = jnp.clip(a, lo, hi), jnp.clip(d, lo, hi)
+  b = jnp.clip(b, a, d)
+  c = jnp.clip(c, b, d)
+  return a, b, c, d
+
+
+def fill(copies, lo, hi, g0, stages, used):
+  """The producer warpgroup's TMA loads for pipeline steps lo ... hi - 1: `copies(step, slot)`
+  issues a step's copies, each on its own "loaded" barrier of that slot. g0 counts the steps this
+  CTA loaded before (earlier tiles of a persistent CTA), so the ring turns on across tiles: global
+  step g goes into slot g % stages once both computing warpgroups have arrived on that slot's `used`
+  barrier for step g - stages. Returns the count after these steps."""
+  slot_of = lambda g: lax.rem(g, jnp.int32(stages))
+
+  @pl.loop(lo, hi)
+  def _load(step):
+    g = g0 + step - lo
+    pl.when(g >= stages)(lambda: plgpu.barrier_wait(used.at[slot_of(g)]))
+    copies(step, slot_of(g))
+
+  return g0 + hi - lo
+
+
+def drain(g, stages, used):
+  """The producer's last wait: each slot's last use (global steps g - stages ... g - 1), so that
+  every phase of every barrier is observed before the CTA's barriers go away."""
+
+  @pl.loop(jnp.maximum(g - stages, 0), g)
+  def _wait(step):
+    plgpu.barrier_wait(used.at[lax.rem(step, jnp.int32(stages))])
+
+
+def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
+  """The producer of the forward and dQ kernels (`_fill`): key blocks lo ... hi - 1 (bk keys
+  each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
+  (smems), each on its own "loaded" barrier (bars). Returns the step count as `_fill`."""
+  kv_head = lax.div(n, jnp.int32(groups))
+
+  def copies(step, slot):
+    keys = (b, pl.ds(step * bk, bk), kv_head)
+    for ref, smem, bar in zip(refs, smems, bars):
+      plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
+
+  return fill(copies, lo, hi, g0, stages, used)
+
+
+def consume(lo, hi, regions, step_fn, skip_fn, carry):
+  """A computing warpgroup's loop over the CTA's steps lo ... hi - 1: `regions` = (a, b, c, d) from
+  `_regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
+  a, b, c, d = regions
+  skip = lambda step, carry: (skip_fn(step), carry)[1]
+  lax.fori_loop(lo, a, skip, None)
+  carry = lax.fori_loop(a, b, functools.partial(step_fn, masked=True), carry)
+  carry = lax.fori_loop(b, c, functools.partial(step_fn, masked=False), carry)
+  carry = lax.fori_loop(c, d, functools.partial(step_fn, masked=True), carry)
+  lax.fori_loop(d, hi, skip, None)
+  return carry
+
+
+def launch(entry, name, out_type, grid, grid_names, st):
+  """The kernel `entry` over `grid`, three warpgroups a CTA, named `name` in profiles."""
+  return plgpu.kernel(
+    entry,
+    out_type=out_type,
+    grid=grid,
+    grid_names=grid_names,
+    num_threads=COMPUTE_WGS + 1,
+    thread_name="wg",
+    kernel_name=name,
+    compiler_params=plgpu.CompilerParams(approx_math=True),
+    interpret=interpret_params(st),
+  )
+
+
+def key_blocks(q0, rows, bk, window, T):
+  """The CTA's key-block steps [lo, hi) (blocks of bk keys) for queries q0 ... q0 + rows - 1."""
+  lo = lax.div(jnp.maximum(q0 - window + 1, 0), jnp.int32(bk))
+  hi = lax.div(q0 + rows + bk - 1, jnp.int32(bk))
+  return lo, jnp.minimum(hi, T // bk)
