@@ -2,8 +2,9 @@
 
 Three kernels, each warp-specialised in the manner of FlashAttention-3: a CTA runs three
 warpgroups, two that compute and one that only issues TMA copies into a ring of `stages`
-shared-memory slots (the pipeline they share is swa/mosaic_pipeline.py). Matrix products are wgmma with float32 accumulators; softmax statistics are float32, with
-log2(e) folded into the scale (exp2). Every loop visits only the blocks the window touches.
+shared-memory slots (the pipeline they share is swa/mosaic_pipeline.py). Matrix products are
+wgmma with float32 accumulators; softmax statistics are float32, with log2(e) folded into the
+scale (exp2). Every loop visits only the blocks the window touches.
 
 forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of them (a 64-row
           wgmma). The producer streams the key/value blocks the CTA's window touches, and only
@@ -157,8 +158,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           plgpu.barrier_wait(sched)  # the tensor cores are ours
           acc = pipeline.accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
           plgpu.barrier_arrive(used.at[slot])
-          # Once the first block is done, this tile's Q no longer waits on the buffer it
-          # fills (the last tile's output has had a block's time to leave it).
+          # After its first block, the next tile's queries go into the other buffer (the last
+          # tile's output, copied out of it at that tile's end, has had a block's time to leave).
           pl.when((step == regions[0]) & (i + 1 < count))(prefetch_q)
           return acc, m_new, l_i
 
@@ -198,9 +199,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
       pipeline.smem((stages, bk, H), dtype),
       pipeline.smem((stages, bk, H), dtype),
       plgpu.SMEM((2, _COMPUTE_WGS, bq), jnp.float32),
-      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype)
-      if st.interpret
-      else None,  # P, in interpret mode
+      # P, in interpret mode
+      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
     )
     loaded = (
       plgpu.Barrier(num_barriers=stages),
@@ -310,9 +310,8 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
       pipeline.smem((stages, bk, H), dtype),
       pipeline.smem((stages, bk, H), dtype),
-      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype)
-      if st.interpret
-      else None,  # dS, in interpret mode
+      # dS, in interpret mode
+      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
     )
     bars = (
       plgpu.Barrier(num_barriers=stages),

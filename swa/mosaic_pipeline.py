@@ -69,7 +69,7 @@ def accumulate(acc, a, b, a_smem2, wg, st):
 
 
 def mask(s, q_start, k_start, window, rows_are_queries=True):
-  """s with the logits of invisible pairs set to MASKED (`mask.visible`'s rule: 0 <= q - k < w).
+  """s with the logits of invisible pairs set to MASKED (swa/mask.py's rule: 0 <= q - k < w).
 
   s is [rows, cols] in the wgmma layout; rows are queries (forward) or keys (backward)."""
   rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
@@ -134,9 +134,9 @@ def drain(g, stages, used):
 
 
 def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
-  """The producer of the forward and dQ kernels (`_fill`): key blocks lo ... hi - 1 (bk keys
+  """The producer of the forward and dQ kernels (`fill`): key blocks lo ... hi - 1 (bk keys
   each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
-  (smems), each on its own "loaded" barrier (bars). Returns the step count as `_fill`."""
+  (smems), each on its own "loaded" barrier (bars). Returns the step count as `fill`."""
   kv_head = lax.div(n, jnp.int32(groups))
 
   def copies(step, slot):
@@ -149,7 +149,7 @@ def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
 
 def consume(lo, hi, regions, step_fn, skip_fn, carry):
   """A computing warpgroup's loop over the CTA's steps lo ... hi - 1: `regions` = (a, b, c, d) from
-  `_regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
+  `regions`; step_fn(step, carry, masked) computes a step, skip_fn(step) waits one out."""
   a, b, c, d = regions
   skip = lambda step, carry: (skip_fn(step), carry)[1]
   lax.fori_loop(lo, a, skip, None)
