@@ -84,6 +84,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
   q_tiles = T // rows
   tiles = q_tiles * N * B
   ctas = tiles if st.fwd_ctas is None else min(st.fwd_ctas, tiles)
+  q_bufs = 1 if st.fwd_ctas is None else 2  # persistent: the next tile's Q loads into the other
 
   def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
     (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
@@ -107,7 +108,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     def _compute():
       plgpu.set_max_registers(232, action="increase")
 
-      def load_q(i, buf):  # tile i's queries of this warpgroup into Q buffer buf (of two)
+      def load_q(i, buf):  # tile i's queries of this warpgroup into Q buffer buf
         b, n, q0 = tile_of(i)
         queries = q_ref.at[b, pl.ds(q0 + wg * bq, bq), n]
         plgpu.copy_gmem_to_smem(queries, qo_smem3.at[buf, wg], q_bar.at[buf * _COMPUTE_WGS + wg])
@@ -115,16 +116,16 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
       def tile(i, g0):
         b, n, q0 = tile_of(i)
         lo, hi = steps_of(q0)
-        buf = lax.rem(i, 2)
+        buf = lax.rem(i, q_bufs)
         qo_smem, lse_smem = qo_smem3.at[buf, wg], lse_smem3.at[buf, wg]
         first = q0 + wg * bq
-        slot_of = lambda step: lax.rem(g0 + step - lo, jnp.int32(stages))
+        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
         regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
         plgpu.barrier_wait(q_bar.at[buf * _COMPUTE_WGS + wg])
 
         def prefetch_q():  # the next tile's queries, into the buffer the last tile's O left
           plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          load_q(i + 1, 1 - buf)
+          load_q(i + 1, lax.rem(i + 1, q_bufs))
 
         def skip(step):  # a block none of this warpgroup's rows see
           slot = slot_of(step)
@@ -195,17 +196,17 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     smem = (
-      pipeline.smem((2, _COMPUTE_WGS, bq, H), dtype),  # Q, then O, two tiles' worth
+      pipeline.smem((q_bufs, _COMPUTE_WGS, bq, H), dtype),  # Q, then O
       pipeline.smem((stages, bk, H), dtype),
       pipeline.smem((stages, bk, H), dtype),
-      plgpu.SMEM((2, _COMPUTE_WGS, bq), jnp.float32),
+      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.float32),
       # P, in interpret mode
       pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
     )
     loaded = (
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=2 * _COMPUTE_WGS),
+      plgpu.Barrier(num_barriers=q_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
@@ -249,7 +250,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
     q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
     lo, hi = pipeline.key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
-    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+    slot_of = lambda step: pipeline.slot(step, lo, 0, stages)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
@@ -361,7 +362,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     lo = lax.div(k0, jnp.int32(bq))
     hi = lax.div(k0 + _COMPUTE_WGS * bk - 1 + st.window + bq - 1, jnp.int32(bq))
     hi = jnp.minimum(hi, T // bq)
-    slot_of = lambda step: lax.rem(step - lo, jnp.int32(stages))
+    slot_of = lambda step: pipeline.slot(step, lo, 0, stages)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():

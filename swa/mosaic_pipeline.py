@@ -107,19 +107,25 @@ def regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
   return a, b, c, d
 
 
+def slot(step, lo, g0, stages):
+  """The ring slot of pipeline step `step` of a tile whose steps start at lo, after g0 steps of
+  the CTA's earlier tiles: `fill`'s numbering, which the computing warpgroups must share."""
+  return lax.rem(g0 + step - lo, jnp.int32(stages))
+
+
 def fill(copies, lo, hi, g0, stages, used):
   """The producer warpgroup's TMA loads for pipeline steps lo ... hi - 1: `copies(step, slot)`
   issues a step's copies, each on its own "loaded" barrier of that slot. g0 counts the steps this
   CTA loaded before (earlier tiles of a persistent CTA), so the ring turns on across tiles: global
   step g goes into slot g % stages once both computing warpgroups have arrived on that slot's `used`
   barrier for step g - stages. Returns the count after these steps."""
-  slot_of = lambda g: lax.rem(g, jnp.int32(stages))
 
   @pl.loop(lo, hi)
   def _load(step):
-    g = g0 + step - lo
-    pl.when(g >= stages)(lambda: plgpu.barrier_wait(used.at[slot_of(g)]))
-    copies(step, slot_of(g))
+    pl.when(g0 + step - lo >= stages)(
+      lambda: plgpu.barrier_wait(used.at[slot(step, lo, g0, stages)])
+    )
+    copies(step, slot(step, lo, g0, stages))
 
   return g0 + hi - lo
 
