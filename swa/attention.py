@@ -47,8 +47,8 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
   splash     TPU splash attention with LocalMask((w - 1, 0)) & causal (swa/splash.py); self-
              attention, D == H; interpret mode off TPU.
   auto       the first, in `auto_rank` order, that supports the call's features and takes the
-             inputs: splash on a TPU; on a Hopper GPU fa3_mosaic, fa3, cudnn_mosaic (by
-             mosaic_attention.AUTO_TRAIN_* and fa3.AUTO_MAX_WINDOW); on other GPUs pallas for
+             inputs: splash on a TPU; on a Hopper GPU fa3_mosaic, fa3, mosaic, cudnn_mosaic (by
+             mosaic_attention.AUTO_* and fa3.AUTO_MAX_WINDOW); on other GPUs pallas for
              w <= pallas_attention.AUTO_MAX_WINDOW, cudnn_pallas for w <= AUTO_TRAIN_MAX_WINDOW
              (where bench_attention.py found them faster); else cudnn where it applies;
              elsewhere (CPU, 32-bit inputs, offsets) chunked when w < S, else reference.
@@ -81,8 +81,7 @@ from swa.registry import (  # noqa: F401  (public: the registry is part of this 
   unregister,
 )
 
-# Windows this long or longer are full causal attention (positions are int32: q_pos - w must not
-# overflow).
+# Windows this long or longer are full causal attention (int32 positions: q_pos - w can't overflow).
 FULL_WINDOW = 2**30
 
 
@@ -219,13 +218,15 @@ register(
 )
 
 
-# The Mosaic GPU kernels: explicitly anywhere (interpret mode off a GPU); by auto on Hopper, behind
-# FA3's or cuDNN's forward, where mosaic_attention's AUTO_TRAIN_* limits say they were faster.
+# The Mosaic GPU kernels: explicitly anywhere (interpret mode off a GPU); by auto on Hopper, alone
+# or behind FA3's or cuDNN's forward, where mosaic_attention's AUTO_* limits say they were faster.
 register(
   "mosaic",
   tail_aligned(mosaic_attention.mosaic_attention),
   features=("tail_offsets", "block_sizes", "interpret"),
   check=mosaic_attention.unsupported_reason,
+  auto_rank=4,
+  auto_when=mosaic_attention.auto_when,
 )
 _register_pair(
   "fa3_mosaic",

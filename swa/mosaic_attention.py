@@ -4,8 +4,8 @@
 (forward, dQ, dK/dV) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
 `kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo), and inside
 "cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where a call is not differentiated,
-these kernels' forward and backward where it is), which `auto` picks on a Hopper GPU by the rules
-below (AUTO_TRAIN_MAX_WINDOW, AUTO_TRAIN_OVER_FA3_MAX_WINDOW).
+these kernels' forward and backward where it is); `auto` picks among them on a Hopper GPU by the
+rules below (AUTO_MAX_WINDOW, AUTO_TRAIN_MAX_WINDOW, AUTO_TRAIN_OVER_FA3_MAX_WINDOW).
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
@@ -24,13 +24,14 @@ import jax.numpy as jnp
 from swa import kernel_adapters
 
 HEAD_DIMS = (64, 128)
-# auto's rules, from two bench_attention.py runs in one session on one H100 (results/
-# attention_bench_h100/2026-12-07/: bf16, B = 1, 16 heads of 128, n = 16k and 64k, default tiles).
-# Their fwd+bwd beat cuDNN's at every n for w = 128 (1.52-1.55x its speed) and 512 (1.18-1.24x),
-# not at 4,096 (0.96-0.98x): "cudnn_mosaic" up to AUTO_TRAIN_MAX_WINDOW. They beat FlashAttention-3's
-# fwd+bwd at w = 128 (1.18-1.22x its speed), not at 512 (0.97x): with flash-attn3-jax installed,
-# "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW. Their forward alone ties cuDNN's at 64k
-# (0.98-1.02x) and loses to FA3's, so auto never runs "mosaic" itself.
+# auto's rules, from bench_attention.py on one H100 (results/attention_bench_h100/persistent_2026-12-07/:
+# bf16, B = 1, 16 heads of 128, n = 16k and 64k, default tiles). Their forward and fwd+bwd both beat
+# cuDNN's at every n for w = 128 and 512, not at 4,096: "mosaic" up to AUTO_MAX_WINDOW, and where
+# only their fwd+bwd does, "cudnn_mosaic" (cuDNN's forward where a call is not differentiated) up to
+# AUTO_TRAIN_MAX_WINDOW. Their fwd+bwd beat FlashAttention-3's at w = 128, not clearly at 512 (level
+# within 1 %): with flash-attn3-jax installed, "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW
+# (FA3's forward, level with theirs), FA3 above.
+AUTO_MAX_WINDOW = 512
 AUTO_TRAIN_MAX_WINDOW = 512
 AUTO_TRAIN_OVER_FA3_MAX_WINDOW = 128
 
@@ -61,8 +62,8 @@ class BlockSizes:
   stages_dkv: int = 3  # dK/dV: ring slots
   fused_dq: bool = False  # dQ in the dK/dV kernel (block_*_dq, stages_dq unused)
   # forward: one CTA an SM, each looping over tiles of 2 * block_q queries (prefetching the next
-  # tile's queries and keys under the current one's work), instead of one CTA a tile. Correct in
-  # interpret mode and through the GPU lowering; not yet compiled or timed on a GPU: off by default.
+  # tile's queries and keys under the current one's work), instead of one CTA a tile. The default
+  # for w <= 512 (default_block_sizes).
   persistent: bool = False
 
   def validate(self):
@@ -109,13 +110,13 @@ class BlockSizes:
 
 
 def default_block_sizes(window_size):
-  """Each kernel's fastest tiles in bench_attention.py's H100 run at n = 16k (2026-12-07,
-  results/attention_bench_h100/mosaic_2026-12-07/): forward steps of 64 keys up to w = 256 and of
-  128 beyond (0.99-1.01x cuDNN's forward at w = 512 and 4,096, against 0.85-0.93x with 64); both
-  backward kernels 64 x 64 with 3 ring slots (the fastest backward at every w)."""
-  if window_size is not None and window_size <= 256:
-    return BlockSizes()
-  return BlockSizes(block_k=128)
+  """Each kernel's fastest tiles in bench_attention.py's H100 tuning run at n = 16k and 64k
+  (2026-12-07, results/attention_bench_h100/persistent_2026-12-07/tune.md): a persistent forward with steps
+  of 128 keys up to w = 512 (0.83-0.88x cuDNN's forward time, against 0.96-1.06x one CTA a tile),
+  one CTA a tile beyond (0.96x at 4,096, against 0.96-1.07x persistent); both backward kernels
+  64 x 64 with 3 ring slots (the fastest backward at every w, results/attention_bench_h100/
+  mosaic_2026-12-07/)."""
+  return BlockSizes(block_k=128, persistent=window_size is not None and window_size <= 512)
 
 
 def _kernels():
@@ -151,19 +152,22 @@ def unsupported_reason(q_BTNH, k_BSKH, v_BSKD, window_size):
   return kernel_adapters.sixteen_bit_reason(q_BTNH, k_BSKH, v_BSKD, HEAD_DIMS)
 
 
-def auto_train_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=None):
-  """Where `auto` runs "cudnn_mosaic": a GPU and w <= max_window (AUTO_TRAIN_MAX_WINDOW by
-  default); the limits (Hopper, 16-bit, head dims) are in the entry's check."""
+def auto_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=None):
+  """Where `auto` runs "mosaic": a GPU and w <= max_window (AUTO_MAX_WINDOW by default); the
+  limits (Hopper, 16-bit, head dims) are in the entry's check."""
   del q_BTNH, k_BSKH, v_BSKD
-  limit = AUTO_TRAIN_MAX_WINDOW if max_window is None else max_window
+  limit = AUTO_MAX_WINDOW if max_window is None else max_window
   return jax.default_backend() == "gpu" and window_size is not None and window_size <= limit
 
 
+def auto_train_when(q_BTNH, k_BSKH, v_BSKD, window_size):
+  """Where `auto` runs "cudnn_mosaic": as auto_when, w <= AUTO_TRAIN_MAX_WINDOW."""
+  return auto_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_MAX_WINDOW)
+
+
 def auto_train_over_fa3_when(q_BTNH, k_BSKH, v_BSKD, window_size):
-  """Where `auto` runs "fa3_mosaic": as auto_train_when, w <= AUTO_TRAIN_OVER_FA3_MAX_WINDOW."""
-  return auto_train_when(
-    q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_OVER_FA3_MAX_WINDOW
-  )
+  """Where `auto` runs "fa3_mosaic": as auto_when, w <= AUTO_TRAIN_OVER_FA3_MAX_WINDOW."""
+  return auto_when(q_BTNH, k_BSKH, v_BSKD, window_size, max_window=AUTO_TRAIN_OVER_FA3_MAX_WINDOW)
 
 
 def _persistent_ctas(interpret):

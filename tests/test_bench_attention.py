@@ -257,8 +257,8 @@ def test_summary_puts_mosaic_against_cudnn_fa3_and_its_targets():
   assert lines[1] == (
     "- mosaic: the largest w up to which its default tiles' fwd+bwd beat cuDNN's at every n "
     "measured: 8 (mosaic_attention.AUTO_TRAIN_MAX_WINDOW: cudnn_mosaic); FA3's: 0 "
-    "(AUTO_TRAIN_OVER_FA3_MAX_WINDOW: fa3_mosaic); its forward and fwd+bwd both cuDNN's: 0 (0: at "
-    "none)."
+    "(AUTO_TRAIN_OVER_FA3_MAX_WINDOW: fa3_mosaic); its forward and fwd+bwd both cuDNN's: 0 "
+    "(AUTO_MAX_WINDOW: mosaic)."
   )
   rows[1]["fwd_bwd_ms"] = 1.7  # FA3 slower than mosaic's fwd+bwd
   assert "FA3's: 8 " in report.summary_lines(rows, [64], [8])[1]

@@ -159,12 +159,12 @@ def test_without_interpret_mode_off_gpu_the_check_says_so(monkeypatch):
     mosaic_attention._import_reason.cache_clear()
 
 
-def test_auto_runs_the_mosaic_pairs_by_the_measured_rules(monkeypatch):
-  """auto never runs "mosaic" alone; it runs "fa3_mosaic" ahead of fa3 and "cudnn_mosaic" ahead
-  of cudnn_pallas, on a GPU, for w up to the measured limits; elsewhere neither."""
-  assert attention.lookup("mosaic").auto_rank is None
+def test_auto_runs_mosaic_and_its_pairs_by_the_measured_rules(monkeypatch):
+  """auto runs "fa3_mosaic" ahead of fa3, "mosaic" behind fa3 and "cudnn_mosaic" behind mosaic,
+  all ahead of cudnn_pallas, on a GPU, for w up to the measured limits; elsewhere none."""
   rank = lambda name: attention.lookup(name).auto_rank
-  assert rank("fa3_mosaic") < rank("fa3") < rank("cudnn_mosaic") < rank("cudnn_pallas")
+  assert rank("fa3_mosaic") < rank("fa3") < rank("mosaic") < rank("cudnn_mosaic")
+  assert rank("cudnn_mosaic") < rank("cudnn_pallas")
   q = jax.ShapeDtypeStruct((1, 256, 2, 64), jnp.bfloat16)
   if jax.default_backend() != "gpu":
     picked = attention.resolve_implementation("auto", q, q, q, 16)
@@ -173,17 +173,28 @@ def test_auto_runs_the_mosaic_pairs_by_the_measured_rules(monkeypatch):
       with pytest.raises(ValueError, match=f"implementation='{name}' is not available: "):
         attention.resolve_implementation(name, q, q, q, 16)
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  over_fa3, over_cudnn = (
+  over_fa3, alone, over_cudnn = (
     mosaic_attention.AUTO_TRAIN_OVER_FA3_MAX_WINDOW,
+    mosaic_attention.AUTO_MAX_WINDOW,
     mosaic_attention.AUTO_TRAIN_MAX_WINDOW,
   )
-  assert 0 < over_fa3 <= over_cudnn  # FA3 is faster than cuDNN wherever it was measured
+  # FA3 is faster than cuDNN wherever it was measured; fwd+bwd wins wherever fwd and fwd+bwd do
+  assert 0 < over_fa3 <= over_cudnn and alone <= over_cudnn
   for when, limit in (
     (mosaic_attention.auto_train_over_fa3_when, over_fa3),
+    (mosaic_attention.auto_when, alone),
     (mosaic_attention.auto_train_when, over_cudnn),
   ):
     assert when(q, q, q, limit) and when(q, q, q, 1)
     assert not when(q, q, q, limit + 1) and not when(q, q, q, None)
+
+
+def test_default_tiles_are_persistent_up_to_w_512():
+  """The forward is persistent with 128-key steps for w <= 512 and one CTA a tile above (and for
+  full attention); the backward tiles are the same at every w."""
+  string = lambda w: str(mosaic_attention.default_block_sizes(w))
+  assert string(1) == string(512) == "64x128s2p/64x64s3/64x64s3"
+  assert string(513) == string(None) == "64x128s2/64x64s3/64x64s3"
 
 
 @needs_mosaic

@@ -165,7 +165,7 @@ def summary_lines(rows, lengths, windows):
       " cudnn_mosaic); FA3's: "
       f"{largest_window(train_wins, 'mosaic', 'fa3')} (AUTO_TRAIN_OVER_FA3_MAX_WINDOW: "
       "fa3_mosaic); its forward and fwd+bwd both cuDNN's: "
-      f"{largest_window(_wins, 'mosaic')} (0: at none)."
+      f"{largest_window(_wins, 'mosaic')} (AUTO_MAX_WINDOW: mosaic)."
     )
   lines.append(
     f"- auto rule this run supports: pallas_attention.AUTO_MAX_WINDOW = "
