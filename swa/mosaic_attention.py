@@ -24,8 +24,8 @@ import jax.numpy as jnp
 from swa import kernel_adapters
 
 HEAD_DIMS = (64, 128)
-# auto's rules, from bench_attention.py on one H100 (results/attention_bench_h100/persistent_2026-12-07/:
-# bf16, B = 1, 16 heads of 128, n = 16k and 64k, default tiles). Their forward and fwd+bwd both beat
+# auto's rules, from bench_attention.py on one H100 (bf16, B = 1, 16 heads of 128, n = 16k and 64k,
+# default tiles; results/attention_bench_h100/persistent_2026-12-07/). Their forward and fwd+bwd both beat
 # cuDNN's at every n for w = 128 and 512, not at 4,096: "mosaic" up to AUTO_MAX_WINDOW, and where
 # only their fwd+bwd does, "cudnn_mosaic" (cuDNN's forward where a call is not differentiated) up to
 # AUTO_TRAIN_MAX_WINDOW. Their fwd+bwd beat FlashAttention-3's at w = 128, not clearly at 512 (level
@@ -111,11 +111,11 @@ class BlockSizes:
 
 def default_block_sizes(window_size):
   """Each kernel's fastest tiles in bench_attention.py's H100 tuning run at n = 16k and 64k
-  (2026-12-07, results/attention_bench_h100/persistent_2026-12-07/tune.md): a persistent forward with steps
-  of 128 keys up to w = 512 (0.83-0.88x cuDNN's forward time, against 0.96-1.06x one CTA a tile),
-  one CTA a tile beyond (0.96x at 4,096, against 0.96-1.07x persistent); both backward kernels
-  64 x 64 with 3 ring slots (the fastest backward at every w, results/attention_bench_h100/
-  mosaic_2026-12-07/)."""
+  (2026-12-07, results/attention_bench_h100/persistent_2026-12-07/tune.md): a persistent forward
+  with steps of 128 keys up to w = 512 (0.83-0.88x cuDNN's forward time, against 0.96-1.03x one
+  CTA a tile), one CTA a tile beyond (0.96x at 4,096, against 0.96-1.07x persistent); both
+  backward kernels 64 x 64 with 3 ring slots (the fastest backward at every w,
+  results/attention_bench_h100/mosaic_2026-12-07/)."""
   return BlockSizes(block_k=128, persistent=window_size is not None and window_size <= 512)
 
 
