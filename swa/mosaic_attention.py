@@ -24,13 +24,14 @@ import jax.numpy as jnp
 from swa import kernel_adapters
 
 HEAD_DIMS = (64, 128)
-# auto's rules, from bench_attention.py on one H100 (bf16, B = 1, 16 heads of 128, n = 16k and 64k,
-# default tiles; results/attention_bench_h100/persistent_2026-12-07/). Their forward and fwd+bwd both beat
-# cuDNN's at every n for w = 128 and 512, not at 4,096: "mosaic" up to AUTO_MAX_WINDOW, and where
-# only their fwd+bwd does, "cudnn_mosaic" (cuDNN's forward where a call is not differentiated) up to
-# AUTO_TRAIN_MAX_WINDOW. Their fwd+bwd beat FlashAttention-3's at w = 128, not clearly at 512 (level
-# within 1 %): with flash-attn3-jax installed, "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW
-# (FA3's forward, level with theirs), FA3 above.
+# auto's rules, from two bench_attention.py runs on one H100 (bf16, B = 1, 16 heads of 128,
+# n = 16k and 64k, default tiles; results/attention_bench_h100/persistent_2026-12-07/). Their
+# forward and fwd+bwd both beat cuDNN's at every n for w = 128 and 512, their fwd+bwd not at 4,096:
+# "mosaic" up to AUTO_MAX_WINDOW, and where only their fwd+bwd does, "cudnn_mosaic" (cuDNN's
+# forward where a call is not differentiated) up to AUTO_TRAIN_MAX_WINDOW. Their fwd+bwd beat
+# FlashAttention-3's at w = 128, not at 512 (0.97-1.01x its speed): with flash-attn3-jax installed,
+# "fa3_mosaic" up to AUTO_TRAIN_OVER_FA3_MAX_WINDOW (FA3's forward, 0.99-1.11x the speed of theirs
+# there), FA3 above.
 AUTO_MAX_WINDOW = 512
 AUTO_TRAIN_MAX_WINDOW = 512
 AUTO_TRAIN_OVER_FA3_MAX_WINDOW = 128
