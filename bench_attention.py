@@ -64,8 +64,8 @@ def define_flags(fv):
     "mosaic_blocks",
     ["default"],
     "mosaic tile settings (BlockSizes strings: forward / dQ or 'fused' / dK-dV, each kernel "
-    "<rows>x<columns>s<stages>, e.g. 64x128s2/fused/64x64s2; a 'p' after the forward's, as in "
-    "64x128s2p/64x64s3/64x64s3, makes it persistent); the first is a core row, the "
+    "<rows>x<columns>s<stages>, e.g. 64x128s2/fused/64x64s2; a 'p' after a kernel's, as in "
+    "64x128s2p/64x64s3p/64x64s3p, makes it persistent); the first is a core row, the "
     "others run after every core row.",
     flag_values=fv,
   )

@@ -42,8 +42,8 @@ class BlockSizes:
   """Each kernel's tiles (multiples of 64) and shared-memory ring depth, and how dQ is formed.
 
   Written "forward / dQ / dK-dV", each kernel as "<rows>x<columns>s<stages>", e.g.
-  "64x128s2/64x64s3/64x64s3" (`parse` reads it back); a "p" after the forward's, as in
-  "64x128s2p/64x64s3/64x64s3", makes it persistent. Rows are what a computing warpgroup owns
+  "64x128s2/64x64s3/64x64s3" (`parse` reads it back); a "p" after a kernel's, as in
+  "64x128s2p/64x64s3p/64x64s3p", makes that kernel persistent. Rows are what a computing warpgroup owns
   (queries in the forward and dQ kernels, keys in dK/dV), columns what one pipeline step brings.
   The dQ part "fused" drops the dQ kernel: the dK/dV kernel adds each block's dQ into a float32
   buffer by TMA reduce-add (5 products a block pair instead of 7; interpret mode, which has no TMA
@@ -66,15 +66,24 @@ class BlockSizes:
   # tile's queries and keys under the current one's work), instead of one CTA a tile. The default
   # for w <= 512 (default_block_sizes).
   persistent: bool = False
+  # dQ and dK/dV: persistent in the same way (prefetching the next tile's Q, dO, log-sum-exp and
+  # delta, or its K and V). Correct in interpret mode and through the GPU lowering; not yet run on
+  # a GPU: off by default. (With the fused dQ a persistent dK/dV needs more shared memory than an
+  # H100 has at head dim 128: the lowering says so.)
+  persistent_dq: bool = False
+  persistent_dkv: bool = False
 
   def validate(self):
-    """Returns self; a one-line ValueError unless every tile is a multiple of 64, stages >= 2."""
+    """Returns self; a one-line ValueError unless every tile is a multiple of 64, stages >= 2, and
+    a persistent dQ has a dQ kernel (is not fused)."""
     tiles = (self.block_q, self.block_k, self.block_q_dq, self.block_k_dq)
     tiles += (self.block_q_dkv, self.block_k_dkv)
     if (
       any(t < 64 or t % 64 for t in tiles) or min(self.stages, self.stages_dq, self.stages_dkv) < 2
     ):
       raise ValueError(f"mosaic block sizes must be multiples of 64 and stages >= 2, got {self}.")
+    if self.fused_dq and self.persistent_dq:
+      raise ValueError("a fused dQ has no dQ kernel to make persistent (persistent_dq=True).")
     return self
 
   def kernels(self):
@@ -87,16 +96,17 @@ class BlockSizes:
     fwd, dq, dkv = self.kernels()
     one = lambda rows, cols, stages: f"{rows}x{cols}s{stages}"
     forward = one(*fwd) + ("p" if self.persistent else "")
-    return "/".join([forward, "fused" if dq is None else one(*dq), one(*dkv)])
+    dq = "fused" if dq is None else one(*dq) + ("p" if self.persistent_dq else "")
+    return "/".join([forward, dq, one(*dkv) + ("p" if self.persistent_dkv else "")])
 
   @classmethod
   def parse(cls, text):
     """BlockSizes from its string form (see the class docstring)."""
     kernel = r"(\d+)x(\d+)s(\d+)"
-    match = re.fullmatch(rf"{kernel}(p?)/(?:{kernel}|(fused))/{kernel}", text.strip())
+    match = re.fullmatch(rf"{kernel}(p?)/(?:{kernel}(p?)|(fused))/{kernel}(p?)", text.strip())
     if not match:
       raise ValueError(
-        "mosaic block sizes look like '64x64s2/64x64s3/64x64s3' (or '64x64s2p/...', "
+        "mosaic block sizes look like '64x64s2/64x64s3/64x64s3' (or '64x64s2p/64x64s3p/...', "
         f"'.../fused/...'), got {text!r}."
       )
     g = match.groups()
@@ -104,9 +114,11 @@ class BlockSizes:
     return cls(
       *map(int, g[:3]),
       *map(number, g[4:7]),
-      *map(int, g[8:]),
-      fused_dq=bool(g[7]),
+      *map(int, g[9:12]),
+      fused_dq=bool(g[8]),
       persistent=bool(g[3]),
+      persistent_dq=bool(g[7]),
+      persistent_dkv=bool(g[12]),
     )
 
 
@@ -172,7 +184,7 @@ def auto_train_over_fa3_when(q_BTNH, k_BSKH, v_BSKD, window_size):
 
 
 def _persistent_ctas(interpret):
-  """A persistent forward's CTAs: one an SM of the GPU; 3 in interpret mode (a few, so that the
+  """A persistent kernel's CTAs: one an SM of the GPU; 3 in interpret mode (a few, so that the
   tests' small grids give each CTA several tiles, and some one more than others)."""
   if interpret:
     return 3
@@ -248,7 +260,9 @@ def mosaic_attention(
     fwd=fwd,
     fwd_ctas=_persistent_ctas(interpret) if blocks.persistent else None,
     dq=dq,
+    dq_ctas=_persistent_ctas(interpret) if blocks.persistent_dq else None,
     dkv=dkv,
+    dkv_ctas=_persistent_ctas(interpret) if blocks.persistent_dkv else None,
     interpret=bool(interpret),
   )
   return _attend(pad(q_BTNH), pad(k_BTKH), pad(v_BTKD), st)[:, :T]

@@ -16,8 +16,9 @@ forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of th
           one CTA an SM loops over tiles of 2 * block_q queries; its ring turns on across tiles, so
           the producer loads the next tile's first key blocks under the current one's last, and
           each warpgroup loads its next queries into a second buffer under its current work.
-dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch), with the
-          saved log-sum-exp and delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
+dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch; one CTA a
+          tile, or persistent: Static.dq_ctas), with the saved log-sum-exp and
+          delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
 dK/dV     A CTA owns 2 * block_k_dkv keys, each computing warpgroup block_k_dkv of them; the
           producer streams the query blocks that see them (Q, dO, log-sum-exp, delta), on scores
           transposed so that no tile is ever transposed: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
@@ -67,7 +68,9 @@ class Static:
   # loads the next tile's key blocks and each warpgroup the next tile's queries.
   fwd_ctas: int | None
   dq: tuple | None
+  dq_ctas: int | None  # the dQ kernel's CTAs, as fwd_ctas
   dkv: tuple
+  dkv_ctas: int | None  # the dK/dV kernel's CTAs, as fwd_ctas (tiles of 2 * block_k_dkv keys)
   interpret: bool
 
 
@@ -88,14 +91,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
   def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
     (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
-    cta, wg = lax.axis_index("ctas"), lax.axis_index("wg")
-    count = lax.div(tiles - 1 - cta, jnp.int32(ctas)) + 1  # this CTA's tiles: cta, cta + ctas, ...
-
-    def tile_of(i):  # (b, n, q0) of this CTA's i-th tile (query tiles fastest, then heads)
-      t = cta + i * ctas
-      q0 = lax.rem(t, jnp.int32(q_tiles)) * rows
-      n = lax.rem(lax.div(t, jnp.int32(q_tiles)), jnp.int32(N))
-      return lax.div(t, jnp.int32(q_tiles * N)), n, q0
+    wg = lax.axis_index("wg")
+    count, tile_of = pipeline.cta_tiles(tiles, ctas, q_tiles, N, rows)
 
     def steps_of(q0):
       return pipeline.key_blocks(q0, rows, bk, st.window, T)
@@ -122,10 +119,6 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
         slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
         regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
         plgpu.barrier_wait(q_bar.at[buf * _COMPUTE_WGS + wg])
-
-        def prefetch_q():  # the next tile's queries, into the buffer the last tile's O left
-          plgpu.wait_smem_to_gmem(0, wait_read_only=True)
-          load_q(i + 1, lax.rem(i + 1, q_bufs))
 
         def skip(step):  # a block none of this warpgroup's rows see
           slot = slot_of(step)
@@ -161,7 +154,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           plgpu.barrier_arrive(used.at[slot])
           # After its first block, the next tile's queries go into the other buffer (the last
           # tile's output, copied out of it at that tile's end, has had a block's time to leave).
-          pl.when((step == regions[0]) & (i + 1 < count))(prefetch_q)
+          pipeline.prefetch(load_q, i, count, q_bufs, step == regions[0])
           return acc, m_new, l_i
 
         carry = (
@@ -179,9 +172,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
         plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, n, pl.ds(first, bq)])
         return g0 + hi - lo
 
-      load_q(0, 0)
-      lax.fori_loop(0, count, tile, jnp.int32(0))
-      plgpu.wait_smem_to_gmem(0)
+      pipeline.walk_tiles(count, load_q, tile)
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
@@ -192,7 +183,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
         b, n, q0 = tile_of(i)
         return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
 
-      pipeline.drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
+      pipeline.produce_tiles(count, tile, stages, used)
 
   def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
     smem = (
@@ -237,78 +228,100 @@ def _load_rows(lse_smem, delta_smem, rows_are_queries):
 
 
 def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
-  """dQ [B, T, N, H] (q's dtype): a CTA owns 2 * block_q queries and streams the key blocks their
-  windows touch; three products a block (S = Q K^T, dP = dO V^T, dQ += dS K)."""
+  """dQ [B, T, N, H] (q's dtype): a CTA owns 2 * block_q queries at a time and streams the key
+  blocks their windows touch; three products a block (S = Q K^T, dP = dO V^T, dQ += dS K).
+  Persistent (st.dq_ctas) as the forward: the next tile's rows (Q, dO, log-sum-exp, delta) load
+  into a second buffer under the current tile's work."""
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dq
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
+  rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
+  q_tiles = T // rows
+  tiles = q_tiles * N * B
+  ctas = tiles if st.dq_ctas is None else min(st.dq_ctas, tiles)
+  q_bufs = 1 if st.dq_ctas is None else 2  # persistent: the next tile's rows load into the other
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch):
-    (q_smem2, do_smem2, lse_smem2, delta_smem2, k_smem, v_smem, ds_smem2), bars, used = scratch
+    (q_smem3, do_smem3, lse_smem3, delta_smem3, k_smem, v_smem, ds_smem2), bars, used = scratch
     k_bar, v_bar, row_bar = bars
-    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    q0 = lax.axis_index("q_tiles") * (_COMPUTE_WGS * bq)
-    lo, hi = pipeline.key_blocks(q0, _COMPUTE_WGS * bq, bk, st.window, T)
-    slot_of = lambda step: pipeline.slot(step, lo, 0, stages)
+    wg = lax.axis_index("wg")
+    count, tile_of = pipeline.cta_tiles(tiles, ctas, q_tiles, N, rows)
+
+    def steps_of(q0):
+      return pipeline.key_blocks(q0, rows, bk, st.window, T)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
-      q_smem, do_smem = q_smem2.at[wg], do_smem2.at[wg]
-      first = q0 + wg * bq
-      rows = (b, pl.ds(first, bq), n)
-      plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem, row_bar.at[wg])
-      plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem, row_bar.at[wg])
-      plgpu.copy_gmem_to_smem(lse_ref.at[b, n, pl.ds(first, bq)], lse_smem2.at[wg], row_bar.at[wg])
-      plgpu.copy_gmem_to_smem(
-        delta_ref.at[b, n, pl.ds(first, bq)], delta_smem2.at[wg], row_bar.at[wg]
-      )
-      plgpu.barrier_wait(row_bar.at[wg])
-      lse, delta = _load_rows(lse_smem2.at[wg], delta_smem2.at[wg], True)
       rows_of = lambda x: lax.broadcast_in_dim(x, (bq, bk), [0])
 
-      def skip(step):
-        slot = slot_of(step)
-        plgpu.barrier_wait(k_bar.at[slot])
-        plgpu.barrier_wait(v_bar.at[slot])
-        plgpu.barrier_arrive(used.at[slot])
+      def load_rows(i, buf):  # tile i's Q, dO, log-sum-exp and delta of this warpgroup
+        b, n, q0 = tile_of(i)
+        first = q0 + wg * bq
+        queries, bar = (b, pl.ds(first, bq), n), row_bar.at[buf * _COMPUTE_WGS + wg]
+        plgpu.copy_gmem_to_smem(q_ref.at[queries], q_smem3.at[buf, wg], bar)
+        plgpu.copy_gmem_to_smem(do_ref.at[queries], do_smem3.at[buf, wg], bar)
+        plgpu.copy_gmem_to_smem(lse_ref.at[b, n, pl.ds(first, bq)], lse_smem3.at[buf, wg], bar)
+        plgpu.copy_gmem_to_smem(delta_ref.at[b, n, pl.ds(first, bq)], delta_smem3.at[buf, wg], bar)
 
-      def step_fn(step, dq, masked):
-        slot = slot_of(step)
-        plgpu.barrier_wait(k_bar.at[slot])
-        s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
-        if masked:
-          s = pipeline.mask(s, first, step * bk, st.window)
-        p = jnp.exp2(s - rows_of(lse))
-        plgpu.barrier_wait(v_bar.at[slot])
-        dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
-        ds = (p * (dp - rows_of(delta))).astype(dtype)
-        dq = pipeline.accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
-        plgpu.barrier_arrive(used.at[slot])
-        return dq
+      def tile(i, g0):
+        b, n, q0 = tile_of(i)
+        lo, hi = steps_of(q0)
+        buf = lax.rem(i, q_bufs)
+        q_smem, do_smem = q_smem3.at[buf, wg], do_smem3.at[buf, wg]
+        first = q0 + wg * bq
+        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
+        regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
+        plgpu.barrier_wait(row_bar.at[buf * _COMPUTE_WGS + wg])
+        lse, delta = _load_rows(lse_smem3.at[buf, wg], delta_smem3.at[buf, wg], True)
 
-      regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
-      dq = pipeline.consume(lo, hi, regions, step_fn, skip, pipeline.zeros((bq, H)))
-      q_smem[...] = (dq * st.scale).astype(dtype)
-      plgpu.commit_smem()
-      plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[rows])
-      plgpu.wait_smem_to_gmem(0)
+        def skip(step):
+          slot = slot_of(step)
+          plgpu.barrier_wait(k_bar.at[slot])
+          plgpu.barrier_wait(v_bar.at[slot])
+          plgpu.barrier_arrive(used.at[slot])
+
+        def step_fn(step, dq, masked):
+          slot = slot_of(step)
+          plgpu.barrier_wait(k_bar.at[slot])
+          s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
+          if masked:
+            s = pipeline.mask(s, first, step * bk, st.window)
+          p = jnp.exp2(s - rows_of(lse))
+          plgpu.barrier_wait(v_bar.at[slot])
+          dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
+          ds = (p * (dp - rows_of(delta))).astype(dtype)
+          dq = pipeline.accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
+          plgpu.barrier_arrive(used.at[slot])
+          pipeline.prefetch(load_rows, i, count, q_bufs, step == regions[0])  # as the forward
+          return dq
+
+        dq = pipeline.consume(lo, hi, regions, step_fn, skip, pipeline.zeros((bq, H)))
+        q_smem[...] = (dq * st.scale).astype(dtype)
+        plgpu.commit_smem()
+        plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[b, pl.ds(first, bq), n])
+        return g0 + hi - lo
+
+      pipeline.walk_tiles(count, load_rows, tile)
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_kv():
       plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
-      pipeline.drain(
-        pipeline.produce_keys(*kv, used, b, n, lo, hi, 0, bk, stages, st.groups), stages, used
-      )
+
+      def tile(i, g0):
+        b, n, q0 = tile_of(i)
+        return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
+
+      pipeline.produce_tiles(count, tile, stages, used)
 
   def entry(*refs):
     smem = (
-      pipeline.smem((_COMPUTE_WGS, bq, H), dtype),
-      pipeline.smem((_COMPUTE_WGS, bq, H), dtype),
-      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
-      plgpu.SMEM((_COMPUTE_WGS, bq), jnp.float32),
+      pipeline.smem((q_bufs, _COMPUTE_WGS, bq, H), dtype),  # Q, then dQ
+      pipeline.smem((q_bufs, _COMPUTE_WGS, bq, H), dtype),
+      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.float32),
+      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.float32),
       pipeline.smem((stages, bk, H), dtype),
       pipeline.smem((stages, bk, H), dtype),
       # dS, in interpret mode
@@ -317,7 +330,8 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     bars = (
       plgpu.Barrier(num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_arrivals=4, num_barriers=_COMPUTE_WGS),  # one arrival per TMA copy
+      # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=4, num_barriers=q_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(*refs, scratch),
@@ -328,8 +342,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     )
 
   out_type = jax.ShapeDtypeStruct((B, T, N, H), dtype)
-  grid = (T // (_COMPUTE_WGS * bq), N, B)
-  return pipeline.launch(entry, "swa_mosaic_dq", out_type, grid, ("q_tiles", "heads", "batch"), st)(
+  return pipeline.launch(entry, "swa_mosaic_dq", out_type, (ctas,), ("ctas",), st)(
     q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
   )
 
@@ -350,97 +363,121 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   fused = st.dq is None
   dtype = q_BTNH.dtype
   scale2 = st.scale * _LOG2E
+  rows = _COMPUTE_WGS * bk  # a tile: the keys a CTA owns at a time
+  k_tiles = T // rows
+  tiles = k_tiles * N * B
+  ctas = tiles if st.dkv_ctas is None else min(st.dkv_ctas, tiles)
+  kv_bufs = 1 if st.dkv_ctas is None else 2  # persistent: the next tile's K, V load into the other
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
     *dq_acc_ref, dk_ref, dv_ref, scratch = refs
-    (k_smem2, v_smem2, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2, dq_smem2) = (
+    (k_smem3, v_smem3, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2, dq_smem2) = (
       scratch[0]
     )
     (q_bar, kv_bar), used = scratch[1], scratch[2]
-    b, n, wg = lax.axis_index("batch"), lax.axis_index("heads"), lax.axis_index("wg")
-    k0 = lax.axis_index("k_tiles") * (_COMPUTE_WGS * bk)
-    lo = lax.div(k0, jnp.int32(bq))
-    hi = lax.div(k0 + _COMPUTE_WGS * bk - 1 + st.window + bq - 1, jnp.int32(bq))
-    hi = jnp.minimum(hi, T // bq)
-    slot_of = lambda step: pipeline.slot(step, lo, 0, stages)
+    wg = lax.axis_index("wg")
+    count, tile_of = pipeline.cta_tiles(tiles, ctas, k_tiles, N, rows)
+
+    def steps_of(k0):  # the query blocks that see keys k0 ... k0 + rows - 1
+      hi = lax.div(k0 + rows - 1 + st.window + bq - 1, jnp.int32(bq))
+      return lax.div(k0, jnp.int32(bq)), jnp.minimum(hi, T // bq)
 
     @pl.when(wg < _COMPUTE_WGS)
     def _compute():
       plgpu.set_max_registers(232, action="increase")
-      k_smem, v_smem = k_smem2.at[wg], v_smem2.at[wg]
-      first = k0 + wg * bk
-      keys = (b, pl.ds(first, bk), lax.div(n, jnp.int32(st.groups)))
-      plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem, kv_bar.at[wg])
-      plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem, kv_bar.at[wg])
-      plgpu.barrier_wait(kv_bar.at[wg])
 
-      def skip(step):
-        slot = slot_of(step)
-        plgpu.barrier_wait(q_bar.at[slot])
-        plgpu.barrier_arrive(used.at[slot])
+      def load_kv(i, buf):  # tile i's keys and values of this warpgroup into buffer buf
+        b, n, k0 = tile_of(i)
+        keys = (b, pl.ds(k0 + wg * bk, bk), lax.div(n, jnp.int32(st.groups)))
+        bar = kv_bar.at[buf * _COMPUTE_WGS + wg]
+        plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem3.at[buf, wg], bar)
+        plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem3.at[buf, wg], bar)
 
-      def add_dq(step, dst16):  # dQ[queries of step] += dS K, through shared memory
-        dst_smem, dq_smem = dst_smem2.at[wg], dq_smem2.at[wg]
-        plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last block's dQ has left dq_smem
-        dst_smem[...] = dst16
+      def tile(i, g0):
+        b, n, k0 = tile_of(i)
+        lo, hi = steps_of(k0)
+        buf = lax.rem(i, kv_bufs)
+        k_smem, v_smem = k_smem3.at[buf, wg], v_smem3.at[buf, wg]
+        first = k0 + wg * bk
+        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
+        regions = pipeline.regions(
+          lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False
+        )
+        plgpu.barrier_wait(kv_bar.at[buf * _COMPUTE_WGS + wg])
+
+        def skip(step):
+          slot = slot_of(step)
+          plgpu.barrier_wait(q_bar.at[slot])
+          plgpu.barrier_arrive(used.at[slot])
+
+        def add_dq(step, dst16):  # dQ[queries of step] += dS K, through shared memory
+          dst_smem, dq_smem = dst_smem2.at[wg], dq_smem2.at[wg]
+          plgpu.wait_smem_to_gmem(0, wait_read_only=True)  # the last block's dQ has left dq_smem
+          dst_smem[...] = dst16
+          plgpu.commit_smem()
+          dq_smem[...] = pipeline.product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
+          plgpu.commit_smem()
+          part = 0 if not st.interpret else lax.div(k0, jnp.int32(rows)) * _COMPUTE_WGS + wg
+          queries = (part, b, pl.ds(step * bq, bq), n)
+          reduction = None if st.interpret else "add"
+          plgpu.copy_smem_to_gmem(dq_smem, dq_acc_ref[0].at[queries], reduction_op=reduction)
+
+        def step_fn(step, carry, masked):
+          dk, dv = carry
+          slot = slot_of(step)
+          plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
+          lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
+          s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
+          if masked:
+            s_t = pipeline.mask(s_t, step * bq, first, st.window, rows_are_queries=False)
+          pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
+          dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
+          dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
+          dv = pipeline.accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
+          dk = pipeline.accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
+          plgpu.barrier_arrive(used.at[slot])
+          if fused:
+            add_dq(step, dst16)
+          pipeline.prefetch(load_kv, i, count, kv_bufs, step == regions[0])  # as the forward
+          return dk, dv
+
+        dk, dv = pipeline.consume(
+          lo, hi, regions, step_fn, skip, (pipeline.zeros((bk, H)), pipeline.zeros((bk, H)))
+        )
+        k_smem[...] = (dk * st.scale).astype(dtype)
+        v_smem[...] = dv.astype(dtype)
         plgpu.commit_smem()
-        dq_smem[...] = pipeline.product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
-        plgpu.commit_smem()
-        part = 0 if not st.interpret else lax.axis_index("k_tiles") * _COMPUTE_WGS + wg
-        rows = (part, b, pl.ds(step * bq, bq), n)
-        reduction = None if st.interpret else "add"
-        plgpu.copy_smem_to_gmem(dq_smem, dq_acc_ref[0].at[rows], reduction_op=reduction)
+        out_rows = (b, pl.ds(first, bk), n)
+        plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[out_rows])
+        plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[out_rows])
+        return g0 + hi - lo
 
-      def step_fn(step, carry, masked):
-        dk, dv = carry
-        slot = slot_of(step)
-        plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
-        lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
-        s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
-        if masked:
-          s_t = pipeline.mask(s_t, step * bq, first, st.window, rows_are_queries=False)
-        pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
-        dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
-        dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
-        dv = pipeline.accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
-        dk = pipeline.accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
-        plgpu.barrier_arrive(used.at[slot])
-        if fused:
-          add_dq(step, dst16)
-        return dk, dv
-
-      regions = pipeline.regions(
-        lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False
-      )
-      dk, dv = pipeline.consume(
-        lo, hi, regions, step_fn, skip, (pipeline.zeros((bk, H)), pipeline.zeros((bk, H)))
-      )
-      k_smem[...] = (dk * st.scale).astype(dtype)
-      v_smem[...] = dv.astype(dtype)
-      plgpu.commit_smem()
-      out_rows = (b, pl.ds(first, bk), n)
-      plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[out_rows])
-      plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[out_rows])
-      plgpu.wait_smem_to_gmem(0)
+      pipeline.walk_tiles(count, load_kv, tile)
 
     @pl.when(wg == _COMPUTE_WGS)
     def _produce_q():
-      def copies(step, slot):
-        rows, cols = (b, pl.ds(step * bq, bq), n), (b, n, pl.ds(step * bq, bq))
-        plgpu.copy_gmem_to_smem(q_ref.at[rows], q_smem.at[slot], q_bar.at[slot])
-        plgpu.copy_gmem_to_smem(do_ref.at[rows], do_smem.at[slot], q_bar.at[slot])
-        plgpu.copy_gmem_to_smem(lse_ref.at[cols], lse_smem.at[slot], q_bar.at[slot])
-        plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
-
       plgpu.set_max_registers(40, action="decrease")
-      pipeline.drain(pipeline.fill(copies, lo, hi, 0, stages, used), stages, used)
+
+      def tile(i, g0):
+        b, n, k0 = tile_of(i)
+
+        def copies(step, slot):
+          queries, cols = (b, pl.ds(step * bq, bq), n), (b, n, pl.ds(step * bq, bq))
+          plgpu.copy_gmem_to_smem(q_ref.at[queries], q_smem.at[slot], q_bar.at[slot])
+          plgpu.copy_gmem_to_smem(do_ref.at[queries], do_smem.at[slot], q_bar.at[slot])
+          plgpu.copy_gmem_to_smem(lse_ref.at[cols], lse_smem.at[slot], q_bar.at[slot])
+          plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
+
+        return pipeline.fill(copies, *steps_of(k0), g0, stages, used)
+
+      pipeline.produce_tiles(count, tile, stages, used)
 
   def entry(*refs):
     # P^T and dS^T go through shared memory only in interpret mode, but dS^T always when fused.
     interpret_only = lambda shape: pipeline.smem(shape, dtype) if st.interpret else None
     smem = (
-      pipeline.smem((_COMPUTE_WGS, bk, H), dtype),
-      pipeline.smem((_COMPUTE_WGS, bk, H), dtype),
+      pipeline.smem((kv_bufs, _COMPUTE_WGS, bk, H), dtype),  # K, then dK
+      pipeline.smem((kv_bufs, _COMPUTE_WGS, bk, H), dtype),  # V, then dV
       pipeline.smem((stages, bq, H), dtype),
       pipeline.smem((stages, bq, H), dtype),
       plgpu.SMEM((stages, bq), jnp.float32),
@@ -453,7 +490,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     )
     bars = (  # one arrival per TMA copy
       plgpu.Barrier(num_arrivals=4, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=2, num_barriers=_COMPUTE_WGS),
+      plgpu.Barrier(num_arrivals=2, num_barriers=kv_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(*refs, scratch),
@@ -464,14 +501,11 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     )
 
   out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
-  grid = (T // (_COMPUTE_WGS * bk), N, B)
-  kernel_dkv = pipeline.launch(
-    entry, "swa_mosaic_dkv", out_type, grid, ("k_tiles", "heads", "batch"), st
-  )
+  kernel_dkv = pipeline.launch(entry, "swa_mosaic_dkv", out_type, (ctas,), ("ctas",), st)
   args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT)
   if not fused:
     return kernel_dkv(*args)
-  parts = _COMPUTE_WGS * grid[0] if st.interpret else 1
+  parts = _COMPUTE_WGS * k_tiles if st.interpret else 1
   dq_acc_PBTNH = jax.new_ref(jnp.zeros((parts, B, T, N, H), jnp.float32))
   dk_BTNH, dv_BTNH = kernel_dkv(*args, dq_acc_PBTNH)
   dq_BTNH = (jax.freeze(dq_acc_PBTNH).sum(0) * st.scale).astype(dtype)

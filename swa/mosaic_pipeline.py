@@ -181,6 +181,51 @@ def launch(entry, name, out_type, grid, grid_names, st):
   )
 
 
+def cta_tiles(tiles, ctas, row_tiles, N, rows):
+  """The tiles of `rows` rows (queries in the forward and dQ kernels, keys in dK/dV) that this CTA
+  (grid axis "ctas") owns in a kernel over `tiles` (B * N * row_tiles) tiles with `ctas` CTAs:
+  tiles cta, cta + ctas, ... (row tiles fastest, then heads, then batch). Returns (count, tile_of):
+  how many, and tile_of(i) = (b, n, first row) of the i-th. One CTA a tile is ctas == tiles (count
+  1); a persistent kernel has fewer, one an SM."""
+  cta = lax.axis_index("ctas")
+  count = lax.div(tiles - 1 - cta, jnp.int32(ctas)) + 1
+
+  def tile_of(i):
+    t = cta + i * ctas
+    row0 = lax.rem(t, jnp.int32(row_tiles)) * rows
+    n = lax.rem(lax.div(t, jnp.int32(row_tiles)), jnp.int32(N))
+    return lax.div(t, jnp.int32(row_tiles * N)), n, row0
+
+  return count, tile_of
+
+
+def walk_tiles(count, load, tile):
+  """A computing warpgroup's walk over its CTA's `count` tiles (`cta_tiles`): load(i, buf) issues
+  tile i's own rows into buffer buf; the first tile's go first, then tile(i, g0) -> g0 runs each
+  tile (g0: the ring steps before it, as `fill` counts), then its last stores are waited out."""
+  load(0, 0)
+  lax.fori_loop(0, count, tile, jnp.int32(0))
+  plgpu.wait_smem_to_gmem(0)
+
+
+def prefetch(load, i, count, bufs, when):
+  """Where `when` holds and tile i + 1 exists: load(i + 1, its buffer of `bufs`), once this
+  warpgroup's stores have read their shared memory (that buffer's last tile wrote its output from
+  it). Called after a tile's first computed step, so the load hides under the rest of its work."""
+
+  def load_next():
+    plgpu.wait_smem_to_gmem(0, wait_read_only=True)
+    load(i + 1, lax.rem(i + 1, jnp.int32(bufs)))
+
+  pl.when(when & (i + 1 < count))(load_next)
+
+
+def produce_tiles(count, tile, stages, used):
+  """The producer's walk over its CTA's tiles: tile(i, g0) -> g0 issues tile i's steps (`fill`,
+  `produce_keys`), then `drain`."""
+  drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
+
+
 def key_blocks(q0, rows, bk, window, T):
   """The CTA's key-block steps [lo, hi) (blocks of bk keys) for queries q0 ... q0 + rows - 1."""
   lo = lax.div(jnp.maximum(q0 - window + 1, 0), jnp.int32(bk))

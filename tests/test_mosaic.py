@@ -64,16 +64,17 @@ FUSED = "64x128s2/fused/64x64s2"  # dQ added into float32 by the dK/dV kernel (5
 # block (every loop region: waited-out, masked, interior); a window shorter than a block (each
 # warpgroup waits out blocks the other needs); full attention at H = 128 (T padded to 256);
 # window 1; larger tiles with per-kernel rings; the fused dQ (interpret mode sums per-warpgroup
-# slices where a GPU reduces into one buffer), GQA and full attention at H = 128; the persistent
-# forward ("p": 3 CTAs in interpret mode, so the first case's 8 tiles of 128 queries, 2 a head,
-# fall to CTAs of 3, 3 and 2 tiles across heads), a window shorter than a block, full attention.
-PERSISTENT = "64x64s2p/64x64s3/64x64s3"
+# slices where a GPU reduces into one buffer), GQA and full attention at H = 128; every kernel
+# persistent ("p": 3 CTAs in interpret mode, so the first case's 8 tiles of 128 rows, 2 a head,
+# fall to CTAs of 3, 3 and 2 tiles across heads), a window shorter than a block, and with the
+# fused dQ, full attention. (The default tiles have a persistent forward for w <= 512.)
+PERSISTENT = "64x64s2p/64x64s3p/64x64s3p"
 CASES = [
   (1, 200, 4, 2, 64, 100, None),
   (1, 200, 4, 2, 64, 100, "64x64s2/fused/64x64s2"),
   (1, 200, 4, 2, 64, 100, PERSISTENT),
   pytest.param((1, 256, 2, 1, 64, 16, PERSISTENT), marks=pytest.mark.slow),
-  pytest.param((2, 130, 2, 2, 128, None, "64x128s2p/fused/64x64s2"), marks=pytest.mark.slow),
+  pytest.param((2, 130, 2, 2, 128, None, "64x128s2p/fused/64x64s2p"), marks=pytest.mark.slow),
   pytest.param((1, 130, 2, 1, 128, None, FUSED), marks=pytest.mark.slow),
   pytest.param((1, 256, 2, 1, 64, 16, None), marks=pytest.mark.slow),
   pytest.param((2, 130, 2, 2, 128, None, None), marks=pytest.mark.slow),
@@ -140,6 +141,11 @@ def test_bad_inputs_get_one_line_errors():
   assert mosaic_attention.BlockSizes.parse(str(blocks)) == blocks
   persistent = mosaic_attention.BlockSizes.parse("128x64s2p/64x128s3/64x192s4")
   assert persistent == dataclasses.replace(blocks, persistent=True)
+  every = mosaic_attention.BlockSizes.parse("128x64s2p/64x128s3p/64x192s4p")
+  assert every == dataclasses.replace(persistent, persistent_dq=True, persistent_dkv=True)
+  assert str(every) == "128x64s2p/64x128s3p/64x192s4p"
+  with pytest.raises(ValueError, match="a fused dQ has no dQ kernel to make persistent"):
+    mosaic_attention.BlockSizes(fused_dq=True, persistent_dq=True).validate()
   fused = mosaic_attention.BlockSizes.parse("64x128s2/fused/64x64s2")
   assert fused.fused_dq and fused.kernels()[1] is None and str(fused) == "64x128s2/fused/64x64s2"
 
@@ -205,7 +211,7 @@ def test_default_tiles_are_persistent_up_to_w_512():
     (16384, 4096, 128, 16, None),
     (1000, 100, 64, 4, "128x64s3/64x128s2/64x128s3"),
     (16384, 512, 128, 16, FUSED),
-    (16384, 512, 128, 16, "64x128s2p/64x64s3/64x64s3"),
+    (16384, 512, 128, 16, "64x128s2p/64x64s3p/64x64s3p"),
   ],
 )
 def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks):
