@@ -43,8 +43,9 @@ class BlockSizes:
 
   Written "forward / dQ / dK-dV", each kernel as "<rows>x<columns>s<stages>", e.g.
   "64x128s2/64x64s3/64x64s3" (`parse` reads it back); a "p" after a kernel's, as in
-  "64x128s2p/64x64s3p/64x64s3p", makes that kernel persistent. Rows are what a computing warpgroup owns
-  (queries in the forward and dQ kernels, keys in dK/dV), columns what one pipeline step brings.
+  "64x128s2p/64x64s3p/64x64s3p", makes that kernel persistent. Rows are what a computing
+  warpgroup owns (queries in the forward and dQ kernels, keys in dK/dV), columns what one
+  pipeline step brings.
   The dQ part "fused" drops the dQ kernel: the dK/dV kernel adds each block's dQ into a float32
   buffer by TMA reduce-add (5 products a block pair instead of 7; interpret mode, which has no TMA
   reductions, sums per-warpgroup slices instead). On an H100 (2026-12-07,

@@ -19,8 +19,9 @@ forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of th
 dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch; one CTA a
           tile, or persistent: Static.dq_ctas), with the saved log-sum-exp and
           delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
-dK/dV     A CTA owns 2 * block_k_dkv keys, each computing warpgroup block_k_dkv of them; the
-          producer streams the query blocks that see them (Q, dO, log-sum-exp, delta), on scores
+dK/dV     A CTA owns 2 * block_k_dkv keys at a time (one CTA a tile, or persistent:
+          Static.dkv_ctas), each computing warpgroup block_k_dkv of them; the producer streams
+          the query blocks that see them (Q, dO, log-sum-exp, delta), on scores
           transposed so that no tile is ever transposed: S^T = K Q^T, dP^T = V dO^T, dV += P^T dO,
           dK += dS^T Q.
 fused dQ  (Static.dq None) No dQ kernel: the dK/dV kernel also forms dQ's block dS K, as
