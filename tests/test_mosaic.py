@@ -236,7 +236,7 @@ def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, bloc
 @pytest.mark.parametrize("blocks", [None, FUSED, PERSISTENT])
 def test_compiled_kernels_match_the_reference_on_hopper(T, window, H, blocks):
   """bf16 kernels as the GPU compiles them (GQA, an odd length, full attention; the default tiles,
-  the fused dQ, whose TMA reduce-add only a GPU runs, and the persistent forward, whose copies
+  the fused dQ, whose TMA reduce-add only a GPU runs, and every kernel persistent, whose copies
   into reused buffers only a GPU can race) against the float32 reference, with the benchmark's
   tolerances (tests/test_pallas.py's GPU test)."""
   q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
