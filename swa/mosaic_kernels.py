@@ -87,8 +87,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
   rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
   q_tiles = T // rows
   tiles = q_tiles * N * B
-  ctas = tiles if st.fwd_ctas is None else min(st.fwd_ctas, tiles)
-  q_bufs = 1 if st.fwd_ctas is None else 2  # persistent: the next tile's Q loads into the other
+  ctas, q_bufs = pipeline.grid_size(tiles, st.fwd_ctas)
 
   def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
     (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
@@ -112,17 +111,12 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
         plgpu.copy_gmem_to_smem(queries, qo_smem3.at[buf, wg], q_bar.at[buf * _COMPUTE_WGS + wg])
 
       def tile(i, g0):
-        b, n, q0 = tile_of(i)
-        lo, hi = steps_of(q0)
-        buf = lax.rem(i, q_bufs)
-        qo_smem, lse_smem = qo_smem3.at[buf, wg], lse_smem3.at[buf, wg]
-        first = q0 + wg * bq
-        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
-        regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
-        plgpu.barrier_wait(q_bar.at[buf * _COMPUTE_WGS + wg])
+        t = pipeline.tile(tile_of, steps_of, i, g0, q_bufs, wg, bq, bk, st.window, stages)
+        qo_smem, lse_smem = qo_smem3.at[t.buf, wg], lse_smem3.at[t.buf, wg]
+        plgpu.barrier_wait(q_bar.at[t.buf * _COMPUTE_WGS + wg])
 
         def skip(step):  # a block none of this warpgroup's rows see
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
           plgpu.barrier_wait(v_bar.at[slot])
           plgpu.barrier_arrive(used.at[slot])
@@ -131,7 +125,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
         def step_fn(step, carry, masked):
           acc, m_i, l_i = carry
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
 
           def qk(acc_ref):
@@ -141,7 +135,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
 
           s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
           if masked:
-            s = pipeline.mask(s, first, step * bk, st.window)
+            s = pipeline.mask(s, t.first, step * bk, st.window)
           m_new = jnp.maximum(m_i, s.max(axis=1))
           alpha = jnp.exp2(m_i - m_new)
           p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -155,7 +149,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           plgpu.barrier_arrive(used.at[slot])
           # After its first block, the next tile's queries go into the other buffer (the last
           # tile's output, copied out of it at that tile's end, has had a block's time to leave).
-          pipeline.prefetch(load_q, i, count, q_bufs, step == regions[0])
+          pipeline.prefetch(load_q, i, count, q_bufs, step == t.regions[0])
           return acc, m_new, l_i
 
         carry = (
@@ -164,14 +158,14 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
         )
         pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
-        acc, m_i, l_i = pipeline.consume(lo, hi, regions, step_fn, skip, carry)
+        acc, m_i, l_i = pipeline.consume(t.lo, t.hi, t.regions, step_fn, skip, carry)
         pl.when(wg == 0)(rendezvous)
         qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
         lse_smem[...] = m_i + jnp.log2(l_i)
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[b, pl.ds(first, bq), n])
-        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[b, n, pl.ds(first, bq)])
-        return g0 + hi - lo
+        plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[t.b, pl.ds(t.first, bq), t.n])
+        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[t.b, t.n, pl.ds(t.first, bq)])
+        return t.steps_after()
 
       pipeline.walk_tiles(count, load_q, tile)
 
@@ -240,8 +234,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
   q_tiles = T // rows
   tiles = q_tiles * N * B
-  ctas = tiles if st.dq_ctas is None else min(st.dq_ctas, tiles)
-  q_bufs = 1 if st.dq_ctas is None else 2  # persistent: the next tile's rows load into the other
+  ctas, q_bufs = pipeline.grid_size(tiles, st.dq_ctas)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch):
     (q_smem3, do_smem3, lse_smem3, delta_smem3, k_smem, v_smem, ds_smem2), bars, used = scratch
@@ -267,42 +260,37 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.copy_gmem_to_smem(delta_ref.at[b, n, pl.ds(first, bq)], delta_smem3.at[buf, wg], bar)
 
       def tile(i, g0):
-        b, n, q0 = tile_of(i)
-        lo, hi = steps_of(q0)
-        buf = lax.rem(i, q_bufs)
-        q_smem, do_smem = q_smem3.at[buf, wg], do_smem3.at[buf, wg]
-        first = q0 + wg * bq
-        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
-        regions = pipeline.regions(lo, hi, first, first + bq - 1, bk, st.window)
-        plgpu.barrier_wait(row_bar.at[buf * _COMPUTE_WGS + wg])
-        lse, delta = _load_rows(lse_smem3.at[buf, wg], delta_smem3.at[buf, wg], True)
+        t = pipeline.tile(tile_of, steps_of, i, g0, q_bufs, wg, bq, bk, st.window, stages)
+        q_smem, do_smem = q_smem3.at[t.buf, wg], do_smem3.at[t.buf, wg]
+        plgpu.barrier_wait(row_bar.at[t.buf * _COMPUTE_WGS + wg])
+        lse, delta = _load_rows(lse_smem3.at[t.buf, wg], delta_smem3.at[t.buf, wg], True)
 
         def skip(step):
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
           plgpu.barrier_wait(v_bar.at[slot])
           plgpu.barrier_arrive(used.at[slot])
 
         def step_fn(step, dq, masked):
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
           s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
           if masked:
-            s = pipeline.mask(s, first, step * bk, st.window)
+            s = pipeline.mask(s, t.first, step * bk, st.window)
           p = jnp.exp2(s - rows_of(lse))
           plgpu.barrier_wait(v_bar.at[slot])
           dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
           ds = (p * (dp - rows_of(delta))).astype(dtype)
           dq = pipeline.accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
           plgpu.barrier_arrive(used.at[slot])
-          pipeline.prefetch(load_rows, i, count, q_bufs, step == regions[0])  # as the forward
+          pipeline.prefetch(load_rows, i, count, q_bufs, step == t.regions[0])  # as the forward
           return dq
 
-        dq = pipeline.consume(lo, hi, regions, step_fn, skip, pipeline.zeros((bq, H)))
+        dq = pipeline.consume(t.lo, t.hi, t.regions, step_fn, skip, pipeline.zeros((bq, H)))
         q_smem[...] = (dq * st.scale).astype(dtype)
         plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[b, pl.ds(first, bq), n])
-        return g0 + hi - lo
+        plgpu.copy_smem_to_gmem(q_smem, dq_ref.at[t.b, pl.ds(t.first, bq), t.n])
+        return t.steps_after()
 
       pipeline.walk_tiles(count, load_rows, tile)
 
@@ -367,8 +355,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   rows = _COMPUTE_WGS * bk  # a tile: the keys a CTA owns at a time
   k_tiles = T // rows
   tiles = k_tiles * N * B
-  ctas = tiles if st.dkv_ctas is None else min(st.dkv_ctas, tiles)
-  kv_bufs = 1 if st.dkv_ctas is None else 2  # persistent: the next tile's K, V load into the other
+  ctas, kv_bufs = pipeline.grid_size(tiles, st.dkv_ctas)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
     *dq_acc_ref, dk_ref, dv_ref, scratch = refs
@@ -395,19 +382,13 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem3.at[buf, wg], bar)
 
       def tile(i, g0):
-        b, n, k0 = tile_of(i)
-        lo, hi = steps_of(k0)
-        buf = lax.rem(i, kv_bufs)
-        k_smem, v_smem = k_smem3.at[buf, wg], v_smem3.at[buf, wg]
-        first = k0 + wg * bk
-        slot_of = lambda step: pipeline.slot(step, lo, g0, stages)
-        regions = pipeline.regions(
-          lo, hi, first, first + bk - 1, bq, st.window, keys_are_blocked=False
-        )
-        plgpu.barrier_wait(kv_bar.at[buf * _COMPUTE_WGS + wg])
+        # rows are keys, steps query blocks (keys_are_blocked False)
+        t = pipeline.tile(tile_of, steps_of, i, g0, kv_bufs, wg, bk, bq, st.window, stages, False)
+        k_smem, v_smem = k_smem3.at[t.buf, wg], v_smem3.at[t.buf, wg]
+        plgpu.barrier_wait(kv_bar.at[t.buf * _COMPUTE_WGS + wg])
 
         def skip(step):
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(q_bar.at[slot])
           plgpu.barrier_arrive(used.at[slot])
 
@@ -418,19 +399,20 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           plgpu.commit_smem()
           dq_smem[...] = pipeline.product(dst_smem.transpose((1, 0)), k_smem, (bq, H))
           plgpu.commit_smem()
-          part = 0 if not st.interpret else lax.div(k0, jnp.int32(rows)) * _COMPUTE_WGS + wg
-          queries = (part, b, pl.ds(step * bq, bq), n)
+          # interpret mode: a slice per (key tile, warpgroup); t.first // rows is the key tile
+          part = 0 if not st.interpret else lax.div(t.first, jnp.int32(rows)) * _COMPUTE_WGS + wg
+          queries = (part, t.b, pl.ds(step * bq, bq), t.n)
           reduction = None if st.interpret else "add"
           plgpu.copy_smem_to_gmem(dq_smem, dq_acc_ref[0].at[queries], reduction_op=reduction)
 
         def step_fn(step, carry, masked):
           dk, dv = carry
-          slot = slot_of(step)
+          slot = t.slot(step)
           plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
           lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
           s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
           if masked:
-            s_t = pipeline.mask(s_t, step * bq, first, st.window, rows_are_queries=False)
+            s_t = pipeline.mask(s_t, step * bq, t.first, st.window, rows_are_queries=False)
           pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
           dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
           dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
@@ -439,19 +421,18 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           plgpu.barrier_arrive(used.at[slot])
           if fused:
             add_dq(step, dst16)
-          pipeline.prefetch(load_kv, i, count, kv_bufs, step == regions[0])  # as the forward
+          pipeline.prefetch(load_kv, i, count, kv_bufs, step == t.regions[0])  # as the forward
           return dk, dv
 
-        dk, dv = pipeline.consume(
-          lo, hi, regions, step_fn, skip, (pipeline.zeros((bk, H)), pipeline.zeros((bk, H)))
-        )
+        zeros = (pipeline.zeros((bk, H)), pipeline.zeros((bk, H)))
+        dk, dv = pipeline.consume(t.lo, t.hi, t.regions, step_fn, skip, zeros)
         k_smem[...] = (dk * st.scale).astype(dtype)
         v_smem[...] = dv.astype(dtype)
         plgpu.commit_smem()
-        out_rows = (b, pl.ds(first, bk), n)
+        out_rows = (t.b, pl.ds(t.first, bk), t.n)
         plgpu.copy_smem_to_gmem(k_smem, dk_ref.at[out_rows])
         plgpu.copy_smem_to_gmem(v_smem, dv_ref.at[out_rows])
-        return g0 + hi - lo
+        return t.steps_after()
 
       pipeline.walk_tiles(count, load_kv, tile)
 

@@ -11,7 +11,9 @@ one). Off a GPU every kernel runs in Mosaic GPU's interpret mode (`launch`, JAX 
 """
 
 import functools
+from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 from jax import lax
 from jax.experimental import pallas as pl
@@ -181,6 +183,15 @@ def launch(entry, name, out_type, grid, grid_names, st):
   )
 
 
+def grid_size(tiles, persistent_ctas):
+  """(CTAs, row buffers) of a kernel over `tiles` tiles: one CTA a tile with one buffer for its
+  own rows (persistent_ctas None), or at most persistent_ctas persistent CTAs (one an SM) with two,
+  the next tile's rows loading into the other under the current tile's work."""
+  if persistent_ctas is None:
+    return tiles, 1
+  return min(persistent_ctas, tiles), 2
+
+
 def cta_tiles(tiles, ctas, row_tiles, N, rows):
   """The tiles of `rows` rows (queries in the forward and dQ kernels, keys in dK/dV) that this CTA
   (grid axis "ctas") owns in a kernel over `tiles` (B * N * row_tiles) tiles with `ctas` CTAs:
@@ -197,6 +208,38 @@ def cta_tiles(tiles, ctas, row_tiles, N, rows):
     return lax.div(t, jnp.int32(row_tiles * N)), n, row0
 
   return count, tile_of
+
+
+class Tile(NamedTuple):
+  """A computing warpgroup's view of its CTA's i-th tile (`tile`)."""
+
+  b: jax.Array  # batch
+  n: jax.Array  # query head
+  first: jax.Array  # the warpgroup's first row
+  lo: jax.Array  # the tile's pipeline steps [lo, hi)
+  hi: jax.Array
+  regions: tuple  # `regions` of [lo, hi) for the warpgroup's rows
+  buf: jax.Array  # the tile's row buffer
+  g0: jax.Array  # the CTA's steps before this tile (`fill`'s count)
+  stages: int
+
+  def slot(self, step):
+    return slot(step, self.lo, self.g0, self.stages)
+
+  def steps_after(self):
+    """The CTA's step count after this tile (what `fill` returns for it)."""
+    return self.g0 + self.hi - self.lo
+
+
+def tile(tile_of, steps_of, i, g0, bufs, wg, rows, block, window, stages, keys_are_blocked=True):
+  """The Tile of the CTA's i-th tile (tile_of from `cta_tiles`; steps_of(first row of the tile) ->
+  (lo, hi)) for warpgroup wg, which owns `rows` of its rows; steps are `block` wide (key blocks,
+  or query blocks where not keys_are_blocked), after g0 earlier steps, in a ring of `stages`."""
+  b, n, row0 = tile_of(i)
+  lo, hi = steps_of(row0)
+  first = row0 + wg * rows
+  steps = regions(lo, hi, first, first + rows - 1, block, window, keys_are_blocked)
+  return Tile(b, n, first, lo, hi, steps, lax.rem(i, jnp.int32(bufs)), g0, stages)
 
 
 def walk_tiles(count, load, tile):
