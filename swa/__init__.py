@@ -6,7 +6,7 @@ The core, read top-down (each module imports only those above it):
   checks.py mask.py            the one integer validator; the one mask rule (`visible`)
   registry.py attention.py     the implementation registry; the public contract and reference
   chunked.py cudnn.py pallas_kernels.py pallas_attention.py splash.py kernel_adapters.py
-  fa3.py mosaic_pipeline.py mosaic_kernels.py mosaic_attention.py
+  fa3.py mosaic_pipeline.py mosaic_forward.py mosaic_backward.py mosaic_attention.py
                                the implementations, and the adapters (shard offsets, cudnn_pallas)
   data.py curriculum.py        passkey prompts, the evaluation grid, hop distances; curriculum
   corpora.py                   real text shipped in packages (KJV, Python's stdlib) as bytes

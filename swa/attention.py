@@ -36,7 +36,7 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
              swa[fa3]`; swa/fa3.py): Hopper GPUs, 16-bit dtypes, H == D == 128 (its wheels);
              self-attention, GQA, and tail offsets (through `kernel_adapters.tail_aligned`).
   mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
-             only the band's blocks (swa/mosaic_attention.py, swa/mosaic_kernels.py): 16-bit
+             only the band's blocks (swa/mosaic_attention.py, swa/mosaic_*.py): 16-bit
              dtypes, H == D in (64, 128), GQA, self-attention and tail offsets; Mosaic GPU's
              interpret mode off GPU (JAX >= 0.11).
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and

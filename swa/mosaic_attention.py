@@ -1,7 +1,7 @@
 """Sliding-window causal attention as warp-specialised Hopper kernels (Pallas Mosaic GPU).
 
-`mosaic_attention` checks and pads the inputs and joins the kernels of swa/mosaic_kernels.py
-(forward, dQ, dK/dV) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
+`mosaic_attention` checks and pads the inputs and joins the kernels (forward: swa/mosaic_forward.py;
+dQ and dK/dV: swa/mosaic_backward.py) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
 `kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo), and inside
 "cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where a call is not differentiated,
 these kernels' forward and backward where it is); `auto` picks among them on a Hopper GPU by the
@@ -17,6 +17,7 @@ shapes); on a GPU it needs a Hopper card (compute capability 9.x).
 import dataclasses
 import functools
 import re
+import types
 
 import jax
 import jax.numpy as jnp
@@ -133,12 +134,19 @@ def default_block_sizes(window_size):
   return BlockSizes(block_k=128, persistent=window_size is not None and window_size <= 512)
 
 
+@functools.cache
 def _kernels():
-  """swa/mosaic_kernels.py, imported on first use (it imports Mosaic GPU, which swa does not
-  need otherwise)."""
-  from swa import mosaic_kernels  # pylint: disable=g-import-not-at-top
+  """The kernels and their Static (swa/mosaic_forward.py, mosaic_backward.py, mosaic_pipeline.py),
+  imported on first use (they import Mosaic GPU, which swa does not need otherwise)."""
+  # pylint: disable-next=g-import-not-at-top
+  from swa import mosaic_backward, mosaic_forward, mosaic_pipeline
 
-  return mosaic_kernels
+  return types.SimpleNamespace(
+    Static=mosaic_pipeline.Static,
+    forward=mosaic_forward.forward,
+    backward_dq=mosaic_backward.backward_dq,
+    backward_dkv=mosaic_backward.backward_dkv,
+  )
 
 
 @functools.cache

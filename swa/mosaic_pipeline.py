@@ -1,16 +1,29 @@
-"""The pipeline that swa/mosaic_kernels.py's three Hopper kernels share (Pallas Mosaic GPU).
+"""The pipeline that the three Hopper kernels of `implementation="mosaic"` share (Pallas Mosaic
+GPU): the forward (swa/mosaic_forward.py), dQ and dK/dV (swa/mosaic_backward.py), and `Static`,
+everything they take that is not an array.
 
-A CTA runs three warpgroups, two that compute (COMPUTE_WGS) and one, the producer, that only
-issues TMA copies into a ring of `stages` shared-memory slots (`fill`, `produce_keys`); a slot is
-refilled once both computing warpgroups have arrived on its "used" barrier, and the producer's
-last act is to wait out each slot's last use (`drain`). A computing warpgroup walks the CTA's
-pipeline steps in the loop regions of `regions` (`consume`): steps none of its rows see are waited
-out, the window's edge and the causal diagonal masked (`mask`), the interior not. Products are
-wgmma with float32 accumulators (`product`; `accumulate` adds a register operand's product into
-one). Off a GPU every kernel runs in Mosaic GPU's interpret mode (`launch`, JAX >= 0.11).
+Each kernel is warp-specialised in the manner of FlashAttention-3: a CTA runs three warpgroups,
+two that compute (COMPUTE_WGS) and one, the producer, that only issues TMA copies into a ring of
+`stages` shared-memory slots (`fill`, `produce_keys`); a slot is refilled once both computing
+warpgroups have arrived on its "used" barrier, and the producer's last act is to wait out each
+slot's last use (`drain`). A computing warpgroup walks the CTA's pipeline steps in the loop
+regions of `regions` (`consume`): steps none of its rows see are waited out, the window's edge and
+the causal diagonal masked (`mask`), the interior not, so every loop visits only the blocks the
+window touches. Products are wgmma with float32 accumulators (`product`; `accumulate` adds a
+register operand's product into one); softmax statistics are float32, with log2(e) folded into the
+scale (exp2).
+
+The window has the project's one meaning (swa/mask.py): query t sees keys t - w + 1 ... t. The
+inputs arrive padded (swa/mosaic_attention.py): T a multiple of 2 * block, head dims of 64 or 128,
+16-bit dtype. GQA: query head n reads key/value head n // G; the backward writes dK and dV per
+query head and its caller sums each group. Off a GPU every kernel runs in Mosaic GPU's interpret
+mode (`launch`, JAX >= 0.11), which simulates the warpgroups, shared memory, barriers and TMA on
+the CPU.
 """
 
+import dataclasses
 import functools
+import math
 from typing import NamedTuple
 
 import jax
@@ -21,6 +34,29 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 MASKED = -1e30  # a masked logit: finite, so a row whose first blocks are all masked stays NaN-free
 COMPUTE_WGS = 2
+LOG2E = math.log2(math.e)  # the kernels' scores are base 2 (exp2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Static:
+  """Everything the kernels need that is not an array (hashable: a custom_vjp static)."""
+
+  window: int  # >= 1; the padded length for full causal attention
+  scale: float
+  groups: int  # G = N // K
+  # Each kernel's (rows per computing warpgroup, columns per pipeline step, ring slots): the
+  # forward and dQ kernels' rows are queries and their steps key blocks; the dK/dV kernel's rows
+  # are keys and its steps query blocks. dq None: dQ accumulates in the dK/dV kernel (fused).
+  fwd: tuple
+  # The forward's CTAs: None, one a tile of 2 * block_q queries; else at most that many
+  # persistent CTAs (one an SM), each looping over tiles cta, cta + ctas, ... while its producer
+  # loads the next tile's key blocks and each warpgroup the next tile's queries.
+  fwd_ctas: int | None
+  dq: tuple | None
+  dq_ctas: int | None  # the dQ kernel's CTAs, as fwd_ctas
+  dkv: tuple
+  dkv_ctas: int | None  # the dK/dV kernel's CTAs, as fwd_ctas (tiles of 2 * block_k_dkv keys)
+  interpret: bool
 
 
 def smem(shape, dtype):

@@ -1,21 +1,6 @@
-"""The Hopper kernels of `implementation="mosaic"` (Pallas Mosaic GPU): forward and backward.
+"""The backward kernels of `implementation="mosaic"` (Pallas Mosaic GPU): dQ and dK/dV, pipelined as
+the forward (swa/mosaic_forward.py; the pipeline they share is swa/mosaic_pipeline.py).
 
-Three kernels, each warp-specialised in the manner of FlashAttention-3: a CTA runs three
-warpgroups, two that compute and one that only issues TMA copies into a ring of `stages`
-shared-memory slots (the pipeline they share is swa/mosaic_pipeline.py). Matrix products are
-wgmma with float32 accumulators; softmax statistics are float32, with log2(e) folded into the
-scale (exp2). Every loop visits only the blocks the window touches.
-
-forward   A CTA owns 2 * block_q queries, each computing warpgroup block_q of them (a 64-row
-          wgmma). The producer streams the key/value blocks the CTA's window touches, and only
-          those: keys max(0, q0 - w + 1) ... q0 + 2 block_q - 1. Each warpgroup computes the blocks
-          its own rows see, in three loops (window edge masked, interior unmasked, causal diagonal
-          masked), and waits out the other blocks. The two warpgroups take turns at the tensor
-          cores through a schedule barrier (ping-pong), so one's softmax hides under the other's
-          products. Outputs: O and the base-2 log-sum-exp per row. Persistent (Static.fwd_ctas):
-          one CTA an SM loops over tiles of 2 * block_q queries; its ring turns on across tiles, so
-          the producer loads the next tile's first key blocks under the current one's last, and
-          each warpgroup loads its next queries into a second buffer under its current work.
 dQ        As the forward (2 * block_q queries a CTA, the key blocks their windows touch; one CTA a
           tile, or persistent: Static.dq_ctas), with the saved log-sum-exp and
           delta = rowsum(dO * O): S = Q K^T, dP = dO V^T, dQ += dS K.
@@ -30,16 +15,7 @@ fused dQ  (Static.dq None) No dQ kernel: the dK/dV kernel also forms dQ's block 
           keys the block sees adds into. 5 products a block pair instead of 7, for float32 traffic.
           Mosaic GPU's interpret mode has no TMA reductions: there each warpgroup writes its parts
           into a slice of its own and backward_dkv sums them (the same products and indices).
-
-The window has the project's one meaning (swa/mask.py): query t sees keys t - w + 1 ... t. The
-inputs arrive padded (swa/mosaic_attention.py): T a multiple of 2 * block, head dims a multiple of
-64, 16-bit dtype. GQA: query head n reads key/value head n // G; the backward writes dK and dV per
-query head and its caller sums each group. Off a GPU the kernels run in Mosaic GPU's interpret
-mode (JAX >= 0.11), which simulates the warpgroups, shared memory, barriers and TMA on the CPU.
 """
-
-import dataclasses
-import math
 
 import jax
 import jax.numpy as jnp
@@ -49,170 +25,7 @@ from jax.experimental.pallas import mosaic_gpu as plgpu
 
 from swa import mosaic_pipeline as pipeline
 
-_LOG2E = math.log2(math.e)
 _COMPUTE_WGS = pipeline.COMPUTE_WGS
-
-
-@dataclasses.dataclass(frozen=True)
-class Static:
-  """Everything the kernels need that is not an array (hashable: a custom_vjp static)."""
-
-  window: int  # >= 1; the padded length for full causal attention
-  scale: float
-  groups: int  # G = N // K
-  # Each kernel's (rows per computing warpgroup, columns per pipeline step, ring slots): the
-  # forward and dQ kernels' rows are queries and their steps key blocks; the dK/dV kernel's rows
-  # are keys and its steps query blocks. dq None: dQ accumulates in the dK/dV kernel (fused).
-  fwd: tuple
-  # The forward's CTAs: None, one a tile of 2 * block_q queries; else at most that many
-  # persistent CTAs (one an SM), each looping over tiles cta, cta + ctas, ... while its producer
-  # loads the next tile's key blocks and each warpgroup the next tile's queries.
-  fwd_ctas: int | None
-  dq: tuple | None
-  dq_ctas: int | None  # the dQ kernel's CTAs, as fwd_ctas
-  dkv: tuple
-  dkv_ctas: int | None  # the dK/dV kernel's CTAs, as fwd_ctas (tiles of 2 * block_k_dkv keys)
-  interpret: bool
-
-
-# --------------------------------------------------------------------------------- forward
-
-
-def forward(q_BTNH, k_BTKH, v_BTKH, st):
-  """(out [B, T, N, H], lse2 [B, N, T] float32): the forward kernel on padded inputs."""
-  B, T, N, H = q_BTNH.shape
-  bq, bk, stages = st.fwd
-  dtype = q_BTNH.dtype
-  scale2 = st.scale * _LOG2E
-  rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
-  q_tiles = T // rows
-  tiles = q_tiles * N * B
-  ctas, q_bufs = pipeline.grid_size(tiles, st.fwd_ctas)
-
-  def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
-    (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
-    wg = lax.axis_index("wg")
-    count, tile_of = pipeline.cta_tiles(tiles, ctas, q_tiles, N, rows)
-
-    def steps_of(q0):
-      return pipeline.key_blocks(q0, rows, bk, st.window, T)
-
-    def rendezvous():  # the ping-pong: each call meets the other warpgroup's matching call
-      plgpu.barrier_arrive(sched)
-      plgpu.barrier_wait(sched)
-
-    @pl.when(wg < _COMPUTE_WGS)
-    def _compute():
-      plgpu.set_max_registers(232, action="increase")
-
-      def load_q(i, buf):  # tile i's queries of this warpgroup into Q buffer buf
-        b, n, q0 = tile_of(i)
-        queries = q_ref.at[b, pl.ds(q0 + wg * bq, bq), n]
-        plgpu.copy_gmem_to_smem(queries, qo_smem3.at[buf, wg], q_bar.at[buf * _COMPUTE_WGS + wg])
-
-      def tile(i, g0):
-        t = pipeline.tile(tile_of, steps_of, i, g0, q_bufs, wg, bq, bk, st.window, stages)
-        qo_smem, lse_smem = qo_smem3.at[t.buf, wg], lse_smem3.at[t.buf, wg]
-        plgpu.barrier_wait(q_bar.at[t.buf * _COMPUTE_WGS + wg])
-
-        def skip(step):  # a block none of this warpgroup's rows see
-          slot = t.slot(step)
-          plgpu.barrier_wait(k_bar.at[slot])
-          plgpu.barrier_wait(v_bar.at[slot])
-          plgpu.barrier_arrive(used.at[slot])
-          rendezvous()
-          rendezvous()
-
-        def step_fn(step, carry, masked):
-          acc, m_i, l_i = carry
-          slot = t.slot(step)
-          plgpu.barrier_wait(k_bar.at[slot])
-
-          def qk(acc_ref):
-            plgpu.wgmma(acc_ref, qo_smem, k_smem.at[slot].transpose((1, 0)))
-            rendezvous()
-            return acc_ref[...]
-
-          s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
-          if masked:
-            s = pipeline.mask(s, t.first, step * bk, st.window)
-          m_new = jnp.maximum(m_i, s.max(axis=1))
-          alpha = jnp.exp2(m_i - m_new)
-          p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
-          l_i = l_i * alpha + p.sum(axis=1)
-          acc = acc * lax.broadcast_in_dim(alpha, acc.shape, [0])
-          p16 = p.astype(dtype)
-          plgpu.barrier_arrive(sched)  # softmax done
-          plgpu.barrier_wait(v_bar.at[slot])
-          plgpu.barrier_wait(sched)  # the tensor cores are ours
-          acc = pipeline.accumulate(acc, p16, v_smem.at[slot], p_smem2, wg, st)
-          plgpu.barrier_arrive(used.at[slot])
-          # After its first block, the next tile's queries go into the other buffer (the last
-          # tile's output, copied out of it at that tile's end, has had a block's time to leave).
-          pipeline.prefetch(load_q, i, count, q_bufs, step == t.regions[0])
-          return acc, m_new, l_i
-
-        carry = (
-          pipeline.zeros((bq, H)),
-          plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-          plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-        )
-        pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
-        acc, m_i, l_i = pipeline.consume(t.lo, t.hi, t.regions, step_fn, skip, carry)
-        pl.when(wg == 0)(rendezvous)
-        qo_smem[...] = (acc / lax.broadcast_in_dim(l_i, acc.shape, [0])).astype(dtype)
-        lse_smem[...] = m_i + jnp.log2(l_i)
-        plgpu.commit_smem()
-        plgpu.copy_smem_to_gmem(qo_smem, o_ref.at[t.b, pl.ds(t.first, bq), t.n])
-        plgpu.copy_smem_to_gmem(lse_smem, lse_ref.at[t.b, t.n, pl.ds(t.first, bq)])
-        return t.steps_after()
-
-      pipeline.walk_tiles(count, load_q, tile)
-
-    @pl.when(wg == _COMPUTE_WGS)
-    def _produce_kv():
-      plgpu.set_max_registers(40, action="decrease")
-      kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
-
-      def tile(i, g0):
-        b, n, q0 = tile_of(i)
-        return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
-
-      pipeline.produce_tiles(count, tile, stages, used)
-
-  def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
-    smem = (
-      pipeline.smem((q_bufs, _COMPUTE_WGS, bq, H), dtype),  # Q, then O
-      pipeline.smem((stages, bk, H), dtype),
-      pipeline.smem((stages, bk, H), dtype),
-      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.float32),
-      # P, in interpret mode
-      pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
-    )
-    loaded = (
-      plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=q_bufs * _COMPUTE_WGS),
-    )
-    pl.run_scoped(
-      lambda *scratch: kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
-      smem,
-      loaded,
-      plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=_COMPUTE_WGS),
-      collective_axes="wg",
-    )
-
-  out_type = (
-    jax.ShapeDtypeStruct((B, T, N, H), dtype),
-    jax.ShapeDtypeStruct((B, N, T), jnp.float32),
-  )
-  return pipeline.launch(entry, "swa_mosaic_fwd", out_type, (ctas,), ("ctas",), st)(
-    q_BTNH, k_BTKH, v_BTKH
-  )
-
-
-# -------------------------------------------------------------------------------- backward
 
 
 def _load_rows(lse_smem, delta_smem, rows_are_queries):
@@ -230,7 +43,7 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dq
   dtype = q_BTNH.dtype
-  scale2 = st.scale * _LOG2E
+  scale2 = st.scale * pipeline.LOG2E
   rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
   q_tiles = T // rows
   tiles = q_tiles * N * B
@@ -351,7 +164,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   bq, bk, stages = st.dkv
   fused = st.dq is None
   dtype = q_BTNH.dtype
-  scale2 = st.scale * _LOG2E
+  scale2 = st.scale * pipeline.LOG2E
   rows = _COMPUTE_WGS * bk  # a tile: the keys a CTA owns at a time
   k_tiles = T // rows
   tiles = k_tiles * N * B
