@@ -17,9 +17,9 @@ dim.
 
 Packed sequences. segment_ids [B, T] (and k_segment_ids [B, S], default segment_ids) give every
 query and key a segment: a query sees only keys of its own segment, and the window still applies.
-Supported by reference, chunked, pallas, splash and sequence_parallel; not by cudnn or
-cudnn_pallas (jax.nn.dot_product_attention takes sequence lengths, not segment ids), nor by fa3,
-mosaic and their pairs, which auto then passes over.
+Supported by reference, chunked, pallas, splash, mosaic (explicit requests) and sequence_parallel;
+not by cudnn, fa3 and their pairs (jax.nn.dot_product_attention takes sequence lengths, not
+segment ids), which auto then passes over.
 
 Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
 `implementations()` lists them), all computing the same function (tests/test_attention.py):
@@ -37,8 +37,8 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
              self-attention, GQA, and tail offsets (through `kernel_adapters.tail_aligned`).
   mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
              only the band's blocks (swa/mosaic_attention.py, swa/mosaic_*.py): 16-bit
-             dtypes, H == D in (64, 128), GQA, self-attention and tail offsets; Mosaic GPU's
-             interpret mode off GPU (JAX >= 0.11).
+             dtypes, H == D in (64, 128), GQA, self-attention, tail offsets, learned sinks and
+             segment ids (auto: without these two); interpret mode off GPU (JAX >= 0.11).
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
@@ -205,9 +205,8 @@ _register_pair(
   auto_rank=7,
   auto_when=pallas_attention.auto_train_when,
 )
-# FlashAttention-3 (optional package): ahead of the Pallas and cuDNN rows on a Hopper GPU where
-# it applies (fa3.AUTO_MAX_WINDOW says why); without the package its check fails and auto is as
-# before.
+# FlashAttention-3 (optional package): ahead of the Pallas and cuDNN rows on a Hopper GPU where it
+# applies (fa3.AUTO_MAX_WINDOW says why); without the package its check fails: auto is as before.
 register(
   "fa3",
   tail_aligned(fa3.fa3_attention),
@@ -219,14 +218,15 @@ register(
 
 
 # The Mosaic GPU kernels: explicitly anywhere (interpret mode off a GPU); by auto on Hopper, alone
-# or behind FA3's or cuDNN's forward, where mosaic_attention's AUTO_* limits say they were faster.
+# or behind FA3's or cuDNN's forward, where mosaic_attention's AUTO_* rules say (AUTO_FEATURES too).
 register(
   "mosaic",
   tail_aligned(mosaic_attention.mosaic_attention),
-  features=("tail_offsets", "block_sizes", "interpret"),
+  features=("tail_offsets", "sink_logits", "segment_ids", "block_sizes", "interpret"),
   check=mosaic_attention.unsupported_reason,
   auto_rank=4,
   auto_when=mosaic_attention.auto_when,
+  auto_features=mosaic_attention.AUTO_FEATURES,
 )
 _register_pair(
   "fa3_mosaic",

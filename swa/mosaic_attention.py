@@ -1,17 +1,19 @@
 """Sliding-window causal attention as warp-specialised Hopper kernels (Pallas Mosaic GPU).
 
-`mosaic_attention` checks and pads the inputs and joins the kernels (forward: swa/mosaic_forward.py;
-dQ and dK/dV: swa/mosaic_backward.py) in a custom VJP. Registered in swa/attention.py as "mosaic" (through
-`kernel_adapters.tail_aligned`: tail offsets for a sequence shard over its halo), and inside
+`mosaic_attention` checks and pads the inputs and joins the kernels (forward:
+swa/mosaic_forward.py; dQ and dK/dV: swa/mosaic_backward.py) in a custom VJP. Registered in
+swa/attention.py as "mosaic" (through `kernel_adapters.tail_aligned`: tail offsets for a sequence
+shard over its halo), and inside
 "cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where a call is not differentiated,
 these kernels' forward and backward where it is); `auto` picks among them on a Hopper GPU by the
 rules below (AUTO_MAX_WINDOW, AUTO_TRAIN_MAX_WINDOW, AUTO_TRAIN_OVER_FA3_MAX_WINDOW).
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
-causality hides them), GQA. No sinks, soft-cap or segment ids (the Triton kernels and the reference
-have them). Off a GPU it runs in Mosaic GPU's interpret mode (JAX >= 0.11; slow: tests at small
-shapes); on a GPU it needs a Hopper card (compute capability 9.x).
+causality hides them), GQA, learned sinks (`sink_logits`) and packed sequences (`segment_ids`).
+No attention-sink tokens (`num_sinks`) or soft-cap (the Triton kernels have the former, the
+reference both). Off a GPU it runs in Mosaic GPU's interpret mode (JAX >= 0.11; slow: tests at
+small shapes); on a GPU it needs a Hopper card (compute capability 9.x).
 """
 
 import dataclasses
@@ -36,6 +38,9 @@ HEAD_DIMS = (64, 128)
 AUTO_MAX_WINDOW = 512
 AUTO_TRAIN_MAX_WINDOW = 512
 AUTO_TRAIN_OVER_FA3_MAX_WINDOW = 128
+# The features with which auto may pick "mosaic": its learned sinks and segment ids (2026-12-08)
+# are checked in interpret mode and through the GPU lowering, not yet compiled on a GPU.
+AUTO_FEATURES = ("tail_offsets", "block_sizes", "interpret")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +75,9 @@ class BlockSizes:
   persistent: bool = False
   # dQ and dK/dV: persistent in the same way (prefetching the next tile's Q, dO, log-sum-exp and
   # delta, or its K and V). Correct in interpret mode and through the GPU lowering; not yet run on
-  # a GPU: off by default. (With the fused dQ a persistent dK/dV needs more shared memory than an
-  # H100 has at head dim 128: the lowering says so.)
+  # a GPU: off by default. (At head dim 128 a persistent dK/dV with the fused dQ, and either
+  # persistent kernel with segment ids, needs more shared memory than an H100 has: the lowering
+  # says so.)
   persistent_dq: bool = False
   persistent_dkv: bool = False
 
@@ -143,6 +149,7 @@ def _kernels():
 
   return types.SimpleNamespace(
     Static=mosaic_pipeline.Static,
+    LOG2E=mosaic_pipeline.LOG2E,
     forward=mosaic_forward.forward,
     backward_dq=mosaic_backward.backward_dq,
     backward_dkv=mosaic_backward.backward_dkv,
@@ -200,23 +207,27 @@ def _persistent_ctas(interpret):
   return int(getattr(jax.devices()[0], "core_count", 0) or 132)  # 132: an H100 SXM's SMs
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _attend(q_BTNH, k_BTKH, v_BTKH, st):
-  return _kernels().forward(q_BTNH, k_BTKH, v_BTKH, st)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(6,))
+def _attend(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
+  return _kernels().forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st)[0]
 
 
-def _attend_fwd(q_BTNH, k_BTKH, v_BTKH, st):
-  out_BTNH, lse_BNT = _kernels().forward(q_BTNH, k_BTKH, v_BTKH, st)
-  return out_BTNH, (q_BTNH, k_BTKH, v_BTKH, out_BTNH, lse_BNT)
+def _attend_fwd(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
+  out_BTNH, lse_BNT = _kernels().forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st)
+  return out_BTNH, (q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, out_BTNH, lse_BNT)
 
 
 def _attend_bwd(st, residuals, do_BTNH):
-  q_BTNH, k_BTKH, v_BTKH, out_BTNH, lse_BNT = residuals
+  q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, out_BTNH, lse_BNT = residuals
   do_BTNH = do_BTNH.astype(q_BTNH.dtype)
   delta_BNT = jnp.einsum(
     "BTNH,BTNH->BNT", out_BTNH.astype(jnp.float32), do_BTNH.astype(jnp.float32)
   )
-  args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st)
+  dsink_N = None
+  if st.sinks:  # -sum over rows of p_sink * (dO . O); padded rows have dO = 0, so delta = 0
+    p_sink_BNT = jnp.exp2(sink_N[None, :, None] * _kernels().LOG2E - lse_BNT)
+    dsink_N = -jnp.einsum("BNT,BNT->N", p_sink_BNT, delta_BNT)
+  args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k_seg_BT, st)
   if st.dq is None:  # fused: the dK/dV kernel forms dQ too
     dk_BTNH, dv_BTNH, dq_BTNH = _kernels().backward_dkv(*args)
   else:
@@ -225,14 +236,24 @@ def _attend_bwd(st, residuals, do_BTNH):
   B, T, N, H = q_BTNH.shape
   K = k_BTKH.shape[2]
   group_sum = lambda x: x.reshape(B, T, K, N // K, H).astype(jnp.float32).sum(3).astype(x.dtype)
-  return dq_BTNH, group_sum(dk_BTNH), group_sum(dv_BTNH)
+  return dq_BTNH, group_sum(dk_BTNH), group_sum(dv_BTNH), dsink_N, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
 
 
 def mosaic_attention(
-  q_BTNH, k_BTKH, v_BTKD, window_size, scale, *, block_sizes=None, interpret=None
+  q_BTNH,
+  k_BTKH,
+  v_BTKD,
+  window_size,
+  scale,
+  *,
+  sink_logits=None,
+  segment_ids=None,
+  k_segment_ids=None,
+  block_sizes=None,
+  interpret=None,
 ):
   """Sliding-window causal attention: query t sees keys t - w + 1 ... t.
 
@@ -242,6 +263,10 @@ def mosaic_attention(
     v_BTKD: [B, T, K, D] values, D == H in HEAD_DIMS.
     window_size: w >= 1, or None for full causal attention.
     scale: logit scale (a Python number).
+    sink_logits: optional float [N], learned sinks (gpt-oss): one logit per query head in every
+      row's softmax denominator; differentiable.
+    segment_ids: optional int [B, T] (packed sequences): a query sees only keys of its own
+      segment, inside its window; k_segment_ids [B, T], the keys' (default segment_ids).
     block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
     interpret: run in Mosaic GPU's interpret mode; default: off GPU.
 
@@ -261,6 +286,17 @@ def mosaic_attention(
   tile = 2 * max(fwd[:2] + (dq or fwd)[:2] + dkv[:2])
   T_pad = -(-T // tile) * tile
   pad = lambda x: jnp.pad(x, ((0, 0), (0, T_pad - T), (0, 0), (0, 0)))
+  # Padded queries and keys share one id: each padded query sees itself (no empty row), and no
+  # real query sees a padded key (they come after it).
+  pad_ids = lambda x: jnp.pad(
+    jnp.asarray(x, jnp.int32), ((0, 0), (0, T_pad - T)), constant_values=-1
+  )
+  segments = segment_ids is not None
+  if segments:
+    k_segment_ids = segment_ids if k_segment_ids is None else k_segment_ids
+    segment_ids, k_segment_ids = pad_ids(segment_ids), pad_ids(k_segment_ids)
+  if sink_logits is not None:
+    sink_logits = jnp.asarray(sink_logits, jnp.float32)
   interpret = jax.default_backend() != "gpu" if interpret is None else interpret
   st = _kernels().Static(
     window=int(T_pad if window_size is None else min(window_size, T_pad)),
@@ -273,5 +309,8 @@ def mosaic_attention(
     dkv=dkv,
     dkv_ctas=_persistent_ctas(interpret) if blocks.persistent_dkv else None,
     interpret=bool(interpret),
+    sinks=sink_logits is not None,
+    segments=segments,
   )
-  return _attend(pad(q_BTNH), pad(k_BTKH), pad(v_BTKD), st)[:, :T]
+  q, k, v = pad(q_BTNH), pad(k_BTKH), pad(v_BTKD)
+  return _attend(q, k, v, sink_logits, segment_ids, k_segment_ids, st)[:, :T]

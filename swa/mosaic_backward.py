@@ -28,18 +28,12 @@ from swa import mosaic_pipeline as pipeline
 _COMPUTE_WGS = pipeline.COMPUTE_WGS
 
 
-def _load_rows(lse_smem, delta_smem, rows_are_queries):
-  """The log-sum-exp and delta rows as float32 vectors laid out for the scores' rows (dQ) or
-  columns (dK/dV)."""
-  layout = plgpu.Layout.WGMMA.reduce(1 if rows_are_queries else 0)
-  return plgpu.load(lse_smem, layout=layout), plgpu.load(delta_smem, layout=layout)
-
-
-def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
+def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k_seg_BT, st):
   """dQ [B, T, N, H] (q's dtype): a CTA owns 2 * block_q queries at a time and streams the key
   blocks their windows touch; three products a block (S = Q K^T, dP = dO V^T, dQ += dS K).
   Persistent (st.dq_ctas) as the forward: the next tile's rows (Q, dO, log-sum-exp, delta) load
-  into a second buffer under the current tile's work."""
+  into a second buffer under the current tile's work. The segment ids int32 [B, T] (st.segments)
+  or None; learned sinks are in lse (the forward's)."""
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dq
   dtype = q_BTNH.dtype
@@ -49,8 +43,11 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   tiles = q_tiles * N * B
   ctas, q_bufs = pipeline.grid_size(tiles, st.dq_ctas)
 
-  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, dq_ref, scratch):
-    (q_smem3, do_smem3, lse_smem3, delta_smem3, k_smem, v_smem, ds_smem2), bars, used = scratch
+  def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    q_seg_ref, k_seg_ref, (dq_ref, scratch) = pipeline.optional_refs(refs, *[st.segments] * 2)
+    (q_smem3, do_smem3, lse_smem3, delta_smem3, k_smem, v_smem, ds_smem2) = scratch[0][:7]
+    q_seg_smem3, k_seg_smem = scratch[0][7:]
+    bars, used = scratch[1:]
     k_bar, v_bar, row_bar = bars
     wg = lax.axis_index("wg")
     count, tile_of = pipeline.cta_tiles(tiles, ctas, q_tiles, N, rows)
@@ -71,12 +68,15 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
         plgpu.copy_gmem_to_smem(do_ref.at[queries], do_smem3.at[buf, wg], bar)
         plgpu.copy_gmem_to_smem(lse_ref.at[b, n, pl.ds(first, bq)], lse_smem3.at[buf, wg], bar)
         plgpu.copy_gmem_to_smem(delta_ref.at[b, n, pl.ds(first, bq)], delta_smem3.at[buf, wg], bar)
+        if st.segments:
+          plgpu.copy_gmem_to_smem(q_seg_ref.at[b, pl.ds(first, bq)], q_seg_smem3.at[buf, wg], bar)
 
       def tile(i, g0):
         t = pipeline.tile(tile_of, steps_of, i, g0, q_bufs, wg, bq, bk, st.window, stages)
         q_smem, do_smem = q_smem3.at[t.buf, wg], do_smem3.at[t.buf, wg]
         plgpu.barrier_wait(row_bar.at[t.buf * _COMPUTE_WGS + wg])
-        lse, delta = _load_rows(lse_smem3.at[t.buf, wg], delta_smem3.at[t.buf, wg], True)
+        lse, delta = (pipeline.row_vector(x.at[t.buf, wg]) for x in (lse_smem3, delta_smem3))
+        q_ids = pipeline.row_vector(q_seg_smem3.at[t.buf, wg]) if st.segments else None
 
         def skip(step):
           slot = t.slot(step)
@@ -88,8 +88,9 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
           s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
-          if masked:
-            s = pipeline.mask(s, t.first, step * bk, st.window)
+          if masked or st.segments:
+            ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
+            s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)
           p = jnp.exp2(s - rows_of(lse))
           plgpu.barrier_wait(v_bar.at[slot])
           dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
@@ -111,10 +112,12 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     def _produce_kv():
       plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
+      segments = (k_seg_ref, k_seg_smem) if st.segments else None
 
       def tile(i, g0):
         b, n, q0 = tile_of(i)
-        return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
+        steps = (*steps_of(q0), g0, bk, stages, st.groups)
+        return pipeline.produce_keys(*kv, used, b, n, *steps, segments=segments)
 
       pipeline.produce_tiles(count, tile, stages, used)
 
@@ -128,12 +131,14 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       pipeline.smem((stages, bk, H), dtype),
       # dS, in interpret mode
       pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
+      # the queries' and the keys' segment ids
+      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.int32) if st.segments else None,
+      plgpu.SMEM((stages, bk), jnp.int32) if st.segments else None,
     )
-    bars = (
+    bars = (  # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=1 + st.segments, num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=stages),
-      # one arrival per TMA copy
-      plgpu.Barrier(num_arrivals=4, num_barriers=q_bufs * _COMPUTE_WGS),
+      plgpu.Barrier(num_arrivals=4 + st.segments, num_barriers=q_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(*refs, scratch),
@@ -144,12 +149,13 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     )
 
   out_type = jax.ShapeDtypeStruct((B, T, N, H), dtype)
+  segments = (q_seg_BT, k_seg_BT) if st.segments else ()
   return pipeline.launch(entry, "swa_mosaic_dq", out_type, (ctas,), ("ctas",), st)(
-    q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT
+    q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, *segments
   )
 
 
-def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
+def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k_seg_BT, st):
   """(dK, dV), each [B, T, N, H] per query head (q's dtype): a CTA owns 2 * block_k_dkv keys and
   streams the query blocks that see them; four products a block (S^T = K Q^T, dP^T = V dO^T,
   dV += P^T dO, dK += dS^T Q), on scores transposed so that no tile is ever transposed.
@@ -159,7 +165,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   a float32 [P, B, T, N, H] Ref of zeros by a TMA reduce-add (P = 1: the two warpgroups and every
   CTA whose keys the block sees add into the same rows). In interpret mode, which has no TMA
   reductions, P = 2 * CTAs and each warpgroup copies into its own slice (it writes each query
-  block at most once); the slices are summed here."""
+  block at most once); the slices are summed here. Segment ids as backward_dq's."""
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dkv
   fused = st.dq is None
@@ -171,10 +177,10 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   ctas, kv_bufs = pipeline.grid_size(tiles, st.dkv_ctas)
 
   def kernel(q_ref, k_ref, v_ref, do_ref, lse_ref, delta_ref, *refs):
+    q_seg_ref, k_seg_ref, refs = pipeline.optional_refs(refs, *[st.segments] * 2)
     *dq_acc_ref, dk_ref, dv_ref, scratch = refs
-    (k_smem3, v_smem3, q_smem, do_smem, lse_smem, delta_smem, pt_smem2, dst_smem2, dq_smem2) = (
-      scratch[0]
-    )
+    (k_smem3, v_smem3, q_smem, do_smem, lse_smem, delta_smem) = scratch[0][:6]
+    pt_smem2, dst_smem2, dq_smem2, k_seg_smem3, q_seg_smem = scratch[0][6:]
     (q_bar, kv_bar), used = scratch[1], scratch[2]
     wg = lax.axis_index("wg")
     count, tile_of = pipeline.cta_tiles(tiles, ctas, k_tiles, N, rows)
@@ -187,18 +193,21 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
     def _compute():
       plgpu.set_max_registers(232, action="increase")
 
-      def load_kv(i, buf):  # tile i's keys and values of this warpgroup into buffer buf
+      def load_kv(i, buf):  # tile i's keys and values (and segment ids) of this warpgroup
         b, n, k0 = tile_of(i)
-        keys = (b, pl.ds(k0 + wg * bk, bk), lax.div(n, jnp.int32(st.groups)))
-        bar = kv_bar.at[buf * _COMPUTE_WGS + wg]
+        first, bar = k0 + wg * bk, kv_bar.at[buf * _COMPUTE_WGS + wg]
+        keys = (b, pl.ds(first, bk), lax.div(n, jnp.int32(st.groups)))
         plgpu.copy_gmem_to_smem(k_ref.at[keys], k_smem3.at[buf, wg], bar)
         plgpu.copy_gmem_to_smem(v_ref.at[keys], v_smem3.at[buf, wg], bar)
+        if st.segments:
+          plgpu.copy_gmem_to_smem(k_seg_ref.at[b, pl.ds(first, bk)], k_seg_smem3.at[buf, wg], bar)
 
       def tile(i, g0):
         # rows are keys, steps query blocks (keys_are_blocked False)
         t = pipeline.tile(tile_of, steps_of, i, g0, kv_bufs, wg, bk, bq, st.window, stages, False)
         k_smem, v_smem = k_smem3.at[t.buf, wg], v_smem3.at[t.buf, wg]
         plgpu.barrier_wait(kv_bar.at[t.buf * _COMPUTE_WGS + wg])
+        k_ids = pipeline.row_vector(k_seg_smem3.at[t.buf, wg]) if st.segments else None
 
         def skip(step):
           slot = t.slot(step)
@@ -222,10 +231,11 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           dk, dv = carry
           slot = t.slot(step)
           plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
-          lse, delta = _load_rows(lse_smem.at[slot], delta_smem.at[slot], False)
+          lse, delta = (pipeline.row_vector(x.at[slot], False) for x in (lse_smem, delta_smem))
           s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
-          if masked:
-            s_t = pipeline.mask(s_t, step * bq, t.first, st.window, rows_are_queries=False)
+          if masked or st.segments:
+            ids = (k_ids, pipeline.row_vector(q_seg_smem.at[slot], False)) if st.segments else None
+            s_t = pipeline.mask(s_t, step * bq, t.first, st.window, False, segments=ids)
           pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
           dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
           dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
@@ -262,6 +272,9 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
           plgpu.copy_gmem_to_smem(do_ref.at[queries], do_smem.at[slot], q_bar.at[slot])
           plgpu.copy_gmem_to_smem(lse_ref.at[cols], lse_smem.at[slot], q_bar.at[slot])
           plgpu.copy_gmem_to_smem(delta_ref.at[cols], delta_smem.at[slot], q_bar.at[slot])
+          if st.segments:
+            ids = q_seg_ref.at[b, pl.ds(step * bq, bq)]
+            plgpu.copy_gmem_to_smem(ids, q_seg_smem.at[slot], q_bar.at[slot])
 
         return pipeline.fill(copies, *steps_of(k0), g0, stages, used)
 
@@ -282,10 +295,13 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
       if fused
       else interpret_only((_COMPUTE_WGS, bk, bq)),
       plgpu.SMEM((_COMPUTE_WGS, bq, H), jnp.float32) if fused else None,  # a block's dQ
+      # the keys' and the queries' segment ids
+      plgpu.SMEM((kv_bufs, _COMPUTE_WGS, bk), jnp.int32) if st.segments else None,
+      plgpu.SMEM((stages, bq), jnp.int32) if st.segments else None,
     )
     bars = (  # one arrival per TMA copy
-      plgpu.Barrier(num_arrivals=4, num_barriers=stages),
-      plgpu.Barrier(num_arrivals=2, num_barriers=kv_bufs * _COMPUTE_WGS),
+      plgpu.Barrier(num_arrivals=4 + st.segments, num_barriers=stages),
+      plgpu.Barrier(num_arrivals=2 + st.segments, num_barriers=kv_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
       lambda *scratch: kernel(*refs, scratch),
@@ -298,6 +314,7 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, st):
   out_type = (jax.ShapeDtypeStruct((B, T, N, H), dtype),) * 2
   kernel_dkv = pipeline.launch(entry, "swa_mosaic_dkv", out_type, (ctas,), ("ctas",), st)
   args = (q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT)
+  args += (q_seg_BT, k_seg_BT) if st.segments else ()
   if not fused:
     return kernel_dkv(*args)
   parts = _COMPUTE_WGS * k_tiles if st.interpret else 1

@@ -24,8 +24,9 @@ from swa import mosaic_pipeline as pipeline
 _COMPUTE_WGS = pipeline.COMPUTE_WGS
 
 
-def forward(q_BTNH, k_BTKH, v_BTKH, st):
-  """(out [B, T, N, H], lse2 [B, N, T] float32): the forward kernel on padded inputs."""
+def forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
+  """(out [B, T, N, H], lse2 [B, N, T] float32, the sink in it): the forward kernel on padded
+  inputs; sink_N float32 [N] (st.sinks) and the segment ids int32 [B, T] (st.segments), or None."""
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.fwd
   dtype = q_BTNH.dtype
@@ -35,8 +36,12 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
   tiles = q_tiles * N * B
   ctas, q_bufs = pipeline.grid_size(tiles, st.fwd_ctas)
 
-  def kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch):
-    (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2), (k_bar, v_bar, q_bar), used, sched = scratch
+  def kernel(q_ref, k_ref, v_ref, *refs):
+    sink_ref, q_seg_ref, k_seg_ref, (o_ref, lse_ref, scratch) = pipeline.optional_refs(
+      refs, st.sinks, st.segments, st.segments
+    )
+    (qo_smem3, k_smem, v_smem, lse_smem3, p_smem2, sink_smem3, q_seg_smem3, k_seg_smem) = scratch[0]
+    (k_bar, v_bar, q_bar), used, sched = scratch[1:]
     wg = lax.axis_index("wg")
     count, tile_of = pipeline.cta_tiles(tiles, ctas, q_tiles, N, rows)
 
@@ -51,15 +56,20 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     def _compute():
       plgpu.set_max_registers(232, action="increase")
 
-      def load_q(i, buf):  # tile i's queries of this warpgroup into Q buffer buf
+      def load_q(i, buf):  # tile i's queries of this warpgroup (and their sinks, segment ids)
         b, n, q0 = tile_of(i)
-        queries = q_ref.at[b, pl.ds(q0 + wg * bq, bq), n]
-        plgpu.copy_gmem_to_smem(queries, qo_smem3.at[buf, wg], q_bar.at[buf * _COMPUTE_WGS + wg])
+        first, bar = q0 + wg * bq, q_bar.at[buf * _COMPUTE_WGS + wg]
+        plgpu.copy_gmem_to_smem(q_ref.at[b, pl.ds(first, bq), n], qo_smem3.at[buf, wg], bar)
+        if st.sinks:
+          plgpu.copy_gmem_to_smem(sink_ref.at[n], sink_smem3.at[buf, wg], bar)
+        if st.segments:
+          plgpu.copy_gmem_to_smem(q_seg_ref.at[b, pl.ds(first, bq)], q_seg_smem3.at[buf, wg], bar)
 
       def tile(i, g0):
         t = pipeline.tile(tile_of, steps_of, i, g0, q_bufs, wg, bq, bk, st.window, stages)
         qo_smem, lse_smem = qo_smem3.at[t.buf, wg], lse_smem3.at[t.buf, wg]
         plgpu.barrier_wait(q_bar.at[t.buf * _COMPUTE_WGS + wg])
+        q_ids = pipeline.row_vector(q_seg_smem3.at[t.buf, wg]) if st.segments else None
 
         def skip(step):  # a block none of this warpgroup's rows see
           slot = t.slot(step)
@@ -80,8 +90,9 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
             return acc_ref[...]
 
           s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
-          if masked:
-            s = pipeline.mask(s, t.first, step * bk, st.window)
+          if masked or st.segments:
+            ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
+            s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)
           m_new = jnp.maximum(m_i, s.max(axis=1))
           alpha = jnp.exp2(m_i - m_new)
           p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))
@@ -98,11 +109,18 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
           pipeline.prefetch(load_q, i, count, q_bufs, step == t.regions[0])
           return acc, m_new, l_i
 
-        carry = (
-          pipeline.zeros((bq, H)),
-          plgpu.layout_cast(jnp.full((bq,), -jnp.inf, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
-          plgpu.layout_cast(jnp.full((bq,), 0, jnp.float32), plgpu.Layout.WGMMA.reduce(1)),
+        rows_of = lambda x: plgpu.layout_cast(
+          jnp.full((bq,), x, jnp.float32), plgpu.Layout.WGMMA.reduce(1)
         )
+        # a learned sink: the running max starts at it, and its exp2(0) = 1 is in the sum
+        if st.sinks:
+          carry = (
+            pipeline.zeros((bq, H)),
+            pipeline.row_vector(sink_smem3.at[t.buf, wg]),
+            rows_of(1),
+          )
+        else:
+          carry = (pipeline.zeros((bq, H)), rows_of(-jnp.inf), rows_of(0))
         pl.when(wg == 1)(rendezvous)  # start half a step behind warpgroup 0
         acc, m_i, l_i = pipeline.consume(t.lo, t.hi, t.regions, step_fn, skip, carry)
         pl.when(wg == 0)(rendezvous)
@@ -119,14 +137,19 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     def _produce_kv():
       plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
+      segments = (k_seg_ref, k_seg_smem) if st.segments else None
 
       def tile(i, g0):
         b, n, q0 = tile_of(i)
-        return pipeline.produce_keys(*kv, used, b, n, *steps_of(q0), g0, bk, stages, st.groups)
+        steps = (*steps_of(q0), g0, bk, stages, st.groups)
+        return pipeline.produce_keys(*kv, used, b, n, *steps, segments=segments)
 
       pipeline.produce_tiles(count, tile, stages, used)
 
-  def entry(q_ref, k_ref, v_ref, o_ref, lse_ref):
+  def entry(*refs):
+    row_smem = lambda present, dtype: (
+      plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), dtype) if present else None
+    )
     smem = (
       pipeline.smem((q_bufs, _COMPUTE_WGS, bq, H), dtype),  # Q, then O
       pipeline.smem((stages, bk, H), dtype),
@@ -134,14 +157,17 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
       plgpu.SMEM((q_bufs, _COMPUTE_WGS, bq), jnp.float32),
       # P, in interpret mode
       pipeline.smem((_COMPUTE_WGS, bq, bk), dtype) if st.interpret else None,
+      row_smem(st.sinks, jnp.float32),  # each row's sink logit (base 2)
+      row_smem(st.segments, jnp.int32),  # the queries' segment ids
+      plgpu.SMEM((stages, bk), jnp.int32) if st.segments else None,  # the keys'
     )
-    loaded = (
+    loaded = (  # one arrival per TMA copy
+      plgpu.Barrier(num_arrivals=1 + st.segments, num_barriers=stages),
       plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=stages),
-      plgpu.Barrier(num_barriers=q_bufs * _COMPUTE_WGS),
+      plgpu.Barrier(num_arrivals=1 + st.sinks + st.segments, num_barriers=q_bufs * _COMPUTE_WGS),
     )
     pl.run_scoped(
-      lambda *scratch: kernel(q_ref, k_ref, v_ref, o_ref, lse_ref, scratch),
+      lambda *scratch: kernel(*refs, scratch),
       smem,
       loaded,
       plgpu.Barrier(num_arrivals=_COMPUTE_WGS, num_barriers=stages),
@@ -153,6 +179,11 @@ def forward(q_BTNH, k_BTKH, v_BTKH, st):
     jax.ShapeDtypeStruct((B, T, N, H), dtype),
     jax.ShapeDtypeStruct((B, N, T), jnp.float32),
   )
+  extra = []
+  if st.sinks:  # each head's sink logit, base 2, once a row of a warpgroup (a TMA copy's shape)
+    extra.append(jnp.broadcast_to((sink_N * pipeline.LOG2E)[:, None], (N, bq)))
+  if st.segments:
+    extra += [q_seg_BT, k_seg_BT]
   return pipeline.launch(entry, "swa_mosaic_fwd", out_type, (ctas,), ("ctas",), st)(
-    q_BTNH, k_BTKH, v_BTKH
+    q_BTNH, k_BTKH, v_BTKH, *extra
   )

@@ -57,6 +57,13 @@ class Static:
   dkv: tuple
   dkv_ctas: int | None  # the dK/dV kernel's CTAs, as fwd_ctas (tiles of 2 * block_k_dkv keys)
   interpret: bool
+  # Learned sinks: the forward takes each head's sink logit and starts every row's running max
+  # at it (with 1 in the running sum); its log-sum-exp then holds the sink, so the backward
+  # kernels are unchanged (the sinks' gradient comes from it, outside them).
+  sinks: bool = False
+  # Packed sequences: the kernels take the queries' and keys' segment ids ([B, T] int32) and
+  # mask every step, the window's interior too, to pairs of one segment.
+  segments: bool = False
 
 
 def smem(shape, dtype):
@@ -106,8 +113,10 @@ def accumulate(acc, a, b, a_smem2, wg, st):
   return acc + product(a_smem, b, acc.shape)
 
 
-def mask(s, q_start, k_start, window, rows_are_queries=True):
-  """s with the logits of invisible pairs set to MASKED (swa/mask.py's rule: 0 <= q - k < w).
+def mask(s, q_start, k_start, window, rows_are_queries=True, segments=None):
+  """s with the logits of invisible pairs set to MASKED (swa/mask.py's rule: 0 <= q - k < w, and
+  with segments = (the rows' ids, the columns' ids), int32 vectors from `row_vector`, one
+  segment).
 
   s is [rows, cols] in the wgmma layout; rows are queries (forward) or keys (backward)."""
   rows = plgpu.broadcasted_iota(jnp.int32, s.shape, 0, layout=plgpu.Layout.WGMMA)
@@ -116,7 +125,20 @@ def mask(s, q_start, k_start, window, rows_are_queries=True):
     diff = (rows + q_start) - (cols + k_start)
   else:
     diff = (cols + q_start) - (rows + k_start)
-  return jnp.where((diff >= 0) & (diff < window), s, MASKED)
+  keep = (diff >= 0) & (diff < window)
+  if segments is not None:
+    row_ids, col_ids = segments
+    keep &= lax.broadcast_in_dim(row_ids, s.shape, [0]) == lax.broadcast_in_dim(
+      col_ids, s.shape, [1]
+    )
+  return jnp.where(keep, s, MASKED)
+
+
+def row_vector(smem_ref, of_rows=True):
+  """A float32 or int32 vector in shared memory as registers laid out for the scores' rows (or,
+  of_rows False, columns): the log-sum-exp and delta of dQ's rows or dK/dV's columns, the sinks,
+  segment ids."""
+  return plgpu.load(smem_ref, layout=plgpu.Layout.WGMMA.reduce(1 if of_rows else 0))
 
 
 def regions(lo, hi, first_row, last_row, block, window, keys_are_blocked=True):
@@ -177,16 +199,22 @@ def drain(g, stages, used):
     plgpu.barrier_wait(used.at[lax.rem(step, jnp.int32(stages))])
 
 
-def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups):
+def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups, segments=None):
   """The producer of the forward and dQ kernels (`fill`): key blocks lo ... hi - 1 (bk keys
   each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
-  (smems), each on its own "loaded" barrier (bars). Returns the step count as `fill`."""
+  (smems), each on its own "loaded" barrier (bars); with segments = (the keys' [B, T] segment
+  ids, their ring), each block's ids too, on K's barrier. Returns the step count as `fill`."""
   kv_head = lax.div(n, jnp.int32(groups))
 
   def copies(step, slot):
     keys = (b, pl.ds(step * bk, bk), kv_head)
     for ref, smem, bar in zip(refs, smems, bars):
       plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
+    if segments is not None:
+      ids_ref, ids_smem = segments
+      plgpu.copy_gmem_to_smem(
+        ids_ref.at[b, pl.ds(step * bk, bk)], ids_smem.at[slot], bars[0].at[slot]
+      )
 
   return fill(copies, lo, hi, g0, stages, used)
 
@@ -217,6 +245,13 @@ def launch(entry, name, out_type, grid, grid_names, st):
     compiler_params=plgpu.CompilerParams(approx_math=True),
     interpret=interpret_params(st),
   )
+
+
+def optional_refs(refs, *present):
+  """Splits a kernel's refs: for each flag of `present`, the next ref (or None where False), then
+  a list of the rest."""
+  refs = list(refs)
+  return (*(refs.pop(0) if p else None for p in present), refs)
 
 
 def grid_size(tiles, persistent_ctas):

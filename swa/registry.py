@@ -44,12 +44,15 @@ class Implementation:
   check: Optional[Callable] = None
   auto_rank: Optional[int] = None
   auto_when: Optional[Callable] = None
+  auto_features: Optional[frozenset] = None  # None: all of `features`
 
 
 _REGISTRY = {}
 
 
-def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=None):
+def register(
+  name, fn, *, features=(), check=None, auto_rank=None, auto_when=None, auto_features=None
+):
   """Adds (or replaces) an implementation under `name`.
 
   Args:
@@ -63,11 +66,21 @@ def register(name, fn, *, features=(), check=None, auto_rank=None, auto_when=Non
     auto_rank: its place in auto's order (lower first); None: auto never picks it.
     auto_when: optional `auto_when(q_BTNH, k_BSKH, v_BSKD, window_size) -> bool`: auto picks it
       only when True (a preference, not a limit).
+    auto_features: optional subset of `features`: auto picks it only for calls that need no
+      others (a feature checked on the CPU but not yet on the device auto would pick it for);
+      default all of them. Explicit requests get every declared feature.
   """
   if name == "auto" or not isinstance(name, str):
     raise ValueError(f"An implementation needs a name other than 'auto', got {name!r}.")
   features = frozenset(features) | ({"tail_offsets"} if "offsets" in features else set())
-  _REGISTRY[name] = Implementation(name, fn, features, check, auto_rank, auto_when)
+  if auto_features is not None:
+    auto_features = frozenset(auto_features)
+    if not auto_features <= features:
+      raise ValueError(
+        f"auto_features of {name!r} must be among its features, got "
+        f"{sorted(auto_features - features)}."
+      )
+  _REGISTRY[name] = Implementation(name, fn, features, check, auto_rank, auto_when, auto_features)
 
 
 def unregister(name):
@@ -123,7 +136,7 @@ def resolve_implementation(implementation, q_BTNH, k_BSKH, v_BSKD, window_size, 
   )
   for impl in ranked:
     if (
-      features <= impl.features
+      features <= (impl.features if impl.auto_features is None else impl.auto_features)
       and not (impl.check and impl.check(q_BTNH, k_BSKH, v_BSKD, window_size))
       and (impl.auto_when is None or impl.auto_when(q_BTNH, k_BSKH, v_BSKD, window_size))
     ):

@@ -1,5 +1,5 @@
 """Every attention implementation against the dense reference, plus the mask rule, the contract's
-positions (offsets, key positions, sinks), the registry and errors."""
+positions (offsets, key positions, sinks) and errors; the registry is tests/test_registry.py."""
 
 import ast
 import functools
@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import swa
 from swa import attention
 from swa.attention import create_sliding_window_mask, sliding_window_attention, visible
 
@@ -449,68 +448,6 @@ def test_placement_defaults_are_self_attention():
     np.testing.assert_allclose(
       sliding_window_attention(q, k, v, 5, **place), plain, atol=1e-6, rtol=1e-6, err_msg=str(place)
     )
-
-
-# ------------------------------------------------------------------------ registry
-
-
-def test_builtin_names_are_registered():
-  assert {"auto", "reference", "chunked", "cudnn", "pallas", "splash"} <= set(swa.implementations())
-  assert attention.implementations()[0] == "auto"
-  assert {"offsets", "key_positions", "sinks"} <= attention.implementation_features("reference")
-
-
-def test_auto_picks_among_implementations_that_support_the_call():
-  q, k, v = random_qkv(1, 16, 2, 2, 8, 8)
-  resolve = lambda w, features: attention.resolve_implementation("auto", q, k, v, w, features)
-  if not attention.cudnn_available():
-    assert resolve(4, ()) == "chunked"
-  assert resolve(4, {"offsets"}) == "chunked"
-  assert resolve(4, {"key_positions"}) == "reference"
-  assert resolve(4, {"sinks"}) == "reference"
-  assert resolve(None, {"offsets"}) == "reference"
-
-
-def test_registered_implementation_is_called_with_its_features_only():
-  calls = []
-
-  def spy(q, k, v, window_size, scale, **options):
-    calls.append(sorted(options))
-    return attention.reference_attention(
-      q, k, v, window_size, scale, **{key: value for key, value in options.items() if key != "tag"}
-    )
-
-  attention.register("spy", spy, features=("offsets", "tag"), auto_rank=-1)
-  try:
-    assert "spy" in attention.implementations()
-    q, k, v = random_qkv(1, 10, 2, 1, 8, 8)
-    out = sliding_window_attention(q, k, v, 3, implementation="spy", q_offset=4, k_offset=2, tag=1)
-    np.testing.assert_allclose(
-      out,
-      sliding_window_attention(q, k, v, 3, implementation="reference", q_offset=4, k_offset=2),
-      atol=1e-6,
-    )
-    sliding_window_attention(q, k, v, 3, block_size=8)  # auto: rank -1 wins; no block_size
-    assert calls == [["k_offset", "q_offset", "tag"], []]
-    with pytest.raises(ValueError, match=r"'spy' \(supports .*\) does not support \['sinks'\]"):
-      sliding_window_attention(q, k, v, 3, implementation="spy", num_sinks=2)
-    # Sinks are absolute positions: with queries at 4.., the offsets must travel with them.
-    attention.register("spy_sinks", spy, features=("sinks",))
-    np.testing.assert_allclose(
-      sliding_window_attention(q, k, v, 3, implementation="spy_sinks", q_offset=0, num_sinks=2),
-      sliding_window_attention(q, k, v, 3, implementation="reference", num_sinks=2),
-      atol=1e-6,
-    )
-    with pytest.raises(ValueError, match=r"does not support \['tail_offsets'\]"):
-      sliding_window_attention(q, k, v, 3, implementation="spy_sinks", q_offset=4, num_sinks=2)
-    with pytest.raises(ValueError, match=r"does not support \['color'\]"):
-      sliding_window_attention(q, k, v, 3, implementation="spy", color=1)
-  finally:
-    attention.unregister("spy")
-    attention.unregister("spy_sinks")
-  assert "spy" not in attention.implementations()
-  with pytest.raises(ValueError, match="other than 'auto'"):
-    attention.register("auto", spy)
 
 
 @pytest.mark.parametrize(

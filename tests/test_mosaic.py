@@ -11,6 +11,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from swa import attention, chunked, kernel_adapters, mosaic_attention
@@ -90,6 +91,79 @@ def test_interpreted_kernels_match_the_reference_forward_and_gradients(case):
   q, k, v, dout = _qkv(B, T, N, K, H, jnp.float16, seed=T + H)
   slow = _contract(window, "reference")
   _assert_close(_contract(window, block_sizes=blocks), q, k, v, dout, slow)
+
+
+def _segments(B, T, seed):
+  """int32 [B, T] segment ids: per row, segments of random lengths (1 ... T // 2 tokens), so that
+  they start inside blocks and some are a single token."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for _ in range(B):
+    lengths = []
+    while sum(lengths) < T:
+      lengths.append(int(rng.integers(1, T // 2)))
+    rows.append(np.repeat(np.arange(len(lengths)), lengths)[:T] + 10 * len(rows))
+  return jnp.asarray(np.stack(rows), jnp.int32)
+
+
+def _assert_sinks_and_segments_close(case, tol=(5e-3, 1e-2), **placement):
+  """The kernels' output and gradients, d/dsink_logits included, against the float32 reference
+  with the same learned sinks and segment ids (case: B, T, N, K, H, window, blocks, sinks,
+  segments), as _assert_close measures them."""
+  B, T, N, K, H, window, blocks, sinks, segments = case
+  S = T + placement.get("q_offset", 0)
+  q, k, v, dout = _qkv(B, T, N, K, H, jnp.float16, seed=T + H, S=S)
+  sink = 2.0 * jax.random.normal(jax.random.PRNGKey(T), (N,)) if sinks else jnp.zeros((N,))
+  options = dict(placement)
+  if segments:
+    k_seg = _segments(B, S, seed=T)
+    options.update(segment_ids=k_seg[:, S - T :], k_segment_ids=k_seg)
+
+  def outputs(impl, q, k, v, dout, **extra):
+    def attend(q, k, v, sink):
+      with_sink = dict(sink_logits=sink) if sinks else {}
+      return attention.sliding_window_attention(
+        q, k, v, window, implementation=impl, **with_sink, **options, **extra
+      )
+
+    out, vjp = jax.vjp(attend, q, k, v, sink)
+    return (out,) + vjp(dout)
+
+  got = outputs("mosaic", q, k, v, dout, block_sizes=blocks)
+  want = outputs("reference", *(x.astype(jnp.float32) for x in (q, k, v, dout)))
+  for i, (g, w) in enumerate(zip(got, want)):
+    norm = max(float(jnp.linalg.norm(w)), 1e-3 * w.size**0.5)
+    err = float(jnp.linalg.norm(g.astype(jnp.float32) - w)) / norm
+    assert err < tol[min(i, 1)], (i, err)
+
+
+# (B, T, N, K, H, window, block sizes, learned sinks, segment ids): GQA over an odd length with
+# both (a window that starts inside a block); each alone; every kernel persistent; the fused dQ;
+# full attention at H = 128 over two rows of segments; window 1 (each row sees only itself: with a
+# sink, out = v * p_self).
+FEATURE_CASES = [
+  (1, 200, 4, 2, 64, 100, None, True, True),
+  pytest.param((1, 200, 4, 2, 64, 100, None, True, False), marks=pytest.mark.slow),
+  pytest.param((1, 200, 4, 2, 64, 100, None, False, True), marks=pytest.mark.slow),
+  pytest.param((1, 200, 4, 2, 64, 30, PERSISTENT, True, True), marks=pytest.mark.slow),
+  pytest.param((1, 200, 4, 2, 64, 100, FUSED, True, True), marks=pytest.mark.slow),
+  pytest.param((2, 130, 2, 1, 128, None, None, True, True), marks=pytest.mark.slow),
+  pytest.param((1, 130, 2, 2, 64, 1, None, True, True), marks=pytest.mark.slow),
+]
+
+
+@needs_mosaic
+@pytest.mark.parametrize("case", FEATURE_CASES)
+def test_interpreted_kernels_with_learned_sinks_and_segments_match_the_reference(case):
+  _assert_sinks_and_segments_close(case)
+
+
+@needs_mosaic
+@pytest.mark.slow  # 15 s in interpret mode
+def test_sinks_and_segments_of_a_sequence_shard_over_its_halo():
+  """A shard's call (tail_aligned): 96 queries at 160.. over keys from 0, their segment ids and
+  the halo's (k_segment_ids)."""
+  _assert_sinks_and_segments_close((1, 96, 2, 1, 64, 70, None, True, True), q_offset=160)
 
 
 @needs_mosaic
@@ -205,27 +279,33 @@ def test_default_tiles_are_persistent_up_to_w_512():
 
 @needs_mosaic
 @pytest.mark.parametrize(
-  "T, window, H, kv_heads, blocks",
+  "T, window, H, kv_heads, blocks, features",
   [
-    (16384, 128, 128, 16, None),
-    (16384, 4096, 128, 16, None),
-    (1000, 100, 64, 4, "128x64s3/64x128s2/64x128s3"),
-    (16384, 512, 128, 16, FUSED),
-    (16384, 512, 128, 16, "64x128s2p/64x64s3p/64x64s3p"),
+    (16384, 128, 128, 16, None, False),
+    (16384, 4096, 128, 16, None, False),
+    (1000, 100, 64, 4, "128x64s3/64x128s2/64x128s3", False),
+    (16384, 512, 128, 16, FUSED, False),
+    (16384, 512, 128, 16, "64x128s2p/64x64s3p/64x64s3p", False),
+    (16384, 512, 128, 16, None, True),
+    pytest.param(16384, 512, 128, 16, FUSED, True, marks=pytest.mark.slow),
+    pytest.param(16384, 512, 64, 16, PERSISTENT, True, marks=pytest.mark.slow),
   ],
 )
-def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks):
+def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks, features):
   """The forward, dQ and dK/dV kernels go through Pallas's Mosaic GPU lowering (wgmma operand
-  layouts, register arrays, TMA slices) at the benchmark's shapes, on the CPU: no GPU compiles
-  them here, so this is lowering only."""
+  layouts, register arrays, TMA slices, shared memory within an H100's) at the benchmark's shapes,
+  on the CPU, with learned sinks and segment ids where `features`: no GPU compiles them here, so
+  this is lowering only."""
   q = jax.ShapeDtypeStruct((1, T, 16, H), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, T, kv_heads, H), jnp.bfloat16)
-  attend = lambda q, k, v: mosaic_attention.mosaic_attention(
-    q, k, v, window, H**-0.5, block_sizes=blocks, interpret=False
+  sink = jax.ShapeDtypeStruct((16,), jnp.float32) if features else None
+  ids = jax.ShapeDtypeStruct((1, T), jnp.int32) if features else None
+  attend = lambda q, k, v, sink, ids: mosaic_attention.mosaic_attention(
+    q, k, v, window, H**-0.5, sink_logits=sink, segment_ids=ids, block_sizes=blocks, interpret=False
   )
-  loss = lambda q, k, v: attend(q, k, v).astype(jnp.float32).sum()
+  loss = lambda *args: attend(*args).astype(jnp.float32).sum()
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
-  text = grads.trace(q, kv, kv).lower(lowering_platforms=("cuda",)).as_text()
+  text = grads.trace(q, kv, kv, sink, ids).lower(lowering_platforms=("cuda",)).as_text()
   kernels = 2 if blocks == FUSED else 3  # forward, dQ (unless fused), dK/dV
   assert text.count("stablehlo.custom_call @mosaic_gpu") == kernels
 
@@ -242,6 +322,19 @@ def test_compiled_kernels_match_the_reference_on_hopper(T, window, H, blocks):
   q, k, v, dout = _qkv(1, T, 4, 2, H, jnp.bfloat16, seed=T + H)
   fast = jax.jit(_contract(window, block_sizes=blocks))
   _assert_close(fast, q, k, v, dout, _contract(window, "reference"), tol=(2e-2, 5e-2))
+
+
+@on_hopper
+@pytest.mark.parametrize("T, window", [(4096, 512), (3000, 1000)])
+@pytest.mark.parametrize("H", [64, 128])
+@pytest.mark.parametrize("blocks", [None, FUSED])
+def test_compiled_kernels_with_sinks_and_segments_match_the_reference_on_hopper(
+  T, window, H, blocks
+):
+  """Learned sinks and segment ids (with GQA, an odd length) as the GPU compiles the kernels, with
+  the benchmark's tolerances; sinks' gradient included."""
+  case = (1, T, 4, 2, H, window, blocks, True, True)
+  _assert_sinks_and_segments_close(case, tol=(2e-2, 5e-2))
 
 
 @on_hopper
