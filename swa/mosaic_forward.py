@@ -138,13 +138,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
       plgpu.set_max_registers(40, action="decrease")
       kv = (k_ref, v_ref), (k_smem, v_smem), (k_bar, v_bar)
       segments = (k_seg_ref, k_seg_smem) if st.segments else None
-
-      def tile(i, g0):
-        b, n, q0 = tile_of(i)
-        steps = (*steps_of(q0), g0, bk, stages, st.groups)
-        return pipeline.produce_keys(*kv, used, b, n, *steps, segments=segments)
-
-      pipeline.produce_tiles(count, tile, stages, used)
+      tiles_of = (count, tile_of, steps_of)
+      pipeline.produce_keys(*kv, used, *tiles_of, bk, stages, st.groups, segments)
 
   def entry(*refs):
     row_smem = lambda present, dtype: (

@@ -199,24 +199,29 @@ def drain(g, stages, used):
     plgpu.barrier_wait(used.at[lax.rem(step, jnp.int32(stages))])
 
 
-def produce_keys(refs, smems, bars, used, b, n, lo, hi, g0, bk, stages, groups, segments=None):
-  """The producer of the forward and dQ kernels (`fill`): key blocks lo ... hi - 1 (bk keys
-  each) of query head n's key/value head, K and V (refs) into their rings of `stages` slots
-  (smems), each on its own "loaded" barrier (bars); with segments = (the keys' [B, T] segment
-  ids, their ring), each block's ids too, on K's barrier. Returns the step count as `fill`."""
-  kv_head = lax.div(n, jnp.int32(groups))
+def produce_keys(refs, smems, bars, used, count, tile_of, steps_of, bk, stages, groups, segments):
+  """The producer of the forward and dQ kernels: for each of the CTA's `count` tiles (tile_of from
+  `cta_tiles`; steps_of(first query) -> (lo, hi)), key blocks lo ... hi - 1 (bk keys each) of
+  query head n's key/value head, K and V (refs) into their rings of `stages` slots (smems), each
+  on its own "loaded" barrier (bars); with segments = (the keys' [B, T] segment ids, their ring),
+  each block's ids too, on K's barrier (`fill`); then `drain`."""
 
-  def copies(step, slot):
-    keys = (b, pl.ds(step * bk, bk), kv_head)
-    for ref, smem, bar in zip(refs, smems, bars):
-      plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
-    if segments is not None:
-      ids_ref, ids_smem = segments
-      plgpu.copy_gmem_to_smem(
-        ids_ref.at[b, pl.ds(step * bk, bk)], ids_smem.at[slot], bars[0].at[slot]
-      )
+  def tile(i, g0):
+    b, n, q0 = tile_of(i)
+    kv_head = lax.div(n, jnp.int32(groups))
 
-  return fill(copies, lo, hi, g0, stages, used)
+    def copies(step, slot):
+      keys = (b, pl.ds(step * bk, bk), kv_head)
+      for ref, smem, bar in zip(refs, smems, bars):
+        plgpu.copy_gmem_to_smem(ref.at[keys], smem.at[slot], bar.at[slot])
+      if segments is not None:
+        ids_ref, ids_smem = segments
+        ids = ids_ref.at[b, pl.ds(step * bk, bk)]
+        plgpu.copy_gmem_to_smem(ids, ids_smem.at[slot], bars[0].at[slot])
+
+    return fill(copies, *steps_of(q0), g0, stages, used)
+
+  produce_tiles(count, tile, stages, used)
 
 
 def consume(lo, hi, regions, step_fn, skip_fn, carry):
@@ -335,8 +340,8 @@ def prefetch(load, i, count, bufs, when):
 
 
 def produce_tiles(count, tile, stages, used):
-  """The producer's walk over its CTA's tiles: tile(i, g0) -> g0 issues tile i's steps (`fill`,
-  `produce_keys`), then `drain`."""
+  """The producer's walk over its CTA's tiles (`produce_keys`; the dK/dV kernel's own): tile(i, g0)
+  -> g0 issues tile i's steps (`fill`), then `drain`."""
   drain(lax.fori_loop(0, count, tile, jnp.int32(0)), stages, used)
 
 
