@@ -18,7 +18,10 @@ import sys
 # only when run as a program, so importing count_collectives leaves the environment alone.
 if __name__ == "__main__":
   _FORCED = next((a.split("=", 1)[1] for a in sys.argv if a.startswith("--devices=")), "2")
-  os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count={_FORCED}")
+  _XLA_FLAGS = os.environ.get("XLA_FLAGS", "")
+  if "xla_force_host_platform_device_count" not in _XLA_FLAGS:  # other XLA flags stay
+    _XLA_FLAGS += f" --xla_force_host_platform_device_count={_FORCED}"
+    os.environ["XLA_FLAGS"] = _XLA_FLAGS.strip()
 
 import jax  # noqa: E402
 from absl import flags  # noqa: E402

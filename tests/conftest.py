@@ -1,8 +1,20 @@
 """Helpers shared by the test files (importable as `conftest`: pytest puts tests/ on the path)."""
 
-import pytest
+import os
 
-from swa.analysis import rows as rows_lib
+# XLA's CPU backend without LLVM's optimisation passes: the tests compile hundreds of small
+# programs and run each once or twice, and these passes were most of their time (a case of
+# tests/test_attention.py: 6.4 s -> 1.2 s on a 2-core box). XLA's own passes still run, so the
+# programs are the same; machine code may differ (float results in the last bits at most). Set
+# before JAX starts (subprocesses inherit it); an XLA_FLAGS that names the level already wins.
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0"
+  ).strip()
+
+import pytest  # noqa: E402
+
+from swa.analysis import rows as rows_lib  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
