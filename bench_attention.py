@@ -28,6 +28,8 @@ flags.
   python bench_attention.py --check_only   # correctness only, n = 4096 (exit 1 if a row is wrong,
                                            # crashed or unchecked)
   python bench_attention.py --head_dim=128,64,256 --kv_heads=16,4 --out=...   # H and GQA grid
+  python bench_attention.py --document_length=2048 --impls=mosaic,pallas,chunked --out=...
+      # packed documents (segment ids); rows that take none (cudnn, fa3, flex) say so
   python bench_attention.py --lengths=256 --windows=16,64 --heads=2 --head_dim=16 --dtype=float32
       --repeats=1 --out=/tmp/bench.md       # CPU smoke run (pallas interpreted), one command line
 """
@@ -128,6 +130,14 @@ def define_flags(fv):
     "Start no row after this many minutes from the start (0: no limit). FlexAttention runs "
     "first and its first compilation counts: 3-4 min on a fresh GPU machine (2026-12-07: 244 s "
     "on an H100); leave room for it or run --impls=flex apart.",
+    flag_values=fv,
+  )
+  flags.DEFINE_integer(
+    "document_length",
+    0,
+    "Packed documents of this many tokens: every row gets segment ids (queries see only their "
+    "own document's keys, the window still applies); rows whose implementation takes none say "
+    "so. 0: one sequence.",
     flag_values=fv,
   )
   flags.DEFINE_integer("seed", 0, "Input seed.", flag_values=fv)

@@ -50,7 +50,7 @@ def test_cpu_run_checks_and_writes_every_row(tmp_path):
   text, rows = _run(tmp_path)
   assert "Command: `python bench_attention.py --lengths=64" in text
   assert "a sample is 2 calls dispatched back to back" in text
-  assert "## Summary" in text and "AUTO_MAX_WINDOW = 0" in text
+  assert "## Summary" in text and "auto rules: none read from this run (no cuDNN row" in text
   # Per (n, w): the core rows, then the second pallas tile setting, then FlexAttention (it runs
   # first, measure.jobs_in_order, and is listed last).
   assert [(r["w"], r["impl"]) for r in rows] == [
@@ -207,6 +207,39 @@ def test_the_library_runs_from_plain_arguments(tmp_path):
   assert "Command: `python bench_attention.py --x`" in text and "| 8 | chunked | C=" in text
   with pytest.raises(ValueError, match="--impls: unknown"):
     measure.Settings(lengths=[64], windows=[8], impls=["fast"], out=out)
+
+
+def test_packed_documents_give_every_row_segment_ids(tmp_path):
+  """--document_length: the rows and their reference see documents of that length (which change
+  the answer at these shapes); an implementation without segment ids says so."""
+  out = str(tmp_path / "docs.md")
+  s = measure.Settings(
+    lengths=[64],
+    windows=[24],
+    impls=["cudnn", "chunked", "reference"],
+    heads=2,
+    head_dim=8,
+    dtype="float32",
+    document_length=20,
+    repeats=1,
+    warmup=1,
+    out=out,
+  )
+  rows = report.run(s, command="python bench_attention.py --document_length=20")
+  assert [(r["impl"], r.get("ok")) for r in rows] == [
+    ("cudnn", None),
+    ("chunked", True),
+    ("reference", True),
+  ]
+  assert rows[0]["note"] == "skipped: cudnn takes no segment ids (--document_length)"
+  text = open(out).read()
+  assert "Packed documents of 20 tokens" in text and "auto rules: none read" in text
+  assert measure.document_ids(s, 64)[0, [0, 19, 20, 63]].tolist() == [0, 0, 1, 3]
+  q, k, v, dout = measure._inputs(s, 64, 24, 8, 2)[0]
+  packed = check.reference_f32(q, k, v, dout, 24, segment_ids=measure.document_ids(s, 64))
+  assert not jnp.allclose(packed[0], check.reference_f32(q, k, v, dout, 24)[0])
+  with pytest.raises(ValueError, match="--document_length"):
+    measure.Settings(lengths=[64], windows=[8], document_length=-3, out=out)
 
 
 def test_summary_targets_and_auto_rule():

@@ -62,7 +62,7 @@ def reference_precision():
 
 
 @functools.partial(jax.jit, static_argnames=("w", "t0", "s0"))
-def reference_f32(q, k, v, dout, w, t0=0, s0=0):
+def reference_f32(q, k, v, dout, w, t0=0, s0=0, segment_ids=None):
   """Float32 out, dq, dk, dv of the queries t0.. (keys s0..), one key/value head at a time.
 
   dk and dv are returned for keys t0.. only: those are exact from the slice (every query that
@@ -74,11 +74,15 @@ def reference_f32(q, k, v, dout, w, t0=0, s0=0):
     w: the window.
     t0: first query row of the slice (0: every row, the dense reference).
     s0: first key of the slice, at most t0 - w + 1 (0 when t0 is 0).
+    segment_ids: int [B, n] (packed documents: a query sees only its own document's keys), or
+      None.
 
   Returns:
     (out, dq, dk, dv), float32 [B, n - t0, N or K, H] each.
   """
   placed = dict(q_offset=t0, k_offset=s0) if t0 else {}
+  if segment_ids is not None:
+    placed.update(segment_ids=segment_ids[:, t0:], k_segment_ids=segment_ids[:, s0:])
   attend = functools.partial(
     attention.sliding_window_attention, window_size=w, implementation="reference", **placed
   )

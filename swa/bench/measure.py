@@ -53,6 +53,7 @@ class Settings:
   calls_per_sample: int = 10
   reference_max_gb: float = 20.0
   tail_rows: int = 4096
+  document_length: int = 0  # > 0: packed documents of this many tokens (segment ids); 0: none
   check_only: bool = False
   deadline_minutes: float = 0.0  # 0: no limit
   seed: int = 0
@@ -70,6 +71,8 @@ class Settings:
     self.windows = [check_int("--windows", w) for w in self.windows]
     for name in ("batch", "heads", "tail_rows"):
       setattr(self, name, check_int(f"--{name}", getattr(self, name)))
+    if self.document_length:
+      self.document_length = check_int("--document_length", self.document_length)
     dims = [self.head_dim] if isinstance(self.head_dim, int) else list(self.head_dim)
     self.head_dim = [check_int("--head_dim", h) for h in dims]
     if not self.head_dim:
@@ -134,7 +137,7 @@ def guarded(row, key, thunk):
     return None
 
 
-def jax_row(impl, variant, w, n):
+def jax_row(impl, variant, w, n, segment_ids=None):
   """(fwd, fwd_bwd) jitted functions of one JAX implementation row, and its tile description.
 
   Args:
@@ -142,6 +145,7 @@ def jax_row(impl, variant, w, n):
     variant: "default", or the tile setting (pallas, mosaic: a BlockSizes string; chunked: C).
     w: the window.
     n: the sequence length.
+    segment_ids: int32 [B, n] (packed documents), or None.
   """
   tiles = {
     "cudnn": "local_window_size=(w-1, 0)",
@@ -163,6 +167,8 @@ def jax_row(impl, variant, w, n):
     blocks = mosaic_attention.BlockSizes.parse(variant) if variant != "default" else None
     options = dict(block_sizes=blocks)
     tiles = str(blocks or mosaic_attention.default_block_sizes(w))
+  if segment_ids is not None:
+    options.update(segment_ids=segment_ids)
   attend = functools.partial(
     attention.sliding_window_attention, window_size=w, implementation=impl, **options
   )
@@ -217,6 +223,14 @@ def _inputs(s, n, w, H, K):
   return sets
 
 
+def document_ids(s, n):
+  """int32 [B, n] segment ids of documents of s.document_length tokens each (the last one
+  shorter), or None where s.document_length is 0."""
+  if not s.document_length:
+    return None
+  return jnp.broadcast_to(jnp.arange(n, dtype=jnp.int32) // s.document_length, (s.batch, n))
+
+
 def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
   """Checks and times the rows `jobs` at one (H, K, n, w).
 
@@ -239,6 +253,7 @@ def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
     note = "skipped: past --deadline_minutes"
     return [dict(H=H, K=K, n=n, w=w, impl=i, variant=v, note=note) for i, v in jobs]
   sets = _inputs(s, n, w, H, K)
+  seg = document_ids(s, n)
   dense = s.batch * s.heads * n * n * 4 / 1e9 <= s.reference_max_gb
   t0 = 0 if dense else max(0, n - max(s.tail_rows, 2 * w))
   s0 = max(0, t0 - w + 1) if t0 else 0
@@ -247,7 +262,7 @@ def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
     ref = guarded(
       failure,
       "reference",
-      lambda: jax.block_until_ready(check_lib.reference_f32(*sets[0], w, t0, s0)),
+      lambda: jax.block_until_ready(check_lib.reference_f32(*sets[0], w, t0, s0, seg)),
     )
   ref_name = "dense float32" if dense else f"float32, last {n - t0} query rows"
   if ref is None:  # time the rows anyway; they go unchecked
@@ -264,6 +279,12 @@ def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
     rows.append(row)
     if past_deadline(s):
       row["note"] = "skipped: past --deadline_minutes"
+      continue
+    if seg is not None and impl == "flex":
+      row["note"] = "skipped: the FlexAttention peer here has no document mask"
+      continue
+    if seg is not None and "segment_ids" not in attention.implementation_features(impl):
+      row["note"] = f"skipped: {impl} takes no segment ids (--document_length)"
       continue
     if impl == "cudnn" and not attention.cudnn_available():
       row["note"] = f"skipped: no cuDNN on {jax.default_backend()}"
@@ -294,7 +315,7 @@ def measure_config(s, n, w, jobs, state, head_dim=None, kv_heads=None):
       to_jax = flex.to_jax
       row["tiles"] = f"torch {flex.torch.__version__}: compiled flex_attention, block mask"
     else:
-      fwd, fwd_bwd, row["tiles"] = jax_row(impl, variant, w, n)
+      fwd, fwd_bwd, row["tiles"] = jax_row(impl, variant, w, n, seg)
       fns = (fwd, fwd_bwd)
       timer = lambda fn: time_jax(s, fn, sets)
       to_jax = lambda x: x

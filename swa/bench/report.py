@@ -157,6 +157,10 @@ def summary_lines(rows, lengths, windows):
       best = w
     return best
 
+  if not any(r["impl"] == "cudnn" and r.get("fwd_bwd_ms") for r in rows):
+    # no yardstick (off a GPU, --check_only, packed documents): no rule to read
+    lines.append("- auto rules: none read from this run (no cuDNN row was timed).")
+    return lines
   train_wins = lambda p, c: bool(p and c and p["fwd_bwd_ms"] <= c["fwd_bwd_ms"])
   if any(r["impl"] == "mosaic" and r.get("fwd_bwd_ms") for r in rows):
     lines.append(
@@ -301,6 +305,12 @@ def header(s, command, flop_s=None, byte_s=None):
     extra=[
       f"Shapes: B={s.batch}, N={s.heads} query heads, K={'/'.join(map(str, s.kv_heads))} "
       f"key/value heads, H=D={'/'.join(map(str, s.head_dim))}, {s.dtype}. "
+      + (
+        f"Packed documents of {s.document_length} tokens (segment ids; FLOPs and roofline "
+        "below still count the window's band). "
+        if s.document_length
+        else ""
+      )
       + (
         "Check only: one call each, nothing timed."
         if s.check_only
