@@ -3,10 +3,10 @@
 `mosaic_attention` checks and pads the inputs and joins the kernels (forward:
 swa/mosaic_forward.py; dQ and dK/dV: swa/mosaic_backward.py) in a custom VJP. Registered in
 swa/attention.py as "mosaic" (through `kernel_adapters.tail_aligned`: tail offsets for a sequence
-shard over its halo), and inside
-"cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where a call is not differentiated,
-these kernels' forward and backward where it is); `auto` picks among them on a Hopper GPU by the
-rules below (AUTO_MAX_WINDOW, AUTO_TRAIN_MAX_WINDOW, AUTO_TRAIN_OVER_FA3_MAX_WINDOW).
+shard over its halo), and inside "cudnn_mosaic" and "fa3_mosaic" (another kernel's forward where
+a call is not differentiated, these kernels' forward and backward where it is); `auto` picks
+among them on a Hopper GPU by the rules below (AUTO_MAX_WINDOW, AUTO_TRAIN_MAX_WINDOW,
+AUTO_TRAIN_OVER_FA3_MAX_WINDOW, AUTO_FEATURES).
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
