@@ -24,7 +24,7 @@ segment ids), which auto then passes over.
 Implementations (one registry, swa/registry.py, re-exported here: `register` adds more,
 `implementations()` lists them), all computing the same function (tests/test_attention.py):
   reference  dense masked attention; O(T * S) memory; the ground truth; every feature (the
-             logit soft-cap too, which only it and chunked have).
+             logit soft-cap too, which only it, chunked and mosaic have).
   chunked    banded form from jax.lax/jnp ops (swa/chunked.py); O(T * (w + C)) memory.
   cudnn      jax.nn.dot_product_attention's cuDNN kernel with a local window (swa/cudnn.py);
              GPU and 16-bit dtypes only; self-attention, and tail offsets (through
@@ -37,8 +37,8 @@ Implementations (one registry, swa/registry.py, re-exported here: `register` add
              self-attention, GQA, and tail offsets (through `kernel_adapters.tail_aligned`).
   mosaic     warp-specialised Hopper kernels in Pallas Mosaic GPU, forward and backward, visiting
              only the band's blocks (swa/mosaic_attention.py, swa/mosaic_*.py): 16-bit
-             dtypes, H == D in (64, 128), GQA, self-attention, tail offsets, learned sinks and
-             segment ids (auto: without these two); interpret mode off GPU (JAX >= 0.11).
+             dtypes, H == D in (64, 128), GQA, self-attention, tail offsets, learned sinks,
+             soft-cap, segment ids (auto: without the last three); interpret off GPU (JAX >= 0.11).
   cudnn_pallas  cuDNN where the call is not differentiated, the Pallas kernels (forward and
              backward) where it is (`kernel_adapters.forward_and_training`); where cudnn
              applies.
@@ -222,7 +222,7 @@ register(
 register(
   "mosaic",
   tail_aligned(mosaic_attention.mosaic_attention),
-  features=("tail_offsets", "sink_logits", "segment_ids", "block_sizes", "interpret"),
+  features=mosaic_attention.FEATURES,
   check=mosaic_attention.unsupported_reason,
   auto_rank=4,
   auto_when=mosaic_attention.auto_when,

@@ -10,9 +10,9 @@ AUTO_TRAIN_OVER_FA3_MAX_WINDOW, AUTO_FEATURES).
 
 What it takes: 16-bit inputs of one dtype, head dims of 64 or 128 (equal for keys and values),
 any length (padded at the end to whole CTA tiles: padded keys come after every real query, so
-causality hides them), GQA, learned sinks (`sink_logits`) and packed sequences (`segment_ids`).
-No attention-sink tokens (`num_sinks`) or soft-cap (the Triton kernels have the former, the
-reference both). Off a GPU it runs in Mosaic GPU's interpret mode (JAX >= 0.11; slow: tests at
+causality hides them), GQA, learned sinks (`sink_logits`), the logit soft-cap
+(`logit_softcap`) and packed sequences (`segment_ids`); no attention-sink tokens (`num_sinks`:
+the Triton kernels and the reference have them). Off a GPU it runs in Mosaic GPU's interpret mode (JAX >= 0.11; slow: tests at
 small shapes); on a GPU it needs a Hopper card (compute capability 9.x).
 """
 
@@ -38,8 +38,17 @@ HEAD_DIMS = (64, 128)
 AUTO_MAX_WINDOW = 512
 AUTO_TRAIN_MAX_WINDOW = 512
 AUTO_TRAIN_OVER_FA3_MAX_WINDOW = 128
-# The features with which auto may pick "mosaic": its learned sinks and segment ids (2026-12-08)
+# What "mosaic" declares in the registry (swa/registry.py says what each feature brings), and the
+# features with which auto may pick it: its learned sinks, soft-cap and segment ids (2026-12-08)
 # are checked in interpret mode and through the GPU lowering, not yet compiled on a GPU.
+FEATURES = (
+  "tail_offsets",
+  "sink_logits",
+  "logit_softcap",
+  "segment_ids",
+  "block_sizes",
+  "interpret",
+)
 AUTO_FEATURES = ("tail_offsets", "block_sizes", "interpret")
 
 
@@ -250,6 +259,7 @@ def mosaic_attention(
   scale,
   *,
   sink_logits=None,
+  logit_softcap=None,
   segment_ids=None,
   k_segment_ids=None,
   block_sizes=None,
@@ -265,6 +275,7 @@ def mosaic_attention(
     scale: logit scale (a Python number).
     sink_logits: optional float [N], learned sinks (gpt-oss): one logit per query head in every
       row's softmax denominator; differentiable.
+    logit_softcap: None, or a cap c > 0 (Gemma 2): scaled logits s become c * tanh(s / c).
     segment_ids: optional int [B, T] (packed sequences): a query sees only keys of its own
       segment, inside its window; k_segment_ids [B, T], the keys' (default segment_ids).
     block_sizes: a BlockSizes (or its string form); default `default_block_sizes(window_size)`.
@@ -311,6 +322,7 @@ def mosaic_attention(
     interpret=bool(interpret),
     sinks=sink_logits is not None,
     segments=segments,
+    softcap=None if logit_softcap is None else float(logit_softcap),
   )
   q, k, v = pad(q_BTNH), pad(k_BTKH), pad(v_BTKD)
   return _attend(q, k, v, sink_logits, segment_ids, k_segment_ids, st)[:, :T]

@@ -37,7 +37,6 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.dq
   dtype = q_BTNH.dtype
-  scale2 = st.scale * pipeline.LOG2E
   rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
   q_tiles = T // rows
   tiles = q_tiles * N * B
@@ -87,14 +86,19 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k
         def step_fn(step, dq, masked):
           slot = t.slot(step)
           plgpu.barrier_wait(k_bar.at[slot])
-          s = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk)) * scale2
+          qk = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk))
+          s = pipeline.logits(qk, st)
+          capped = s
           if masked or st.segments:
             ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
             s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)
           p = jnp.exp2(s - rows_of(lse))
           plgpu.barrier_wait(v_bar.at[slot])
           dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
-          ds = (p * (dp - rows_of(delta))).astype(dtype)
+          ds = p * (dp - rows_of(delta))
+          if st.softcap is not None:
+            ds = ds * pipeline.softcap_slope(capped, st)
+          ds = ds.astype(dtype)
           dq = pipeline.accumulate(dq, ds, k_smem.at[slot], ds_smem2, wg, st)
           plgpu.barrier_arrive(used.at[slot])
           pipeline.prefetch(load_rows, i, count, q_bufs, step == t.regions[0])  # as the forward
@@ -165,7 +169,6 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, 
   bq, bk, stages = st.dkv
   fused = st.dq is None
   dtype = q_BTNH.dtype
-  scale2 = st.scale * pipeline.LOG2E
   rows = _COMPUTE_WGS * bk  # a tile: the keys a CTA owns at a time
   k_tiles = T // rows
   tiles = k_tiles * N * B
@@ -227,13 +230,18 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, 
           slot = t.slot(step)
           plgpu.barrier_wait(q_bar.at[slot])  # Q, dO, log-sum-exp and delta
           lse, delta = (pipeline.row_vector(x.at[slot], False) for x in (lse_smem, delta_smem))
-          s_t = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq)) * scale2
+          kq = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq))
+          s_t = pipeline.logits(kq, st)
+          capped = s_t
           if masked or st.segments:
             ids = (k_ids, pipeline.row_vector(q_seg_smem.at[slot], False)) if st.segments else None
             s_t = pipeline.mask(s_t, step * bq, t.first, st.window, False, segments=ids)
           pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
           dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
-          dst16 = (pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))).astype(dtype)
+          dst = pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))
+          if st.softcap is not None:
+            dst = dst * pipeline.softcap_slope(capped, st)
+          dst16 = dst.astype(dtype)
           dv = pipeline.accumulate(dv, pt.astype(dtype), do_smem.at[slot], pt_smem2, wg, st)
           dk = pipeline.accumulate(dk, dst16, q_smem.at[slot], dst_smem2, wg, st)
           plgpu.barrier_arrive(used.at[slot])

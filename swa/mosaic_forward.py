@@ -30,7 +30,6 @@ def forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
   B, T, N, H = q_BTNH.shape
   bq, bk, stages = st.fwd
   dtype = q_BTNH.dtype
-  scale2 = st.scale * pipeline.LOG2E
   rows = _COMPUTE_WGS * bq  # a tile: the queries a CTA owns at a time
   q_tiles = T // rows
   tiles = q_tiles * N * B
@@ -89,7 +88,7 @@ def forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
             rendezvous()
             return acc_ref[...]
 
-          s = pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)) * scale2
+          s = pipeline.logits(pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)), st)
           if masked or st.segments:
             ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
             s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)

@@ -64,6 +64,9 @@ class Static:
   # Packed sequences: the kernels take the queries' and keys' segment ids ([B, T] int32) and
   # mask every step, the window's interior too, to pairs of one segment.
   segments: bool = False
+  # The logit soft-cap c (Gemma 2): scaled logits s become c * tanh(s / c) (`logits`), and the
+  # backward's dS takes the tanh's slope (`softcap_slope`); None: none.
+  softcap: float | None = None
 
 
 def smem(shape, dtype):
@@ -111,6 +114,20 @@ def accumulate(acc, a, b, a_smem2, wg, st):
   a_smem[...] = a
   plgpu.commit_smem()
   return acc + product(a_smem, b, acc.shape)
+
+
+def logits(qk, st):
+  """A block's base-2 logits from its float32 products Q K^T (or K Q^T): scaled, and soft-capped
+  where st.softcap (c * tanh(scale * qk / c)), times log2(e)."""
+  if st.softcap is None:
+    return qk * (st.scale * LOG2E)
+  return (st.softcap * LOG2E) * jnp.tanh(qk * (st.scale / st.softcap))
+
+
+def softcap_slope(capped, st):
+  """d(c * tanh(x / c)) / dx = 1 - tanh(x / c)^2, from `logits`' capped base-2 logits (taken
+  before the mask: a masked logit would overflow the square)."""
+  return 1.0 - jnp.square(capped * (1.0 / (st.softcap * LOG2E)))
 
 
 def mask(s, q_start, k_start, window, rows_are_queries=True, segments=None):

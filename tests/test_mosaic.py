@@ -106,15 +106,14 @@ def _segments(B, T, seed):
   return jnp.asarray(np.stack(rows), jnp.int32)
 
 
-def _assert_sinks_and_segments_close(case, tol=(5e-3, 1e-2), **placement):
+def _assert_sinks_and_segments_close(case, tol=(5e-3, 1e-2), **options):
   """The kernels' output and gradients, d/dsink_logits included, against the float32 reference
   with the same learned sinks and segment ids (case: B, T, N, K, H, window, blocks, sinks,
-  segments), as _assert_close measures them."""
+  segments) and options (q_offset, logit_softcap), as _assert_close measures them."""
   B, T, N, K, H, window, blocks, sinks, segments = case
-  S = T + placement.get("q_offset", 0)
+  S = T + options.get("q_offset", 0)
   q, k, v, dout = _qkv(B, T, N, K, H, jnp.float16, seed=T + H, S=S)
   sink = 2.0 * jax.random.normal(jax.random.PRNGKey(T), (N,)) if sinks else jnp.zeros((N,))
-  options = dict(placement)
   if segments:
     k_seg = _segments(B, S, seed=T)
     options.update(segment_ids=k_seg[:, S - T :], k_segment_ids=k_seg)
@@ -156,6 +155,18 @@ FEATURE_CASES = [
 @pytest.mark.parametrize("case", FEATURE_CASES)
 def test_interpreted_kernels_with_learned_sinks_and_segments_match_the_reference(case):
   _assert_sinks_and_segments_close(case)
+
+
+@needs_mosaic
+@pytest.mark.slow  # 10-20 s a case in interpret mode
+@pytest.mark.parametrize(
+  "case",
+  [(1, 200, 4, 2, 64, 100, None, True, True), (1, 130, 2, 1, 128, None, FUSED, False, False)],
+)
+def test_interpreted_kernels_with_a_logit_softcap_match_the_reference(case):
+  """Logits scaled, then capped at 1.5 (c * tanh(s / c), bending most of them), with sinks and
+  segments, and alone with the fused dQ: the tanh in the forward, its slope in dS."""
+  _assert_sinks_and_segments_close(case, logit_softcap=1.5)
 
 
 @needs_mosaic
@@ -294,14 +305,24 @@ def test_default_tiles_are_persistent_up_to_w_512():
 def test_kernels_lower_to_mosaic_gpu_for_a_cuda_gpu(T, window, H, kv_heads, blocks, features):
   """The forward, dQ and dK/dV kernels go through Pallas's Mosaic GPU lowering (wgmma operand
   layouts, register arrays, TMA slices, shared memory within an H100's) at the benchmark's shapes,
-  on the CPU, with learned sinks and segment ids where `features`: no GPU compiles them here, so
-  this is lowering only."""
+  on the CPU, with learned sinks, soft-cap and segment ids where `features`: no GPU compiles them
+  here, so this is lowering only."""
   q = jax.ShapeDtypeStruct((1, T, 16, H), jnp.bfloat16)
   kv = jax.ShapeDtypeStruct((1, T, kv_heads, H), jnp.bfloat16)
   sink = jax.ShapeDtypeStruct((16,), jnp.float32) if features else None
   ids = jax.ShapeDtypeStruct((1, T), jnp.int32) if features else None
+  cap = 30.0 if features else None
   attend = lambda q, k, v, sink, ids: mosaic_attention.mosaic_attention(
-    q, k, v, window, H**-0.5, sink_logits=sink, segment_ids=ids, block_sizes=blocks, interpret=False
+    q,
+    k,
+    v,
+    window,
+    H**-0.5,
+    sink_logits=sink,
+    segment_ids=ids,
+    logit_softcap=cap,
+    block_sizes=blocks,
+    interpret=False,
   )
   loss = lambda *args: attend(*args).astype(jnp.float32).sum()
   grads = jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
@@ -335,6 +356,14 @@ def test_compiled_kernels_with_sinks_and_segments_match_the_reference_on_hopper(
   the benchmark's tolerances; sinks' gradient included."""
   case = (1, T, 4, 2, H, window, blocks, True, True)
   _assert_sinks_and_segments_close(case, tol=(2e-2, 5e-2))
+
+
+@on_hopper
+@pytest.mark.parametrize("H", [64, 128])
+def test_compiled_kernels_with_a_logit_softcap_match_the_reference_on_hopper(H):
+  _assert_sinks_and_segments_close(
+    (1, 3000, 4, 2, H, 1000, None, False, False), (2e-2, 5e-2), logit_softcap=1.5
+  )
 
 
 @on_hopper
