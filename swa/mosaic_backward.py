@@ -89,9 +89,8 @@ def backward_dq(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, k
           qk = pipeline.product(q_smem, k_smem.at[slot].transpose((1, 0)), (bq, bk))
           s = pipeline.logits(qk, st)
           capped = s
-          if masked or st.segments:
-            ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
-            s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)
+          ids = dict(row_ids=q_ids, col_ids=(k_seg_smem, slot))
+          s = pipeline.mask_step(s, masked, t.first, step * bk, st, **ids)
           p = jnp.exp2(s - rows_of(lse))
           plgpu.barrier_wait(v_bar.at[slot])
           dp = pipeline.product(do_smem, v_smem.at[slot].transpose((1, 0)), (bq, bk))
@@ -233,9 +232,8 @@ def backward_dkv(q_BTNH, k_BTKH, v_BTKH, do_BTNH, lse_BNT, delta_BNT, q_seg_BT, 
           kq = pipeline.product(k_smem, q_smem.at[slot].transpose((1, 0)), (bk, bq))
           s_t = pipeline.logits(kq, st)
           capped = s_t
-          if masked or st.segments:
-            ids = (k_ids, pipeline.row_vector(q_seg_smem.at[slot], False)) if st.segments else None
-            s_t = pipeline.mask(s_t, step * bq, t.first, st.window, False, segments=ids)
+          ids = dict(row_ids=k_ids, col_ids=(q_seg_smem, slot))
+          s_t = pipeline.mask_step(s_t, masked, step * bq, t.first, st, False, **ids)
           pt = jnp.exp2(s_t - lax.broadcast_in_dim(lse, (bk, bq), [1]))
           dpt = pipeline.product(v_smem, do_smem.at[slot].transpose((1, 0)), (bk, bq))
           dst = pt * (dpt - lax.broadcast_in_dim(delta, (bk, bq), [1]))

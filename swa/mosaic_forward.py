@@ -89,9 +89,8 @@ def forward(q_BTNH, k_BTKH, v_BTKH, sink_N, q_seg_BT, k_seg_BT, st):
             return acc_ref[...]
 
           s = pipeline.logits(pl.run_scoped(qk, plgpu.ACC((bq, bk), jnp.float32)), st)
-          if masked or st.segments:
-            ids = (q_ids, pipeline.row_vector(k_seg_smem.at[slot], False)) if st.segments else None
-            s = pipeline.mask(s, t.first, step * bk, st.window, segments=ids)
+          ids = dict(row_ids=q_ids, col_ids=(k_seg_smem, slot))
+          s = pipeline.mask_step(s, masked, t.first, step * bk, st, **ids)
           m_new = jnp.maximum(m_i, s.max(axis=1))
           alpha = jnp.exp2(m_i - m_new)
           p = jnp.exp2(s - lax.broadcast_in_dim(m_new, s.shape, [0]))

@@ -151,6 +151,19 @@ def mask(s, q_start, k_start, window, rows_are_queries=True, segments=None):
   return jnp.where(keep, s, MASKED)
 
 
+def mask_step(s, masked, q_start, k_start, st, rows_are_queries=True, row_ids=None, col_ids=None):
+  """`mask` where a pipeline step needs it: in a masked loop region (`consume`'s `masked`), and
+  with segment ids (st.segments) at every step, the window's interior too. row_ids: the rows'
+  ids (`row_vector`); col_ids: (the columns' ring of ids, the step's slot)."""
+  if not (masked or st.segments):
+    return s
+  segments = None
+  if st.segments:
+    ring, slot = col_ids
+    segments = (row_ids, row_vector(ring.at[slot], of_rows=False))
+  return mask(s, q_start, k_start, st.window, rows_are_queries, segments)
+
+
 def row_vector(smem_ref, of_rows=True):
   """A float32 or int32 vector in shared memory as registers laid out for the scores' rows (or,
   of_rows False, columns): the log-sum-exp and delta of dQ's rows or dK/dV's columns, the sinks,
